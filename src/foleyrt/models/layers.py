@@ -1,0 +1,190 @@
+"""Building blocks shared by the transformer's embedders and blocks.
+
+Precision rule (spec/mmdit.md §5.2), written out instead of relying on autocast: every matrix
+op casts its input to its own weight dtype; norms, modulation and the audio residual stream
+work in fp32. With fp32 weights every cast is a no-op; with bf16 weights the numbers are those
+of the release's bf16 autocast run. Quantised replacements of `Linear`/`TemporalConv` keep the
+same call signature and handle their own casts, so no model code branches on precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FP32_EPS = torch.finfo(torch.float32).eps
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that casts its input to the weight dtype (the autocast rule, made explicit)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
+class TemporalConv(nn.Module):
+    """A Conv1d along the token axis of a `[B, N, C]` stream, computed as one GEMM.
+
+    Keys and shapes are those of `nn.Conv1d` (`weight [out, in, k]`, optional `bias`); the
+    zero-padded window of `k` neighbouring tokens is unfolded to `[B, N, in*k]` so the op is
+    a single matrix product: faster than cuDNN's conv for these shapes, and quantisable like
+    any Linear.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError("TemporalConv needs an odd kernel (symmetric 'same' padding)")
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+
+    def unfold(self, x: Tensor) -> Tensor:
+        """`[B, N, C]` -> `[B, N, C*k]` with feature index `c*k + j` = token `n + j - k//2`."""
+        k = self.kernel_size
+        if k == 1:
+            return x
+        pad = k // 2
+        n = x.shape[1]
+        xp = F.pad(x, (0, 0, pad, pad))
+        return torch.stack([xp[:, j : j + n] for j in range(k)], dim=-1).flatten(-2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        return F.linear(self.unfold(x.to(w.dtype)), w.flatten(1), self.bias)
+
+
+class SwiGLU(nn.Module):
+    """`w2(SiLU(w1(x)) * w3(x))`, bias-free; per token (`kernel_size=None`) or as temporal
+    convolutions of odd kernel size."""
+
+    def __init__(self, dim: int, hidden: int, out: int, kernel_size: int | None = None) -> None:
+        super().__init__()
+
+        def layer(i: int, o: int) -> nn.Module:
+            if kernel_size is None:
+                return Linear(i, o, bias=False)
+            return TemporalConv(i, o, kernel_size, bias=False)
+
+        self.w1 = layer(dim, hidden)
+        self.w2 = layer(hidden, out)
+        self.w3 = layer(dim, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Modulation(nn.Module):
+    """`linear(SiLU(c))` split into `factor` chunks (shift/scale/gate vectors)."""
+
+    def __init__(self, hidden: int, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+        self.linear = Linear(hidden, factor * hidden)
+
+    def forward(self, c: Tensor) -> tuple[Tensor, ...]:
+        return self.linear(F.silu(c)).chunk(self.factor, dim=-1)
+
+
+class HeadRMSNorm(nn.Module):
+    """The triple blocks' RMSNorm (eps 1e-6): normalise in fp32, round to the input dtype,
+    then scale by the weight in that dtype (two roundings, as the release does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.to(x.dtype) * self.weight.to(x.dtype)
+
+
+class TorchRMSNorm(nn.Module):
+    """The single blocks' norm: PyTorch's `nn.RMSNorm(D)` as the release runs it: eps is the
+    fp32 machine epsilon (whatever the input dtype), weight applied in fp32, one rounding."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), eps=FP32_EPS)
+        return y.to(x.dtype)
+
+
+class HeadLayerNorm(nn.LayerNorm):
+    """`qk_norm_type: layer` (affine LayerNorm per head, eps 1e-6), computed in fp32."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim, eps=1e-6, elementwise_affine=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        ).to(x.dtype)
+
+
+def layer_norm(x: Tensor, eps: float) -> Tensor:
+    """Parameter-free LayerNorm in fp32 (autocast runs every LayerNorm in fp32)."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """`x * (1 + scale) + shift`; `1 + scale` in the vectors' dtype, the rest promoted."""
+    return x * (1 + scale) + shift
+
+
+# --------------------------------------------------------------------------------------------
+# Rotary position embedding (pairwise-interleaved, "GPT-J" form, theta 10000, one axis)
+# --------------------------------------------------------------------------------------------
+
+
+def rope_table(positions: Tensor, head_dim: int, theta: int = 10000) -> tuple[Tensor, Tensor]:
+    """cos/sin tables `[N, head_dim]` for fp32 `positions`; every frequency is repeated for an
+    adjacent channel pair. Built on the positions' device (no host round-trips per call)."""
+    exponent = torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].float()
+    omega = 1.0 / (theta ** (exponent / head_dim))
+    angles = torch.outer(positions.float(), omega)
+    cos = angles.cos().repeat_interleave(2, dim=1)
+    sin = angles.sin().repeat_interleave(2, dim=1)
+    return cos, sin
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate `x [B, N, heads, D]` by tables `[N, D]`, in fp32, rounded back to `x`'s dtype."""
+    xf = x.float()
+    pairs = xf.unflatten(-1, (-1, 2))
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return (xf * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+
+
+def nearest_exact_index(src_len: int, dst_len: int, device: torch.device | None = None) -> Tensor:
+    """Source index per destination index of PyTorch's `nearest-exact` resampling
+    (`min(floor((i + 0.5) * src/dst), src - 1)` in fp32), obtained from the very op the
+    release uses so the float arithmetic is the same by construction."""
+    ramp = torch.arange(src_len, dtype=torch.float32).view(1, 1, src_len)
+    idx = F.interpolate(ramp, size=dst_len, mode="nearest-exact").view(dst_len)
+    return idx.long().to(device) if device is not None else idx.long()
+
+
+def timestep_embedding(t: Tensor, dim: int = 256, max_period: int = 10000) -> Tensor:
+    """Sinusoidal embedding of `t` (0..1000 scale), cosine half first (fp32)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(0, half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+ACTIVATION_LAYERS = {
+    "gelu": lambda: nn.GELU(),
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": lambda: nn.ReLU(),
+    "silu": lambda: nn.SiLU(),
+}
