@@ -1,0 +1,1 @@
+"""The generation pipeline: features -> flow-matching sampler -> VAE decode."""

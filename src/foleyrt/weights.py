@@ -1,0 +1,224 @@
+"""Finding, reading and loading checkpoints.
+
+Policy (spec/mmdit.md §2.4, dac_vae.md §2.4, synchformer.md §2): unrestricted unpickling is
+never used (`weights_only=True`); every key the module needs must be present; shapes must
+match; keys a module does not use are reported, not silently dropped. Modules are built on the
+`meta` device and the checkpoint tensors are assigned in place (memory-mapped where the format
+allows), so a 5 B-parameter model is never randomly initialised or copied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from foleyrt.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+FP8_DTYPES = tuple(
+    getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, name)
+)
+
+
+@dataclass
+class Checkpoint:
+    """A state dict plus whatever metadata its container carried (e.g. DAC kwargs)."""
+
+    path: Path
+    state_dict: dict[str, Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a `.safetensors` file or a `torch.save` pickle (weights only).
+
+    A pickle may be a flat state dict or the audiotools container
+    `{"state_dict": ..., "metadata": {...}}`. Any failure is one `WeightsError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file is empty: {path}")
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        return _read_safetensors(path)
+    return _read_pickle(path)
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = dict(f.metadata() or {})
+        return Checkpoint(path, load_file(str(path)), metadata)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _read_pickle(path: Path) -> Checkpoint:
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        if any(n.endswith("/.data/extern_modules") or n.endswith("DAC/DAC.pth") for n in names):
+            raise WeightsError(
+                f"{path}: is a torch.package archive, which can only be loaded by executing "
+                "pickled code; convert it to a plain state dict first"
+            )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises many types for corrupt/foreign files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        metadata = obj.get("metadata") or {}
+        return Checkpoint(path, dict(obj["state_dict"]), dict(metadata))
+    if isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
+        return Checkpoint(path, dict(obj))
+    raise WeightsError(f"{path}: does not hold a state dict of tensors")
+
+
+@dataclass
+class LoadReport:
+    """What happened to the keys of one checkpoint when loaded into one module."""
+
+    file: str
+    loaded: int
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def log(self) -> None:
+        log.info("loaded %d tensors from %s", self.loaded, self.file)
+        if self.ignored:
+            log.info("%s: %d keys of parts not used for inference were ignored (%s)",
+                     self.file, len(self.ignored), _prefix_summary(self.ignored))
+        if self.unexpected:
+            log.warning("%s: %d unexpected keys ignored, e.g. %s",
+                        self.file, len(self.unexpected), ", ".join(self.unexpected[:3]))
+
+
+def _prefix_summary(keys: Iterable[str]) -> str:
+    prefixes = sorted({k.split(".")[0] for k in keys})
+    return ", ".join(f"{p}.*" for p in prefixes)
+
+
+def load_into(
+    module: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    file: str | Path,
+    ignore_prefixes: tuple[str, ...] = (),
+    dtype: torch.dtype | None = None,
+) -> LoadReport:
+    """Assign `state_dict` into `module` (typically built on `meta`).
+
+    Every key of the module must be present with its shape; `ignore_prefixes` name parts of the
+    checkpoint that are known to be unused (reported as such); other extra keys are reported as
+    unexpected. Tensors are cast to `dtype` (or to the module's parameter dtype), which also
+    upcasts fp8-stored community checkpoints.
+    """
+    file = str(file)
+    wanted = module.state_dict(keep_vars=True)
+    ignored = [k for k in state_dict if k not in wanted and k.startswith(ignore_prefixes)]
+    unexpected = [k for k in state_dict if k not in wanted and not k.startswith(ignore_prefixes)]
+    missing = [k for k in wanted if k not in state_dict]
+    if missing:
+        raise WeightsError(
+            f"{file}: {len(missing)} required key(s) missing (e.g. {', '.join(missing[:3])}); "
+            "is this the right file for this model size?"
+        )
+    tensors: dict[str, Tensor] = {}
+    for key, target in wanted.items():
+        value = state_dict[key]
+        if tuple(value.shape) != tuple(target.shape):
+            raise WeightsError(
+                f"{file}: shape of {key} is {tuple(value.shape)}, the model needs "
+                f"{tuple(target.shape)}; is this the right file for this model size?"
+            )
+        want_dtype = dtype if (dtype is not None and value.is_floating_point()) else target.dtype
+        tensors[key] = value.to(want_dtype)
+    module.load_state_dict(tensors, strict=True, assign=True)
+    report = LoadReport(file, len(tensors), unexpected, ignored)
+    report.log()
+    return report
+
+
+def load_checkpoint_into(
+    module: nn.Module,
+    path: str | Path,
+    *,
+    ignore_prefixes: tuple[str, ...] = (),
+    dtype: torch.dtype | None = None,
+) -> LoadReport:
+    """`read_checkpoint` + `load_into`."""
+    ckpt = read_checkpoint(path)
+    return load_into(
+        module, ckpt.state_dict, file=ckpt.path, ignore_prefixes=ignore_prefixes, dtype=dtype
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Where checkpoints come from: a local directory or a Hugging Face hub repository
+# --------------------------------------------------------------------------------------------
+
+
+def _looks_like_repo_id(model: str) -> bool:
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not model.startswith((".", "~", "/"))
+
+
+def resolve_files(model: str, filenames: list[str]) -> dict[str, Path]:
+    """Paths of `filenames` for `--model` = a local directory or a hub repo id.
+
+    In a directory a `.safetensors` twin of a file (same stem) is accepted too. From the hub,
+    `huggingface_hub` downloads with its cache and progress bar, and uses the cache offline.
+    A file that cannot be found is one error naming what is missing, where it was looked for
+    and the command that fetches it.
+    """
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return {name: _find_in_dir(local, name) for name in filenames}
+    if local.exists():
+        raise WeightsError(f"--model {model}: expected a directory of weights or a hub repo id")
+    if not _looks_like_repo_id(model):
+        raise WeightsError(f"--model {model}: no such directory, and not a hub repo id")
+    return {name: _hub_download(model, name) for name in filenames}
+
+
+def _find_in_dir(directory: Path, name: str) -> Path:
+    candidates = [directory / name, directory / (Path(name).stem + ".safetensors")]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise WeightsError(
+        f"{directory} has no {name} (nor {candidates[1].name}); fetch it with "
+        f"`huggingface-cli download <repo> {name} --local-dir {directory}`"
+    )
+
+
+def _hub_download(repo: str, name: str) -> Path:
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo, name))
+    except LocalEntryNotFoundError:
+        raise WeightsError(
+            f"{name} of {repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"the hub cannot be reached; on a machine with network run "
+            f"`huggingface-cli download {repo} {name}`, or pass --model DIR with the files"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"cannot download {name} from {repo}: {first}") from None
