@@ -1,0 +1,264 @@
+"""Writing results: float WAVs and MP4s with the source picture, never a half-written file.
+
+Every writer renders into a hidden temporary file beside the destination and renames it into
+place (`os.replace` is atomic within a directory), so a crash, a full disk or a cancelled
+request leaves either the old file or the complete new one, and no temporary behind.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+import soundfile
+import torch
+
+from foleyrt.errors import MediaError, OutputError, UsageError
+from foleyrt.media.video import first_video_stream, open_media
+
+OUTPUT_SUFFIXES = (".wav", ".mp4")
+AAC_FRAME = 1024  # samples per AAC frame
+
+# String fields libsndfile stores in a WAV's LIST/INFO chunk.
+_WAV_TAGS = ("title", "copyright", "software", "artist", "comment", "date", "album", "genre")
+# Keys FFmpeg's MP4 muxer writes as iTunes-style atoms (others would be dropped silently).
+_MP4_TAGS = ("title", "artist", "album", "comment", "genre", "copyright", "date", "composer",
+             "description", "synopsis", "album_artist", "grouping", "lyrics")
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+
+def check_output_path(
+    path: str | Path, *, overwrite: bool, inputs: Sequence[str | Path] = ()
+) -> Path:
+    """Fail before any work is done if `path` cannot receive a result: wrong type, missing or
+    read-only directory, an existing file without `overwrite`, or one of the `inputs`
+    (never overwritten, whatever `overwrite` says: the source would be lost)."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"{path}: output must end in .wav or .mp4")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: directory {parent} is not writable")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory")
+    if path.exists():
+        if any(Path(i).exists() and path.samefile(i) for i in inputs):
+            raise OutputError(f"{path}: is an input file; choose another output name")
+        if not overwrite:
+            raise OutputError(f"{path}: exists; pass --overwrite to replace it")
+    return path
+
+
+def numbered_paths(path: str | Path, n: int) -> list[Path]:
+    """One output per sample: `path` itself for one, `stem_1.ext` ... `stem_n.ext` for more."""
+    path = Path(path)
+    if n < 1:
+        raise ValueError(f"need at least one output path, got n={n}")
+    if n == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(1, n + 1)]
+
+
+@contextmanager
+def _atomic(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it into place if the body succeeds, delete
+    it otherwise. Created with O_EXCL (no clobbering a stranger's file) and the default
+    permissions (the umask applies, unlike tempfile's private 0600)."""
+    check_output_path(path, overwrite=overwrite, inputs=inputs)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written ({exc.strerror})") from None
+    try:
+        yield tmp
+        if not overwrite and path.exists():  # appeared while we were writing
+            raise OutputError(f"{path}: exists; pass --overwrite to replace it")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Samples
+# --------------------------------------------------------------------------------------------
+
+
+def fit_length(audio: torch.Tensor | np.ndarray, n_samples: int) -> torch.Tensor | np.ndarray:
+    """Zero-pad (or trim) the last axis to `n_samples`.
+
+    The release asks the model for `int(T25 / 25 * 50)` latent frames, T25 counted by its
+    25 fps tick rule, so the track comes out up to ~60 ms shorter than the picture (a missed
+    final tick, the float truncation of §2.3, the last frame's own duration). Padding with
+    silence to the video's duration makes the file end with the picture; the generated
+    samples themselves are untouched.
+    """
+    have = audio.shape[-1]
+    if have >= n_samples:
+        return audio[..., :n_samples]
+    pad = n_samples - have
+    if isinstance(audio, torch.Tensor):
+        return torch.nn.functional.pad(audio, (0, pad))
+    return np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, pad)])
+
+
+def _channels_first(audio: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(channels, n) float32 numpy from a (n,) or (channels, n) array or tensor."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().to("cpu", torch.float32).numpy()
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
+    return audio
+
+
+def _tags(metadata: Mapping[str, str] | None, supported: Sequence[str]) -> dict[str, str]:
+    """Keep the keys the format can store; fold the others into `comment` as `key=value`
+    rather than losing them."""
+    tags = {k: str(v) for k, v in (metadata or {}).items() if k in supported}
+    extra = [f"{k}={v}" for k, v in (metadata or {}).items() if k not in supported]
+    if extra:
+        tags["comment"] = "; ".join(([tags["comment"]] if "comment" in tags else []) + extra)
+    return tags
+
+
+# --------------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------------
+
+
+def write_wav(
+    path: str | Path,
+    audio: torch.Tensor | np.ndarray,
+    sample_rate: int,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """32-bit float PCM WAV, unnormalised and unclipped, as the release writes it;
+    `metadata` goes into the INFO chunk."""
+    path = Path(path)
+    if path.suffix.lower() != ".wav":
+        raise UsageError(f"{path}: a WAV output must end in .wav")
+    samples = _channels_first(audio)
+    with _atomic(path, overwrite) as tmp:
+        with soundfile.SoundFile(
+            tmp, "w", samplerate=sample_rate, channels=samples.shape[0],
+            format="WAV", subtype="FLOAT",
+        ) as out:
+            for key, value in _tags(metadata, _WAV_TAGS).items():
+                setattr(out, key, value)
+            out.write(samples.T)
+    return path
+
+
+def mux_video(
+    video_path: str | Path,
+    out_path: str | Path,
+    audio: torch.Tensor | np.ndarray,
+    sample_rate: int,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    bitrate: int = 192_000,
+) -> Path:
+    """MP4 with the first video stream of `video_path` copied packet for packet (no
+    re-encode) and `audio` as the only audio track: AAC, stereo (a mono track is duplicated
+    to both channels like the release's `pan=stereo|c0=c0|c1=c0`), `bitrate` bit/s.
+
+    The track is padded or trimmed to the copied video's duration (see `fit_length`) so the
+    two streams end together; the source's own audio is dropped.
+    """
+    video_path, out_path = Path(video_path), Path(out_path)
+    if out_path.suffix.lower() != ".mp4":
+        raise UsageError(f"{out_path}: a video output must end in .mp4")
+    samples = _channels_first(audio)
+    if samples.shape[0] == 1:
+        samples = np.repeat(samples, 2, axis=0)
+    if samples.shape[0] != 2:
+        raise ValueError(f"audio must be mono or stereo, got {samples.shape[0]} channels")
+    with open_media(video_path) as source, _atomic(out_path, overwrite, [video_path]) as tmp:
+        in_video = first_video_stream(source, video_path)
+        try:
+            _mux(in_video, tmp, samples, sample_rate, _tags(metadata, _MP4_TAGS), bitrate)
+        except OSError:
+            raise  # a full disk or the like: reported by `_atomic` as an output error
+        except av.error.FFmpegError as exc:
+            raise MediaError(
+                f"{video_path}: its video stream cannot be copied into MP4 ({exc}); "
+                "write a .wav instead, or convert the video to H.264 first"
+            ) from None
+    return out_path
+
+
+def _mux(
+    in_video: av.video.VideoStream,
+    tmp: Path,
+    samples: np.ndarray,
+    sample_rate: int,
+    tags: dict[str, str],
+    bitrate: int,
+) -> None:
+    # Read the packets first: the audio length depends on the video's, and both streams are
+    # then written interleaved by time (players and streaming want an interleaved file).
+    packets = [p for p in in_video.container.demux(in_video) if p.size]
+    if not packets:
+        raise MediaError(f"{in_video.container.name}: has no video packets to copy")
+    with av.open(str(tmp), mode="w", format="mp4") as out:
+        out.metadata.update(tags)
+        video = out.add_stream_from_template(in_video)
+        audio = out.add_stream("aac", rate=sample_rate, layout="stereo")
+        audio.bit_rate = bitrate
+        n_samples = round(_video_seconds(packets) * sample_rate)
+        encoded = _encode_audio(audio, fit_length(samples, n_samples), sample_rate)
+        for packet in packets:
+            packet.stream = video
+        for packet in heapq.merge(packets, encoded, key=_decode_time):
+            out.mux(packet)
+
+
+def _video_seconds(packets: Sequence[av.Packet]) -> float:
+    """Presentation span of the copied packets (first pts to the end of the last frame),
+    which is what players show as the video's length."""
+    start = min(p.pts for p in packets if p.pts is not None)
+    end = max(p.pts + (p.duration or 0) for p in packets if p.pts is not None)
+    return float((end - start) * packets[0].time_base)
+
+
+def _decode_time(packet: av.Packet) -> float:
+    stamp = packet.dts if packet.dts is not None else packet.pts
+    return float(stamp * packet.time_base)
+
+
+def _encode_audio(stream: av.AudioStream, samples: np.ndarray, rate: int) -> list[av.Packet]:
+    """AAC packets of the whole track, in order. FFmpeg stamps the encoder's priming samples
+    with negative times and the MP4 muxer hides them with an edit list, so the audible
+    track starts at 0 with the picture."""
+    packets: list[av.Packet] = []
+    for start in range(0, samples.shape[1], AAC_FRAME):
+        chunk = np.ascontiguousarray(samples[:, start : start + AAC_FRAME])
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        frame.pts = start
+        frame.time_base = Fraction(1, rate)
+        packets.extend(stream.encode(frame))
+    packets.extend(stream.encode(None))
+    return packets

@@ -1,0 +1,74 @@
+"""Synthetic clips made with PyAV: test inputs for the test-suite, the benchmark and smoke
+runs, so no media has to be downloaded or committed for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+AUDIO_RATE = 48_000
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    codec: str
+    suffix: str
+    rate: Fraction
+    seconds: float
+    size: tuple[int, int] = (64, 48)  # width, height
+    audio: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    container_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return round(self.seconds * self.rate)
+
+
+def picture(i: int, width: int, height: int) -> np.ndarray:
+    """A frame that changes every time (moving bar, shifting tint) so encoders code motion."""
+    img = np.zeros((height, width, 3), np.uint8)
+    img[..., 0] = (i * 7) % 256
+    img[..., 2] = 255 - (i * 3) % 256
+    img[:, (i * 3) % width] = 255
+    return img
+
+
+def encode_clip(path: Path, spec: ClipSpec) -> Path:
+    with av.open(str(path), "w", options=spec.container_options) as out:
+        video = out.add_stream(spec.codec, rate=spec.rate, options=spec.options)
+        video.width, video.height = spec.size
+        video.pix_fmt = "yuv420p"
+        audio = out.add_stream("aac", rate=AUDIO_RATE, layout="mono") if spec.audio else None
+        for i in range(spec.n_frames):
+            frame = av.VideoFrame.from_ndarray(picture(i, *spec.size), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio is not None:
+            encode_tone(out, audio, spec.seconds)
+    return path
+
+
+def encode_tone(out: av.container.OutputContainer, stream: av.AudioStream, seconds: float) -> None:
+    """A quiet 440 Hz tone on `stream` (the clip's own sound, which outputs must drop)."""
+    n = int(seconds * AUDIO_RATE)
+    tone = (0.1 * np.sin(np.arange(n) * 2 * np.pi * 440 / AUDIO_RATE)).astype(np.float32)
+    for start in range(0, n, 1024):
+        frame = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp",
+                                           layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = start
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+
+
+def write_test_clip(path: str | Path, seconds: float, *, width: int = 320, height: int = 240,
+                    fps: int = 30) -> Path:
+    """An H.264 MP4 of `seconds` at `fps` and `width` x `height`."""
+    return encode_clip(Path(path), ClipSpec("libx264", ".mp4", Fraction(fps), seconds,
+                                            size=(width, height)))

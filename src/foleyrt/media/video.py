@@ -1,0 +1,406 @@
+"""Reading a clip: probe and validate it, then decode it once into both model inputs.
+
+The release decodes the file twice (once per frame rate) and keeps every sampled frame at
+full resolution before resizing. We decode once, run both tick schedules on the same frames
+and resize each sampled frame as soon as it is chosen, so a 15 s 1080p clip never holds more
+raw frames than the one being resized. Frame choice and pixels stay exactly the release's (spec/pipeline.md §2–§4,
+spec/synchformer.md §6): the parity fixture E1 checks both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.container
+import av.error
+import numpy as np
+import torch
+from av.stream import Disposition
+from PIL import Image
+from torch import Tensor
+
+from foleyrt.config import SIGLIP_FPS, SYNC_FPS, SYNC_WINDOW
+from foleyrt.errors import InputError, MediaError
+
+MIN_SECONDS = 1.0
+MAX_SECONDS = 15.0
+# Containers round durations (e.g. to the audio packet grid): a clip this close to a limit is
+# treated as being at it.
+DURATION_SLACK_S = 0.05
+# The release's `end_sec`: frames later than this are never used.
+FRAME_CAP_S = 15.0
+
+SIGLIP_SIZE = 512
+SYNC_SIZE = 224
+
+# Decoding may stop this much before the header's end without the file being called truncated
+# (variable frame rates, a last frame shorter than its neighbours).
+_TRUNCATION_SLACK_S = 0.5
+# Demuxers that happily "open" non-videos: still images and text files (FFmpeg's ANSI-art
+# `tty` demuxer accepts any .txt).
+_NOT_VIDEO_FORMATS = ("image2", "tty")
+
+
+# --------------------------------------------------------------------------------------------
+# Probing and validation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the header says about a clip that passed validation."""
+
+    path: Path
+    duration_s: float
+    fps: float | None
+    width: int
+    height: int
+    codec: str
+    n_frames: int | None
+    has_audio: bool
+
+
+@contextmanager
+def open_media(path: Path) -> Iterator[av.container.InputContainer]:
+    """Open a media file for reading (clips here, mux sources in `audio`), turning every way
+    it can fail to open into a one-line MediaError naming it."""
+    if not path.exists():
+        raise MediaError(f"{path}: no such file")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a directory, not a video file")
+    try:
+        if path.stat().st_size == 0:
+            raise MediaError(f"{path}: file is empty")
+        container = av.open(str(path), mode="r")
+    except PermissionError:
+        raise MediaError(f"{path}: cannot be read (permission denied)") from None
+    except (av.error.FFmpegError, OSError) as exc:
+        raise MediaError(
+            f"{path}: not a readable media file ({_reason(exc)}); it may be truncated, "
+            "corrupt, or not a video"
+        ) from None
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's message without the errno prefix and the file name PyAV appends."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(":")[0].strip() or type(exc).__name__
+
+
+def first_video_stream(
+    container: av.container.InputContainer, path: Path
+) -> av.video.VideoStream:
+    """The stream the release reads (`streams.video[0]`), refusing files that only look like
+    videos to FFmpeg."""
+    fmt = container.format.name
+    if fmt in _NOT_VIDEO_FORMATS or fmt.endswith("_pipe"):
+        raise MediaError(f"{path}: is an image or text file ({fmt}), not a video")
+    # A music file's cover art is a one-picture "video" stream: not a video.
+    videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    if not videos:
+        kind = "an audio-only file" if container.streams.audio else "a file without a video"
+        raise MediaError(f"{path}: is {kind}; a video with picture is needed")
+    return videos[0]
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Read the header (and the packet timestamps only when it stores no duration) and check
+    the clip is one we can use: a video stream lasting MIN_SECONDS to MAX_SECONDS."""
+    path = Path(path)
+    with open_media(path) as container:
+        stream = first_video_stream(container, path)
+        duration = _duration(container, stream, path)
+        rate = stream.average_rate or stream.guessed_rate
+        ctx = stream.codec_context
+        info = VideoInfo(
+            path=path,
+            duration_s=duration,
+            fps=float(rate) if rate else None,
+            width=ctx.width,
+            height=ctx.height,
+            codec=ctx.name,
+            n_frames=stream.frames or None,
+            has_audio=bool(container.streams.audio),
+        )
+    if duration < MIN_SECONDS - DURATION_SLACK_S:
+        raise InputError(
+            f"{path}: video is {duration:.2f} s long; at least {MIN_SECONDS:g} s is needed"
+        )
+    if duration > MAX_SECONDS + DURATION_SLACK_S:
+        raise InputError(
+            f"{path}: video is {duration:.2f} s long; {MAX_SECONDS:g} s is the current limit "
+            f"until long-video support lands, trim the clip to at most {MAX_SECONDS:g} s"
+        )
+    return info
+
+
+def _duration(
+    container: av.container.InputContainer, stream: av.video.VideoStream, path: Path
+) -> float:
+    """The video stream's own duration if the header has it; else the container's (which
+    may include other streams); else the end of the last video packet."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    start, end = math.inf, -math.inf
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.time_base is not None:
+                start = min(start, float(packet.pts * packet.time_base))
+                end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{path}: video stream cannot be read ({_reason(exc)})") from None
+    if end < start:
+        raise MediaError(
+            f"{path}: video stream has no timestamps (a raw elementary stream?); remux it "
+            "into MP4"
+        )
+    return end - start
+
+
+def _header_end(stream: av.video.VideoStream) -> float | None:
+    """Where the stream's own header says the video ends (None: it does not say)."""
+    if stream.duration is None or stream.time_base is None:
+        return None
+    return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
+
+
+# --------------------------------------------------------------------------------------------
+# One decode pass, several tick schedules
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One output frame of one sampling rate: tick `index` of `rate` took decoded frame
+    `frame_index` (counted in decoder output order from 0) shown at `time` seconds.
+    Ticks of the same source frame share one `rgb` array (H, W, 3) uint8."""
+
+    rate: int
+    index: int
+    frame_index: int
+    time: float
+    rgb: np.ndarray
+
+
+def iter_ticks(
+    path: str | Path,
+    rates: Sequence[int] = (SIGLIP_FPS, SYNC_FPS),
+    *,
+    end_s: float = FRAME_CAP_S,
+) -> Iterator[Tick]:
+    """Sample the first video stream at every rate in `rates` from a single decode pass.
+
+    The release's rule, per rate: `t_next` starts at 0.0 and grows by repeated float
+    addition of 1/rate (so it drifts exactly like the release's and, like it, can miss a
+    tick that coincides with a frame time); each decoded frame at `τ` is emitted while
+    `τ >= t_next` (forward sample-and-hold). Frames with `τ < 0` are skipped; decoding stops
+    at the first frame later than `end_s` (the release decodes on and discards them).
+    """
+    path = Path(path)
+    schedules = [_Schedule(rate) for rate in rates]
+    last_time: float | None = None
+    with open_media(path) as container:
+        stream = first_video_stream(container, path)
+        stream.thread_type = "AUTO"
+        # closed explicitly on an early stop, before the container it reads from
+        with closing(_decoded(container, stream, path)) as frames:
+            for frame_index, frame in enumerate(frames):
+                tau = frame.time
+                if tau is None:
+                    raise MediaError(
+                        f"{path}: video frames carry no timestamps; remux the file into MP4"
+                    )
+                if tau < 0:
+                    continue
+                if tau > end_s:
+                    break
+                due = [(s.rate, n) for s in schedules for n in s.advance(tau)]
+                if due:  # convert only frames that some schedule takes
+                    rgb = frame.to_ndarray(format="rgb24")
+                    for rate, n in due:
+                        yield Tick(rate, n, frame_index, tau, rgb)
+                last_time = tau
+        _check_complete(path, stream, last_time, end_s)
+
+
+class _Schedule:
+    """One rate's tick clock, accumulated by repeated float addition like the release's."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.step = 1.0 / rate
+        self.t_next = 0.0
+        self.emitted = 0
+
+    def advance(self, tau: float) -> range:
+        """Indices of the ticks a frame at `tau` fills (none, one, or several)."""
+        first = self.emitted
+        while tau >= self.t_next:
+            self.t_next += self.step
+            self.emitted += 1
+        return range(first, self.emitted)
+
+
+def _decoded(
+    container: av.container.InputContainer, stream: av.video.VideoStream, path: Path
+) -> Iterator[av.VideoFrame]:
+    """Decoded frames in output order; decoder errors become a one-line MediaError."""
+    try:
+        for packet in container.demux(stream):
+            yield from packet.decode()
+    except av.error.FFmpegError as exc:
+        raise MediaError(
+            f"{path}: video cannot be decoded ({_reason(exc)}); the file looks corrupt or "
+            "truncated"
+        ) from None
+
+
+def _check_complete(
+    path: Path, stream: av.video.VideoStream, last: float | None, end_s: float
+) -> None:
+    """A file cut short keeps its header, so it decodes "successfully" to fewer frames:
+    compare the last frame used with the header's end (when the video stream records one)."""
+    if last is None:
+        raise MediaError(f"{path}: contains no decodable video frames")
+    header_end = _header_end(stream)
+    if header_end is not None and last < min(header_end, end_s) - _TRUNCATION_SLACK_S:
+        raise MediaError(
+            f"{path}: video stops at {last:.2f} s but its header says {header_end:.2f} s; "
+            "the file looks truncated"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing (exact release numerics)
+# --------------------------------------------------------------------------------------------
+
+
+def siglip_pixels(rgb: np.ndarray, size: int = SIGLIP_SIZE) -> Tensor:
+    """(3, size, size) uint8: Pillow's bilinear (antialiasing) resize to a square, aspect
+    ratio not kept; what torchvision's classic `Resize((512, 512))` does with a PIL image."""
+    image = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+def sync_pixels(rgb: np.ndarray, size: int = SYNC_SIZE) -> Tensor:
+    """(3, size, size) uint8: shorter side to `size`, then a center crop.
+
+    PyTorch's native uint8 antialiased bicubic on the CPU, as torchvision v2 calls it: it
+    rounds to uint8 between its two passes, so a float resize (or PIL's) differs by up to
+    several levels (spec/synchformer.md §6)."""
+    height, width = rgb.shape[:2]
+    if height <= width:
+        new_h, new_w = size, int(size * width / height)
+    else:
+        new_h, new_w = int(size * height / width), size
+    chw = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
+    resized = torch.nn.functional.interpolate(
+        chw, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+    )[0]
+    top = int(round((new_h - size) / 2))
+    left = int(round((new_w - size) / 2))
+    return resized[:, top : top + size, left : left + size].contiguous()
+
+
+def to_model_range(u8: Tensor) -> Tensor:
+    """uint8 pixels -> float32 in [-1, 1] (`/255`, then mean 0.5 / std 0.5), on u8's device:
+    the pipeline ships uint8 to the GPU (4x less traffic) and converts there."""
+    return u8.to(torch.float32).div(255).sub(0.5).div(0.5)
+
+
+def audio_latent_frames(duration_s: float, rate: int = 50) -> int:
+    """The release's latent length `int(duration_s * rate)`: a float product truncated, so
+    some frame counts give one latent frame fewer than 2·T25 (spec/pipeline.md §2.3); kept
+    for parity."""
+    return int(duration_s * rate)
+
+
+# --------------------------------------------------------------------------------------------
+# The decoded clip
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecodedClip:
+    """Both model inputs of a clip, uint8 on the CPU, with the source frame of every output
+    frame. `duration_s` (= T25 / 25) is the release's `audio_len_in_s`: the length of audio
+    the model is asked for, which may be a little shorter than `info.duration_s`."""
+
+    info: VideoInfo
+    siglip_u8: Tensor
+    sync_u8: Tensor
+    siglip_source_index: list[int]
+    siglip_source_time: list[float]
+    sync_source_index: list[int]
+    sync_source_time: list[float]
+    duration_s: float
+
+
+class _Branch:
+    """Frames of one rate, each source frame transformed once however often it is held."""
+
+    def __init__(self, transform: Callable[[np.ndarray], Tensor]) -> None:
+        self.transform = transform
+        self.frames: list[Tensor] = []
+        self.source_index: list[int] = []
+        self.source_time: list[float] = []
+
+    def add(self, tick: Tick) -> None:
+        held = bool(self.source_index) and self.source_index[-1] == tick.frame_index
+        self.frames.append(self.frames[-1] if held else self.transform(tick.rgb))
+        self.source_index.append(tick.frame_index)
+        self.source_time.append(tick.time)
+
+    def stacked(self) -> Tensor:
+        return torch.stack(self.frames)
+
+
+def assemble_clip(
+    info: VideoInfo,
+    ticks: Iterable[Tick],
+    siglip_fps: int = SIGLIP_FPS,
+    sync_fps: int = SYNC_FPS,
+) -> DecodedClip:
+    """Preprocess ticks of the two rates as they arrive (see `decode_clip`)."""
+    if siglip_fps == sync_fps:
+        raise ValueError("the SigLIP2 and Synchformer rates must differ")
+    branches = {siglip_fps: _Branch(siglip_pixels), sync_fps: _Branch(sync_pixels)}
+    for tick in ticks:
+        branches[tick.rate].add(tick)
+    siglip, sync = branches[siglip_fps], branches[sync_fps]
+    if len(sync.frames) < SYNC_WINDOW:
+        raise MediaError(
+            f"{info.path}: only {len(sync.frames) / sync_fps:.2f} s of video could be decoded; "
+            f"at least {SYNC_WINDOW / sync_fps:.2f} s is needed"
+        )
+    return DecodedClip(
+        info=info,
+        siglip_u8=siglip.stacked(),
+        sync_u8=sync.stacked(),
+        siglip_source_index=siglip.source_index,
+        siglip_source_time=siglip.source_time,
+        sync_source_index=sync.source_index,
+        sync_source_time=sync.source_time,
+        duration_s=len(sync.frames) / sync_fps,
+    )
+
+
+def decode_clip(
+    path: str | Path, *, siglip_fps: int = SIGLIP_FPS, sync_fps: int = SYNC_FPS
+) -> DecodedClip:
+    """Validate `path` and decode it once into the SigLIP2 frames (siglip_fps, 512², uint8)
+    and the Synchformer frames (sync_fps, 224², uint8)."""
+    info = probe_video(path)
+    ticks = iter_ticks(info.path, (siglip_fps, sync_fps))
+    return assemble_clip(info, ticks, siglip_fps, sync_fps)

@@ -1,0 +1,117 @@
+"""Test media made on the fly with PyAV: small clips of several codecs, containers, rates and
+durations, and the broken inputs users actually send. Built once per session, on first use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile
+from av.stream import Disposition
+from PIL import Image
+
+from foleyrt.media.synthetic import AUDIO_RATE, ClipSpec, encode_clip, encode_tone, picture
+
+_VP9 = {"deadline": "realtime", "cpu-used": "8"}
+CLIPS: dict[str, ClipSpec] = {
+    "h264_8s_30": ClipSpec("libx264", ".mp4", Fraction(30), 8),
+    "h264_8s_25": ClipSpec("libx264", ".mp4", Fraction(25), 8),
+    "h264_1s_30": ClipSpec("libx264", ".mp4", Fraction(30), 1),
+    "h264_10s_24": ClipSpec("libx264", ".mp4", Fraction(24), 10),
+    "h264_5s_25": ClipSpec("libx264", ".mp4", Fraction(25), 5),
+    "h264_2s_60": ClipSpec("libx264", ".mp4", Fraction(60), 2),
+    "h264_3s_30_audio": ClipSpec("libx264", ".mp4", Fraction(30), 3, audio=True),
+    "h264_2s_30_portrait": ClipSpec("libx264", ".mp4", Fraction(30), 2, size=(48, 64)),
+    "h264_16s_30": ClipSpec("libx264", ".mp4", Fraction(30), 16),
+    "h264_0p5s_30": ClipSpec("libx264", ".mp4", Fraction(30), 0.5),
+    "h264_4s_30_faststart": ClipSpec(
+        "libx264", ".mp4", Fraction(30), 4, container_options={"movflags": "faststart"}
+    ),
+    "vp9_2s_24": ClipSpec("libvpx-vp9", ".webm", Fraction(24), 2, options=_VP9),
+    "mpeg4_3s_2997": ClipSpec("mpeg4", ".mov", Fraction(30000, 1001), 3),
+}
+
+
+def _empty(path: Path) -> Path:
+    path.touch()
+    return path
+
+
+def _text(path: Path) -> Path:
+    path.write_text("not a video\n" * 50)
+    return path
+
+
+def _png(path: Path) -> Path:
+    Image.new("RGB", (64, 48), "red").save(path)
+    return path
+
+
+def _wav(path: Path) -> Path:
+    soundfile.write(path, np.zeros(AUDIO_RATE, np.float32), AUDIO_RATE)
+    return path
+
+
+def _audio_only_m4a(path: Path) -> Path:
+    with av.open(str(path), "w") as out:
+        encode_tone(out, out.add_stream("aac", rate=AUDIO_RATE, layout="mono"), 2.0)
+    return path
+
+
+def _audio_with_cover_m4a(path: Path) -> Path:
+    """Music files carry cover art as a one-picture video stream."""
+    with av.open(str(path), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        cover = out.add_stream("mjpeg")
+        cover.width, cover.height, cover.pix_fmt = 64, 48, "yuvj420p"
+        cover.disposition = Disposition.attached_pic
+        art = av.VideoFrame.from_ndarray(picture(0, 64, 48), format="rgb24")
+        art = art.reformat(format="yuvj420p")
+        art.pts = 0
+        out.mux(list(cover.encode(art)) + list(cover.encode(None)))
+        encode_tone(out, audio, 2.0)
+    return path
+
+
+def _truncated(source: Path, path: Path) -> Path:
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+class Media:
+    """`media["name"]` -> path of a generated file (clips of CLIPS and the bad inputs)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[str, Path] = {}
+        self._bad: dict[str, Callable[[Path], Path]] = {
+            "empty.mp4": _empty,
+            "notes.txt": _text,
+            "image.png": _png,
+            "audio.m4a": _audio_only_m4a,
+            "audio_cover.m4a": _audio_with_cover_m4a,
+            "audio.wav": _wav,
+            # moov atom at the end: half a file has no index at all
+            "truncated.mp4": lambda p: _truncated(self["h264_8s_30"], p),
+            # moov atom first: the header is intact, the frames stop half-way
+            "truncated_faststart.mp4": lambda p: _truncated(self["h264_4s_30_faststart"], p),
+        }
+
+    def __getitem__(self, name: str) -> Path:
+        if name not in self._made:
+            if name in CLIPS:
+                spec = CLIPS[name]
+                self._made[name] = encode_clip(self.root / f"{name}{spec.suffix}", spec)
+            else:
+                self._made[name] = self._bad[name](self.root / name)
+        return self._made[name]
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
+    return Media(tmp_path_factory.mktemp("media"))
