@@ -174,6 +174,13 @@ class DiffusionConfig:
         return _from_mapping(cls, values, "diffusion_config")
 
 
+# Frame rates and Synchformer windowing of the release's feature pipeline (pipeline.md §2-§4).
+SIGLIP_FPS = 8
+SYNC_FPS = 25
+SYNC_WINDOW = 16  # frames per Synchformer segment
+SYNC_STRIDE = 8  # segments overlap by half
+
+
 # --------------------------------------------------------------------------------------------
 # Audio VAE and Synchformer
 # --------------------------------------------------------------------------------------------
@@ -328,7 +335,7 @@ class ModelSpec:
     synchformer_file: str = "synchformer_state_dict.pth"
     siglip_repo: str = SIGLIP2_REPO
     clap_repo: str = CLAP_REPO
-    random_weights: bool = False
+    random_only: bool = False  # exists only with random weights (the tiny smoke model)
 
     @property
     def sample_rate(self) -> int:
@@ -387,7 +394,7 @@ TINY = ModelSpec(
         continuous=True,
     ),
     synchformer=SynchformerConfig(embed_dim=TINY_ENCODER_WIDTH, num_heads=2, depth=2),
-    random_weights=True,
+    random_only=True,
 )
 
 PRESETS: dict[str, ModelSpec] = {"xxl": XXL, "xl": XL, "tiny": TINY}

@@ -22,14 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foleyrt.config import SynchformerConfig
+from foleyrt.config import SYNC_FPS, SYNC_STRIDE, SYNC_WINDOW, SynchformerConfig
 from foleyrt.errors import InputError
 from foleyrt.weights import load_into, read_checkpoint
 
 LN_EPS = 1e-6
-SYNC_FPS = 25
-SEGMENT_FRAMES = 16
-SEGMENT_STRIDE = 8
 # Parts of the released file that the Foley pipeline never runs (spec §2, §8).
 UNUSED_PREFIXES = ("afeat_extractor.", "transformer.", "vproj.", "aproj.")
 
@@ -399,7 +396,7 @@ def load_synchformer(
 
 
 def segment_windows(
-    frames: Tensor, window: int = SEGMENT_FRAMES, stride: int = SEGMENT_STRIDE
+    frames: Tensor, window: int = SYNC_WINDOW, stride: int = SYNC_STRIDE
 ) -> Tensor:
     """`(T, 3, H, W)` preprocessed frames -> `(S, 1, window, 3, H, W)` overlapping segments,
     S = (T - window) // stride + 1, trailing frames dropped (spec §6). A view: no copy."""
@@ -411,6 +408,11 @@ def segment_windows(
             f"needs at least {window} ({window / SYNC_FPS:.2f} s)"
         )
     return frames.unfold(0, window, stride).permute(0, 4, 1, 2, 3).unsqueeze(1)
+
+
+def sync_token_count(n_frames: int) -> int:
+    """Sync tokens for `n_frames` 25 fps frames: 8 per complete window."""
+    return 8 * ((n_frames - SYNC_WINDOW) // SYNC_STRIDE + 1)
 
 
 def sync_features(model: Synchformer, frames: Tensor, batch_size: int | None = None) -> Tensor:

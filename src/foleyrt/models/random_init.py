@@ -1,0 +1,36 @@
+"""Deterministic random weights for the tiny smoke-test model.
+
+One rule for every module (the fixture generator's, see the reference manifest's `init`): it
+keeps activations in a sane range through any depth, and does not depend on library init code
+that may change between versions, so `tiny-random` gives the same numbers everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int) -> nn.Module:
+    """Fill every parameter in sorted-name order from `torch.Generator().manual_seed(seed)`."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in sorted(module.named_parameters()):
+        shape = param.shape
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "weight_v":
+            value = torch.randn(shape, generator=gen)
+        elif leaf in ("weight_g", "alpha"):
+            value = 0.5 + torch.rand(shape, generator=gen)
+        elif leaf.endswith("weight") and param.ndim >= 2:
+            value = torch.randn(shape, generator=gen) / math.sqrt(math.prod(shape[1:]))
+        elif leaf.endswith("weight"):
+            value = 1 + 0.1 * torch.randn(shape, generator=gen)
+        elif leaf.endswith("bias"):
+            value = 0.05 * torch.randn(shape, generator=gen)
+        else:
+            value = 0.5 * torch.randn(shape, generator=gen)
+        param.copy_(value.to(param.dtype))
+    return module

@@ -1,0 +1,91 @@
+"""The five networks of one Foley model, loaded once.
+
+`load_models` resolves the released files (local directory or hub), builds every network on the
+`meta` device and assigns the checkpoint tensors (no random init of billions of parameters),
+then places them with the runtime's device and dtypes. `random_models` builds the tiny config of
+every component with deterministic random weights: the whole pipeline runs anywhere without a
+download, and everything it makes is labelled as random.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM, ModelSpec, RuntimeConfig
+from foleyrt.errors import UsageError
+from foleyrt.models.dac_vae import DACVAE, load_dac
+from foleyrt.models.dit import FoleyDiT
+from foleyrt.models.encoders import ClapTextEncoder, SigLIP2Encoder
+from foleyrt.models.random_init import randomize_
+from foleyrt.models.synchformer import Synchformer, load_synchformer
+from foleyrt.weights import load_checkpoint_into, resolve_files
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoleyModels:
+    spec: ModelSpec
+    dit: FoleyDiT
+    vae: DACVAE
+    synchformer: Synchformer
+    siglip: SigLIP2Encoder
+    clap: ClapTextEncoder
+    source: str  # where the weights came from (directory, repo id, or "tiny-random")
+    random_weights: bool = False  # outputs must then be labelled as noise
+
+    def place(self, runtime: RuntimeConfig) -> FoleyModels:
+        """Move every network to the runtime's device and dtypes, in eval mode."""
+        dev = runtime.device
+        self.dit.to(dev, runtime.dtype).eval().requires_grad_(False)
+        self.vae.to(dev, runtime.vae_dtype).eval().requires_grad_(False)
+        for enc in (self.synchformer, self.siglip, self.clap):
+            enc.to(dev, runtime.encoder_dtype).eval().requires_grad_(False)
+        return self
+
+
+def model_spec(size: str) -> ModelSpec:
+    try:
+        return PRESETS[size]
+    except KeyError:
+        raise UsageError(f"unknown model size {size!r}; choose xxl or xl") from None
+
+
+def load_models(model: str = HUB_REPO, size: str = "xxl", *, runtime: RuntimeConfig) -> FoleyModels:
+    """Load the released weights of `size` from `model` (a directory or hub repo id), or build
+    the tiny random model for `model == "tiny-random"`."""
+    if model == TINY_RANDOM:
+        return random_models().place(runtime)
+    spec = model_spec(size)
+    files = resolve_files(model, [spec.dit_file, spec.vae_file, spec.synchformer_file])
+    with torch.device("meta"):
+        dit = FoleyDiT(spec.dit)
+    load_checkpoint_into(dit, files[spec.dit_file], dtype=runtime.dtype)
+    vae = load_dac(files[spec.vae_file], decoder_only=True, dtype=runtime.vae_dtype)
+    synchformer = load_synchformer(files[spec.synchformer_file], spec.synchformer,
+                                   dtype=runtime.encoder_dtype)
+    siglip = SigLIP2Encoder.from_pretrained(spec.siglip_repo)
+    clap = ClapTextEncoder.from_pretrained(spec.clap_repo, text_length=spec.dit.text_length)
+    return FoleyModels(spec, dit, vae, synchformer, siglip, clap, model).place(runtime)
+
+
+def random_models(
+    spec: ModelSpec = TINY, seed: int = 0, dit: FoleyDiT | None = None
+) -> FoleyModels:
+    """Every component of `spec` with deterministic random weights (the tiny spec by default;
+    a released spec gives real-size random networks for benchmarks). `dit` may be given
+    pre-built (e.g. filled on the GPU: billions of CPU random numbers are slow)."""
+    log.warning("model %r has RANDOM weights: its output is noise, for tests and benchmarks",
+                spec.name)
+    full = not spec.random_only
+    dit = dit if dit is not None else randomize_(FoleyDiT(spec.dit), seed)
+    vae = randomize_(DACVAE(spec.dac, decoder_only=True), seed + 1)
+    synchformer = randomize_(Synchformer(spec.synchformer), seed + 2)
+    siglip = SigLIP2Encoder.random(spec.dit.clip_dim, seed + 3, full_size=full)
+    clap = ClapTextEncoder.random(spec.dit.text_dim, seed + 4, text_length=spec.dit.text_length,
+                                  full_size=full)
+    source = TINY_RANDOM if spec is TINY else f"random-{spec.name}"
+    return FoleyModels(spec, dit, vae, synchformer, siglip, clap, source, random_weights=True)
