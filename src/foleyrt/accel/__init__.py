@@ -1,6 +1,17 @@
-"""Acceleration recipes: functions that transform a built model, never branches inside it."""
+"""Acceleration recipes: functions that transform a built model or wrap its step function,
+never branches inside the model.
+
+Modes:
+- `eager`: the module as written (explicit-dtype PyTorch ops; step-invariant work already
+  hoisted by `FoleyDiT.prepare`).
+- `compile`: Inductor-compiled blocks (dynamic lengths, caches on disk) + a CUDA graph over
+  each whole velocity evaluation. Needs CUDA; elsewhere it says so and runs eager.
+"""
 
 from __future__ import annotations
+
+import logging
+import weakref
 
 from torch import nn
 
@@ -9,7 +20,10 @@ from foleyrt.errors import ConfigError
 from foleyrt.models.dit import FoleyDiT, PreparedConditions
 from foleyrt.pipeline.sampling import ModelFn
 
-ACCEL_MODES = ("eager",)
+log = logging.getLogger(__name__)
+
+ACCEL_MODES = ("eager", "compile")
+_graph_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_mode(mode: str) -> str:
@@ -18,13 +32,35 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def apply_accel(model: nn.Module, mode: str) -> nn.Module:
-    """Return `model` prepared for acceleration `mode` (`eager`: unchanged)."""
+def _effective(mode: str, model: nn.Module) -> str:
+    from foleyrt.accel.compile import compile_supported
+
     check_mode(mode)
+    device = next(model.parameters()).device
+    if mode == "compile" and not compile_supported(device):
+        log.warning("--accel compile needs a CUDA device (have %s): running eager", device)
+        return "eager"
+    return mode
+
+
+def apply_accel(model: nn.Module, mode: str) -> nn.Module:
+    """Prepare `model` for `mode` in place (compiled blocks for `compile`)."""
+    if _effective(mode, model) == "compile" and isinstance(model, FoleyDiT):
+        from foleyrt.accel.compile import compile_blocks
+
+        compile_blocks(model)
     return model
 
 
 def model_fn(dit: FoleyDiT, prepared: PreparedConditions, runtime: RuntimeConfig) -> ModelFn:
     """The per-step velocity function the sampler calls, for the runtime's acceleration."""
-    check_mode(runtime.accel)
-    return lambda x, t: dit.velocity(x, t, prepared)
+    if _effective(runtime.accel, dit) == "eager":
+        return lambda x, t: dit.velocity(x, t, prepared)
+    from foleyrt.accel.compile import compile_blocks
+    from foleyrt.accel.cudagraph import GraphCache
+
+    compile_blocks(dit)
+    cache = _graph_caches.get(dit)
+    if cache is None:
+        cache = _graph_caches[dit] = GraphCache(dit)
+    return cache.model_fn(prepared)

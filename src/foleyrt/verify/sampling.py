@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from foleyrt.config import DiffusionConfig
+from foleyrt.accel import model_fn
+from foleyrt.config import DiffusionConfig, RuntimeConfig
 from foleyrt.pipeline.conditions import Conditions, prepare_rows
 from foleyrt.pipeline.sampling import StepEvent, denoise, flow_schedule, guidance_active
 from foleyrt.verify.dac import dac_model
@@ -70,8 +71,9 @@ def run_loop(case: dict[str, Any], fx: Fixtures) -> list[Check]:
     def record(event: StepEvent) -> None:
         events.append(event)
 
-    final = denoise(lambda x, t: dit.velocity(x, t, prepared), inp["initial_noise"], schedule,
-                    guidance, on_step=record)
+    runtime = RuntimeConfig(device=fx.device, accel=fx.accel)
+    final = denoise(model_fn(dit, prepared, runtime), inp["initial_noise"], schedule, guidance,
+                    on_step=record)
     ltol = tol["latents"]
     if "latents" in exp:
         got = torch.stack([inp["initial_noise"].float()] + [e.latent for e in events])

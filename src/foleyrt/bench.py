@@ -1,0 +1,311 @@
+"""`foleyrt bench`: speed, memory and numerical distance of each acceleration mode.
+
+Random weights (speed does not depend on their values; the numerical distances are only a proxy
+for trained weights). For each model size and clip duration it times the 50-step CFG denoising
+loop (batch 2: one sample, guidance on) per mode, in one process:
+
+- `release-pattern`: the release's execution pattern reproduced with our model (spec
+  pipeline.md §6.4 / §10.1): bf16 weights under bf16 autocast, every step re-building the CFG
+  rows and re-running all step-invariant condition work. A baseline, not the official code.
+- `eager`: our module, conditions prepared once per request.
+- `compile`: Inductor-compiled blocks + a CUDA graph per velocity call.
+
+Reported per row: median and spread of the loop over `runs`, ms per forward, FLOPs per forward
+counted by `torch.utils.flop_counter`, achieved TFLOP/s and % of the measured bf16 matmul peak
+(an 8192^3 product timed in the same run), peak GPU memory, first-run time (compile + capture
+included), and the final latent's cosine / max abs distance from an fp32 eager run with the same
+weights, conditions and noise. `--pipeline` also times the whole pipeline from a video file to a
+written MP4 with real-size random encoders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
+from foleyrt.models.dit import FoleyDiT
+from foleyrt.pipeline.conditions import Conditions, prepare_rows
+from foleyrt.pipeline.features import text_only_lengths
+from foleyrt.pipeline.sampling import denoise, flow_schedule
+
+log = logging.getLogger(__name__)
+
+MODES = ("release-pattern", "eager", "compile")
+TEXT_TOKENS = 16  # a short prompt, padded like the release pads [negative, prompt]
+
+
+@dataclass
+class BenchRow:
+    size: str
+    duration_s: float
+    mode: str
+    latent_frames: int
+    runs_s: list[float]
+    first_run_s: float
+    ms_per_forward: float
+    gflop_per_forward: float
+    tflops: float
+    pct_of_peak: float
+    peak_mem_gb: float
+    cos_vs_fp32: float | None = None
+    max_abs_vs_fp32: float | None = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.runs_s)
+
+
+@dataclass
+class BenchReport:
+    device: str
+    torch_version: str
+    matmul_peak_tflops: float
+    steps: int
+    rows: list[BenchRow] = field(default_factory=list)
+    pipeline: list[dict] = field(default_factory=list)
+
+    def table(self) -> str:
+        head = (f"{'size':<5}{'dur':>5} {'mode':<16}{'median s':>9}{'spread s':>16}"
+                f"{'ms/fwd':>8}{'GFLOP':>8}{'TFLOP/s':>8}{'%peak':>6}{'mem GB':>7}"
+                f"{'first s':>8}{'cos fp32':>11}{'maxabs':>9}")
+        lines = [f"device: {self.device}  torch {self.torch_version}  steps {self.steps}  "
+                 f"bf16 matmul peak (measured 8192^3): {self.matmul_peak_tflops:.0f} TFLOP/s",
+                 head]
+        for r in self.rows:
+            cos = f"{r.cos_vs_fp32:.6f}" if r.cos_vs_fp32 is not None else "-"
+            mx = f"{r.max_abs_vs_fp32:.3g}" if r.max_abs_vs_fp32 is not None else "-"
+            lines.append(
+                f"{r.size:<5}{r.duration_s:>5g} {r.mode:<16}{r.median_s:>9.3f}"
+                f"{min(r.runs_s):>8.3f}-{max(r.runs_s):<7.3f}{r.ms_per_forward:>8.1f}"
+                f"{r.gflop_per_forward:>8.0f}{r.tflops:>8.0f}{r.pct_of_peak:>6.1f}"
+                f"{r.peak_mem_gb:>7.1f}{r.first_run_s:>8.1f}{cos:>11}{mx:>9}")
+        for p in self.pipeline:
+            lines.append(f"pipeline {p['size']} {p['duration_s']:g}s {p['mode']}: median "
+                         f"{p['median_s']:.3f}s (runs {', '.join(f'{x:.3f}' for x in p['runs_s'])})"
+                         f", peak mem {p['peak_mem_gb']:.1f} GB, stages {p['stages']}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for row, r in zip(data["rows"], self.rows):
+            row["median_s"] = r.median_s
+        return json.dumps(data, indent=1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    """bf16 TFLOP/s of a large square product (random data): the practical ceiling."""
+    if device.type != "cuda":
+        return float("nan")
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+@torch.no_grad()
+def random_dit(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int) -> FoleyDiT:
+    """Built on meta, materialised on the device, filled there (5 B parameters in a second)."""
+    with torch.device("meta"):
+        dit = FoleyDiT(spec.dit)
+    dit = dit.to_empty(device=device)
+    gen = torch.Generator(device).manual_seed(seed)
+    for _, p in sorted(dit.named_parameters()):
+        if p.ndim >= 2:
+            p.normal_(0, p[0].numel() ** -0.5, generator=gen)
+        else:
+            p.normal_(1.0 if p.shape[0] <= 128 else 0.0, 0.05, generator=gen)
+    return dit.to(dtype).eval().requires_grad_(False)
+
+
+def random_conditions(spec: ModelSpec, duration_s: float, device: torch.device,
+                      seed: int) -> tuple[Conditions, int]:
+    n_clip, n_sync, audio_s = text_only_lengths(duration_s)
+    g = torch.Generator(device).manual_seed(seed)
+    cfg = spec.dit
+
+    def rnd(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g, device=device)
+
+    cond = Conditions(rnd(1, n_clip, cfg.clip_dim), rnd(1, n_sync, cfg.sync_feat_dim),
+                      rnd(1, TEXT_TOKENS, cfg.text_dim), rnd(1, TEXT_TOKENS, cfg.text_dim))
+    return cond, int(audio_s * cfg.audio_frame_rate)
+
+
+def _loop(dit: FoleyDiT, cond: Conditions, noise: Tensor, steps: int, guidance: float,
+          mode: str, spec: ModelSpec) -> Tensor:
+    """One full denoising loop in `mode` (conditions prepared inside: that is part of the
+    request's cost)."""
+    from foleyrt.accel import model_fn
+
+    device = noise.device
+    schedule = flow_schedule(steps, spec.diffusion)
+    n_latent = noise.shape[-1]
+    if mode == "release-pattern":
+        rows = prepare_rows_raw(dit, cond, noise.shape[0])
+
+        def fn(x: Tensor, t: Tensor) -> Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return dit(x, t, *rows)
+
+        return denoise(fn, noise, schedule, guidance)
+    prepared = prepare_rows(dit, cond, noise.shape[0], True, n_latent)
+    runtime = RuntimeConfig(device=device, dtype=next(dit.parameters()).dtype, accel=mode)
+    return denoise(model_fn(dit, prepared, runtime), noise, schedule, guidance)
+
+
+def prepare_rows_raw(dit: FoleyDiT, cond: Conditions, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """CFG rows as raw features (clip, text, sync), rebuilt per step by the release."""
+    clip = torch.cat([dit.empty_clip(n, cond.clip_feat.shape[1]).float(),
+                      cond.clip_feat.expand(n, -1, -1)])
+    sync = torch.cat([dit.empty_sync(n, cond.sync_feat.shape[1]).float(),
+                      cond.sync_feat.expand(n, -1, -1)])
+    text = torch.cat([cond.uncond_text_feat.expand(n, -1, -1), cond.text_feat.expand(n, -1, -1)])
+    return clip, text, sync
+
+
+def count_flops(dit: FoleyDiT, cond: Conditions, noise: Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    prepared = prepare_rows(dit, cond, noise.shape[0], True, noise.shape[-1])
+    x = torch.cat([noise, noise])
+    t = torch.full((x.shape[0],), 500.0, device=noise.device)
+    with FlopCounterMode(display=False) as counter:
+        dit.velocity(x, t, prepared)
+    return counter.get_total_flops()
+
+
+def _timed(fn: Callable[[], Tensor], device: torch.device) -> tuple[float, Tensor]:
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t, out
+
+
+def _distance(a: Tensor, b: Tensor) -> tuple[float, float]:
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    cos = torch.nn.functional.cosine_similarity(a64, b64, dim=0).item()
+    return cos, (a64 - b64).abs().max().item()
+
+
+@torch.inference_mode()
+def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs: int,
+               steps: int, guidance: float, device: torch.device,
+               reference: bool = True) -> BenchReport:
+    report = BenchReport(str(torch.cuda.get_device_name(device) if device.type == "cuda"
+                             else device), torch.__version__, matmul_peak(device), steps)
+    for size in sizes:
+        spec = PRESETS[size]
+        dit = random_dit(spec, device, torch.bfloat16, seed=0)
+        dit32 = None
+        for duration in durations:
+            cond, n_latent = random_conditions(spec, duration, device, seed=1)
+            noise = torch.randn(1, spec.dit.audio_vae_latent_dim, n_latent, device=device,
+                                generator=torch.Generator(device).manual_seed(2))
+            flops = count_flops(dit, cond, noise.bfloat16())
+            ref = None
+            if reference:
+                if dit32 is None:
+                    dit32 = random_dit(spec, device, torch.float32, seed=0)
+                    dit32.load_state_dict({k: v.float() for k, v in dit.state_dict().items()})
+                with _no_tf32():
+                    ref = _loop(dit32, cond, noise, steps, guidance, "eager", spec)
+            for mode in modes:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                x0 = noise.bfloat16()  # the release draws bf16 noise
+                first, out = _timed(lambda: _loop(dit, cond, x0, steps, guidance, mode, spec),
+                                    device)
+                times = [_timed(lambda: _loop(dit, cond, x0, steps, guidance, mode, spec),
+                                device)[0] for _ in range(runs)]
+                median = statistics.median(times)
+                ms_fwd = median / steps * 1e3
+                tflops = flops / (ms_fwd / 1e3) / 1e12
+                peak_mem = (torch.cuda.max_memory_allocated(device) / 2**30
+                            if device.type == "cuda" else float("nan"))
+                row = BenchRow(size, duration, mode, n_latent, times, first, ms_fwd,
+                               flops / 1e9, tflops, 100 * tflops / report.matmul_peak_tflops,
+                               peak_mem)
+                if ref is not None:
+                    row.cos_vs_fp32, row.max_abs_vs_fp32 = _distance(out, ref)
+                report.rows.append(row)
+                log.info("%s", report.table().splitlines()[-1])
+        del dit, dit32
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return report
+
+
+class _no_tf32:
+    def __enter__(self) -> None:
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+
+def bench_pipeline(size: str, durations: list[float], modes: list[str], runs: int, steps: int,
+                   device: torch.device, video_dir: Path | None = None) -> list[dict]:
+    """Whole pipeline, warm: video file -> features -> 50 steps -> VAE -> written MP4, with
+    real-size random-weight encoders, VAE and transformer."""
+    from foleyrt.media.synthetic import write_test_clip
+    from foleyrt.pipeline.models import random_models
+    from foleyrt.pipeline.pipeline import FoleyPipeline
+
+    results = []
+    spec = PRESETS[size]
+    models = random_models(spec, dit=random_dit(spec, device, torch.bfloat16, seed=0))
+    workdir = Path(video_dir or tempfile.mkdtemp(prefix="foleyrt-bench-"))
+    for mode in modes:
+        runtime = RuntimeConfig(device=device, dtype=torch.bfloat16, accel=mode)
+        pipe = FoleyPipeline(models.place(runtime), runtime)
+        for duration in durations:
+            video = write_test_clip(workdir / f"clip_{duration:g}s.mp4", duration,
+                                    width=1280, height=720, fps=30)
+            out = workdir / f"out_{mode}_{duration:g}s.mp4"
+
+            def run() -> dict[str, float]:
+                res = pipe.generate(video, prompt="footsteps on gravel", steps=steps, seed=0)
+                t = time.perf_counter()
+                res.save(out, overwrite=True)
+                return {**res.timings, "mux": time.perf_counter() - t}
+
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            run()  # warm-up: compile, capture, cudnn autotune
+            stages, times = [], []
+            for _ in range(runs):
+                t = time.perf_counter()
+                stages.append(run())
+                times.append(time.perf_counter() - t)
+            peak = (torch.cuda.max_memory_allocated(device) / 2**30
+                    if device.type == "cuda" else float("nan"))
+            mid = stages[times.index(statistics.median_low(times))]
+            results.append({"size": size, "duration_s": duration, "mode": mode,
+                            "runs_s": times, "median_s": statistics.median(times),
+                            "peak_mem_gb": peak,
+                            "stages": {k: round(v, 3) for k, v in mid.items()}})
+            log.info("pipeline %s %gs %s: %.3f s", size, duration, mode, results[-1]["median_s"])
+    return results
