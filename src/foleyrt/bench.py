@@ -73,6 +73,7 @@ class BenchReport:
     steps: int
     rows: list[BenchRow] = field(default_factory=list)
     pipeline: list[dict] = field(default_factory=list)
+    profiles: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         head = (f"{'size':<5}{'dur':>5} {'mode':<16}{'median s':>9}{'spread s':>16}"
@@ -89,6 +90,7 @@ class BenchReport:
                 f"{min(r.runs_s):>8.3f}-{max(r.runs_s):<7.3f}{r.ms_per_forward:>8.1f}"
                 f"{r.gflop_per_forward:>8.0f}{r.tflops:>8.0f}{r.pct_of_peak:>6.1f}"
                 f"{r.peak_mem_gb:>7.1f}{r.first_run_s:>8.1f}{cos:>11}{mx:>9}")
+        lines += self.profiles
         for p in self.pipeline:
             lines.append(f"pipeline {p['size']} {p['duration_s']:g}s {p['mode']}: median "
                          f"{p['median_s']:.3f}s (runs {', '.join(f'{x:.3f}' for x in p['runs_s'])})"
@@ -164,14 +166,14 @@ def _loop(dit: FoleyDiT, cond: Conditions, noise: Tensor, steps: int, guidance: 
     if mode == "release-pattern":
         rows = prepare_rows_raw(dit, cond, noise.shape[0])
 
-        def fn(x: Tensor, t: Tensor) -> Tensor:
+        def fn(x: Tensor, t: Tensor, step: int) -> Tensor:
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 return dit(x, t, *rows)
 
         return denoise(fn, noise, schedule, guidance)
     prepared = prepare_rows(dit, cond, noise.shape[0], True, n_latent)
     runtime = RuntimeConfig(device=device, dtype=next(dit.parameters()).dtype, accel=mode)
-    return denoise(model_fn(dit, prepared, runtime), noise, schedule, guidance)
+    return denoise(model_fn(dit, prepared, runtime, schedule), noise, schedule, guidance)
 
 
 def prepare_rows_raw(dit: FoleyDiT, cond: Conditions, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -212,49 +214,103 @@ def _distance(a: Tensor, b: Tensor) -> tuple[float, float]:
 @torch.inference_mode()
 def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs: int,
                steps: int, guidance: float, device: torch.device,
-               reference: bool = True) -> BenchReport:
+               reference: bool = True, profile: bool = False) -> BenchReport:
     report = BenchReport(str(torch.cuda.get_device_name(device) if device.type == "cuda"
                              else device), torch.__version__, matmul_peak(device), steps)
     for size in sizes:
         spec = PRESETS[size]
         dit = random_dit(spec, device, torch.bfloat16, seed=0)
-        dit32 = None
+        inputs = {}
         for duration in durations:
             cond, n_latent = random_conditions(spec, duration, device, seed=1)
             noise = torch.randn(1, spec.dit.audio_vae_latent_dim, n_latent, device=device,
                                 generator=torch.Generator(device).manual_seed(2))
-            flops = count_flops(dit, cond, noise.bfloat16())
-            ref = None
-            if reference:
-                if dit32 is None:
-                    dit32 = random_dit(spec, device, torch.float32, seed=0)
-                    dit32.load_state_dict({k: v.float() for k, v in dit.state_dict().items()})
-                with _no_tf32():
-                    ref = _loop(dit32, cond, noise, steps, guidance, "eager", spec)
+            inputs[duration] = (cond, noise, count_flops(dit, cond, noise.bfloat16()))
+        refs = _fp32_references(dit, spec, inputs, steps, guidance) if reference else {}
+        for duration, (cond, noise, flops) in inputs.items():
+            x0 = noise.bfloat16()  # the release draws bf16 noise
             for mode in modes:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                x0 = noise.bfloat16()  # the release draws bf16 noise
-                first, out = _timed(lambda: _loop(dit, cond, x0, steps, guidance, mode, spec),
-                                    device)
-                times = [_timed(lambda: _loop(dit, cond, x0, steps, guidance, mode, spec),
-                                device)[0] for _ in range(runs)]
-                median = statistics.median(times)
-                ms_fwd = median / steps * 1e3
+
+                def loop() -> Tensor:
+                    return _loop(dit, cond, x0, steps, guidance, mode, spec)
+
+                first, out = _timed(loop, device)
+                times = [_timed(loop, device)[0] for _ in range(runs)]
+                ms_fwd = statistics.median(times) / steps * 1e3
                 tflops = flops / (ms_fwd / 1e3) / 1e12
                 peak_mem = (torch.cuda.max_memory_allocated(device) / 2**30
                             if device.type == "cuda" else float("nan"))
-                row = BenchRow(size, duration, mode, n_latent, times, first, ms_fwd,
+                row = BenchRow(size, duration, mode, noise.shape[-1], times, first, ms_fwd,
                                flops / 1e9, tflops, 100 * tflops / report.matmul_peak_tflops,
                                peak_mem)
-                if ref is not None:
-                    row.cos_vs_fp32, row.max_abs_vs_fp32 = _distance(out, ref)
+                if duration in refs:
+                    row.cos_vs_fp32, row.max_abs_vs_fp32 = _distance(out, refs[duration])
                 report.rows.append(row)
                 log.info("%s", report.table().splitlines()[-1])
-        del dit, dit32
+            if profile and duration == durations[0]:
+                report.profiles.append(profile_forward(dit, cond, x0, size, duration))
+        del dit
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return report
+
+
+def _fp32_references(dit: FoleyDiT, spec: ModelSpec, inputs: dict, steps: int,
+                     guidance: float) -> dict[float, Tensor]:
+    """Final latents of an fp32 eager run (same weights upcast, same conditions and noise),
+    all computed before any timing so the fp32 copy never inflates the memory figures."""
+    device = next(dit.parameters()).device
+    dit32 = random_dit(spec, device, torch.float32, seed=0)
+    dit32.load_state_dict({k: v.float() for k, v in dit.state_dict().items()})
+    with _no_tf32():
+        refs = {d: _loop(dit32, cond, noise, steps, guidance, "eager", spec)
+                for d, (cond, noise, _) in inputs.items()}
+    del dit32
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return refs
+
+
+KERNEL_CLASSES = (
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "matmul")),
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("triton (fused elementwise/norm)", ("triton",)),
+)
+
+
+def profile_forward(dit: FoleyDiT, cond: Conditions, x0: Tensor, size: str,
+                    duration: float) -> str:
+    """GPU time by kernel class and the top kernels of one compiled (un-graphed) forward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from foleyrt.accel import apply_accel
+
+    apply_accel(dit, "compile")
+    prepared = prepare_rows(dit, cond, x0.shape[0], True, x0.shape[-1])
+    x = torch.cat([x0, x0])
+    t = torch.full((x.shape[0],), 500.0, device=x.device)
+    for _ in range(3):
+        dit.velocity(x, t, prepared)
+    _sync(x.device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        dit.velocity(x, t, prepared)
+        _sync(x.device)
+    kernels = [(e.key, e.device_time_total / 1e3, e.count) for e in prof.key_averages()
+               if e.device_time_total > 0]
+    total = sum(ms for _, ms, _ in kernels)
+    by_class: dict[str, float] = {}
+    for name, ms, _ in kernels:
+        low = name.lower()
+        cls = next((c for c, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other")
+        by_class[cls] = by_class.get(cls, 0.0) + ms
+    lines = [f"profile {size} {duration:g}s, one compiled forward: {total:.2f} ms GPU time"]
+    lines += [f"  {c:<34}{ms:8.2f} ms {100 * ms / total:5.1f}%"
+              for c, ms in sorted(by_class.items(), key=lambda kv: -kv[1])]
+    lines += [f"  {ms:8.3f} ms x{n:<4} {name[:100]}"
+              for name, ms, n in sorted(kernels, key=lambda k: -k[1])[:25]]
+    return "\n".join(lines)
 
 
 class _no_tf32:

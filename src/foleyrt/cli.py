@@ -88,6 +88,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="skip the fp32 eager reference (no accuracy columns)")
     p.add_argument("--pipeline", action="store_true",
                    help="also time video file -> MP4 (size of --sizes[0], modes eager/compile)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print the GPU kernel-time breakdown of one compiled forward")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     p.set_defaults(handler=_bench)
 
@@ -101,7 +103,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown bench mode(s) {unknown}; choose from {list(MODES)}")
     device = parse_device(args.device)
     report = bench_loop(args.sizes, args.durations, args.modes, args.runs, args.steps,
-                        args.guidance, device, reference=not args.no_reference)
+                        args.guidance, device, reference=not args.no_reference,
+                        profile=args.profile)
     if args.pipeline:
         modes = [m for m in args.modes if m != "release-pattern"]
         report.pipeline = bench_pipeline(args.sizes[0], args.durations, modes, args.runs,
@@ -109,6 +112,195 @@ def _bench(args: argparse.Namespace) -> int:
     print(report.table())
     if args.json:
         args.json.write_text(report.to_json())
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the web UI and the HTTP API",
+                       description="Serve the web UI at / and the JSON API under /v1 (OpenAPI "
+                                   "at /docs), the model loaded once and kept warm. Set "
+                                   "FOLEYRT_API_TOKEN to require a bearer token on /v1.")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="job database and results (default: ~/.local/share/foleyrt/server)")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="jobs allowed to wait; more are refused with 429 (default: 16)")
+    p.add_argument("--max-upload-mb", type=float, default=200,
+                   help="largest video upload in MiB (default: 200)")
+    p.add_argument("--job-timeout", default="10m",
+                   help="time limit of one job, e.g. 90s, 10m (default: 10m)")
+    p.add_argument("--result-ttl", default="24h",
+                   help="how long results are kept after a job ends, e.g. 2h, 7d (default: 24h)")
+    p.add_argument("--steps", type=int, default=50, help="default sampler steps (default: 50)")
+    p.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    _add_model_options(p)
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from foleyrt.errors import DependencyError
+
+    try:
+        import uvicorn
+
+        from foleyrt.server.app import create_app, load_pipeline
+    except ImportError as exc:
+        raise DependencyError(
+            f"the server needs the 'serve' extra ({exc.name} is missing): "
+            "pip install 'foleyrt[serve]'"
+        ) from None
+    from foleyrt.server.settings import (
+        MIB,
+        ServerSettings,
+        default_data_dir,
+        parse_duration,
+        token_from_env,
+    )
+
+    settings = ServerSettings(
+        data_dir=args.data_dir or default_data_dir(), model=args.model, size=args.size,
+        device=args.device, dtype=args.dtype, accel=args.accel, max_queue=args.max_queue,
+        max_upload_bytes=round(args.max_upload_mb * MIB),
+        job_timeout_s=parse_duration(args.job_timeout),
+        result_ttl_s=parse_duration(args.result_ttl), default_steps=args.steps,
+        api_token=token_from_env(),
+    )
+    # Load before binding the port: a bad model path is a one-line error, not a failed start.
+    pipeline = load_pipeline(settings)
+    if not args.quiet:
+        logging.getLogger("uvicorn").setLevel(logging.INFO)
+    log.info("data directory %s; results kept %s", settings.data_dir, args.result_ttl)
+    uvicorn.run(create_app(settings, pipeline), host=args.host, port=args.port,
+                log_config=None, access_log=args.access_log)
+    return 0
+
+
+def _add_loadtest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("loadtest", help="submit many jobs to a running server and count losses",
+                       description="Submit JOBS jobs from CLIENTS concurrent clients to a running "
+                                   "server; report completed / failed / rejected (429) / lost. "
+                                   "Exit status 1 if any job was lost or answered unexpectedly.")
+    p.add_argument("--url", default="http://127.0.0.1:7860", help="server (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=50, help="jobs to submit (default: 50)")
+    p.add_argument("--clients", type=int, default=10, help="concurrent clients (default: 10)")
+    p.add_argument("--steps", type=int, default=2, help="sampler steps per job (default: 2)")
+    p.add_argument("--video", type=Path, default=None, help="clip to upload (default: text-only)")
+    p.add_argument("--duration", type=float, default=2.0,
+                   help="seconds of audio of text-only jobs (default: 2)")
+    p.add_argument("--deadline", default="10m", help="time limit of the whole run (default: 10m)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+    p.set_defaults(handler=_loadtest)
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from foleyrt.server.loadtest import LoadSpec, run_loadtest
+    from foleyrt.server.settings import parse_duration, token_from_env
+
+    if args.jobs < 1 or args.clients < 1:
+        raise UsageError("--jobs and --clients must be at least 1")
+    if args.video is not None and not args.video.is_file():
+        raise UsageError(f"{args.video}: no such file")
+    report = run_loadtest(LoadSpec(
+        url=args.url, jobs=args.jobs, clients=args.clients, steps=args.steps, video=args.video,
+        duration=args.duration, token=token_from_env(), deadline_s=parse_duration(args.deadline),
+    ))
+    for line in report.errors:
+        log.warning("%s", line)
+    print(report.summary())
+    if args.json:
+        args.json.write_text(report.to_json())
+    return 0 if report.ok else 1
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export the transformer and VAE decoder (ONNX, TensorRT)",
+                       description="Export the per-step transformer graph and the VAE decoder "
+                                   "to ONNX, or build TensorRT engines from those graphs.")
+    formats = p.add_subparsers(dest="format", required=True, parser_class=_Parser)
+    o = formats.add_parser("onnx", help="write velocity.onnx and vae_decoder.onnx (fp32)",
+                           description="Export the transformer's per-step velocity graph (the "
+                                       "prepared conditions are inputs) and the VAE decoder, "
+                                       "fp32, with dynamic batch and lengths; weights over 2 GB "
+                                       "go to external data beside the graph.")
+    o.add_argument("-o", "--output-dir", type=Path, required=True, help="directory for the graphs")
+    o.add_argument("--parts", nargs="+", choices=("dit", "vae"), default=["dit", "vae"],
+                   help="what to export (default: dit vae)")
+    o.add_argument("--opset", type=int, default=None, help="ONNX opset, 17 or newer (default: 19)")
+    o.add_argument("--validate", action="store_true",
+                   help="compare onnxruntime (CPU) with PyTorch at two durations; exit 1 above "
+                        "--tolerance")
+    o.add_argument("--tolerance", type=float, default=1e-3,
+                   help="max abs difference --validate accepts (default: %(default)g)")
+    o.add_argument("--model", default=HUB_REPO,
+                   help=f"weights directory, hub repo id, or {TINY_RANDOM!r} (default: %(default)s)")
+    o.add_argument("--size", default="xxl", choices=[s for s in PRESETS if s != TINY.name],
+                   help="transformer size (default: xxl)")
+    o.set_defaults(handler=_export_onnx)
+    t = formats.add_parser("tensorrt", help="build a TensorRT engine from an exported graph",
+                           description="Build (or find in the engine cache) a TensorRT engine for "
+                                       "ONNX, a graph written by 'foleyrt export onnx', and print "
+                                       "its path. Needs the 'tensorrt' extra and a GPU.")
+    t.add_argument("onnx", type=Path, help="velocity.onnx or vae_decoder.onnx")
+    t.add_argument("--precision", default="bf16",
+                   help="fp32, fp16, bf16, fp8 or int8 (default: bf16)")
+    t.add_argument("--calibration", type=Path, default=None,
+                   help="activation ranges for fp8/int8 (written by 'foleyrt calibrate')")
+    t.add_argument("--durations", nargs=3, type=float, default=None, metavar=("MIN", "OPT", "MAX"),
+                   help="seconds of audio the engine serves (default: 1 8 15)")
+    t.add_argument("--rows", nargs=3, type=int, default=None, metavar=("MIN", "OPT", "MAX"),
+                   help="model rows per step, two per sample with guidance (default: 1 2 8)")
+    t.add_argument("--cache-dir", type=Path, default=None,
+                   help="engine cache (default: $FOLEYRT_ENGINE_CACHE or ~/.cache/foleyrt/engines)")
+    t.add_argument("--timing-cache", type=Path, default=None,
+                   help="TensorRT timing cache file (default: one per GPU and version in the cache)")
+    t.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0..5")
+    t.add_argument("--workspace-gib", type=float, default=None, help="builder workspace limit")
+    t.add_argument("--force", action="store_true", help="rebuild even if the cache has the engine")
+    t.set_defaults(handler=_export_tensorrt)
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from foleyrt.config import RuntimeConfig
+    from foleyrt.export.onnx import (
+        VALIDATION_SECONDS,
+        ExportConfig,
+        decoder_cases,
+        export_decoder,
+        export_velocity,
+        require_onnx,
+        validate,
+        velocity_cases,
+    )
+    from foleyrt.pipeline.models import load_models
+
+    require_onnx()
+    config = ExportConfig() if args.opset is None else ExportConfig(opset=args.opset)
+    models = load_models(args.model, args.size, runtime=RuntimeConfig())
+    parts = {"dit": (export_velocity, velocity_cases, models.dit, "velocity.onnx"),
+             "vae": (export_decoder, decoder_cases, models.vae, "vae_decoder.onnx")}
+    worst = 0.0
+    for part in dict.fromkeys(args.parts):
+        export, cases, module, name = parts[part]
+        path = export(module, args.output_dir / name, config, source=models.source)
+        print(path)
+        if args.validate:
+            errors = validate(path, cases(module, VALIDATION_SECONDS))
+            print(f"{name}: max abs vs PyTorch " + ", ".join(
+                f"{e:.2e} ({s:g} s)" for e, s in zip(errors, VALIDATION_SECONDS)), flush=True)
+            worst = max(worst, *errors)
+    return 1 if worst > args.tolerance else 0
+
+
+def _export_tensorrt(args: argparse.Namespace) -> int:
+    from foleyrt.export.tensorrt import BuildConfig, EngineCache, ProfileSpec, build_engine
+
+    ranges = {"seconds": args.durations, "rows": args.rows}
+    profile = ProfileSpec(**{k: tuple(v) for k, v in ranges.items() if v is not None})
+    build = BuildConfig(precision=args.precision, profile=profile, calibration=args.calibration,
+                        optimization_level=args.opt_level, workspace_gib=args.workspace_gib,
+                        timing_cache=args.timing_cache)
+    print(build_engine(args.onnx, build, EngineCache(args.cache_dir), force=args.force))
     return 0
 
 
@@ -121,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_verify(sub)
     _add_bench(sub)
+    _add_serve(sub)
+    _add_loadtest(sub)
+    _add_export(sub)
     return parser
 
 

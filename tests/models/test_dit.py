@@ -109,3 +109,17 @@ def test_config_rejects_unknown_and_broken_fields() -> None:
         DiTConfig(hidden_size=64, num_heads=2, sync_modulation=True)
     with pytest.raises(ConfigError, match="divisible"):
         DiTConfig(hidden_size=65, num_heads=2)
+
+
+def test_state_dict_round_trips_the_official_layout(fixtures_dir) -> None:
+    """Single blocks keep qkv rows in their own order inside; what goes in comes back out."""
+    from safetensors.torch import load_file
+
+    official = load_file(str(fixtures_dir / "weights" / "dit.safetensors"))
+    cfg = DiTConfig.from_official(json.loads((fixtures_dir / "manifest.json").read_text())
+                                  ["weights"]["dit"]["config"]["model_config"]["model_kwargs"])
+    model = FoleyDiT(cfg)
+    model.load_state_dict(official)
+    saved = model.state_dict()
+    assert set(saved) == set(official)
+    assert all(torch.equal(saved[k], official[k]) for k in official)

@@ -18,7 +18,7 @@ from torch import nn
 from foleyrt.config import RuntimeConfig
 from foleyrt.errors import ConfigError
 from foleyrt.models.dit import FoleyDiT, PreparedConditions
-from foleyrt.pipeline.sampling import ModelFn
+from foleyrt.pipeline.sampling import ModelFn, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,12 @@ def apply_accel(model: nn.Module, mode: str) -> nn.Module:
     return model
 
 
-def model_fn(dit: FoleyDiT, prepared: PreparedConditions, runtime: RuntimeConfig) -> ModelFn:
+def model_fn(
+    dit: FoleyDiT, prepared: PreparedConditions, runtime: RuntimeConfig, schedule: Schedule
+) -> ModelFn:
     """The per-step velocity function the sampler calls, for the runtime's acceleration."""
     if _effective(runtime.accel, dit) == "eager":
-        return lambda x, t: dit.velocity(x, t, prepared)
+        return lambda x, t, step: dit.velocity(x, t, prepared)
     from foleyrt.accel.compile import compile_blocks
     from foleyrt.accel.cudagraph import GraphCache
 
@@ -63,4 +65,4 @@ def model_fn(dit: FoleyDiT, prepared: PreparedConditions, runtime: RuntimeConfig
     cache = _graph_caches.get(dit)
     if cache is None:
         cache = _graph_caches[dit] = GraphCache(dit)
-    return cache.model_fn(prepared)
+    return cache.model_fn(prepared, schedule.timesteps.to(prepared.visual.device))

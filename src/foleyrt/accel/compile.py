@@ -54,8 +54,8 @@ def compile_blocks(dit: FoleyDiT, mode: str | None = None) -> FoleyDiT:
     configure_caches()
     import torch._dynamo.config as dynamo_config
 
-    dynamo_config.inline_inbuilt_nn_modules = True
-    # 54 blocks share 2 code objects; per-shape recompiles must not hit the default limit.
+    # 54 blocks share 2 code objects (parameters are graph inputs, so one graph serves all);
+    # recompiles for new shapes must not hit the default limit.
     dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
     for module in dit.modules():
         if isinstance(module, COMPILED_BLOCKS):

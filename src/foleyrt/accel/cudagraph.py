@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from foleyrt.models.dit import FoleyDiT, PreparedConditions
+from foleyrt.models.dit import FoleyDiT, PreparedConditions, TimeConditioning
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +51,29 @@ def _clone(obj: Any) -> Any:
     return obj
 
 
-def shape_key(x: Tensor, prepared: PreparedConditions) -> tuple:
+def shape_key(x: Tensor, inputs: Any) -> tuple:
     """Shapes only: the latent's dtype changes after step 0 (bf16 noise, then fp32), but the
     model casts it to its own dtype first thing, which the static buffer's `copy_` does too."""
-    return (tuple(x.shape), *(tuple(t.shape) for t in _tensors(prepared)))
+    return (tuple(x.shape), *(tuple(t.shape) for t in _tensors(inputs)))
 
 
 class GraphedVelocity:
-    """`dit.velocity` captured for one shape; call with new `(x, t)` per step."""
+    """`dit.velocity` captured for one shape; call with new `(x, step)` per step.
 
-    def __init__(self, dit: FoleyDiT, x: Tensor, t: Tensor, prepared: PreparedConditions,
-                 pool: Any) -> None:
+    The timestep-only work (embedding, triple-block modulations) comes from a table computed
+    for the whole schedule before the loop; the graph picks the step's row on the device."""
+
+    def __init__(self, dit: FoleyDiT, x: Tensor, prepared: PreparedConditions,
+                 table: TimeConditioning, pool: Any) -> None:
         self.static_x = x.to(dit.audio_embedder.proj.weight.dtype, copy=True)
-        self.static_t = t.clone()
-        self.static_prepared = _clone(prepared)
-        self._static_tensors = _tensors(self.static_prepared)
+        self.static_step = torch.zeros(1, dtype=torch.long, device=x.device)
+        self.static_inputs = _clone((prepared, table))
+        self._static_tensors = _tensors(self.static_inputs)
+        rows = x.shape[0]
 
         def run() -> Tensor:
-            return dit.velocity(self.static_x, self.static_t, self.static_prepared)
+            cond, time = self.static_inputs
+            return dit.velocity(self.static_x, None, cond, time.select(self.static_step, rows))
 
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -80,15 +85,15 @@ class GraphedVelocity:
         with torch.cuda.graph(self.graph, pool=pool):
             self.static_out = run()
 
-    def load(self, prepared: PreparedConditions) -> None:
-        """Copy a request's conditions into the graph's static buffers."""
-        for dst, src in zip(self._static_tensors, _tensors(prepared)):
+    def load(self, prepared: PreparedConditions, table: TimeConditioning) -> None:
+        """Copy a request's conditions and time table into the graph's static buffers."""
+        for dst, src in zip(self._static_tensors, _tensors((prepared, table))):
             if dst.data_ptr() != src.data_ptr():
                 dst.copy_(src)
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, step: int) -> Tensor:
         self.static_x.copy_(x)
-        self.static_t.copy_(t)
+        self.static_step.fill_(step)
         self.graph.replay()
         return self.static_out.clone()
 
@@ -102,25 +107,29 @@ class GraphCache:
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: OrderedDict[tuple, GraphedVelocity] = OrderedDict()
 
-    def model_fn(self, prepared: PreparedConditions) -> Callable[[Tensor, Tensor], Tensor]:
-        """A velocity function for this request: captures on first use of a shape."""
+    def model_fn(
+        self, prepared: PreparedConditions, timesteps: Tensor
+    ) -> Callable[[Tensor, Tensor, int], Tensor]:
+        """A velocity function for this request (schedule `timesteps`): captures on first use
+        of a shape, else re-uses the captured graph with this request's inputs copied in."""
         graphs = self.graphs
+        table = self.dit.time_conditioning(timesteps)
         state: dict[str, GraphedVelocity] = {}
 
-        def fn(x: Tensor, t: Tensor) -> Tensor:
+        def fn(x: Tensor, t: Tensor, step: int) -> Tensor:
             graph = state.get("graph")
             if graph is None:
-                key = shape_key(x, prepared)
+                key = shape_key(x, (prepared, table))
                 graph = graphs.get(key)
                 if graph is None:
                     log.info("capturing a CUDA graph for shape %s", key[0])
-                    graph = GraphedVelocity(self.dit, x, t, prepared, self.pool)
+                    graph = GraphedVelocity(self.dit, x, prepared, table, self.pool)
                     graphs[key] = graph
                     while len(graphs) > self.max_graphs:
                         graphs.popitem(last=False)
                 graphs.move_to_end(key)
-                graph.load(prepared)
+                graph.load(prepared, table)
                 state["graph"] = graph
-            return graph(x, t)
+            return graph(x, step)
 
         return fn

@@ -55,6 +55,25 @@ class RopeTables:
 
 
 @dataclass
+class TimeConditioning:
+    """What the timestep alone determines: `vec [B, H]` and each triple block's modulation
+    vectors `(audio [B, 1, 9H], visual [B, 1, 9H])`. The sampler's timesteps are known before
+    the loop, so an accelerated loop computes these for all steps in one batched pass instead
+    of re-reading the modulation weights (1.5 GB for XXL) at every step."""
+
+    vec: Tensor
+    triple: list[tuple[Tensor, Tensor]]
+
+    def select(self, index: Tensor, rows: int) -> TimeConditioning:
+        """Rows of step `index` (a 1-element tensor) of a table built over all steps."""
+
+        def pick(x: Tensor) -> Tensor:
+            return x.index_select(0, index).expand(rows, *x.shape[1:])
+
+        return TimeConditioning(pick(self.vec), [(pick(a), pick(v)) for a, v in self.triple])
+
+
+@dataclass
 class PreparedConditions:
     """Everything `velocity()` needs that is fixed for one request (all batch rows)."""
 
@@ -142,23 +161,28 @@ class TripleBlock(nn.Module):
         q, k, v = qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # (K, head, d) layout
         return q_norm(q).to(v.dtype), k_norm(k).to(v.dtype), v
 
+    def modulations(self, vec: Tensor) -> tuple[Tensor, Tensor]:
+        """Audio and visual modulation vectors `[B, 1, 9H]` of timestep embedding `vec`."""
+        vec = vec[:, None]
+        return self.audio_mod.linear(F.silu(vec)), self.v_cond_mod.linear(F.silu(vec))
+
     def forward(
         self,
         audio: Tensor,
         visual: Tensor,
-        vec: Tensor,
+        mods: tuple[Tensor, Tensor],
         text_k: Tensor,
         text_v: Tensor,
         rope: RopeTables,
         update_visual: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """`update_visual=False` (last block) skips visual work whose result nobody reads."""
-        vec = vec[:, None]
+        """`mods` from `modulations()`; `update_visual=False` (last block) skips visual work
+        whose result nobody reads."""
         a_shift1, a_scale1, a_gate1, a_shift2, a_scale2, a_gate2, a_shift3, a_scale3, a_gate3 = (
-            self.audio_mod(vec)
+            mods[0].chunk(9, dim=-1)
         )
         v_shift1, v_scale1, v_gate1, v_shift2, v_scale2, v_gate2, v_shift3, v_scale3, v_gate3 = (
-            self.v_cond_mod(vec)
+            mods[1].chunk(9, dim=-1)
         )
         n_vis = visual.shape[1]
 
@@ -234,9 +258,23 @@ class TripleBlock(nn.Module):
         return audio + self.audio_mlp(modulate(layer_norm(audio, LN_EPS), shift3, scale3)) * gate3
 
 
+def qkv_order(heads: int, head_dim: int, device: torch.device | None = None) -> Tensor:
+    """Row permutation from the release's single-block qkv layout `(head, d, K)` to `(K, head,
+    d)`: entry `K*H + head*D + d` of the result is official row `(head*D + d)*3 + K`."""
+    idx = torch.arange(3 * heads * head_dim, device=device).view(heads, head_dim, 3)
+    return idx.permute(2, 0, 1).flatten()
+
+
 class SingleBlock(nn.Module):
     """Audio-only block: per-token modulated self-attention followed by a temporal conv, then
-    a temporal SwiGLU-conv MLP."""
+    a temporal SwiGLU-conv MLP.
+
+    The release interleaves q, k and v with stride 3 in `linear_qkv`'s output; slicing that
+    gives strided q/k/v, which makes the norm/RoPE kernels read uncoalesced and sends the
+    attention to PyTorch's slow fp32 math path. So the rows are kept in `(K, head, d)` order
+    inside the module and converted on load and save: `state_dict()` speaks the official
+    layout, keys and shapes unchanged.
+    """
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -248,13 +286,30 @@ class SingleBlock(nn.Module):
         self.linear2 = SwiGLU(h, cfg.swiglu_hidden, h, kernel_size=3)
         self.q_norm = TorchRMSNorm(d)
         self.k_norm = TorchRMSNorm(d)
+        self._register_load_state_dict_pre_hook(self._qkv_from_official)
+        self._register_state_dict_hook(SingleBlock._qkv_to_official)
+
+    def _qkv_from_official(self, state_dict: dict, prefix: str, *args: object) -> None:
+        order = qkv_order(self.heads, self.linear_qkv.out_features // (3 * self.heads))
+        for name in ("weight", "bias"):
+            key = f"{prefix}linear_qkv.{name}"
+            if key in state_dict and state_dict[key].shape[0] == order.numel():
+                state_dict[key] = state_dict[key][order.to(state_dict[key].device)]
+
+    @staticmethod
+    def _qkv_to_official(module: SingleBlock, state_dict: dict, prefix: str, *args: object) -> None:
+        order = qkv_order(module.heads, module.linear_qkv.out_features // (3 * module.heads))
+        inverse = torch.argsort(order)
+        for name in ("weight", "bias"):
+            key = f"{prefix}linear_qkv.{name}"
+            if key in state_dict and state_dict[key].device.type != "meta":
+                state_dict[key] = state_dict[key][inverse.to(state_dict[key].device)]
 
     def forward(self, x: Tensor, cond: Tensor, rope: RopePair) -> Tensor:
         """`cond` is `[B, Na, H]` (or `[B, 1, H]`) per-token conditioning."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond)
         h = modulate(layer_norm(x, SINGLE_LN_EPS), shift_msa, scale_msa)
-        # Channel layout (head, d, K): q, k, v interleaved with stride 3.
-        q, k, v = self.linear_qkv(h).unflatten(-1, (self.heads, -1, 3)).unbind(-1)
+        q, k, v = self.linear_qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)  # see class doc
         q = apply_rope(self.q_norm(q), *rope)
         k = apply_rope(self.k_norm(k), *rope)
         out = _attention(q, k.transpose(1, 2), v.transpose(1, 2))
@@ -409,9 +464,22 @@ class FoleyDiT(nn.Module):
 
     # ---- per step ----------------------------------------------------------------------------
 
-    def velocity(self, x: Tensor, t: Tensor, prepared: PreparedConditions) -> Tensor:
-        """Velocity `[B, C, Na]` of latent `x [B, C, Na]` at timesteps `t [B]` (0..1000)."""
+    def time_conditioning(self, t: Tensor) -> TimeConditioning:
+        """Timestep embedding and triple-block modulations for timesteps `t [N]`."""
         vec = self.time_in(t)
+        return TimeConditioning(vec, [blk.modulations(vec) for blk in self.triple_blocks])
+
+    def velocity(
+        self,
+        x: Tensor,
+        t: Tensor,
+        prepared: PreparedConditions,
+        time: TimeConditioning | None = None,
+    ) -> Tensor:
+        """Velocity `[B, C, Na]` of latent `x [B, C, Na]` at timesteps `t [B]` (0..1000);
+        `time` may carry `time_conditioning(t)` computed ahead (then `t` is not read)."""
+        time = self.time_conditioning(t) if time is None else time
+        vec = time.vec
         audio = self.audio_embedder(x)
         if prepared.sync_add is not None:
             audio = audio + prepared.sync_add  # makes the audio residual stream fp32
@@ -419,8 +487,8 @@ class FoleyDiT(nn.Module):
         last = len(self.triple_blocks) - 1
         for i, block in enumerate(self.triple_blocks):
             audio, visual = block(
-                audio, visual, vec, prepared.text_k[i], prepared.text_v[i], prepared.rope,
-                update_visual=i < last,
+                audio, visual, time.triple[i], prepared.text_k[i], prepared.text_v[i],
+                prepared.rope, update_visual=i < last,
             )
         per_token = prepared.sync_add is not None
         cond = prepared.sync_add + vec[:, None] if per_token else vec[:, None]

@@ -193,7 +193,7 @@ class FoleyPipeline:
 
         from foleyrt.accel import model_fn  # local: keeps acceleration machinery optional
 
-        fn = model_fn(dit, prepared, self.runtime)
+        fn = model_fn(dit, prepared, self.runtime, schedule)
         return denoise(fn, x0, schedule, guidance_scale, on_step=on_step if progress else None)
 
     def decode(self, latents: Tensor) -> Tensor:

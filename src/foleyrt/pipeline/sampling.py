@@ -1,6 +1,6 @@
 """Flow-matching Euler sampler with classifier-free guidance (spec/pipeline.md §6).
 
-Pure functions over a `ModelFn` (`(x_rows, t_rows) -> raw velocity`), so the eager module, a
+Pure functions over a `ModelFn` (`(x_rows, t_rows, step) -> raw velocity`), so the eager module, a
 compiled graph or an exported engine drop in unchanged. The numbers follow the release: sigmas
 from PyTorch's fp32 `linspace`, model timesteps `sigma * 1000`, guidance and the Euler update in
 fp32, unconditional rows first.
@@ -21,7 +21,9 @@ from foleyrt.errors import Cancelled, InputError
 NUM_TRAIN_TIMESTEPS = 1000
 FLUX_SHIFT_TOKENS = (256, 4096)
 
-ModelFn = Callable[[Tensor, Tensor], Tensor]
+# (x_rows, t_rows, step index) -> raw velocity; the index lets an accelerated function use
+# work precomputed for the whole schedule.
+ModelFn = Callable[[Tensor, Tensor, int], Tensor]
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def denoise(
     rows = 2 * noise.shape[0] if cfg else noise.shape[0]
     for i in range(schedule.steps):
         t = timesteps[i].expand(rows)
-        model_out = model_fn(torch.cat([x, x]) if cfg else x, t).float()
+        model_out = model_fn(torch.cat([x, x]) if cfg else x, t, i).float()
         if cfg:
             v_uncond, v_cond = model_out.chunk(2)
             guided = v_uncond + guidance_scale * (v_cond - v_uncond)

@@ -72,8 +72,8 @@ def run_loop(case: dict[str, Any], fx: Fixtures) -> list[Check]:
         events.append(event)
 
     runtime = RuntimeConfig(device=fx.device, accel=fx.accel)
-    final = denoise(model_fn(dit, prepared, runtime), inp["initial_noise"], schedule, guidance,
-                    on_step=record)
+    final = denoise(model_fn(dit, prepared, runtime, schedule), inp["initial_noise"], schedule,
+                    guidance, on_step=record)
     ltol = tol["latents"]
     if "latents" in exp:
         got = torch.stack([inp["initial_noise"].float()] + [e.latent for e in events])
