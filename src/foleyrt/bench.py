@@ -94,7 +94,8 @@ class BenchReport:
         for p in self.pipeline:
             lines.append(f"pipeline {p['size']} {p['duration_s']:g}s {p['mode']}: median "
                          f"{p['median_s']:.3f}s (runs {', '.join(f'{x:.3f}' for x in p['runs_s'])})"
-                         f", peak mem {p['peak_mem_gb']:.1f} GB, stages {p['stages']}")
+                         f", peak mem {p['peak_mem_gb']:.1f} GB, audio cos vs first mode "
+                         f"{p['audio_cos_vs_first_mode']:.5f}, stages {p['stages']}")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -334,6 +335,7 @@ def bench_pipeline(size: str, durations: list[float], modes: list[str], runs: in
     spec = PRESETS[size]
     models = random_models(spec, dit=random_dit(spec, device, torch.bfloat16, seed=0))
     workdir = Path(video_dir or tempfile.mkdtemp(prefix="foleyrt-bench-"))
+    first_audio: dict[float, Tensor] = {}  # the first mode's audio: the others' reference
     for mode in modes:
         runtime = RuntimeConfig(device=device, dtype=torch.bfloat16, accel=mode)
         pipe = FoleyPipeline(models.place(runtime), runtime)
@@ -342,10 +344,13 @@ def bench_pipeline(size: str, durations: list[float], modes: list[str], runs: in
                                     width=1280, height=720, fps=30)
             out = workdir / f"out_{mode}_{duration:g}s.mp4"
 
+            audio: list[Tensor] = []
+
             def run() -> dict[str, float]:
                 res = pipe.generate(video, prompt="footsteps on gravel", steps=steps, seed=0)
                 t = time.perf_counter()
                 res.save(out, overwrite=True)
+                audio[:] = [res.audio]
                 return {**res.timings, "mux": time.perf_counter() - t}
 
             if device.type == "cuda":
@@ -359,9 +364,11 @@ def bench_pipeline(size: str, durations: list[float], modes: list[str], runs: in
             peak = (torch.cuda.max_memory_allocated(device) / 2**30
                     if device.type == "cuda" else float("nan"))
             mid = stages[times.index(statistics.median_low(times))]
+            ref = first_audio.setdefault(duration, audio[0])
             results.append({"size": size, "duration_s": duration, "mode": mode,
                             "runs_s": times, "median_s": statistics.median(times),
-                            "peak_mem_gb": peak,
+                            "peak_mem_gb": peak, "audio_cos_vs_first_mode":
+                            _distance(audio[0], ref)[0],
                             "stages": {k: round(v, 3) for k, v in mid.items()}})
             log.info("pipeline %s %gs %s: %.3f s", size, duration, mode, results[-1]["median_s"])
     return results

@@ -10,7 +10,10 @@ spec/synchformer.md §6): the parity fixture E1 checks both.
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ FRAME_CAP_S = 15.0
 
 SIGLIP_SIZE = 512
 SYNC_SIZE = 224
+PREPROCESS_WORKERS = 8
 
 # Decoding may stop this much before the header's end without the file being called truncated
 # (variable frame rates, a last frame shorter than its neighbours).
@@ -294,23 +298,29 @@ def siglip_pixels(rgb: np.ndarray, size: int = SIGLIP_SIZE) -> Tensor:
 
 
 def sync_pixels(rgb: np.ndarray, size: int = SYNC_SIZE) -> Tensor:
-    """(3, size, size) uint8: shorter side to `size`, then a center crop.
+    """(3, size, size) uint8: shorter side to `size`, then a center crop (one frame)."""
+    return sync_pixels_batch([rgb], size)[0]
+
+
+def sync_pixels_batch(frames: Sequence[np.ndarray], size: int = SYNC_SIZE) -> list[Tensor]:
+    """`sync_pixels` of same-sized frames in one call: the op parallelises over frames and
+    channels, and each frame's result is what it would be alone.
 
     PyTorch's native uint8 antialiased bicubic on the CPU, as torchvision v2 calls it: it
     rounds to uint8 between its two passes, so a float resize (or PIL's) differs by up to
     several levels (spec/synchformer.md §6)."""
-    height, width = rgb.shape[:2]
+    height, width = frames[0].shape[:2]
     if height <= width:
         new_h, new_w = size, int(size * width / height)
     else:
         new_h, new_w = int(size * height / width), size
-    chw = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
+    nchw = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     resized = torch.nn.functional.interpolate(
-        chw, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
-    )[0]
+        nchw, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+    )
     top = int(round((new_h - size) / 2))
     left = int(round((new_w - size) / 2))
-    return resized[:, top : top + size, left : left + size].contiguous()
+    return list(resized[:, :, top : top + size, left : left + size].contiguous())
 
 
 def to_model_range(u8: Tensor) -> Tensor:
@@ -348,22 +358,58 @@ class DecodedClip:
 
 
 class _Branch:
-    """Frames of one rate, each source frame transformed once however often it is held."""
+    """Frames of one rate, each source frame transformed once however often it is held.
 
-    def __init__(self, transform: Callable[[np.ndarray], Tensor]) -> None:
+    New source frames are transformed in chunks on a thread pool while decoding goes on
+    (Pillow and PyTorch release the GIL), so preprocessing overlaps the decoder instead of
+    following it; `max_pending` chunks in flight bound the raw frames held in memory."""
+
+    def __init__(self, transform: Callable[[Sequence[np.ndarray]], list[Tensor]],
+                 pool: ThreadPoolExecutor, chunk: int, max_pending: int) -> None:
         self.transform = transform
-        self.frames: list[Tensor] = []
+        self.pool = pool
+        self.chunk = chunk
+        self.max_pending = max_pending
+        self.done: list[Tensor] = []
+        self.jobs: deque[Future[list[Tensor]]] = deque()
+        self.batch: list[np.ndarray] = []
+        self.slots: list[int] = []  # per tick: index of its transformed source frame
         self.source_index: list[int] = []
         self.source_time: list[float] = []
+        self.n_sources = 0
 
     def add(self, tick: Tick) -> None:
         held = bool(self.source_index) and self.source_index[-1] == tick.frame_index
-        self.frames.append(self.frames[-1] if held else self.transform(tick.rgb))
+        if not held:
+            if self.batch and self.batch[0].shape != tick.rgb.shape:
+                self._submit()  # a resolution change: batches must hold one frame size
+            self.batch.append(tick.rgb)
+            self.n_sources += 1
+            if len(self.batch) == self.chunk:
+                self._submit()
+        self.slots.append(self.n_sources - 1)
         self.source_index.append(tick.frame_index)
         self.source_time.append(tick.time)
 
+    def _submit(self) -> None:
+        self.jobs.append(self.pool.submit(self.transform, self.batch))
+        self.batch = []
+        while len(self.jobs) > self.max_pending:
+            self.done.extend(self.jobs.popleft().result())
+
     def stacked(self) -> Tensor:
-        return torch.stack(self.frames)
+        if self.batch:
+            self._submit()
+        while self.jobs:
+            self.done.extend(self.jobs.popleft().result())
+        return torch.stack([self.done[i] for i in self.slots])
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+
+def _siglip_batch(frames: Sequence[np.ndarray]) -> list[Tensor]:
+    return [siglip_pixels(rgb) for rgb in frames]
 
 
 def assemble_clip(
@@ -375,24 +421,28 @@ def assemble_clip(
     """Preprocess ticks of the two rates as they arrive (see `decode_clip`)."""
     if siglip_fps == sync_fps:
         raise ValueError("the SigLIP2 and Synchformer rates must differ")
-    branches = {siglip_fps: _Branch(siglip_pixels), sync_fps: _Branch(sync_pixels)}
-    for tick in ticks:
-        branches[tick.rate].add(tick)
-    siglip, sync = branches[siglip_fps], branches[sync_fps]
-    if len(sync.frames) < SYNC_WINDOW:
+    workers = max(1, min(PREPROCESS_WORKERS, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="foleyrt-frames") as pool:
+        siglip = _Branch(_siglip_batch, pool, chunk=2, max_pending=2 * workers)
+        sync = _Branch(sync_pixels_batch, pool, chunk=16, max_pending=2)
+        branches = {siglip_fps: siglip, sync_fps: sync}
+        for tick in ticks:
+            branches[tick.rate].add(tick)
+        siglip_u8, sync_u8 = siglip.stacked(), sync.stacked()
+    if len(sync) < SYNC_WINDOW:
         raise MediaError(
-            f"{info.path}: only {len(sync.frames) / sync_fps:.2f} s of video could be decoded; "
+            f"{info.path}: only {len(sync) / sync_fps:.2f} s of video could be decoded; "
             f"at least {SYNC_WINDOW / sync_fps:.2f} s is needed"
         )
     return DecodedClip(
         info=info,
-        siglip_u8=siglip.stacked(),
-        sync_u8=sync.stacked(),
+        siglip_u8=siglip_u8,
+        sync_u8=sync_u8,
         siglip_source_index=siglip.source_index,
         siglip_source_time=siglip.source_time,
         sync_source_index=sync.source_index,
         sync_source_time=sync.source_time,
-        duration_s=len(sync.frames) / sync_fps,
+        duration_s=len(sync) / sync_fps,
     )
 
 

@@ -133,7 +133,8 @@ class FoleyPipeline:
             audio_s, fit_s = clip.duration_s, clip.info.duration_s
             timings["video"] = time.perf_counter() - t0
             _check_progress(progress, "features", 0, 1)
-            cond = video_conditions(self.models, clip, prompt, negative)
+            cond = video_conditions(self.models, clip, prompt, negative,
+                                    fast=self.runtime.accel != "eager")
         else:
             assert duration is not None
             _check_progress(progress, "features", 0, 1)

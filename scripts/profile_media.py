@@ -1,0 +1,50 @@
+"""Where the CPU side of a request spends its time: probe, decode + RGB, both resizes, the
+whole `decode_clip`, and the MP4 mux. Usage: python scripts/profile_media.py [SECONDS W H]"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from foleyrt.media import video
+from foleyrt.media.audio import mux_video
+from foleyrt.media.synthetic import write_test_clip
+
+
+def timed(label: str, fn):  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    out = fn()
+    print(f"{label:<28}{time.perf_counter() - t:8.3f} s")
+    return out
+
+
+def main() -> None:
+    seconds, width, height = (float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])) \
+        if len(sys.argv) == 4 else (8.0, 1280, 720)
+    print(f"cpus {os.cpu_count()}  torch threads {torch.get_num_threads()}  "
+          f"clip {seconds:g} s {width}x{height} 30 fps")
+    tmp = Path(tempfile.mkdtemp())
+    clip = write_test_clip(tmp / "clip.mp4", seconds, width=width, height=height, fps=30)
+    timed("probe", lambda: video.probe_video(clip))
+    ticks = timed("decode + rgb (all ticks)", lambda: list(video.iter_ticks(clip)))
+    siglip = [t.rgb for t in ticks if t.rate == video.SIGLIP_FPS]
+    sync = [t.rgb for t in ticks if t.rate == video.SYNC_FPS]
+    timed(f"siglip resize x{len(siglip)} serial", lambda: [video.siglip_pixels(f) for f in siglip])
+    timed(f"sync resize x{len(sync)} serial", lambda: [video.sync_pixels(f) for f in sync])
+    timed(f"sync resize x{len(sync)} batch 16", lambda: [
+        video.sync_pixels_batch(sync[i:i + 16]) for i in range(0, len(sync), 16)])
+    for _ in range(2):
+        decoded = timed("decode_clip (parallel)", lambda: video.decode_clip(clip))
+    audio = torch.zeros(1, round(decoded.duration_s * 48000))
+    for _ in range(2):
+        timed("mux mp4 (stream copy + aac)", lambda: mux_video(clip, tmp / "out.mp4", audio,
+                                                                48000, overwrite=True))
+
+
+if __name__ == "__main__":
+    main()
