@@ -39,7 +39,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=None,
                    help="transformer dtype: bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
-    g.add_argument("--accel", default="eager", help="acceleration mode (default: eager)")
+    g.add_argument("--accel", default="eager", help="eager, compile or tensorrt (default: eager)")
+    g.add_argument("--engine", default=None,
+                   help="TensorRT plan for --accel tensorrt (default: newest matching engine "
+                        "in the cache)")
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -160,7 +163,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = ServerSettings(
         data_dir=args.data_dir or default_data_dir(), model=args.model, size=args.size,
-        device=args.device, dtype=args.dtype, accel=args.accel, max_queue=args.max_queue,
+        device=args.device, dtype=args.dtype, accel=args.accel, engine=args.engine,
+        max_queue=args.max_queue,
         max_upload_bytes=round(args.max_upload_mb * MIB),
         job_timeout_s=parse_duration(args.job_timeout),
         result_ttl_s=parse_duration(args.result_ttl), default_steps=args.steps,
@@ -223,7 +227,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                                        "prepared conditions are inputs) and the VAE decoder, "
                                        "fp32, with dynamic batch and lengths; weights over 2 GB "
                                        "go to external data beside the graph.")
-    o.add_argument("-o", "--output-dir", type=Path, required=True, help="directory for the graphs")
+    o.add_argument("-o", "--output-dir", type=Path, required=True,
+                   help="directory for the graphs")
     o.add_argument("--parts", nargs="+", choices=("dit", "vae"), default=["dit", "vae"],
                    help="what to export (default: dit vae)")
     o.add_argument("--opset", type=int, default=None, help="ONNX opset, 17 or newer (default: 19)")
@@ -233,7 +238,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--tolerance", type=float, default=1e-3,
                    help="max abs difference --validate accepts (default: %(default)g)")
     o.add_argument("--model", default=HUB_REPO,
-                   help=f"weights directory, hub repo id, or {TINY_RANDOM!r} (default: %(default)s)")
+                   help=f"weights directory, hub repo id or {TINY_RANDOM!r} (default: %(default)s)")
     o.add_argument("--size", default="xxl", choices=[s for s in PRESETS if s != TINY.name],
                    help="transformer size (default: xxl)")
     o.set_defaults(handler=_export_onnx)
@@ -253,7 +258,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--cache-dir", type=Path, default=None,
                    help="engine cache (default: $FOLEYRT_ENGINE_CACHE or ~/.cache/foleyrt/engines)")
     t.add_argument("--timing-cache", type=Path, default=None,
-                   help="TensorRT timing cache file (default: one per GPU and version in the cache)")
+                   help="TensorRT timing cache (default: one per GPU and version in the cache)")
     t.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0..5")
     t.add_argument("--workspace-gib", type=float, default=None, help="builder workspace limit")
     t.add_argument("--force", action="store_true", help="rebuild even if the cache has the engine")
@@ -286,8 +291,9 @@ def _export_onnx(args: argparse.Namespace) -> int:
         print(path)
         if args.validate:
             errors = validate(path, cases(module, VALIDATION_SECONDS))
-            print(f"{name}: max abs vs PyTorch " + ", ".join(
-                f"{e:.2e} ({s:g} s)" for e, s in zip(errors, VALIDATION_SECONDS)), flush=True)
+            measured = zip(errors, VALIDATION_SECONDS, strict=True)
+            print(f"{name}: max abs vs PyTorch "
+                  + ", ".join(f"{e:.2e} ({s:g} s)" for e, s in measured), flush=True)
             worst = max(worst, *errors)
     return 1 if worst > args.tolerance else 0
 
@@ -338,10 +344,7 @@ def _generate(args: argparse.Namespace) -> int:
         check_output_path(path, overwrite=args.overwrite, inputs=[video] if video else [])
     if video is not None:
         probe_video(video)
-    runtime = RuntimeConfig.auto(args.device, args.dtype, accel=args.accel)
-    from foleyrt.accel import check_mode
-
-    check_mode(args.accel)
+    runtime = RuntimeConfig.auto(args.device, args.dtype, accel=args.accel, engine=args.engine)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     log.info("seed %d", seed)
     pipe = FoleyPipeline.from_pretrained(args.model, args.size, runtime)

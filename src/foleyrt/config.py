@@ -450,6 +450,9 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
+ACCEL_MODES = ("eager", "compile", "tensorrt")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how the models run. Kept out of the model code: acceleration and precision
@@ -466,7 +469,13 @@ class RuntimeConfig:
     accel: str = "eager"
     precision: str | None = None
     offload: str = "none"
-    compile_cache_dir: str | None = None
+    engine: str | None = None  # TensorRT plan for accel "tensorrt" (None: from the cache)
+
+    def __post_init__(self) -> None:
+        if self.accel not in ACCEL_MODES:
+            raise ConfigError(
+                f"unknown acceleration mode {self.accel!r}; choose one of {', '.join(ACCEL_MODES)}"
+            )
 
     @classmethod
     def auto(cls, device: str = "auto", dtype: str | None = None, **kwargs: Any) -> RuntimeConfig:

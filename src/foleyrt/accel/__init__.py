@@ -6,6 +6,8 @@ Modes:
   hoisted by `FoleyDiT.prepare`).
 - `compile`: Inductor-compiled blocks (dynamic lengths, caches on disk) + a CUDA graph over
   each whole velocity evaluation. Needs CUDA; elsewhere it says so and runs eager.
+- `tensorrt`: the velocity on a TensorRT engine built by `foleyrt export tensorrt` (optional
+  extra; never a silent fallback).
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ import weakref
 
 from torch import nn
 
-from foleyrt.config import RuntimeConfig
+from foleyrt.config import ACCEL_MODES, RuntimeConfig
 from foleyrt.errors import ConfigError
 from foleyrt.models.dit import FoleyDiT, PreparedConditions
 from foleyrt.pipeline.sampling import ModelFn, Schedule
 
 log = logging.getLogger(__name__)
 
-ACCEL_MODES = ("eager", "compile")
 _graph_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_mode(mode: str) -> str:
     if mode not in ACCEL_MODES:
-        raise ConfigError(f"unknown acceleration mode {mode!r}; choose one of {ACCEL_MODES}")
+        raise ConfigError(
+            f"unknown acceleration mode {mode!r}; choose one of {', '.join(ACCEL_MODES)}"
+        )
     return mode
 
 
@@ -56,6 +59,10 @@ def model_fn(
     dit: FoleyDiT, prepared: PreparedConditions, runtime: RuntimeConfig, schedule: Schedule
 ) -> ModelFn:
     """The per-step velocity function the sampler calls, for the runtime's acceleration."""
+    if runtime.accel == "tensorrt":
+        from foleyrt.export.tensorrt import engine_model_fn
+
+        return engine_model_fn(dit, prepared, plan=runtime.engine, precision=runtime.precision)
     if _effective(runtime.accel, dit) == "eager":
         return lambda x, t, step: dit.velocity(x, t, prepared)
     from foleyrt.accel.compile import compile_blocks

@@ -1,0 +1,143 @@
+"""A bounded load test of a running server, over loopback (`foleyrt loadtest`).
+
+`clients` threads share `jobs` submissions. Each client submits a job and follows it to its
+end before taking the next, as a real caller would; a 429 counts as rejected and is not
+retried (the test measures the back-pressure, it does not fight it), though the client
+waits the Retry-After it was given before its next submission. Every accepted job must
+reach a final state before the deadline: one that does not, or that vanishes, is *lost*,
+and a healthy server loses none.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import httpx
+
+FINAL_STATES = {"succeeded", "failed", "cancelled", "expired"}
+MAX_BACKOFF_S = 30.0
+
+
+class Outcome(Enum):
+    COMPLETED = "completed"  # succeeded
+    FAILED = "failed"  # reached failed / cancelled / expired
+    REJECTED = "rejected"  # 429 at submission
+    ERROR = "error"  # any other refusal or a transport error at submission
+    LOST = "lost"  # accepted, then never seen to end (or gone)
+
+
+@dataclass
+class LoadReport:
+    jobs: int
+    clients: int
+    wall_s: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Outcome})
+    latencies_s: list[float] = field(default_factory=list)  # submit -> succeeded
+    errors: list[str] = field(default_factory=list)  # one line per unexpected answer
+
+    def count(self, outcome: Outcome) -> int:
+        return self.outcomes[outcome.value]
+
+    @property
+    def ok(self) -> bool:
+        return self.count(Outcome.LOST) == 0 and self.count(Outcome.ERROR) == 0
+
+    def summary(self) -> str:
+        lat = sorted(self.latencies_s)
+        p50 = statistics.median(lat) if lat else float("nan")
+        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))] if lat else float("nan")
+        counts = ", ".join(f"{o.value} {self.count(o)}" for o in Outcome)
+        return (f"{self.jobs} jobs from {self.clients} clients in {self.wall_s:.1f} s: {counts}; "
+                f"latency p50 {p50:.2f} s, p95 {p95:.2f} s")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    url: str
+    jobs: int = 50
+    clients: int = 10
+    steps: int = 2
+    video: Path | None = None  # None: text-only jobs of `duration` seconds
+    duration: float = 2.0
+    token: str | None = None
+    deadline_s: float = 600.0  # for the whole run
+    poll_s: float = 0.25
+
+
+def run_loadtest(spec: LoadSpec) -> LoadReport:
+    report = LoadReport(spec.jobs, spec.clients)
+    lock = threading.Lock()
+    headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else {}
+    video = spec.video.read_bytes() if spec.video is not None else None
+    deadline = time.monotonic() + spec.deadline_s
+    limits = httpx.Limits(max_connections=spec.clients)
+
+    def record(outcome: Outcome, latency: float | None = None, error: str | None = None) -> None:
+        with lock:
+            report.outcomes[outcome.value] += 1
+            if latency is not None:
+                report.latencies_s.append(latency)
+            if error is not None:
+                report.errors.append(error)
+
+    def one_job(client: httpx.Client, k: int) -> None:
+        data = {"prompt": f"load test job {k}", "steps": str(spec.steps), "seed": str(k)}
+        files = None
+        if video is not None:
+            files = {"video": (spec.video.name if spec.video else "clip", video)}
+        else:
+            data["duration"] = str(spec.duration)
+        t0 = time.monotonic()
+        try:
+            response = client.post("/v1/jobs", data=data, files=files)
+        except httpx.HTTPError as exc:
+            record(Outcome.ERROR, error=f"job {k}: submit failed: {exc!r}")
+            return
+        if response.status_code == 429:
+            record(Outcome.REJECTED)
+            # A well-behaved client waits as told before its next submission.
+            time.sleep(min(MAX_BACKOFF_S, float(response.headers.get("Retry-After", 1))))
+            return
+        if response.status_code != 202:
+            record(Outcome.ERROR, error=f"job {k}: {response.status_code} {response.text[:200]}")
+            return
+        record(*_follow(client, response.json()["id"], t0, deadline, spec.poll_s))
+
+    started = time.monotonic()
+    with httpx.Client(base_url=spec.url, headers=headers, limits=limits, timeout=60) as client, \
+            ThreadPoolExecutor(spec.clients, thread_name_prefix="load-client") as pool:
+        for future in [pool.submit(one_job, client, k) for k in range(spec.jobs)]:
+            future.result()
+    report.wall_s = time.monotonic() - started
+    return report
+
+
+def _follow(
+    client: httpx.Client, job_id: str, t0: float, deadline: float, poll_s: float
+) -> tuple[Outcome, float | None, str | None]:
+    """Poll one accepted job to its end: (outcome, latency if it succeeded, error line)."""
+    while time.monotonic() < deadline:
+        try:
+            response = client.get(f"/v1/jobs/{job_id}")
+        except httpx.HTTPError:
+            time.sleep(poll_s)  # a dropped poll is not a lost job: ask again
+            continue
+        if response.status_code == 404:
+            return Outcome.LOST, None, f"job {job_id}: accepted, then unknown to the server"
+        state = response.json()["state"]
+        if state == "succeeded":
+            return Outcome.COMPLETED, time.monotonic() - t0, None
+        if state in FINAL_STATES:
+            return Outcome.FAILED, None, f"job {job_id}: {state}: {response.json()['error']}"
+        time.sleep(poll_s)
+    return Outcome.LOST, None, f"job {job_id}: not finished by the deadline"

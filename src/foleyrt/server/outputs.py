@@ -1,0 +1,51 @@
+"""What one job makes: the pipeline run for a job's parameters, and its files.
+
+Per sample: a WAV, a spectrogram PNG and, when the job has a video, the MP4 with the new
+sound. Files go into the job's own folder under server-made names; the record lists them
+only after all were written, so a client never sees a half-finished set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult, ProgressFn
+from foleyrt.server.files import DataDir
+from foleyrt.server.schemas import JobParams
+from foleyrt.server.spectrogram import write_spectrogram
+from foleyrt.server.store import JobRecord, OutputFiles
+
+SAMPLE_STEM = "sample"  # FoleyResult.save numbers it: sample.wav, or sample_1.wav ...
+
+
+def generate(
+    pipeline: FoleyPipeline, job: JobRecord, files: DataDir, progress: ProgressFn
+) -> FoleyResult:
+    """Run the pipeline with the job's stored parameters (and its upload, if any)."""
+    params = JobParams.model_validate(job.params)
+    return pipeline.generate(
+        None if params.text_only else files.input_path(job.id),
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        steps=params.steps,
+        guidance_scale=params.guidance,
+        num_samples=params.samples,
+        seed=params.seed,
+        duration=params.duration,
+        progress=progress,
+    )
+
+
+def write_outputs(result: FoleyResult, job_dir: Path) -> tuple[OutputFiles, ...]:
+    """Every sample's files, named by `FoleyResult.save`'s numbering."""
+    wavs = result.save(job_dir / f"{SAMPLE_STEM}.wav")
+    mp4s: list[Path | None] = (
+        list(result.save(job_dir / f"{SAMPLE_STEM}.mp4")) if result.video is not None
+        else [None] * len(wavs)
+    )
+    outputs = []
+    for wav, mp4, track in zip(wavs, mp4s, result.audio, strict=True):
+        png = write_spectrogram(track, result.sample_rate, wav.with_suffix(".png"))
+        outputs.append(OutputFiles(wav=wav.name, spectrogram=png.name,
+                                   mp4=mp4.name if mp4 else None))
+    return tuple(outputs)

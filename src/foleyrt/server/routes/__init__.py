@@ -1,0 +1,1 @@
+"""One router per resource: jobs, and the service itself (health, models)."""

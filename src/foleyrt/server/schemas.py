@@ -1,0 +1,160 @@
+"""Shapes of what goes over the wire: the job form in, job / health / model documents out.
+Pure data: the service decides, these only describe (and /docs shows them)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+
+from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS
+from foleyrt.pipeline.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_SAMPLES, MAX_STEPS
+from foleyrt.server.store import JobRecord, JobState
+
+API_PREFIX = "/v1"
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+DEFAULT_GUIDANCE = 4.5  # the release's default
+OutputFormat = Literal["wav", "mp4", "png"]
+
+
+class JobRequest(BaseModel):
+    """`POST /v1/jobs` form fields. Unknown fields are refused, so a misspelt option fails
+    loudly instead of silently running with its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video: UploadFile | None = Field(
+        None, description="the clip (1-15 s; any container/codec FFmpeg reads); omit for "
+                          "text-only, then `duration` is required")
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="what the sound should be")
+    negative_prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS,
+        description=f"what to steer away from (default {DEFAULT_NEGATIVE_PROMPT!r})")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS,
+                              description="sampler steps (default: the server's)")
+    guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=100.0,
+                            description="classifier-free guidance scale")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="noise seed (default: random)")
+    samples: int = Field(1, ge=1, le=MAX_SAMPLES, description="number of sound tracks")
+    duration: float | None = Field(None, ge=MIN_SECONDS, le=MAX_SECONDS,
+                                   description="seconds of audio, text-only jobs only")
+
+
+class JobParams(BaseModel):
+    """A job's resolved parameters, as stored and reported (seed and steps filled in, so
+    every result can be reproduced)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    negative_prompt: str | None
+    steps: int
+    guidance: float
+    seed: int
+    samples: int
+    duration: float | None = None
+    video_name: str | None = Field(
+        None, description="the uploaded file's name, for display only; null for text-only")
+
+    @property
+    def text_only(self) -> bool:
+        return self.video_name is None
+
+
+class ProgressOut(BaseModel):
+    stage: str | None = Field(description="video, features, denoise, decode or saving")
+    step: int
+    total: int
+
+
+class OutputOut(BaseModel):
+    index: int
+    wav: str
+    mp4: str | None = Field(description="null for text-only jobs")
+    spectrogram: str
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    params: JobParams
+    progress: ProgressOut
+    queue_position: int | None = Field(description="1 = next to run; null unless queued")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime | None = Field(description="when the results will be deleted")
+    outputs: list[OutputOut]
+
+    @classmethod
+    def from_record(cls, job: JobRecord, result_ttl_s: float) -> JobOut:
+        base = f"{API_PREFIX}/jobs/{job.id}/outputs"
+        outputs = [
+            OutputOut(index=k, wav=f"{base}/{k}.wav", spectrogram=f"{base}/{k}.png",
+                      mp4=f"{base}/{k}.mp4" if o.mp4 else None)
+            for k, o in enumerate(job.outputs)
+        ]
+        expires = (job.finished_at + result_ttl_s
+                   if job.finished_at is not None and job.state != JobState.EXPIRED else None)
+        return cls(
+            id=job.id, state=job.state, params=JobParams.model_validate(job.params),
+            progress=ProgressOut(stage=job.stage, step=job.step, total=job.total),
+            queue_position=job.queue_position, error=job.error,
+            created_at=datetime.fromtimestamp(job.created_at, timezone.utc),
+            started_at=_utc(job.started_at),
+            finished_at=_utc(job.finished_at), expires_at=_utc(expires), outputs=outputs,
+        )
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    version: str
+    worker_alive: bool
+    queued: int
+    running: int
+    max_queue: int
+    auth_required: bool
+
+
+class ModelOut(BaseModel):
+    id: str = Field(description="weights directory, hub repo id or 'tiny-random'")
+    size: str
+    sample_rate: int
+    random_weights: bool = Field(description="true: outputs are noise (test model)")
+    device: str
+    dtype: str
+    accel: str
+
+
+class Defaults(BaseModel):
+    steps: int
+    guidance: float
+    negative_prompt: str
+
+
+class Limits(BaseModel):
+    max_steps: int
+    max_samples: int
+    min_seconds: float
+    max_seconds: float
+    max_upload_bytes: int
+    job_timeout_s: float
+    result_ttl_s: float
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]
+    defaults: Defaults
+    limits: Limits
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+def _utc(stamp: float | None) -> datetime | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc)

@@ -1,0 +1,76 @@
+"""Server settings: one frozen dataclass, validated once at start-up.
+
+The command line fills it; the API token alone comes from the environment
+(`FOLEYRT_API_TOKEN`), so it never shows in `ps`, shell history or a unit file's arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from foleyrt.config import HUB_REPO
+from foleyrt.errors import ConfigError
+from foleyrt.pipeline.pipeline import MAX_SAMPLES, MAX_STEPS
+
+TOKEN_ENV = "FOLEYRT_API_TOKEN"
+MIB = 1024 * 1024
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/foleyrt/server`: results outlive the working directory they were
+    started from."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "foleyrt" / "server"
+
+
+def token_from_env() -> str | None:
+    """The bearer token, or None (no authentication) when the variable is unset or empty."""
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `24h`, `7d` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if match is None:
+        raise ConfigError(f"invalid duration {text!r}; use e.g. 90s, 30m, 24h or 7d")
+    return float(match[1]) * _UNITS[match[2] or "s"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the service needs besides the host and port (those are uvicorn's)."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    model: str = HUB_REPO
+    size: str = "xxl"
+    device: str = "auto"
+    dtype: str | None = None
+    accel: str = "eager"
+    engine: str | None = None
+    max_queue: int = 16  # jobs waiting; the running one is not counted
+    max_upload_bytes: int = 200 * MIB
+    job_timeout_s: float = 600.0
+    result_ttl_s: float = 24 * 3600.0
+    cleanup_interval_s: float = 60.0
+    default_steps: int = 50
+    max_samples: int = 6  # the release's UI offers 1-6
+    api_token: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.max_queue < 1:
+            raise ConfigError(f"max queue must be at least 1, got {self.max_queue}")
+        if self.max_upload_bytes < 1:
+            raise ConfigError("max upload size must be positive")
+        for name in ("job_timeout_s", "result_ttl_s", "cleanup_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 1 <= self.default_steps <= MAX_STEPS:
+            raise ConfigError(f"default steps must be between 1 and {MAX_STEPS}")
+        if not 1 <= self.max_samples <= MAX_SAMPLES:
+            raise ConfigError(f"max samples must be between 1 and {MAX_SAMPLES}")

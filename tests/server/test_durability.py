@@ -1,0 +1,125 @@
+"""What survives a restart, what a crash leaves behind, and what expires."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from foleyrt.errors import ConfigError
+from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.server.files import DataDir, new_job_id
+from foleyrt.server.schemas import JobParams
+from foleyrt.server.store import RESTART_MESSAGE, JobState, JobStore
+from tests.server.conftest import MakeApp
+from tests.server.support import STEPS, SlowPipeline, service_of, submit_text, wait_for
+
+
+def _text_params(prompt: str) -> dict[str, object]:
+    return JobParams(prompt=prompt, negative_prompt=None, steps=STEPS, guidance=4.5, seed=1,
+                     samples=1, duration=1.0, video_name=None).model_dump(mode="json")
+
+
+def test_finished_results_survive_a_restart(make_app: MakeApp) -> None:
+    with TestClient(make_app()) as client:
+        job = wait_for(client, submit_text(client).json()["id"])
+    with TestClient(make_app()) as client:
+        again = client.get(f"/v1/jobs/{job['id']}").json()
+        assert again["state"] == "succeeded" and again["outputs"] == job["outputs"]
+        assert client.get(job["outputs"][0]["wav"]).status_code == 200
+
+
+def test_after_a_crash_running_jobs_fail_and_queued_ones_run(
+    make_app: MakeApp, data_dir: Path
+) -> None:
+    # What a killed server leaves: one job claimed by the worker, one still waiting.
+    files = DataDir(data_dir)
+    files.open()
+    store = JobStore(files.database)
+    cut_off, waiting = new_job_id(), new_job_id()
+    for job_id in (cut_off, waiting):
+        files.create_job_dir(job_id)
+        assert store.add(job_id, _text_params(job_id), max_queued=10)
+    claimed = store.claim_next()
+    assert claimed is not None and claimed.id == cut_off
+    store.close()
+    files.close()
+
+    with TestClient(make_app()) as client:
+        failed = client.get(f"/v1/jobs/{cut_off}").json()
+        assert failed["state"] == "failed" and failed["error"] == RESTART_MESSAGE
+        assert wait_for(client, waiting)["state"] == "succeeded"
+        assert not files.job_dir(cut_off).exists()
+
+
+def test_a_graceful_stop_requeues_the_running_job(
+    make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
+) -> None:
+    with TestClient(make_app(SlowPipeline(tiny_pipeline, 0.5))) as client:
+        job_id = submit_text(client).json()["id"]
+        wait_for(client, job_id, {"running"})
+    store = JobStore(data_dir / "jobs.sqlite3")
+    stopped = store.get(job_id)
+    store.close()
+    assert stopped is not None and stopped.state is JobState.QUEUED
+    with TestClient(make_app()) as client:
+        assert wait_for(client, job_id)["state"] == "succeeded"
+
+
+def test_results_expire_and_their_files_go(make_app: MakeApp) -> None:
+    with TestClient(make_app(result_ttl_s=0.3, cleanup_interval_s=0.1)) as client:
+        job = wait_for(client, submit_text(client).json()["id"])
+        assert job["state"] == "succeeded"
+        expired = wait_for(client, job["id"], {"expired"}, timeout_s=10)
+        assert expired["outputs"] == [] and expired["expires_at"] is None
+        gone = client.get(job["outputs"][0]["wav"])
+        assert gone.status_code == 410 and "expired" in gone.json()["detail"]
+        assert not service_of(client).files.job_dir(job["id"]).exists()
+
+
+def test_orphaned_job_folders_are_removed_at_start(make_app: MakeApp, data_dir: Path) -> None:
+    orphan = data_dir / "jobs" / new_job_id()
+    orphan.mkdir(parents=True)
+    (orphan / "input").write_bytes(b"half an upload")
+    with TestClient(make_app()):
+        assert not orphan.exists()
+
+
+def test_a_second_server_cannot_share_the_data_dir(data_dir: Path) -> None:
+    first = DataDir(data_dir)
+    first.open()
+    try:
+        with pytest.raises(ConfigError, match="in use by another foleyrt server"):
+            DataDir(data_dir).open()
+    finally:
+        first.close()
+    second = DataDir(data_dir)
+    second.open()  # free again once the first let go
+    second.close()
+
+
+def test_store_rejects_a_newer_schema(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(ConfigError, match="version 99"):
+        JobStore(path)
+
+
+def test_queue_positions_follow_submission_order(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    ids = [new_job_id() for _ in range(3)]
+    for job_id in ids:
+        store.add(job_id, _text_params("x"), max_queued=3)
+    assert not store.add(new_job_id(), _text_params("x"), max_queued=3)
+
+    def positions() -> list[int | None]:
+        return [job.queue_position for job in map(store.get, ids) if job is not None]
+
+    assert positions() == [1, 2, 3]
+    store.claim_next()
+    assert positions() == [None, 1, 2]
+    store.close()

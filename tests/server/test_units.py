@@ -1,0 +1,73 @@
+"""The small pieces: settings parsing, data-directory names, messages, the spectrogram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from foleyrt.errors import ConfigError
+from foleyrt.server.files import DataDir, new_job_id
+from foleyrt.server.service import _display_name
+from foleyrt.server.settings import ServerSettings, parse_duration
+from foleyrt.server.spectrogram import F_MIN, spectrogram_image, spectrogram_levels
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("90", 90), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("1.5h", 5400),
+])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "-1h", "1w", "1 h 2"])
+def test_parse_duration_refuses_nonsense(text: str) -> None:
+    with pytest.raises(ConfigError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_settings_refuse_impossible_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="max queue"):
+        ServerSettings(data_dir=tmp_path, max_queue=0)
+    with pytest.raises(ConfigError, match="job_timeout_s"):
+        ServerSettings(data_dir=tmp_path, job_timeout_s=0)
+
+
+@pytest.mark.parametrize("job_id", ["../etc", "x", "", new_job_id().upper(), "a/b"])
+def test_only_server_made_ids_become_paths(tmp_path: Path, job_id: str) -> None:
+    with pytest.raises(ValueError, match="not a job id"):
+        DataDir(tmp_path).job_dir(job_id)
+
+
+def test_messages_lose_server_paths(tmp_path: Path) -> None:
+    files = DataDir(tmp_path)
+    job_id = new_job_id()
+    message = f"{files.input_path(job_id)}: video is 0.50 s long"
+    assert (files.redact(message, job_id, "cat.mov")
+            == "uploaded file 'cat.mov': video is 0.50 s long")
+    assert files.redact(message, job_id) == "the uploaded video: video is 0.50 s long"
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("clip.mp4", "clip.mp4"), ("C:\\Users\\me\\clip.mp4", "clip.mp4"), ("../../x.mp4", "x.mp4"),
+    ("a\x00b\nc.mp4", "abc.mp4"), ("", "upload"), (None, "upload"),
+])
+def test_display_names_are_safe(name: str | None, shown: str) -> None:
+    assert _display_name(name) == shown
+
+
+def test_spectrogram_puts_a_tone_at_its_frequency() -> None:
+    rate, rows = 48000, 240
+    t = torch.arange(rate) / rate
+    levels = spectrogram_levels(torch.sin(2 * torch.pi * 1000 * t)[None], rate, rows=rows)
+    brightest = int(levels.astype(float).mean(axis=1).argmax())
+    # Rows are log-spaced from F_MIN (bottom) to Nyquist (top).
+    expected = rows - 1 - round((rows - 1) * torch.log(torch.tensor(1000 / F_MIN)).item()
+                                / torch.log(torch.tensor(rate / 2 / F_MIN)).item())
+    assert abs(brightest - expected) <= 2
+
+
+def test_spectrogram_image_of_silence_and_of_a_short_track() -> None:
+    image = spectrogram_image(torch.zeros(1, 100), 48000)
+    assert (image.size, image.mode) == ((800, 240), "RGB")
