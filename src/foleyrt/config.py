@@ -451,6 +451,10 @@ def parse_device(name: str) -> torch.device:
 
 
 ACCEL_MODES = ("eager", "compile", "tensorrt")
+# Transformer precisions: bf16/fp16 set the compute dtype; the others also swap the blocks'
+# matmul layers for quantised ones (`foleyrt.accel.quant`).
+PRECISIONS = ("bf16", "fp16", "fp8", "int8-weight", "int8")
+QUANTIZED_PRECISIONS = ("fp8", "int8-weight", "int8")
 
 
 @dataclass(frozen=True)
@@ -470,11 +474,21 @@ class RuntimeConfig:
     precision: str | None = None
     offload: str = "none"
     engine: str | None = None  # TensorRT plan for accel "tensorrt" (None: from the cache)
+    calibration: str | None = None  # activation statistics for precision "int8"
 
     def __post_init__(self) -> None:
         if self.accel not in ACCEL_MODES:
             raise ConfigError(
                 f"unknown acceleration mode {self.accel!r}; choose one of {', '.join(ACCEL_MODES)}"
+            )
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
+        if self.precision == "int8" and self.calibration is None:
+            raise ConfigError(
+                "precision int8 needs activation statistics: run `foleyrt calibrate` and pass "
+                "--calibration FILE"
             )
 
     @classmethod
