@@ -492,11 +492,17 @@ class RuntimeConfig:
             )
 
     @classmethod
-    def auto(cls, device: str = "auto", dtype: str | None = None, **kwargs: Any) -> RuntimeConfig:
-        """Defaults users expect: bf16 on CUDA (like the release), fp32 elsewhere."""
+    def auto(
+        cls, device: str = "auto", dtype: str | None = None, precision: str | None = None,
+        **kwargs: Any,
+    ) -> RuntimeConfig:
+        """Defaults users expect: bf16 on CUDA (like the release), fp32 elsewhere. A bf16 or
+        fp16 `precision` is that compute dtype; quantised precisions compute in bf16 on GPUs."""
         dev = parse_device(device)
-        if dtype is None:
-            dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
-        else:
+        if dtype is not None:
             dt = parse_dtype(dtype)
-        return cls(device=dev, dtype=dt, **kwargs)
+        elif precision in ("bf16", "fp16"):
+            dt = parse_dtype(precision)
+        else:
+            dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        return cls(device=dev, dtype=dt, precision=precision, **kwargs)
