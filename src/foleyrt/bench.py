@@ -20,6 +20,7 @@ written MP4 with real-size random encoders.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import statistics
@@ -128,9 +129,10 @@ def matmul_peak(device: torch.device, n: int = 8192, reps: int = 10) -> float:
 
 @torch.no_grad()
 def random_dit(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int) -> FoleyDiT:
-    """Built on meta, materialised on the device, filled there (5 B parameters in a second)."""
+    """Built on meta, materialised on the device in `dtype`, filled there (5 B parameters in
+    a second)."""
     with torch.device("meta"):
-        dit = FoleyDiT(spec.dit)
+        dit = FoleyDiT(spec.dit).to(dtype)
     dit = dit.to_empty(device=device)
     gen = torch.Generator(device).manual_seed(seed)
     for _, p in sorted(dit.named_parameters()):
@@ -138,7 +140,7 @@ def random_dit(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: 
             p.normal_(0, p[0].numel() ** -0.5, generator=gen)
         else:
             p.normal_(1.0 if p.shape[0] <= 128 else 0.0, 0.05, generator=gen)
-    return dit.to(dtype).eval().requires_grad_(False)
+    return dit.eval().requires_grad_(False)
 
 
 def random_conditions(spec: ModelSpec, duration_s: float, device: torch.device,
@@ -253,9 +255,15 @@ def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs:
             if profile and duration == durations[0]:
                 report.profiles.append(profile_forward(dit, cond, x0, size, duration))
         del dit
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        _release(device)
     return report
+
+
+def _release(device: torch.device) -> None:
+    """Free a model that is done with (cycles through its graph cache need the collector)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _fp32_references(dit: FoleyDiT, spec: ModelSpec, inputs: dict, steps: int,
@@ -269,8 +277,7 @@ def _fp32_references(dit: FoleyDiT, spec: ModelSpec, inputs: dict, steps: int,
         refs = {d: _loop(dit32, cond, noise, steps, guidance, "eager", spec)
                 for d, (cond, noise, _) in inputs.items()}
     del dit32
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    _release(device)
     return refs
 
 

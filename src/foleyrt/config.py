@@ -451,6 +451,26 @@ def parse_device(name: str) -> torch.device:
 
 
 ACCEL_MODES = ("eager", "compile", "tensorrt")
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """`--offload`: `none`, `model` (networks in pinned host memory, brought in per stage) or
+    `blocks:N` (transformer blocks streamed through N GPU slots); see `accel/offload.py`."""
+
+    kind: str = "none"
+    slots: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> OffloadPlan:
+        if text in ("none", "model"):
+            return cls(text)
+        if text.startswith("blocks:"):
+            count = text.split(":", 1)[1]
+            if count.isdigit() and int(count) >= 2:
+                return cls("blocks", int(count))
+        raise ConfigError(f"unknown offload mode {text!r}; use none, model or blocks:N (N >= 2)")
+
 # Transformer precisions: bf16/fp16 set the compute dtype; the others also swap the blocks'
 # matmul layers for quantised ones (`foleyrt.accel.quant`).
 PRECISIONS = ("bf16", "fp16", "fp8", "int8-weight", "int8")
@@ -472,7 +492,7 @@ class RuntimeConfig:
     vae_dtype: torch.dtype = torch.float32
     accel: str = "eager"
     precision: str | None = None
-    offload: str = "none"
+    offload: str = "none"  # see OffloadPlan
     engine: str | None = None  # TensorRT plan for accel "tensorrt" (None: from the cache)
     calibration: str | None = None  # activation statistics for precision "int8"
 
@@ -485,6 +505,7 @@ class RuntimeConfig:
             raise ConfigError(
                 f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
+        OffloadPlan.parse(self.offload)
         if self.precision == "int8" and self.calibration is None:
             raise ConfigError(
                 "precision int8 needs activation statistics: run `foleyrt calibrate` and pass "

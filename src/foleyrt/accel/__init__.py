@@ -13,7 +13,6 @@ Modes:
 from __future__ import annotations
 
 import logging
-import weakref
 
 from torch import nn
 
@@ -24,7 +23,6 @@ from foleyrt.pipeline.sampling import ModelFn, Schedule
 
 log = logging.getLogger(__name__)
 
-_graph_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_mode(mode: str) -> str:
@@ -69,7 +67,9 @@ def model_fn(
     from foleyrt.accel.cudagraph import GraphCache
 
     compile_blocks(dit)
-    cache = _graph_caches.get(dit)
+    # Kept on the model itself, so the captured graphs and their memory die with it (a
+    # registry keyed by the model would keep every model alive through the cache's reference).
+    cache = getattr(dit, "_foleyrt_graphs", None)
     if cache is None:
-        cache = _graph_caches[dit] = GraphCache(dit)
+        cache = dit._foleyrt_graphs = GraphCache(dit)  # type: ignore[assignment]
     return cache.model_fn(prepared, schedule.timesteps.to(prepared.visual.device))
