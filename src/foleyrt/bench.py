@@ -20,7 +20,6 @@ written MP4 with real-size random encoders.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import statistics
@@ -37,6 +36,7 @@ from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.pipeline.conditions import Conditions, prepare_rows
 from foleyrt.pipeline.features import text_only_lengths
+from foleyrt.pipeline.pipeline import release_cuda_memory
 from foleyrt.pipeline.sampling import denoise, flow_schedule
 
 log = logging.getLogger(__name__)
@@ -259,15 +259,8 @@ def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs:
             report.profiles.append(profile_forward(dit, cond, noise.bfloat16(), size,
                                                    durations[0]))
         del dit
-        _release(device)
+        release_cuda_memory()
     return report
-
-
-def _release(device: torch.device) -> None:
-    """Free a model that is done with (cycles through its graph cache need the collector)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _fp32_references(dit: FoleyDiT, spec: ModelSpec, inputs: dict, steps: int,
@@ -281,7 +274,7 @@ def _fp32_references(dit: FoleyDiT, spec: ModelSpec, inputs: dict, steps: int,
         refs = {d: _loop(dit32, cond, noise, steps, guidance, "eager", spec)
                 for d, (cond, noise, _) in inputs.items()}
     del dit32
-    _release(device)
+    release_cuda_memory()
     return refs
 
 

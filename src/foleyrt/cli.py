@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from foleyrt import __version__
-from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM
+from foleyrt.config import HUB_REPO, PRECISIONS, PRESETS, TINY, TINY_RANDOM, RuntimeConfig
 from foleyrt.errors import FoleyError, UsageError
 
 log = logging.getLogger("foleyrt")
@@ -30,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+def _add_weight_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Which model, on which device, in which dtype."""
     g = p.add_argument_group("model and runtime")
     g.add_argument("--model", default=HUB_REPO,
                    help=f"weights directory, hub repo id, or {TINY_RANDOM!r} (default: %(default)s)")
@@ -39,10 +40,27 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=None,
                    help="transformer dtype: bf16, fp16 or fp32 (default: bf16 on CUDA, else fp32)")
+    return g
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """`_add_weight_options` plus how the transformer runs; `_runtime` reads them all."""
+    g = _add_weight_options(p)
     g.add_argument("--accel", default="eager", help="eager, compile or tensorrt (default: eager)")
     g.add_argument("--engine", default=None,
                    help="TensorRT plan for --accel tensorrt (default: newest matching engine "
                         "in the cache)")
+    g.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="transformer precision: bf16, fp16, or quantised fp8 (Ada/Hopper GPUs), "
+                        "int8-weight, int8 (needs --calibration) (default: the --dtype)")
+    g.add_argument("--calibration", default=None, metavar="FILE",
+                   help="activation ranges for --precision int8 (from 'foleyrt calibrate')")
+
+
+def _runtime(args: argparse.Namespace) -> RuntimeConfig:
+    """The runtime of `_add_model_options`' flags."""
+    return RuntimeConfig.auto(args.device, args.dtype, accel=args.accel, engine=args.engine,
+                              precision=args.precision, calibration=args.calibration)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -164,7 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         data_dir=args.data_dir or default_data_dir(), model=args.model, size=args.size,
         device=args.device, dtype=args.dtype, accel=args.accel, engine=args.engine,
-        max_queue=args.max_queue,
+        precision=args.precision, calibration=args.calibration, max_queue=args.max_queue,
         max_upload_bytes=round(args.max_upload_mb * MIB),
         job_timeout_s=parse_duration(args.job_timeout),
         result_ttl_s=parse_duration(args.result_ttl), default_steps=args.steps,
@@ -310,6 +328,124 @@ def _export_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="record activation ranges for --precision int8",
+                       description="Run the pipeline on clips and record the input range of "
+                                   "every quantised transformer GEMM, for --precision int8 "
+                                   "(and int8/fp8 TensorRT engines). Runs eager, unquantised.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="VIDEO_OR_CSV",
+                   help="a CSV with columns video,prompt (as for 'foleyrt batch'), a folder of "
+                        "videos, or video files")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="calibration file to write (.safetensors)")
+    p.add_argument("-p", "--prompt", default="", help="prompt of clips without a CSV one")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps per clip (default: 50)")
+    p.add_argument("--guidance", type=float, default=4.5, help="CFG scale (default: 4.5)")
+    p.add_argument("--seed", type=int, default=0, help="clip i uses SEED+i (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    _add_weight_options(p)
+    p.set_defaults(handler=_calibrate)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from foleyrt.accel.calibrate import calibrate, check_output, read_clips, save_calibration
+    from foleyrt.pipeline.pipeline import FoleyPipeline
+
+    check_output(args.output, overwrite=args.overwrite)
+    clips = read_clips(args.inputs, prompt=args.prompt)
+    pipe = FoleyPipeline.from_pretrained(args.model, args.size,
+                                         RuntimeConfig.auto(args.device, args.dtype))
+    calib = calibrate(pipe, clips, steps=args.steps, guidance_scale=args.guidance,
+                      seed=args.seed)
+    print(save_calibration(calib, args.output, overwrite=args.overwrite))
+    return 0
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch", help="make sound tracks for a folder of clips, video files or a CSV",
+        description="Generate a sound track for every clip of INPUT with the models loaded "
+                    "once. Results go to OUTDIR as <video name>.mp4 (-2, -3, ... when names "
+                    "repeat) or the CSV's output name; items whose outputs exist are skipped, "
+                    "so rerunning an interrupted batch resumes it. A bad clip fails alone: "
+                    "exit status 1 if any item failed.")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                   help="a CSV with columns video,prompt (or text) and optionally "
+                        "negative_prompt, seed, output (paths relative to the CSV's folder); "
+                        "or a folder of videos; or video files")
+    p.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUTDIR",
+                   help="folder for the results; created if its parent exists")
+    p.add_argument("-p", "--prompt", default="", metavar="TEXT",
+                   help="what the sound should be, for items without a CSV prompt")
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="what to steer away from, for items without a CSV one "
+                        "(default: 'noisy, harsh')")
+    p.add_argument("--format", choices=("mp4", "wav", "both"), default="mp4",
+                   help="mp4 (the video with its new sound), wav, or both (default: mp4)")
+    p.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="sound tracks per clip, numbered NAME_1, NAME_2, ... (default: 1)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
+    p.add_argument("--guidance", type=float, default=4.5, help="CFG scale (default: 4.5)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="item i (from 0) uses SEED+i; a CSV seed wins (default: random, "
+                        "recorded in the report)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo items whose outputs exist (default: skip them)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed item")
+    p.add_argument("--report", type=Path, default=None, metavar="FILE",
+                   help="write a JSON report: per item input, outputs, status, error, "
+                        "seconds, seed")
+    _add_model_options(p)
+    p.set_defaults(handler=_batch)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from foleyrt.batch import (
+        FORMATS,
+        BatchReport,
+        BatchSettings,
+        ItemResult,
+        Status,
+        check_report_path,
+        plan_batch,
+        prepare_outdir,
+        read_inputs,
+        run_batch,
+    )
+    from foleyrt.pipeline.pipeline import FoleyPipeline
+
+    # Everything cheap first: a bad CSV or name must not cost a model load.
+    settings = BatchSettings(formats=FORMATS[args.format], samples=args.samples,
+                             steps=args.steps, guidance=args.guidance, seed=args.seed,
+                             overwrite=args.overwrite, fail_fast=args.fail_fast)
+    runtime = _runtime(args)
+    items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt)
+    jobs = plan_batch(items, args.output_dir, settings)
+    if args.report is not None:
+        check_report_path(args.report)
+    prepare_outdir(args.output_dir, args.inputs)
+    report = BatchReport.start(jobs, overwrite=args.overwrite)
+
+    def show(result: ItemResult) -> None:
+        if result.status is Status.DONE:
+            print(*result.job.outputs, sep="\n", flush=True)
+        else:
+            print(f"foleyrt: {result.line()}", file=sys.stderr, flush=True)
+
+    log.info("%d item(s): %d to do, %d already done", len(jobs), len(report.pending),
+             report.count(Status.SKIPPED))
+    try:
+        if report.pending:
+            pipe = FoleyPipeline.from_pretrained(args.model, args.size, runtime)
+            with _progress_bar(args.quiet) as progress:
+                run_batch(pipe, report, settings, progress=progress, on_item=show)
+    finally:
+        if args.report is not None:
+            report.write(args.report, settings, model=args.model, size=args.size)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="foleyrt", description="Fast, faithful HunyuanVideo-Foley runtime.")
     parser.add_argument("--version", action="version", version=f"foleyrt {__version__}")
@@ -317,11 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
+    _add_batch(sub)
     _add_verify(sub)
     _add_bench(sub)
     _add_serve(sub)
     _add_loadtest(sub)
     _add_export(sub)
+    _add_calibrate(sub)
     return parser
 
 
@@ -329,7 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from foleyrt.config import RuntimeConfig
     from foleyrt.media.audio import check_output_path, numbered_paths
     from foleyrt.media.video import probe_video
     from foleyrt.pipeline.pipeline import FoleyPipeline
@@ -344,7 +481,7 @@ def _generate(args: argparse.Namespace) -> int:
         check_output_path(path, overwrite=args.overwrite, inputs=[video] if video else [])
     if video is not None:
         probe_video(video)
-    runtime = RuntimeConfig.auto(args.device, args.dtype, accel=args.accel, engine=args.engine)
+    runtime = _runtime(args)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     log.info("seed %d", seed)
     pipe = FoleyPipeline.from_pretrained(args.model, args.size, runtime)

@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM, ModelSpec, RuntimeConfig
+from foleyrt.accel.quant import apply_precision, check_precision, stored_fp8_modules
+from foleyrt.config import (
+    HUB_REPO,
+    PRESETS,
+    TINY,
+    TINY_RANDOM,
+    DiTConfig,
+    ModelSpec,
+    RuntimeConfig,
+)
 from foleyrt.errors import UsageError
 from foleyrt.models.dac_vae import DACVAE, load_dac
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.encoders import ClapTextEncoder, SigLIP2Encoder
 from foleyrt.models.random_init import randomize_
 from foleyrt.models.synchformer import Synchformer, load_synchformer
-from foleyrt.weights import load_checkpoint_into, resolve_files
+from foleyrt.weights import load_into, read_checkpoint, resolve_files
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +46,14 @@ class FoleyModels:
     clap: ClapTextEncoder
     source: str  # where the weights came from (directory, repo id, or "tiny-random")
     random_weights: bool = False  # outputs must then be labelled as noise
+    stored_fp8: frozenset[str] = frozenset()  # transformer GEMMs whose file stores e4m3 weights
 
     def place(self, runtime: RuntimeConfig) -> FoleyModels:
-        """Move every network to the runtime's device and dtypes, in eval mode."""
+        """Move every network to the runtime's device and dtypes, in eval mode; the transformer
+        is then quantised there for a quantised precision (rounding on the GPU is fast)."""
         dev = runtime.device
         self.dit.to(dev, runtime.dtype).eval().requires_grad_(False)
+        apply_precision(self.dit, runtime, self.stored_fp8)
         self.vae.to(dev, runtime.vae_dtype).eval().requires_grad_(False)
         for enc in (self.synchformer, self.siglip, self.clap):
             enc.to(dev, runtime.encoder_dtype).eval().requires_grad_(False)
@@ -61,15 +74,29 @@ def load_models(model: str = HUB_REPO, size: str = "xxl", *, runtime: RuntimeCon
         return random_models().place(runtime)
     spec = model_spec(size)
     files = resolve_files(model, [spec.dit_file, spec.vae_file, spec.synchformer_file])
-    with torch.device("meta"):
-        dit = FoleyDiT(spec.dit)
-    load_checkpoint_into(dit, files[spec.dit_file], dtype=runtime.dtype)
+    dit, stored_fp8 = load_dit(files[spec.dit_file], spec.dit, runtime)
     vae = load_dac(files[spec.vae_file], decoder_only=True, dtype=runtime.vae_dtype)
     synchformer = load_synchformer(files[spec.synchformer_file], spec.synchformer,
                                    dtype=runtime.encoder_dtype)
     siglip = SigLIP2Encoder.from_pretrained(spec.siglip_repo)
     clap = ClapTextEncoder.from_pretrained(spec.clap_repo, text_length=spec.dit.text_length)
-    return FoleyModels(spec, dit, vae, synchformer, siglip, clap, model).place(runtime)
+    return FoleyModels(spec, dit, vae, synchformer, siglip, clap, model,
+                       stored_fp8=stored_fp8).place(runtime)
+
+
+def load_dit(
+    path: str | Path, cfg: DiTConfig, runtime: RuntimeConfig
+) -> tuple[FoleyDiT, frozenset[str]]:
+    """The transformer built on meta with `path`'s tensors assigned in the compute dtype (fp8
+    ones upcast, exactly), and, for precision fp8, the GEMMs whose float8_e4m3fn weights
+    `place` then uses as stored. The precision's options are checked before the file is read."""
+    with torch.device("meta"):
+        dit = FoleyDiT(cfg)
+    check_precision(runtime, dit)
+    ckpt = read_checkpoint(path)
+    stored = stored_fp8_modules(ckpt, cfg)
+    load_into(dit, ckpt.state_dict, file=ckpt.path, dtype=runtime.dtype)
+    return dit, stored if runtime.precision == "fp8" else frozenset()
 
 
 def random_models(

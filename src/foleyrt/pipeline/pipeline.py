@@ -3,6 +3,7 @@ batch mode and the server share."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -122,7 +123,7 @@ class FoleyPipeline:
         seconds of text-to-audio). Noise comes from `noise` if given, else from `generator`,
         else from a CPU generator seeded with `seed` (fresh when None): the same seed gives
         the same noise on any device."""
-        _validate(steps, guidance_scale, num_samples, video, duration)
+        validate_request(steps, guidance_scale, num_samples, video, duration)
         negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -219,9 +220,20 @@ class FoleyPipeline:
             torch.cuda.synchronize(self.runtime.device)
 
 
-def _validate(
+def release_cuda_memory() -> None:
+    """Hand freed blocks back to the GPU after a failed request (an out-of-memory error, say),
+    so the next one starts from a clean pool. Call it after the `except` block: until then the
+    traceback's frames still hold the request's tensors."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def validate_request(
     steps: int, guidance: float, samples: int, video: object, duration: float | None
 ) -> None:
+    """The generation parameters' bounds, checked before any work (callers that queue requests
+    check them up front too)."""
     if not 1 <= steps <= MAX_STEPS:
         raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
     if not 0.0 <= guidance <= 100.0:

@@ -32,7 +32,8 @@ def load_pipeline(settings: ServerSettings) -> FoleyPipeline:
 
     check_mode(settings.accel)
     runtime = RuntimeConfig.auto(settings.device, settings.dtype, accel=settings.accel,
-                                 engine=settings.engine)
+                                 engine=settings.engine, precision=settings.precision,
+                                 calibration=settings.calibration)
     return FoleyPipeline.from_pretrained(settings.model, settings.size, runtime)
 
 

@@ -52,6 +52,8 @@ class ServerSettings:
     dtype: str | None = None
     accel: str = "eager"
     engine: str | None = None
+    precision: str | None = None  # see RuntimeConfig
+    calibration: str | None = None  # activation ranges for precision int8
     max_queue: int = 16  # jobs waiting; the running one is not counted
     max_upload_bytes: int = 200 * MIB
     job_timeout_s: float = 600.0

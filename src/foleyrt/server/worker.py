@@ -12,7 +12,6 @@ limit, server shutdown). A stage itself is never interrupted mid-kernel.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -21,7 +20,7 @@ from enum import Enum
 import torch
 
 from foleyrt.errors import Cancelled, FoleyError
-from foleyrt.pipeline.pipeline import FoleyPipeline, Progress
+from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, release_cuda_memory
 from foleyrt.server.files import DataDir
 from foleyrt.server.outputs import generate, write_outputs
 from foleyrt.server.store import JobRecord, JobState, JobStore
@@ -139,7 +138,7 @@ class Worker:
             with self._cancel_lock:
                 self._cancelled.discard(job.id)
         if out_of_memory:
-            _release_gpu_memory()
+            release_cuda_memory()
 
     def _stopped(self, job: JobRecord, reason: StopReason | None) -> None:
         if reason is StopReason.SHUTDOWN:
@@ -157,11 +156,3 @@ class Worker:
         self.files.remove_job(job.id)  # partial outputs and the upload: nothing to keep
         self.store.finish(job.id, JobState.FAILED, error=message)
 
-
-def _release_gpu_memory() -> None:
-    """Hand the failed job's cached blocks back, so the next job starts from a clean pool.
-    Called after the `except` block: until then the traceback's frames still hold the
-    job's tensors, and `empty_cache` could not free them."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -1,0 +1,176 @@
+"""GPU check of `--precision` (issue 4): XXL with random weights, 8 s clip, 50 steps, CFG 4.5.
+
+Per precision (bf16 first, the baseline): velocity cosine vs bf16 (eager, one forward of 2 rows
+at t = 500), final-latent cosine vs bf16 (the compiled 50-step loop, same noise), the compiled
+loop (Inductor blocks + CUDA graphs, `--accel compile`) for 1 clip (2 rows) and 8 clips (16
+rows): median seconds, ms per forward, speed-up over bf16; peak GPU memory; then the targets.
+int8 is calibrated on a bf16 eager loop with other noise.
+
+    PYTHONPATH=src python scripts/quant_check.py [--precisions fp8 int8 [int8-weight]]
+                                                 [--runs 3] [--fp8-precise-accum]
+
+Most of the time is Inductor compiling each precision's two block graphs (once per precision,
+then cached on disk); one compile serves both row counts. Targets: fp8 loop <= 0.6 s, >= 1.2x
+bf16 at 1 clip and >= 1.5x at 8 clips; fp8 / int8 final latent cosine >= 0.99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from foleyrt.accel import model_fn, quant
+from foleyrt.accel.calibrate import ActivationRecorder, Calibration
+from foleyrt.accel.quant import quantizable_modules, quantize_
+from foleyrt.bench import random_conditions, random_dit
+from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
+from foleyrt.models.dit import FoleyDiT
+from foleyrt.pipeline.conditions import prepare_rows
+from foleyrt.pipeline.sampling import denoise, flow_schedule
+
+SECONDS, STEPS, GUIDANCE = 8.0, 50, 4.5
+TARGETS = {"loop_s": 0.6, "speedup_1": 1.2, "speedup_8": 1.5, "cosine": 0.99}
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+
+class Case:
+    """The request every precision runs: conditions, noise per clip count, schedule."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
+        self.device = device
+        self.cond, self.n_latent = random_conditions(spec, SECONDS, device, seed=1)
+        self.schedule = flow_schedule(STEPS, spec.diffusion, n_tokens=self.n_latent)
+        g = torch.Generator(device).manual_seed(2)
+        self.noise = {n: torch.randn(n, 128, self.n_latent, device=device, generator=g)
+                      .bfloat16() for n in (1, 8)}
+
+    def loop(self, dit: FoleyDiT, clips: int, accel: str, noise: Tensor | None = None) -> Tensor:
+        prepared = prepare_rows(dit, self.cond, clips, True, self.n_latent)
+        runtime = RuntimeConfig(device=self.device, dtype=torch.bfloat16, accel=accel)
+        fn = model_fn(dit, prepared, runtime, self.schedule)
+        return denoise(fn, self.noise[clips] if noise is None else noise, self.schedule, GUIDANCE)
+
+    def velocity(self, dit: FoleyDiT) -> Tensor:
+        prepared = prepare_rows(dit, self.cond, 1, True, self.n_latent)
+        x = torch.cat([self.noise[1]] * 2)
+        return dit.velocity(x, torch.full((2,), 500.0, device=self.device), prepared)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> tuple[float, Tensor]:  # type: ignore[no-untyped-def]
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t, out
+
+
+def calibrate_on(dit: FoleyDiT, case: Case) -> Calibration:
+    other = torch.randn(1, 128, case.n_latent, device=case.device,
+                        generator=torch.Generator(case.device).manual_seed(7)).bfloat16()
+    with ActivationRecorder(quantizable_modules(dit)) as rec:
+        case.loop(dit, 1, "eager", noise=other)
+    return Calibration({k: float(v.max()) for k, v in rec.channel_amax.items()},
+                       {k: v.cpu() for k, v in rec.channel_amax.items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precisions", nargs="+", default=["fp8", "int8"],
+                        help="besides bf16 (always first): fp8, int8, int8-weight")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--fp8-precise-accum", action="store_true",
+                        help="fp8 without Hopper's fast accumulation")
+    parser.add_argument("--size", default="xxl", choices=sorted(PRESETS))
+    parser.add_argument("--device", default="cuda", help="cpu runs eager: a smoke test only")
+    args = parser.parse_args()
+    quant.FP8_FAST_ACCUM = not args.fp8_precise_accum
+    device, spec = torch.device(args.device), PRESETS[args.size]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    print(f"{name}, torch {torch.__version__}, {spec.name} {SECONDS:g} s, {STEPS} steps, CFG; "
+          f"fp8 fast accum {quant.FP8_FAST_ACCUM}", flush=True)
+    case = Case(spec, device)
+    rows = []
+    with torch.inference_mode():
+        base = random_dit(spec, device, torch.bfloat16, seed=0)
+        calibration = calibrate_on(base, case) if "int8" in args.precisions else None
+        ref = {"velocity": case.velocity(base)}
+        del base
+        for precision in ["bf16", *[p for p in args.precisions if p != "bf16"]]:
+            t0 = time.perf_counter()
+            try:
+                row = measure(precision, spec, case, ref, calibration, args.runs)
+            except Exception as exc:  # report it and go on: GPU time is scarce
+                print(f"  {precision}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                      flush=True)
+                continue
+            rows.append(row)
+            print(f"  {precision}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    report(rows)
+
+
+def measure(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
+            calibration: Calibration | None, runs: int) -> dict:
+    """One row of the table (`ref` receives the bf16 latent: bf16 is measured first)."""
+    device = case.device
+    torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    dit = random_dit(spec, device, torch.bfloat16, seed=0)
+    if precision != "bf16":
+        quantize_(dit, precision, calibration=calibration if precision == "int8" else None)
+    row = {"precision": precision, "velocity_cos": cosine(case.velocity(dit), ref["velocity"])}
+    for clips in (1, 8):
+        first, latent = timed(lambda: case.loop(dit, clips, "compile"), device)
+        times = [timed(lambda: case.loop(dit, clips, "compile"), device)[0] for _ in range(runs)]
+        row[f"loop_{clips}"], row[f"first_{clips}"] = statistics.median(times), first
+        if clips == 1:
+            ref.setdefault("latent", latent)
+            row["latent_cos"] = cosine(latent, ref["latent"])
+    row["peak_gb"] = (torch.cuda.max_memory_allocated(device) / 2**30
+                      if device.type == "cuda" else float("nan"))
+    return row
+
+
+def report(rows: list[dict]) -> None:
+    if not rows or rows[0]["precision"] != "bf16":
+        print("no bf16 baseline: nothing to compare")
+        return
+    base = rows[0]
+    print(f"\n{'precision':<12}{'vel cos':>9}{'lat cos':>9}{'1 clip s':>10}{'ms/fwd':>8}"
+          f"{'x bf16':>8}{'8 clips s':>10}{'ms/fwd':>8}{'x bf16':>8}{'peak GB':>9}{'1st s':>7}")
+    for r in rows:
+        print(f"{r['precision']:<12}{r['velocity_cos']:>9.5f}{r['latent_cos']:>9.5f}"
+              f"{r['loop_1']:>10.3f}{r['loop_1'] / STEPS * 1e3:>8.2f}"
+              f"{base['loop_1'] / r['loop_1']:>8.2f}{r['loop_8']:>10.3f}"
+              f"{r['loop_8'] / STEPS * 1e3:>8.2f}{base['loop_8'] / r['loop_8']:>8.2f}"
+              f"{r['peak_gb']:>9.1f}{r['first_1']:>7.0f}")
+    checks = {f"{r['precision']} latent cos >= {TARGETS['cosine']}":
+              r["latent_cos"] >= TARGETS["cosine"] for r in rows if r["precision"] != "bf16"}
+    for r in rows:
+        if r["precision"] == "fp8":
+            checks[f"fp8 loop <= {TARGETS['loop_s']} s"] = r["loop_1"] <= TARGETS["loop_s"]
+            for clips in (1, 8):
+                target = TARGETS[f"speedup_{clips}"]
+                checks[f"fp8 >= {target}x bf16 ({clips} clip(s))"] = (
+                    base[f"loop_{clips}"] / r[f"loop_{clips}"] >= target)
+    print("\n" + "\n".join(f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks.items()))
+
+
+if __name__ == "__main__":
+    main()

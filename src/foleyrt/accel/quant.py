@@ -1,0 +1,390 @@
+"""Quantised matrix products for the transformer's per-step GEMMs (`--precision`).
+
+Formats, one GEMM core each (a temporal conv first unfolds its window exactly as `TemporalConv`
+does, then multiplies like a Linear):
+
+- `fp8` (`Fp8Gemm`): E4M3 weights with one fp32 scale per output channel; activations quantised
+  per token at run time (scale = max|row| / 448); `torch._scaled_mm` with row-wise scales, out in
+  the compute dtype. Needs FP8 tensor cores (compute capability 8.9+); PyTorch's CPU kernel runs
+  the same call, which is what the tests use.
+- `int8-weight` (`Int8WeightGemm`): INT8 weights with one scale per output channel, dequantised
+  into a compute-dtype matmul: half of bf16's weight memory, any device, no calibration.
+- `int8` (`Int8Gemm`): W8A8 on `torch._int_mm` with a static per-tensor activation scale from a
+  calibration file (`foleyrt calibrate`). With the file's per-channel ranges, SmoothQuant
+  migration moves the activations' outlier channels into the weights (folded once, here); the
+  per-column divisor it leaves on the activation is applied by the op that rounds it.
+
+What is quantised (`quantizable_names`): the GEMMs inside the blocks that run at every step.
+Kept in the compute dtype: the modulations (one row per sample, and their shift/scale/gate
+outputs multiply whole streams, so an error there is an error everywhere), the text K/V
+projection (once per request), the embedders, the final layer, norms and attention.
+
+A quantised module keeps the call of the layer it replaces and its state-dict names: `weight`
+(quantised dtype, original shape) and `bias` (unchanged), plus its scales (`weight_scale`; int8:
+`input_scale`, `output_scale`). The single blocks' `linear_qkv` keeps its rows in the block's
+internal order; the block's state-dict hooks permute `weight` and `bias` to the release layout
+and back but not the scales, so a quantised state dict round-trips through this code and is not
+a release-layout checkpoint.
+
+Kernel shape rules are met by zero padding inside the call, never by changing stored shapes:
+`_scaled_mm` needs K and N multiples of 16, `_int_mm` multiples of 8 and more than 16 rows. The
+released sizes (and the tiny test model) are aligned, so only rows are ever padded there.
+Everything traces with Dynamo `fullgraph=True, dynamic=True`: no host syncs, and the only
+branches are on shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from foleyrt.config import QUANTIZED_PRECISIONS, DiTConfig, RuntimeConfig
+from foleyrt.errors import ConfigError, WeightsError
+from foleyrt.models.dit import FoleyDiT
+from foleyrt.models.layers import Linear, TemporalConv
+from foleyrt.weights import Checkpoint
+
+if TYPE_CHECKING:
+    from foleyrt.accel.calibrate import Calibration
+
+AMAX_FLOOR = 1e-12  # a zero range (dead channel, padded row) must not become a zero scale
+SMOOTH_ALPHA = 0.5  # SmoothQuant's migration strength: the range split evenly between x and W
+INT_MM_MIN_ROWS = 17  # `torch._int_mm` on CUDA wants more than 16 rows
+# Hopper's fast FP8 accumulation (no periodic promotion to fp32): faster; what it costs in
+# accuracy is measured by `scripts/quant_check.py --fp8-precise-accum` against this default.
+FP8_FAST_ACCUM = True
+
+GemmLayer = Linear | TemporalConv
+
+# Per-step GEMMs of each block, by their names in the block.
+TRIPLE_GEMMS = (
+    "audio_self_attn_qkv", "audio_self_proj", "v_cond_attn_qkv", "v_cond_self_proj",
+    "audio_cross_q", "v_cond_cross_q", "audio_cross_proj", "v_cond_cross_proj",
+    "audio_mlp.fc1", "audio_mlp.fc2", "v_cond_mlp.fc1", "v_cond_mlp.fc2",
+)
+# The last triple block runs with `update_visual=False`: its visual stream's projection,
+# cross-attention and MLP never run, so they are neither calibrated nor quantised.
+VISUAL_TAIL = ("v_cond_self_proj", "v_cond_cross_q", "v_cond_cross_proj", "v_cond_mlp.fc1",
+               "v_cond_mlp.fc2")
+SINGLE_GEMMS = ("linear_qkv", "linear1", "linear2.w1", "linear2.w2", "linear2.w3")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A symmetric quantisation grid: values in `[-qmax, qmax]` stored as `dtype`; `align` is
+    the multiple of K and N the format's GEMM kernel needs."""
+
+    dtype: torch.dtype
+    qmax: float
+    align: int
+
+    def cast(self, x: Tensor) -> Tensor:
+        """Values already divided by their scale onto the grid. Clamped first: an out-of-range
+        float8 cast is NaN on some devices, and an integer one wraps."""
+        x = x.clamp(-self.qmax, self.qmax)
+        return (x if self.dtype.is_floating_point else x.round()).to(self.dtype)
+
+    def quantize_rows(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """`[N, K]` fp32 -> (grid values `[N, K]`, fp32 scale per row `[N]`)."""
+        scale = w.abs().amax(dim=1).clamp(min=AMAX_FLOOR) / self.qmax
+        return self.cast(w / scale[:, None]), scale
+
+
+FP8 = Grid(torch.float8_e4m3fn, torch.finfo(torch.float8_e4m3fn).max, 16)
+INT8 = Grid(torch.int8, 127.0, 8)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad(t: Tensor, dim: int, size: int) -> Tensor:
+    """2-D `t` zero-padded along `dim` (0 or 1) to `size`; `t` itself when already that long.
+    float8 is padded as bytes (zero bytes are +0.0; not every device pads float8 tensors)."""
+    extra = size - t.shape[dim]
+    if extra == 0:
+        return t
+    raw = t.view(torch.uint8) if t.dtype == FP8.dtype else t
+    return F.pad(raw, (0, extra) if dim == 1 else (0, 0, 0, extra)).view(t.dtype)
+
+
+class QuantizedGemm(nn.Module):
+    """What the formats share: the replaced layer's call (input cast to the compute dtype, a
+    temporal conv's window unfolded, bias after the product) and its state-dict names.
+    Subclasses implement `gemm`: rows `[M, K]` in the compute dtype -> `[M, N]` in it."""
+
+    def __init__(self, source: GemmLayer, weight: Tensor) -> None:
+        super().__init__()
+        self.kernel_size = source.kernel_size if isinstance(source, TemporalConv) else 1
+        self.compute_dtype = source.weight.dtype
+        self.out_features, self.in_features = source.weight.shape[:2]  # in: channels per token
+        self.weight = nn.Parameter(weight.view(source.weight.shape), requires_grad=False)
+        self.bias = source.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.to(self.compute_dtype)
+        if self.kernel_size > 1:
+            x = TemporalConv.unfold(self, x)  # type: ignore[arg-type]  # the layer's own window
+        y = self.gemm(x.flatten(0, -2)).unflatten(0, x.shape[:-1])
+        return y if self.bias is None else y + self.bias
+
+    def gemm(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"kernel_size={self.kernel_size}, bias={self.bias is not None}")
+
+
+class Fp8Gemm(QuantizedGemm):
+    """E4M3 weight (scale per output channel) x E4M3 activation (scale per token, at run time).
+
+    `stored=True`: the layer's weight came from a checkpoint's float8_e4m3fn tensor (upcast
+    exactly on load); it is used as it is, with unit scales, so nothing is rounded twice."""
+
+    def __init__(self, source: GemmLayer, *, stored: bool = False) -> None:
+        w = source.weight.detach().flatten(1)
+        if stored:
+            q, scale = w.to(FP8.dtype), torch.ones(w.shape[0], device=w.device)
+            if not torch.equal(q.to(w.dtype), w):
+                raise WeightsError("a weight marked as stored in float8_e4m3fn is not on the "
+                                   "e4m3 grid; load the checkpoint again")
+        else:
+            q, scale = FP8.quantize_rows(w.float())
+        super().__init__(source, q)
+        self.register_buffer("weight_scale", scale)
+
+    def gemm(self, x: Tensor) -> Tensor:
+        n = self.out_features
+        k_pad, n_pad = _round_up(x.shape[1], FP8.align), _round_up(n, FP8.align)
+        x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=AMAX_FLOOR) / FP8.qmax
+        xq = _pad(FP8.cast(x.float() / x_scale), 1, k_pad)
+        w = _pad(_pad(self.weight.flatten(1), 1, k_pad), 0, n_pad)
+        w_scale = _pad(self.weight_scale[None], 1, n_pad)
+        out = torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale,
+                               out_dtype=self.compute_dtype, use_fast_accum=FP8_FAST_ACCUM)
+        return out[:, :n]
+
+
+class Int8WeightGemm(QuantizedGemm):
+    """INT8 weight (scale per output channel) dequantised into a compute-dtype matmul; the scale
+    is applied to the product (N multiplies per row instead of N*K)."""
+
+    def __init__(self, source: GemmLayer) -> None:
+        q, scale = INT8.quantize_rows(source.weight.detach().flatten(1).float())
+        super().__init__(source, q)
+        self.register_buffer("weight_scale", scale)
+
+    def gemm(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight.flatten(1).to(x.dtype))
+        return (y * self.weight_scale).to(x.dtype)
+
+
+def smoothing_factors(w: Tensor, channel_amax: Tensor, alpha: float = SMOOTH_ALPHA) -> Tensor:
+    """SmoothQuant's per-input-column factors `s = a^alpha / w^(1 - alpha)` (`a`: the column's
+    activation range, `w`: its weight range over outputs). `(x / s) @ (W * s)^T` is the same
+    product with the activation's outlier columns flattened and the weights' widened, so one
+    per-tensor activation scale loses less."""
+    a = channel_amax.clamp(min=AMAX_FLOOR)
+    w_range = w.abs().amax(dim=0).clamp(min=AMAX_FLOOR)
+    return a.pow(alpha) / w_range.pow(1 - alpha)
+
+
+class Int8Gemm(QuantizedGemm):
+    """W8A8 with a static activation scale: `x_q = round(x / input_scale)` (int8),
+    `y = (x_q @ weight^T) * output_scale` (int32 accumulation).
+
+    With calibration range `amax` alone, `input_scale` is `amax / 127` in every column. With
+    per-channel ranges, SmoothQuant factors `s` are folded into `weight` and
+    `input_scale = s * max(a / s) / 127`; `output_scale` is that per-tensor part times the
+    weight's per-channel scale."""
+
+    def __init__(self, source: GemmLayer, amax: float, channel_amax: Tensor | None) -> None:
+        w = source.weight.detach().flatten(1).float()
+        if channel_amax is None:
+            smooth = torch.ones(w.shape[1], device=w.device)
+            act_amax = torch.tensor(float(amax), device=w.device)
+        else:
+            kernel = source.kernel_size if isinstance(source, TemporalConv) else 1
+            # Unfolded column c*k + j holds channel c (padding adds zeros only).
+            a = channel_amax.to(w.device, torch.float32).repeat_interleave(kernel)
+            smooth = smoothing_factors(w, a)
+            act_amax = (a / smooth).max()
+            w = w * smooth
+        q, w_scale = INT8.quantize_rows(w)
+        act_scale = act_amax.clamp(min=AMAX_FLOOR) / INT8.qmax
+        super().__init__(source, q)
+        self.register_buffer("input_scale", smooth * act_scale)
+        self.register_buffer("output_scale", w_scale * act_scale)
+
+    def gemm(self, x: Tensor) -> Tensor:
+        m, n = x.shape[0], self.out_features
+        k_pad, n_pad = _round_up(x.shape[1], INT8.align), _round_up(n, INT8.align)
+        xq = INT8.cast(x.float() / self.input_scale)
+        xq = _pad(_pad(xq, 1, k_pad), 0, max(m, INT_MM_MIN_ROWS))
+        w = _pad(_pad(self.weight.flatten(1), 1, k_pad), 0, n_pad)
+        acc = torch._int_mm(xq, w.t())
+        return (acc[:m, :n].float() * self.output_scale).to(self.compute_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Which modules, and the recipe over a built transformer
+# --------------------------------------------------------------------------------------------
+
+
+def quantizable_names(cfg: DiTConfig) -> list[str]:
+    """`FoleyDiT.named_modules()` names of the per-step GEMMs that the precisions quantise (and
+    `foleyrt calibrate` records), in execution order."""
+    last = cfg.depth_triple_blocks - 1
+    names = [f"triple_blocks.{i}.{g}" for i in range(cfg.depth_triple_blocks)
+             for g in TRIPLE_GEMMS if i < last or g not in VISUAL_TAIL]
+    names += [f"single_blocks.{i}.{g}" for i in range(cfg.depth_single_blocks)
+              for g in SINGLE_GEMMS]
+    return names
+
+
+def quantizable_modules(dit: FoleyDiT) -> dict[str, nn.Module]:
+    return {name: dit.get_submodule(name) for name in quantizable_names(dit.config)}
+
+
+def stored_fp8_modules(ckpt: Checkpoint, cfg: DiTConfig) -> frozenset[str]:
+    """Quantisable modules whose weight `ckpt` stores as float8_e4m3fn (community fp8 files):
+    precision fp8 uses them as stored. Refuses "scaled fp8" files, whose per-tensor scales
+    nothing here would apply (their weights would load silently wrong)."""
+    fp8 = [k for k, v in ckpt.state_dict.items() if v.dtype in (FP8.dtype, torch.float8_e5m2)]
+    scales = [k for k in ckpt.state_dict if k.rsplit(".", 1)[-1] in
+              ("scale_weight", "weight_scale", "scale_input", "input_scale")]
+    if fp8 and scales:
+        raise WeightsError(f"{ckpt.path}: a scaled-fp8 checkpoint (e.g. {scales[0]}) is not "
+                           "supported; use a plain float8_e4m3fn/e5m2 cast or the original file")
+    stored = {k for k, v in ckpt.state_dict.items() if v.dtype == FP8.dtype}
+    return frozenset(name for name in quantizable_names(cfg) if f"{name}.weight" in stored)
+
+
+def _check_options(precision: str, calibration: object, stored: Collection[str]) -> None:
+    if precision not in QUANTIZED_PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not a quantised one "
+                          f"({', '.join(QUANTIZED_PRECISIONS)})")
+    if (calibration is not None) != (precision == "int8"):
+        raise ConfigError("--calibration is needed by, and only by, --precision int8 (fp8 "
+                          "scales activations per token at run time)")
+    if stored and precision != "fp8":
+        raise ConfigError("fp8-stored weights are used as they are only by precision fp8")
+
+
+# Formats whose matmul is a special kernel: what to build to try it, and what it needs.
+_KERNELS: dict[str, tuple[Callable[[GemmLayer], QuantizedGemm], str]] = {
+    "fp8": (Fp8Gemm, "FP8 matmuls need an NVIDIA GPU of compute capability 8.9 or newer (Ada, "
+                     "Hopper, Blackwell); use int8 or int8-weight"),
+    "int8": (lambda layer: Int8Gemm(layer, 1.0, None),
+             "INT8 matmuls (torch._int_mm) are not available there; use int8-weight"),
+}
+
+
+def require_kernels(precision: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Run `precision`'s module once on a small layer on `device`: a one-line `ConfigError`
+    where its kernel does not exist (old GPU, MPS, a CPU build without it), before any work.
+    int8-weight is a plain matmul, available wherever the compute dtype is."""
+    if precision not in _KERNELS:
+        return
+    build, needs = _KERNELS[precision]
+    layer = Linear(32, 32, bias=False, device=device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            build(layer)(torch.zeros(INT_MM_MIN_ROWS, 32, device=device, dtype=dtype))
+    except (RuntimeError, NotImplementedError) as exc:
+        where = device.type
+        if device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(device)
+            where = f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"precision {precision} cannot run on {where}: {needs} "
+                          f"({reason})") from None
+
+
+def quantize_(
+    dit: FoleyDiT,
+    precision: str,
+    *,
+    calibration: Calibration | str | Path | None = None,
+    prequantized: Collection[str] = frozenset(),
+) -> FoleyDiT:
+    """Swap `dit`'s per-step GEMMs for `precision`'s modules, in place, on `dit`'s device and
+    compute dtype (place the model first). `calibration` (a file or a loaded `Calibration`) is
+    int8's; `prequantized` names modules whose weights were stored as float8_e4m3fn (fp8 only,
+    see `stored_fp8_modules`). Idempotent; a model quantised to another precision is an error."""
+    done = getattr(dit, "_foleyrt_precision", None)
+    if done == precision:
+        return dit
+    if done is not None:
+        raise ConfigError(f"the transformer is already quantised to {done}; load a fresh model "
+                          f"for {precision}")
+    _check_options(precision, calibration, prequantized)
+    modules = quantizable_modules(dit)
+    unknown = sorted(set(prequantized) - set(modules))
+    if unknown:
+        raise ConfigError(f"not quantisable modules marked as fp8-stored: {', '.join(unknown[:3])}")
+    anchor = next(iter(modules.values())).weight
+    require_kernels(precision, anchor.device, anchor.dtype)
+    build = _builder(precision, dit, calibration, prequantized)
+    with torch.no_grad():
+        for name, module in modules.items():
+            parent, _, attr = name.rpartition(".")
+            setattr(dit.get_submodule(parent), attr, build(name, module))
+    dit._foleyrt_precision = precision  # type: ignore[assignment]
+    return dit
+
+
+def _builder(
+    precision: str, dit: FoleyDiT, calibration: Calibration | str | Path | None,
+    prequantized: Collection[str],
+) -> Callable[[str, GemmLayer], QuantizedGemm]:
+    if precision == "fp8":
+        return lambda name, layer: Fp8Gemm(layer, stored=name in prequantized)
+    if precision == "int8-weight":
+        return lambda name, layer: Int8WeightGemm(layer)
+    from foleyrt.accel.calibrate import Calibration, load_calibration
+
+    assert calibration is not None
+    calib = (calibration.check(dit, "the calibration") if isinstance(calibration, Calibration)
+             else load_calibration(calibration, dit))
+    return lambda name, layer: Int8Gemm(layer, calib.amax[name], calib.channel_amax.get(name))
+
+
+def _quantized_runtime(runtime: RuntimeConfig) -> bool:
+    """TensorRT engines carry their own quantised weights: the PyTorch model stays as loaded."""
+    return runtime.precision in QUANTIZED_PRECISIONS and runtime.accel != "tensorrt"
+
+
+def check_precision(runtime: RuntimeConfig, dit: FoleyDiT) -> None:
+    """Everything about `runtime.precision` that can fail, checked before a long weight load:
+    the options, the kernels on the device, the calibration file against `dit` (may be on
+    meta)."""
+    if not _quantized_runtime(runtime):
+        return
+    assert runtime.precision is not None
+    _check_options(runtime.precision, runtime.calibration, ())
+    require_kernels(runtime.precision, runtime.device, runtime.dtype)
+    if runtime.calibration is not None:
+        from foleyrt.accel.calibrate import load_calibration
+
+        load_calibration(runtime.calibration, dit)
+
+
+def apply_precision(
+    dit: FoleyDiT, runtime: RuntimeConfig, prequantized: Collection[str] = frozenset()
+) -> FoleyDiT:
+    """The runtime's precision recipe over the placed transformer: quantised modules for fp8,
+    int8-weight and int8; nothing for bf16/fp16 (a compute dtype, applied by placement)."""
+    if not _quantized_runtime(runtime):
+        return dit
+    assert runtime.precision is not None
+    return quantize_(dit, runtime.precision, calibration=runtime.calibration,
+                     prequantized=prequantized)
+

@@ -1,0 +1,531 @@
+"""`foleyrt batch`: a library of clips in, one sound track per clip out, the models loaded once.
+
+Three stages over plain dataclasses, so everything but the generation itself is tested
+without a model:
+
+1. `read_inputs`: INPUT (a CSV, a folder, or video files) -> `BatchItem`s. All the cheap
+   checks happen here and in 2, before any model loads: the CSV parses, its columns are
+   known, seeds are integers, output names are plain file names.
+2. `plan_batch` + `BatchReport.start`: every item gets its output files in OUTDIR (unique,
+   predictable names) and its seed; items whose outputs all exist are marked skipped.
+3. `run_batch`: the pending items, one at a time, with a pipeline passed in; failures are
+   caught at the item boundary and recorded in the report.
+
+Decisions, and why:
+
+- Videos are validated when their item starts (`FoleyPipeline.generate` probes the clip with
+  `probe_video` before decoding), not upfront: probing thousands of files on a network share
+  would delay the first result by minutes, and a clip that is bad upfront is equally
+  reported and skipped when its turn comes. Paths named on the command line must exist
+  (a typo should not cost a model load); paths inside a CSV are checked per item, so one
+  stale row does not stop a spreadsheet of thousands.
+- A folder contributes its files with a video extension (`VIDEO_SUFFIXES`), not hidden
+  ones, not recursively. Picking by name keeps the start instant; a broken `.mp4` still
+  fails loudly as an item, while `notes.txt` or macOS `._clip.mp4` files are not
+  "failures". Sub-folders are left alone so OUTDIR may live inside the input folder.
+- Output names are `<stem>.<ext>`, sanitised for file servers (no `<>:"/\\|?*`, control
+  characters, leading dots or trailing dots/spaces) and de-duplicated case-insensitively
+  in input order (`clip`, `clip-2`, ...), after the names a CSV gives explicitly. Names
+  are a function of the input list alone, so a rerun with the same INPUT finds the same
+  files. CSV names are validated, not rewritten: a name the user chose is used verbatim
+  or refused.
+- Resume: an item is done when all its outputs exist. Writers are atomic (temporary file +
+  rename), so an existing output is always a complete one. An item with only some outputs
+  (interrupted between samples or formats) is redone whole, replacing its own partial
+  files, so all its outputs come from one seed.
+- Failures: `FoleyError` (bad clip, unwritable output) fails the item; CUDA out-of-memory
+  fails the item with a clear message and empties the CUDA cache, since the next clip may
+  fit. Any other exception is a bug: it is recorded as the item's error (the report is
+  written on the way out) and re-raised with its traceback, because the same bug would
+  most likely fail every remaining item and burn hours of GPU time producing nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from foleyrt import __version__
+from foleyrt.errors import FoleyError, InputError, OutputError, UsageError
+from foleyrt.media.audio import OUTPUT_SUFFIXES, check_output_path, numbered_paths
+from foleyrt.pipeline.pipeline import (
+    FoleyPipeline,
+    Progress,
+    ProgressFn,
+    release_cuda_memory,
+    validate_request,
+)
+
+log = logging.getLogger(__name__)
+
+# Containers FFmpeg reads that people keep clips in; other files in a folder are ignored.
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg",
+                            ".ts", ".mts", ".m2ts", ".mxf", ".wmv", ".flv", ".3gp", ".ogv"})
+CSV_COLUMNS = ("video", "prompt", "negative_prompt", "seed", "output")
+# The release's help text calls the description column `text`.
+CSV_SYNONYMS = {"text": "prompt"}
+FORMATS = {"mp4": (".mp4",), "wav": (".wav",), "both": (".mp4", ".wav")}
+
+# Characters Windows/SMB shares refuse in a file name, plus control characters.
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+_FALLBACK_NAME = "clip"
+_OOM_MESSAGE = ("the GPU ran out of memory on this clip; try fewer --samples, a shorter clip, "
+                "or a smaller --size")
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One clip to score, as the input described it."""
+
+    video: Path
+    prompt: str = ""
+    negative_prompt: str | None = None  # None: the pipeline's default
+    seed: int | None = None  # from a CSV `seed` cell
+    output: str | None = None  # from a CSV `output` cell: the output file name
+    source: str | None = None  # "shots.csv:7" for CSV rows: where to fix a bad item
+
+
+def read_inputs(
+    inputs: Sequence[Path], *, prompt: str = "", negative_prompt: str | None = None
+) -> list[BatchItem]:
+    """INPUT as given on the command line: one CSV, one folder, or video files. `prompt`
+    and `negative_prompt` fill in for items (and empty CSV cells) that have none."""
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise InputError(f"no such file or folder: {', '.join(missing)}")
+    defaults = {"prompt": prompt, "negative_prompt": negative_prompt}
+    if len(inputs) == 1 and inputs[0].is_file() and inputs[0].suffix.lower() == ".csv":
+        items = read_csv(inputs[0], **defaults)
+    elif len(inputs) == 1 and inputs[0].is_dir():
+        items = [BatchItem(video, **defaults) for video in scan_folder(inputs[0])]
+        if not items:
+            raise InputError(f"{inputs[0]}: no videos in this folder (looked for "
+                             f"{', '.join(sorted(VIDEO_SUFFIXES))})")
+    elif any(p.is_dir() or p.suffix.lower() == ".csv" for p in inputs):
+        raise UsageError("give one CSV, one folder, or one or more video files")
+    else:
+        items = [BatchItem(video, **defaults) for video in inputs]
+    return items
+
+
+def scan_folder(folder: Path) -> list[Path]:
+    """The folder's videos by extension, sorted by name; hidden files and sub-folders are
+    left out."""
+    return sorted(
+        (p for p in folder.iterdir()
+         if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".") and p.is_file()),
+        key=lambda p: p.name,
+    )
+
+
+def read_csv(
+    path: Path, *, prompt: str = "", negative_prompt: str | None = None
+) -> list[BatchItem]:
+    """A batch CSV with a header row: `video` (required; relative paths are relative to the
+    CSV's folder), `prompt` (or `text`), `negative_prompt`, `seed`, `output`. Column names
+    are case-insensitive; blank rows are skipped; an empty cell means "the default"."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise InputError(f"{path}: the CSV is empty; it needs a header row "
+                                 f"such as 'video,prompt'")
+            columns = _csv_columns(path, header)
+            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; save the spreadsheet as 'CSV UTF-8'") from None
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a valid CSV ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not rows:
+        raise InputError(f"{path}: the CSV has a header but no rows")
+    return [_csv_item(path, line, columns, row, prompt, negative_prompt) for line, row in rows]
+
+
+def _csv_columns(path: Path, header: list[str]) -> list[str]:
+    """Header cells -> canonical column names, refusing unknown, duplicate or missing ones
+    (a misspelt `promt` column must not silently give every clip an empty prompt)."""
+    columns = [h.strip().lower() for h in header]
+    columns = [CSV_SYNONYMS.get(c, c) for c in columns]
+    unknown = [h.strip() for h, c in zip(header, columns, strict=True) if c not in CSV_COLUMNS]
+    if unknown:
+        raise InputError(
+            f"{path}: unknown column(s) {', '.join(repr(u) for u in unknown)}; the known "
+            f"columns are {', '.join(CSV_COLUMNS)} ('text' is accepted for 'prompt')"
+        )
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise InputError(f"{path}: column(s) {', '.join(repeated)} appear more than once "
+                         "('text' and 'prompt' are the same column)")
+    if "video" not in columns:
+        raise InputError(f"{path}: the CSV needs a 'video' column")
+    return columns
+
+
+def _csv_item(
+    path: Path, line: int, columns: list[str], row: list[str], prompt: str,
+    negative_prompt: str | None,
+) -> BatchItem:
+    where = f"{path.name}:{line}"
+    if len(row) > len(columns):
+        raise InputError(f"{where}: {len(row)} cells but {len(columns)} columns; quote cells "
+                         "that contain commas")
+    # A short row (trailing cells left out) reads as empty cells.
+    cells = {c: v.strip() for c, v in zip(columns, row, strict=False)}
+    video = cells.get("video", "")
+    if not video:
+        raise InputError(f"{where}: the video cell is empty")
+    seed_text = cells.get("seed", "")
+    try:
+        seed = int(seed_text) if seed_text else None
+    except ValueError:
+        raise InputError(f"{where}: seed {seed_text!r} is not a whole number") from None
+    output = cells.get("output") or None
+    if output is not None:
+        check_name(output, where)
+    return BatchItem(
+        video=path.parent / Path(video).expanduser(),
+        prompt=cells.get("prompt") or prompt,
+        negative_prompt=cells.get("negative_prompt") or negative_prompt,
+        seed=seed,
+        output=output,
+        source=where,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every item is generated with (per-item text and seeds come from `BatchItem`)."""
+
+    formats: tuple[str, ...] = (".mp4",)  # output suffixes, see FORMATS
+    samples: int = 1
+    steps: int = 50
+    guidance: float = 4.5
+    seed: int | None = None  # item i uses seed + i
+    overwrite: bool = False
+    fail_fast: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.formats or any(f not in OUTPUT_SUFFIXES for f in self.formats):
+            raise UsageError(f"output formats must be among {OUTPUT_SUFFIXES}, got {self.formats}")
+        # The pipeline's own range checks, run now rather than failing every item later.
+        validate_request(self.steps, self.guidance, self.samples, video="",
+                                 duration=None)
+
+
+@dataclass(frozen=True)
+class Job:
+    """An item with its place in the batch, its output files and its seed."""
+
+    index: int
+    item: BatchItem
+    name: str  # output base name, unique in OUTDIR (case-insensitively)
+    bases: tuple[Path, ...]  # one per format: what `FoleyResult.save` is given
+    outputs: tuple[Path, ...]  # every file the item writes (samples numbered)
+    seed: int | None  # None: drawn at random when the item runs
+
+    @property
+    def where(self) -> str:
+        return _where(self.item, self.index)
+
+    def existing_outputs(self) -> list[Path]:
+        return [p for p in self.outputs if p.is_file()]
+
+
+def safe_name(text: str) -> str:
+    """`text` as a file name any file server accepts: unsafe characters become `_`,
+    leading dots (hidden files) and trailing dots or spaces are dropped."""
+    return _UNSAFE_CHARS.sub("_", text).lstrip(" .").rstrip(" .")
+
+
+def check_name(name: str, where: str) -> str:
+    """An output name from the user: used verbatim, so it must already be safe."""
+    if not name or safe_name(name) != name:
+        raise InputError(
+            f"{where}: output {name!r} is not a plain file name (no folders or '..', no "
+            "leading dot, none of <>:\"/\\|?* or control characters)"
+        )
+    return name
+
+
+def plan_batch(items: Sequence[BatchItem], outdir: Path, settings: BatchSettings) -> list[Job]:
+    """Give each item its output files and seed. Explicit (CSV) names are reserved first;
+    video stems then take the first free name among `stem`, `stem-2`, `stem-3`, ..."""
+    if not items:
+        raise InputError("nothing to do: no items")
+    taken: dict[str, str] = {}  # casefolded name -> the item that has it
+    names: list[str | None] = []
+    for index, item in enumerate(items):
+        name = None
+        if item.output is not None:
+            where = _where(item, index)
+            name = _explicit_name(item.output, settings.formats, where)
+            other = taken.setdefault(name.casefold(), where)
+            if other != where:
+                raise InputError(f"{where}: output {name!r} is also used at {other}")
+        names.append(name)
+    jobs = []
+    for index, (item, name) in enumerate(zip(items, names, strict=True)):
+        if name is None:
+            name = _free_name(safe_name(item.video.stem) or _FALLBACK_NAME, taken)
+            taken[name.casefold()] = _where(item, index)
+        bases = tuple(outdir / f"{name}{suffix}" for suffix in settings.formats)
+        outputs = tuple(p for base in bases for p in numbered_paths(base, settings.samples))
+        jobs.append(Job(index, item, name, bases, outputs, _seed(item, index, settings.seed)))
+    _refuse_inputs_as_outputs(jobs)
+    return jobs
+
+
+def _where(item: BatchItem, index: int) -> str:
+    return item.source or f"item {index + 1}"
+
+
+def _explicit_name(output: str, formats: tuple[str, ...], where: str) -> str:
+    """A CSV output name: with or without a `.mp4`/`.wav` ending, as long as the ending is a
+    format being written (a `.wav` name under `--format mp4` is a mistake, not a wish)."""
+    suffix = Path(output).suffix.lower()
+    if suffix in OUTPUT_SUFFIXES:
+        if suffix not in formats:
+            raise InputError(f"{where}: output {output!r} ends in {suffix} but the batch "
+                             f"writes {', '.join(formats)}")
+        return output[: -len(suffix)]
+    return output
+
+
+def _free_name(stem: str, taken: dict[str, str]) -> str:
+    name, n = stem, 1
+    while name.casefold() in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def _seed(item: BatchItem, index: int, base: int | None) -> int | None:
+    if item.seed is not None:
+        return item.seed
+    return None if base is None else base + index
+
+
+def _refuse_inputs_as_outputs(jobs: Sequence[Job]) -> None:
+    inputs = {os.path.normcase(j.item.video.resolve()): j for j in jobs}
+    for job in jobs:
+        for path in job.outputs:
+            clash = inputs.get(os.path.normcase(path.resolve()))
+            if clash is not None:
+                raise UsageError(f"output {path} would replace the input of {clash.where}; "
+                                 "choose another output folder")
+
+
+def prepare_outdir(outdir: Path, inputs: Iterable[Path]) -> Path:
+    """OUTDIR, created if its parent exists (a typo in a deeper path is an error, not a new
+    tree). It may not be an input folder: the results would be read as inputs next run."""
+    if any(p.is_dir() and p.resolve() == outdir.resolve() for p in inputs):
+        raise UsageError(f"{outdir}: is the input folder; write the results to another folder")
+    if outdir.exists() and not outdir.is_dir():
+        raise OutputError(f"{outdir}: exists and is not a folder")
+    if not outdir.exists():
+        if not outdir.parent.is_dir():
+            raise OutputError(f"{outdir}: its parent folder {outdir.parent} does not exist")
+        try:
+            outdir.mkdir()
+        except OSError as exc:
+            raise OutputError(f"{outdir}: cannot be created ({exc.strerror})") from None
+        log.info("created %s", outdir)
+    if not os.access(outdir, os.W_OK | os.X_OK):
+        raise OutputError(f"{outdir}: is not writable")
+    return outdir
+
+
+def check_report_path(path: Path) -> Path:
+    """Refuse a report path that cannot be written, before hours of work end in it."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name for the report")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: folder {path.parent} is not writable")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Running and reporting
+# --------------------------------------------------------------------------------------------
+
+
+class Status(str, Enum):
+    DONE = "done"
+    SKIPPED = "skipped"  # all outputs existed
+    FAILED = "failed"
+    NOT_RUN = "not run"  # pending, or left over after --fail-fast or an interruption
+
+
+@dataclass
+class ItemResult:
+    job: Job
+    status: Status
+    error: str | None = None
+    seconds: float | None = None
+    seed: int | None = None
+
+    def line(self) -> str:
+        """The one line a failed item prints: where it came from and what went wrong."""
+        return f"{self.job.where} {self.status.value}: {self.error}"
+
+    def to_dict(self) -> dict[str, object]:
+        item = self.job.item
+        return {"input": str(item.video), "source": item.source, "prompt": item.prompt,
+                "outputs": [str(p) for p in self.job.outputs], "status": self.status.value,
+                "error": self.error, "seconds": self.seconds, "seed": self.seed}
+
+
+@dataclass
+class BatchReport:
+    """Per-item outcomes, in input order; filled in as the batch runs."""
+
+    items: list[ItemResult]
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @classmethod
+    def start(cls, jobs: Sequence[Job], *, overwrite: bool) -> BatchReport:
+        """Skip the items whose outputs all exist, unless `overwrite`."""
+        def initial(job: Job) -> Status:
+            done = not overwrite and len(job.existing_outputs()) == len(job.outputs)
+            return Status.SKIPPED if done else Status.NOT_RUN
+
+        return cls([ItemResult(job, initial(job)) for job in jobs])
+
+    @property
+    def pending(self) -> list[ItemResult]:
+        return [r for r in self.items if r.status is Status.NOT_RUN]
+
+    def count(self, status: Status) -> int:
+        return sum(r.status is status for r in self.items)
+
+    @property
+    def ok(self) -> bool:
+        return self.count(Status.FAILED) == 0
+
+    def summary(self) -> str:
+        text = (f"{self.count(Status.DONE)} done, {self.count(Status.SKIPPED)} skipped "
+                f"(existing), {self.count(Status.FAILED)} failed")
+        not_run = self.count(Status.NOT_RUN)
+        return f"{text}, {not_run} not run" if not_run else text
+
+    def to_dict(self, settings: BatchSettings, **context: object) -> dict[str, object]:
+        return {
+            "foleyrt": __version__, **context, "settings": asdict(settings),
+            "started": self.started.isoformat(timespec="seconds"),
+            "seconds": round((datetime.now(timezone.utc) - self.started).total_seconds(), 3),
+            "summary": {s.value: self.count(s) for s in Status},
+            "items": [r.to_dict() for r in self.items],
+        }
+
+    def write(self, path: Path, settings: BatchSettings, **context: object) -> None:
+        """Write the JSON report atomically: a reader never sees half of it."""
+        text = json.dumps(self.to_dict(settings, **context), indent=2, ensure_ascii=False)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            tmp.write_text(text + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write the report ({exc.strerror})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def run_batch(
+    pipeline: FoleyPipeline,
+    report: BatchReport,
+    settings: BatchSettings,
+    *,
+    progress: ProgressFn | None = None,
+    on_item: Callable[[ItemResult], None] | None = None,
+) -> BatchReport:
+    """Generate every pending item of `report` in order, recording each outcome (and calling
+    `on_item` with it). `progress` gets the pipeline's events, their stage prefixed with the
+    item's position and clip name."""
+    pending = report.pending
+    for k, result in enumerate(pending, 1):
+        label = f"{k}/{len(pending)} {result.job.item.video.name}"
+        relabel = None if progress is None else _prefixed(progress, label)
+        _run_item(pipeline, result, settings, relabel)
+        if on_item is not None:
+            on_item(result)
+        if settings.fail_fast and result.status is Status.FAILED:
+            break
+    return report
+
+
+def _prefixed(progress: ProgressFn, label: str) -> ProgressFn:
+    def forward(event: Progress) -> bool | None:
+        return progress(replace(event, stage=f"{label} {event.stage}"))
+
+    return forward
+
+
+def _run_item(
+    pipeline: FoleyPipeline, result: ItemResult, settings: BatchSettings,
+    progress: ProgressFn | None,
+) -> None:
+    job, item = result.job, result.job.item
+    result.seed = job.seed if job.seed is not None else secrets.randbelow(2**31)
+    # Some outputs exist only if an earlier run stopped midway: they are this item's own.
+    replace_existing = settings.overwrite or bool(job.existing_outputs())
+    start = time.perf_counter()
+    out_of_memory = False
+    try:
+        for path in job.outputs:  # an unwritable output must not cost a generation
+            check_output_path(path, overwrite=replace_existing, inputs=[item.video])
+        generated = pipeline.generate(
+            item.video, prompt=item.prompt, negative_prompt=item.negative_prompt,
+            steps=settings.steps, guidance_scale=settings.guidance,
+            num_samples=settings.samples, seed=result.seed, progress=progress,
+        )
+        for base in job.bases:
+            generated.save(base, overwrite=replace_existing)
+    except torch.cuda.OutOfMemoryError:
+        out_of_memory = True
+        _fail(result, _OOM_MESSAGE)
+    except FoleyError as exc:
+        _fail(result, str(exc))
+    except Exception as exc:
+        _fail(result, f"internal error ({type(exc).__name__}: {exc})")
+        raise
+    else:
+        result.status = Status.DONE
+    finally:
+        result.seconds = round(time.perf_counter() - start, 3)
+    if out_of_memory:
+        release_cuda_memory()
+
+
+def _fail(result: ItemResult, message: str) -> None:
+    """Record a failure whose message names the clip, whatever raised it."""
+    video = str(result.job.item.video)
+    result.status = Status.FAILED
+    result.error = message if video in message else f"{video}: {message}"
+
