@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -95,8 +96,10 @@ class BenchReport:
         for p in self.pipeline:
             lines.append(f"pipeline {p['size']} {p['duration_s']:g}s {p['mode']}: median "
                          f"{p['median_s']:.3f}s (runs {', '.join(f'{x:.3f}' for x in p['runs_s'])})"
-                         f", peak mem {p['peak_mem_gb']:.1f} GB, audio cos vs first mode "
-                         f"{p['audio_cos_vs_first_mode']:.5f}, stages {p['stages']}")
+                         f", peak mem {p['peak_mem_gb']:.1f} GB, vs first variant: latent cos "
+                         f"{p['latent_cos_vs_first']:.5f} SNR {p['latent_snr_db_vs_first']:.1f} dB,"
+                         f" audio cos {p['audio_cos_vs_first']:.4f} SNR "
+                         f"{p['audio_snr_db_vs_first']:.1f} dB, stages {p['stages']}")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -327,39 +330,59 @@ class _no_tf32:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
-def bench_pipeline(size: str, durations: list[float], modes: list[str], runs: int, steps: int,
-                   device: torch.device, video_dir: Path | None = None) -> list[dict]:
+def parse_variant(text: str) -> tuple[str, str | None, str]:
+    """`ACCEL[/PRECISION[/OFFLOAD]]`, e.g. `compile`, `compile/fp8`, `eager/bf16/blocks:4`."""
+    parts = text.split("/")
+    if not 1 <= len(parts) <= 3:
+        raise ValueError(f"pipeline variant {text!r} is not ACCEL[/PRECISION[/OFFLOAD]]")
+    accel, precision, offload = (parts + [None, "none"][len(parts) - 1:])[:3]
+    return accel, precision, offload or "none"
+
+
+def _snr_db(got: Tensor, ref: Tensor) -> float:
+    noise = (got.double() - ref.double()).pow(2).sum().item()
+    return float("inf") if noise == 0 else 10 * math.log10(ref.double().pow(2).sum().item()
+                                                            / noise)
+
+
+def bench_pipeline(size: str, durations: list[float], variants: list[str], runs: int,
+                   steps: int, device: torch.device, video_dir: Path | None = None) -> list[dict]:
     """Whole pipeline, warm: video file -> features -> 50 steps -> VAE -> written MP4, with
-    real-size random-weight encoders, VAE and transformer."""
+    real-size random-weight encoders, VAE and transformer, per variant (acceleration,
+    precision, memory mode). Each variant gets freshly built networks (precisions and memory
+    modes transform them in place) with the same random weights and seed; its final latents
+    and audio are compared with the first variant's (random-weight VAEs amplify small latent
+    differences: the latent figures are the meaningful ones)."""
     from foleyrt.media.synthetic import write_test_clip
     from foleyrt.pipeline.models import random_models
     from foleyrt.pipeline.pipeline import FoleyPipeline
 
     results = []
     spec = PRESETS[size]
-    models = random_models(spec, dit=random_dit(spec, device, torch.bfloat16, seed=0))
     workdir = Path(video_dir or tempfile.mkdtemp(prefix="foleyrt-bench-"))
-    first_audio: dict[float, Tensor] = {}  # the first mode's audio: the others' reference
-    for mode in modes:
-        runtime = RuntimeConfig(device=device, dtype=torch.bfloat16, accel=mode)
+    clips = {d: write_test_clip(workdir / f"clip_{d:g}s.mp4", d, width=1280, height=720, fps=30)
+             for d in durations}
+    first: dict[float, list[Tensor]] = {}  # the first variant's audio and latents
+    for variant in variants:
+        accel, precision, offload = parse_variant(variant)
+        runtime = RuntimeConfig.auto(str(device), precision=precision, accel=accel,
+                                     offload=offload)
+        models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
         pipe = FoleyPipeline(models.place(runtime), runtime)
-        for duration in durations:
-            video = write_test_clip(workdir / f"clip_{duration:g}s.mp4", duration,
-                                    width=1280, height=720, fps=30)
-            out = workdir / f"out_{mode}_{duration:g}s.mp4"
-
-            audio: list[Tensor] = []
+        for duration, video in clips.items():
+            out = workdir / f"out_{len(results)}.mp4"
+            outputs: list[Tensor] = []  # the last run's audio and latents
 
             def run() -> dict[str, float]:
                 res = pipe.generate(video, prompt="footsteps on gravel", steps=steps, seed=0)
                 t = time.perf_counter()
                 res.save(out, overwrite=True)
-                audio[:] = [res.audio]
+                outputs[:] = [res.audio, res.latents]
                 return {**res.timings, "mux": time.perf_counter() - t}
 
+            run()  # warm-up: compile, capture, cudnn autotune
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            run()  # warm-up: compile, capture, cudnn autotune
             stages, times = [], []
             for _ in range(runs):
                 t = time.perf_counter()
@@ -368,11 +391,17 @@ def bench_pipeline(size: str, durations: list[float], modes: list[str], runs: in
             peak = (torch.cuda.max_memory_allocated(device) / 2**30
                     if device.type == "cuda" else float("nan"))
             mid = stages[times.index(statistics.median_low(times))]
-            ref = first_audio.setdefault(duration, audio[0])
-            results.append({"size": size, "duration_s": duration, "mode": mode,
+            ref_audio, ref_latent = first.setdefault(duration, outputs)
+            results.append({"size": size, "duration_s": duration, "mode": variant,
                             "runs_s": times, "median_s": statistics.median(times),
-                            "peak_mem_gb": peak, "audio_cos_vs_first_mode":
-                            _distance(audio[0], ref)[0],
+                            "peak_mem_gb": peak,
+                            "latent_cos_vs_first": _distance(outputs[1], ref_latent)[0],
+                            "latent_snr_db_vs_first": _snr_db(outputs[1], ref_latent),
+                            "audio_cos_vs_first": _distance(outputs[0], ref_audio)[0],
+                            "audio_snr_db_vs_first": _snr_db(outputs[0], ref_audio),
                             "stages": {k: round(v, 3) for k, v in mid.items()}})
-            log.info("pipeline %s %gs %s: %.3f s", size, duration, mode, results[-1]["median_s"])
+            log.info("pipeline %s %gs %s: %.3f s", size, duration, variant,
+                     results[-1]["median_s"])
+        del pipe, models
+        release_cuda_memory()
     return results

@@ -55,12 +55,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "int8-weight, int8 (needs --calibration) (default: the --dtype)")
     g.add_argument("--calibration", default=None, metavar="FILE",
                    help="activation ranges for --precision int8 (from 'foleyrt calibrate')")
+    g.add_argument("--offload", default="none", metavar="MODE",
+                   help="GPU memory mode: none, model (networks in pinned host memory, brought "
+                        "in per stage) or blocks:N (transformer blocks streamed through N GPU "
+                        "slots; slower) (default: none)")
 
 
 def _runtime(args: argparse.Namespace) -> RuntimeConfig:
     """The runtime of `_add_model_options`' flags."""
     return RuntimeConfig.auto(args.device, args.dtype, accel=args.accel, engine=args.engine,
-                              precision=args.precision, calibration=args.calibration)
+                              precision=args.precision, calibration=args.calibration,
+                              offload=args.offload)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -107,8 +112,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-reference", action="store_true",
                    help="skip the fp32 eager reference (no accuracy columns)")
-    p.add_argument("--pipeline", action="store_true",
-                   help="also time video file -> MP4 (size of --sizes[0], modes eager/compile)")
+    p.add_argument("--pipeline", nargs="*", default=None, metavar="VARIANT",
+                   help="also time video file -> MP4 for the first size, per variant "
+                        "ACCEL[/PRECISION[/OFFLOAD]] (default variants: eager compile), e.g. "
+                        "compile/fp8 eager/bf16/model eager/fp8/blocks:4")
     p.add_argument("--profile", action="store_true",
                    help="also print the GPU kernel-time breakdown of one compiled forward")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
@@ -126,9 +133,9 @@ def _bench(args: argparse.Namespace) -> int:
     report = bench_loop(args.sizes, args.durations, args.modes, args.runs, args.steps,
                         args.guidance, device, reference=not args.no_reference,
                         profile=args.profile)
-    if args.pipeline:
-        modes = [m for m in args.modes if m != "release-pattern"]
-        report.pipeline = bench_pipeline(args.sizes[0], args.durations, modes, args.runs,
+    if args.pipeline is not None:
+        variants = args.pipeline or ["eager", "compile"]
+        report.pipeline = bench_pipeline(args.sizes[0], args.durations, variants, args.runs,
                                          args.steps, device)
     print(report.table())
     if args.json:
@@ -181,8 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = ServerSettings(
         data_dir=args.data_dir or default_data_dir(), model=args.model, size=args.size,
-        device=args.device, dtype=args.dtype, accel=args.accel, engine=args.engine,
-        precision=args.precision, calibration=args.calibration, max_queue=args.max_queue,
+        runtime=_runtime(args), max_queue=args.max_queue,
         max_upload_bytes=round(args.max_upload_mb * MIB),
         job_timeout_s=parse_duration(args.job_timeout),
         result_ttl_s=parse_duration(args.result_ttl), default_steps=args.steps,

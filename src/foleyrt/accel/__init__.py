@@ -16,7 +16,7 @@ import logging
 
 from torch import nn
 
-from foleyrt.config import ACCEL_MODES, RuntimeConfig
+from foleyrt.config import ACCEL_MODES, OffloadPlan, RuntimeConfig
 from foleyrt.errors import ConfigError
 from foleyrt.models.dit import FoleyDiT, PreparedConditions
 from foleyrt.pipeline.sampling import ModelFn, Schedule
@@ -61,12 +61,22 @@ def model_fn(
         from foleyrt.export.tensorrt import engine_model_fn
 
         return engine_model_fn(dit, prepared, plan=runtime.engine, precision=runtime.precision)
-    if _effective(runtime.accel, dit) == "eager":
+    mode = _effective(runtime.accel, dit)
+    offload = OffloadPlan.parse(runtime.offload).kind
+    if mode == "compile" and offload == "blocks":
+        # Streaming swaps the blocks' weights in hooks that a compiled graph cannot contain.
+        log.warning("--offload blocks streams weights between blocks: running eager")
+        mode = "eager"
+    if mode == "eager":
         return lambda x, t, step: dit.velocity(x, t, prepared)
     from foleyrt.accel.compile import compile_blocks
     from foleyrt.accel.cudagraph import GraphCache
 
     compile_blocks(dit)
+    if offload != "none":
+        # The weights come back to the GPU at new addresses for every request; a captured
+        # graph would replay stale pointers. Compiled blocks, launched per step, are safe.
+        return lambda x, t, step: dit.velocity(x, t, prepared)
     # Kept on the model itself, so the captured graphs and their memory die with it (a
     # registry keyed by the model would keep every model alive through the cache's reference).
     cache = getattr(dit, "_foleyrt_graphs", None)

@@ -190,6 +190,9 @@ RESIDENT = ("audio_mod", "v_cond_mod", "text_cross_kv", "text_cross_k_norm")
 
 
 def stream_blocks(dit: nn.Module, slots: int, device: torch.device) -> BlockStreamer:
-    """Stream the transformer's blocks (triple then single, the order they run in)."""
+    """Stream the transformer's blocks (triple then single, the order they run in); everything
+    outside them (embedders, final layer, learnt features) goes to `device` for good."""
     blocks = [*dit.triple_blocks, *dit.single_blocks]  # type: ignore[attr-defined]
+    for _, _, t in _tensors(dit, frozenset(map(id, blocks))):
+        t.data = t.data.to(device)
     return BlockStreamer(blocks, slots, device, resident=RESIDENT)

@@ -36,11 +36,10 @@ def encoder_matmul_precision(fast: bool) -> Iterator[None]:
 
 def video_conditions(
     models: FoleyModels, clip: DecodedClip, prompt: str, negative_prompt: str,
-    fast: bool = False,
+    device: torch.device, fast: bool = False,
 ) -> Conditions:
-    """SigLIP2, Synchformer and CLAP features of a decoded clip (`fast`: see
-    `encoder_matmul_precision`)."""
-    device = next(models.dit.parameters()).device
+    """SigLIP2, Synchformer and CLAP features of a decoded clip, computed on `device` (`fast`:
+    see `encoder_matmul_precision`)."""
     with encoder_matmul_precision(fast):
         siglip_px = to_model_range(clip.siglip_u8.to(device, non_blocking=True))
         clip_feat = models.siglip(siglip_px)

@@ -10,11 +10,14 @@ download, and everything it makes is labelled as random.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from foleyrt.accel.offload import BlockStreamer, ModelOffloader, stream_blocks
 from foleyrt.accel.quant import apply_precision, check_precision, stored_fp8_modules
 from foleyrt.config import (
     HUB_REPO,
@@ -23,9 +26,10 @@ from foleyrt.config import (
     TINY_RANDOM,
     DiTConfig,
     ModelSpec,
+    OffloadPlan,
     RuntimeConfig,
 )
-from foleyrt.errors import UsageError
+from foleyrt.errors import ConfigError, UsageError
 from foleyrt.models.dac_vae import DACVAE, load_dac
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.encoders import ClapTextEncoder, SigLIP2Encoder
@@ -47,17 +51,44 @@ class FoleyModels:
     source: str  # where the weights came from (directory, repo id, or "tiny-random")
     random_weights: bool = False  # outputs must then be labelled as noise
     stored_fp8: frozenset[str] = frozenset()  # transformer GEMMs whose file stores e4m3 weights
+    offloader: ModelOffloader | None = None  # --offload model
+    streamer: BlockStreamer | None = None  # --offload blocks:N
 
     def place(self, runtime: RuntimeConfig) -> FoleyModels:
-        """Move every network to the runtime's device and dtypes, in eval mode; the transformer
-        is then quantised there for a quantised precision (rounding on the GPU is fast)."""
+        """Put every network where the runtime's memory mode wants it, in its dtype and eval
+        mode. The transformer is quantised where its weights then are (the GPU normally;
+        the host for the offload modes, whose point is never holding it whole on the GPU)."""
+        plan = OffloadPlan.parse(runtime.offload)
         dev = runtime.device
-        self.dit.to(dev, runtime.dtype).eval().requires_grad_(False)
+        if plan.kind != "none" and dev.type != "cuda":
+            raise ConfigError("--offload moves weights between host and GPU memory: it needs "
+                              "a CUDA device")
+        home = dev if plan.kind == "none" else torch.device("cpu")
+        self.dit.to(home, runtime.dtype).eval().requires_grad_(False)
         apply_precision(self.dit, runtime, self.stored_fp8)
-        self.vae.to(dev, runtime.vae_dtype).eval().requires_grad_(False)
+        self.vae.to(home, runtime.vae_dtype).eval().requires_grad_(False)
         for enc in (self.synchformer, self.siglip, self.clap):
-            enc.to(dev, runtime.encoder_dtype).eval().requires_grad_(False)
+            enc.to(home, runtime.encoder_dtype).eval().requires_grad_(False)
+        if plan.kind == "model":
+            self.offloader = ModelOffloader(self.networks, dev)
+        elif plan.kind == "blocks":
+            for net in (self.vae, self.synchformer, self.siglip, self.clap):
+                net.to(dev)
+            self.streamer = stream_blocks(self.dit, plan.slots, dev)
         return self
+
+    @property
+    def networks(self) -> tuple[torch.nn.Module, ...]:
+        return (self.dit, self.vae, self.synchformer, self.siglip, self.clap)
+
+    @contextmanager
+    def stage(self, *networks: torch.nn.Module) -> Iterator[None]:
+        """`networks` on the GPU for one stage of a request (a no-op unless `--offload model`)."""
+        if self.offloader is None:
+            yield
+        else:
+            with self.offloader.on_device(*networks):
+                yield
 
 
 def model_spec(size: str) -> ModelSpec:

@@ -52,6 +52,7 @@ class FoleyResult:
     seed: int | None
     random_weights: bool
     timings: dict[str, float] = field(default_factory=dict)
+    latents: Tensor | None = None  # the final latents [num_samples, 128, Na], fp32 on the CPU
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -128,18 +129,21 @@ class FoleyPipeline:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
 
-        _check_progress(progress, "video", 0, 1)
+        models = self.models
         if video is not None:
+            _check_progress(progress, "video", 0, 1)
             clip = decode_clip(video)
             audio_s, fit_s = clip.duration_s, clip.info.duration_s
             timings["video"] = time.perf_counter() - t0
             _check_progress(progress, "features", 0, 1)
-            cond = video_conditions(self.models, clip, prompt, negative,
-                                    fast=self.runtime.accel != "eager")
+            with models.stage(models.siglip, models.synchformer, models.clap):
+                cond = video_conditions(models, clip, prompt, negative, self.runtime.device,
+                                        fast=self.runtime.accel != "eager")
         else:
             assert duration is not None
             _check_progress(progress, "features", 0, 1)
-            cond, audio_s = text_only_conditions(self.models, duration, prompt, negative)
+            with models.stage(models.clap):
+                cond, audio_s = text_only_conditions(models, duration, prompt, negative)
             fit_s = duration
         self._sync()
         timings["features"] = time.perf_counter() - t0 - timings.get("video", 0.0)
@@ -160,7 +164,7 @@ class FoleyPipeline:
         timings["total"] = time.perf_counter() - t0
         return FoleyResult(audio, self.sample_rate, fit_s, latents.shape[-1],
                            Path(video) if video is not None else None, seed,
-                           self.models.random_weights, timings)
+                           self.models.random_weights, timings, latents.cpu())
 
     def sample(
         self,
@@ -187,7 +191,6 @@ class FoleyPipeline:
         # The release draws its first latent in the transformer's dtype: round likewise.
         x0 = noise.to(device=device, dtype=self.runtime.dtype)
         guided = guidance_active(guidance_scale)
-        prepared = prepare_rows(dit, cond.to(device), num_samples, guided, n_latent)
         schedule = flow_schedule(steps, self.models.spec.diffusion, n_tokens=n_latent)
 
         def on_step(event: StepEvent) -> bool:
@@ -195,14 +198,18 @@ class FoleyPipeline:
 
         from foleyrt.accel import model_fn  # local: keeps acceleration machinery optional
 
-        fn = model_fn(dit, prepared, self.runtime, schedule)
-        return denoise(fn, x0, schedule, guidance_scale, on_step=on_step if progress else None)
+        with self.models.stage(dit):
+            prepared = prepare_rows(dit, cond.to(device), num_samples, guided, n_latent)
+            fn = model_fn(dit, prepared, self.runtime, schedule)
+            return denoise(fn, x0, schedule, guidance_scale,
+                           on_step=on_step if progress else None)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents `[n, 128, Na]` -> audio `[n, 1, 960 Na]` float32 on the CPU."""
         vae = self.models.vae
-        dtype = next(vae.parameters()).dtype
-        return vae.decode(latents.to(dtype)).float().cpu()
+        with self.models.stage(vae):
+            dtype = next(vae.parameters()).dtype
+            return vae.decode(latents.to(self.runtime.device, dtype)).float().cpu()
 
     def _noise(
         self, shape: tuple[int, ...], seed: int | None, generator: torch.Generator | None

@@ -13,7 +13,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from foleyrt import __version__
-from foleyrt.config import RuntimeConfig
 from foleyrt.errors import FoleyError
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.errors import QueueFull
@@ -28,13 +27,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 def load_pipeline(settings: ServerSettings) -> FoleyPipeline:
     """The one pipeline of the server, on the configured device, with its acceleration."""
-    from foleyrt.accel import check_mode
-
-    check_mode(settings.accel)
-    runtime = RuntimeConfig.auto(settings.device, settings.dtype, accel=settings.accel,
-                                 engine=settings.engine, precision=settings.precision,
-                                 calibration=settings.calibration)
-    return FoleyPipeline.from_pretrained(settings.model, settings.size, runtime)
+    return FoleyPipeline.from_pretrained(settings.model, settings.size, settings.runtime)
 
 
 def create_app(settings: ServerSettings, pipeline: FoleyPipeline | None = None) -> FastAPI:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foleyrt.config import HUB_REPO
+from foleyrt.config import HUB_REPO, RuntimeConfig
 from foleyrt.errors import ConfigError
 from foleyrt.pipeline.pipeline import MAX_SAMPLES, MAX_STEPS
 
@@ -48,12 +48,7 @@ class ServerSettings:
     data_dir: Path = field(default_factory=default_data_dir)
     model: str = HUB_REPO
     size: str = "xxl"
-    device: str = "auto"
-    dtype: str | None = None
-    accel: str = "eager"
-    engine: str | None = None
-    precision: str | None = None  # see RuntimeConfig
-    calibration: str | None = None  # activation ranges for precision int8
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # device, dtype, accel, ...
     max_queue: int = 16  # jobs waiting; the running one is not counted
     max_upload_bytes: int = 200 * MIB
     job_timeout_s: float = 600.0
