@@ -42,7 +42,7 @@ from foleyrt.pipeline.sampling import denoise, flow_schedule
 
 log = logging.getLogger(__name__)
 
-MODES = ("release-pattern", "eager", "compile")
+MODES = ("release-pattern", "eager", "compile")  # plus ACCEL:PRECISION, e.g. compile:fp8
 TEXT_TOKENS = 16  # a short prompt, padded like the release pads [negative, prompt]
 
 
@@ -162,10 +162,12 @@ def random_conditions(spec: ModelSpec, duration_s: float, device: torch.device,
 
 def _loop(dit: FoleyDiT, cond: Conditions, noise: Tensor, steps: int, guidance: float,
           mode: str, spec: ModelSpec) -> Tensor:
-    """One full denoising loop in `mode` (conditions prepared inside: that is part of the
-    request's cost)."""
+    """One full denoising loop in `mode` (an acceleration mode, `release-pattern`, or
+    `ACCEL:PRECISION` run on the quantised copy made by `_variant_model`); conditions are
+    prepared inside: that is part of the request's cost."""
     from foleyrt.accel import model_fn
 
+    mode = mode.split(":")[0]
     device = noise.device
     schedule = flow_schedule(steps, spec.diffusion)
     n_latent = noise.shape[-1]
@@ -236,13 +238,14 @@ def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs:
         # Modes outermost: `compile` compiles the blocks in place, so every eager row must be
         # measured before the first compiled one.
         for mode in modes:
+            model = _variant_model(dit, mode)
             for duration, (cond, noise, flops) in inputs.items():
                 x0 = noise.bfloat16()  # the release draws bf16 noise
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
 
                 def loop() -> Tensor:
-                    return _loop(dit, cond, x0, steps, guidance, mode, spec)
+                    return _loop(model, cond, x0, steps, guidance, mode, spec)
 
                 first, out = _timed(loop, device)
                 times = [_timed(loop, device)[0] for _ in range(runs)]
@@ -257,13 +260,32 @@ def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs:
                     row.cos_vs_fp32, row.max_abs_vs_fp32 = _distance(out, refs[duration])
                 report.rows.append(row)
                 log.info("%s", report.table().splitlines()[-1])
-        if profile:
-            cond, noise, _ = inputs[durations[0]]
-            report.profiles.append(profile_forward(dit, cond, noise.bfloat16(), size,
-                                                   durations[0]))
+            if profile and mode.startswith("compile"):
+                cond, noise, _ = inputs[durations[0]]
+                report.profiles.append(profile_forward(model, cond, noise.bfloat16(),
+                                                       f"{size} {mode}", durations[0]))
+            if model is not dit:
+                del model
+                release_cuda_memory()
         del dit
         release_cuda_memory()
     return report
+
+
+def _variant_model(dit: FoleyDiT, mode: str) -> FoleyDiT:
+    """`ACCEL:PRECISION` modes run on a quantised copy (quantisation swaps modules in place);
+    plain modes on the model itself. The copy is rebuilt from the state dict: the original may
+    already carry compiled blocks and captured graphs, which must not be shared or copied."""
+    if ":" not in mode:
+        return dit
+    from foleyrt.accel.quant import quantize_
+
+    param = next(dit.parameters())
+    with torch.device("meta"):
+        twin = FoleyDiT(dit.config).to(param.dtype)
+    twin = twin.to_empty(device=param.device)
+    twin.load_state_dict(dit.state_dict())
+    return quantize_(twin.eval().requires_grad_(False), mode.split(":", 1)[1])
 
 
 def _fp32_references(dit: FoleyDiT, spec: ModelSpec, inputs: dict, steps: int,

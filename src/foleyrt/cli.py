@@ -126,7 +126,7 @@ def _bench(args: argparse.Namespace) -> int:
     from foleyrt.bench import MODES, bench_loop, bench_pipeline
     from foleyrt.config import parse_device
 
-    unknown = sorted(set(args.modes) - set(MODES))
+    unknown = sorted({m for m in args.modes if m.split(":")[0] not in MODES})
     if unknown:
         raise UsageError(f"unknown bench mode(s) {unknown}; choose from {list(MODES)}")
     device = parse_device(args.device)
