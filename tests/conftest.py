@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,18 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+_LOGGING_BASELINE = (logging.getLogger("foleyrt").level, logging.getLogger().level,
+                     list(logging.getLogger().handlers))
+
+
 @pytest.fixture(autouse=True)
 def _restore_logging():
-    """`foleyrt.cli.main` configures logging for a process; tests call it in-process, so put
-    the package logger's level and the root handlers back after each test."""
-    import logging
-
+    """`foleyrt.cli.main` configures logging for a process; tests call it in-process (some
+    from module-scoped fixtures), so every test starts from the logging state the session
+    started with."""
     package, root = logging.getLogger("foleyrt"), logging.getLogger()
-    saved = package.level, root.level, list(root.handlers)
+    package.setLevel(_LOGGING_BASELINE[0])
+    root.setLevel(_LOGGING_BASELINE[1])
+    root.handlers[:] = [h for h in root.handlers if h not in _LOGGING_BASELINE[2]
+                        and type(h).__name__ == "LogCaptureHandler"] + _LOGGING_BASELINE[2]
     yield
-    package.setLevel(saved[0])
-    root.setLevel(saved[1])
-    root.handlers[:] = saved[2]
