@@ -84,22 +84,9 @@ class BenchReport:
         lines = [f"device: {self.device}  torch {self.torch_version}  steps {self.steps}  "
                  f"bf16 matmul peak (measured 8192^3): {self.matmul_peak_tflops:.0f} TFLOP/s",
                  head]
-        for r in self.rows:
-            cos = f"{r.cos_vs_fp32:.6f}" if r.cos_vs_fp32 is not None else "-"
-            mx = f"{r.max_abs_vs_fp32:.3g}" if r.max_abs_vs_fp32 is not None else "-"
-            lines.append(
-                f"{r.size:<5}{r.duration_s:>5g} {r.mode:<16}{r.median_s:>9.3f}"
-                f"{min(r.runs_s):>8.3f}-{max(r.runs_s):<7.3f}{r.ms_per_forward:>8.1f}"
-                f"{r.gflop_per_forward:>8.0f}{r.tflops:>8.0f}{r.pct_of_peak:>6.1f}"
-                f"{r.peak_mem_gb:>7.1f}{r.first_run_s:>8.1f}{cos:>11}{mx:>9}")
+        lines += [row_line(r) for r in self.rows]
         lines += self.profiles
-        for p in self.pipeline:
-            lines.append(f"pipeline {p['size']} {p['duration_s']:g}s {p['mode']}: median "
-                         f"{p['median_s']:.3f}s (runs {', '.join(f'{x:.3f}' for x in p['runs_s'])})"
-                         f", peak mem {p['peak_mem_gb']:.1f} GB, vs first variant: latent cos "
-                         f"{p['latent_cos_vs_first']:.5f} SNR {p['latent_snr_db_vs_first']:.1f} dB,"
-                         f" audio cos {p['audio_cos_vs_first']:.4f} SNR "
-                         f"{p['audio_snr_db_vs_first']:.1f} dB, stages {p['stages']}")
+        lines += [pipeline_line(p) for p in self.pipeline]
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -107,6 +94,24 @@ class BenchReport:
         for row, r in zip(data["rows"], self.rows):
             row["median_s"] = r.median_s
         return json.dumps(data, indent=1)
+
+
+def row_line(r: BenchRow) -> str:
+    cos = f"{r.cos_vs_fp32:.6f}" if r.cos_vs_fp32 is not None else "-"
+    mx = f"{r.max_abs_vs_fp32:.3g}" if r.max_abs_vs_fp32 is not None else "-"
+    return (f"{r.size:<5}{r.duration_s:>5g} {r.mode:<16}{r.median_s:>9.3f}"
+            f"{min(r.runs_s):>8.3f}-{max(r.runs_s):<7.3f}{r.ms_per_forward:>8.1f}"
+            f"{r.gflop_per_forward:>8.0f}{r.tflops:>8.0f}{r.pct_of_peak:>6.1f}"
+            f"{r.peak_mem_gb:>7.1f}{r.first_run_s:>8.1f}{cos:>11}{mx:>9}")
+
+
+def pipeline_line(p: dict) -> str:
+    return (f"pipeline {p['size']} {p['duration_s']:g}s {p['mode']}: median {p['median_s']:.3f}s"
+            f" (runs {', '.join(f'{x:.3f}' for x in p['runs_s'])}), peak mem "
+            f"{p['peak_mem_gb']:.1f} GB, vs first variant: latent cos "
+            f"{p['latent_cos_vs_first']:.5f} SNR {p['latent_snr_db_vs_first']:.1f} dB, audio cos "
+            f"{p['audio_cos_vs_first']:.4f} SNR {p['audio_snr_db_vs_first']:.1f} dB, "
+            f"stages {p['stages']}")
 
 
 def _sync(device: torch.device) -> None:
@@ -259,7 +264,7 @@ def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs:
                 if duration in refs:
                     row.cos_vs_fp32, row.max_abs_vs_fp32 = _distance(out, refs[duration])
                 report.rows.append(row)
-                log.info("%s", report.table().splitlines()[-1])
+                print(row_line(row), flush=True)
             if profile and mode.startswith("compile"):
                 cond, noise, _ = inputs[durations[0]]
                 report.profiles.append(profile_forward(model, cond, noise.bfloat16(),
@@ -422,8 +427,7 @@ def bench_pipeline(size: str, durations: list[float], variants: list[str], runs:
                             "audio_cos_vs_first": _distance(outputs[0], ref_audio)[0],
                             "audio_snr_db_vs_first": _snr_db(outputs[0], ref_audio),
                             "stages": {k: round(v, 3) for k, v in mid.items()}})
-            log.info("pipeline %s %gs %s: %.3f s", size, duration, variant,
-                     results[-1]["median_s"])
+            print(pipeline_line(results[-1]), flush=True)
         del pipe, models
         release_cuda_memory()
     return results

@@ -105,7 +105,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                                    "pipeline) with random weights; prints a table.")
     p.add_argument("--sizes", nargs="+", default=["xxl", "xl"], choices=sorted(PRESETS))
     p.add_argument("--durations", nargs="+", type=float, default=[5, 8, 10, 15])
-    p.add_argument("--modes", nargs="+", default=["release-pattern", "eager", "compile"])
+    p.add_argument("--modes", nargs="*", default=["release-pattern", "eager", "compile"],
+                   help="loop modes: release-pattern, eager, compile, ACCEL:PRECISION (e.g. "
+                        "compile:fp8); none to time only --pipeline")
     p.add_argument("--runs", type=int, default=3, help="timed runs per row (median reported)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.5)
@@ -130,9 +132,9 @@ def _bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown bench mode(s) {unknown}; choose from {list(MODES)}")
     device = parse_device(args.device)
-    report = bench_loop(args.sizes, args.durations, args.modes, args.runs, args.steps,
-                        args.guidance, device, reference=not args.no_reference,
-                        profile=args.profile)
+    report = bench_loop(args.sizes if args.modes else [], args.durations, args.modes,
+                        args.runs, args.steps, args.guidance, device,
+                        reference=not args.no_reference, profile=args.profile)
     if args.pipeline is not None:
         variants = args.pipeline or ["eager", "compile"]
         report.pipeline = bench_pipeline(args.sizes[0], args.durations, variants, args.runs,

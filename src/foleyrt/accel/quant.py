@@ -314,9 +314,11 @@ def quantize_(
     *,
     calibration: Calibration | str | Path | None = None,
     prequantized: Collection[str] = frozenset(),
+    kernel_device: torch.device | None = None,
 ) -> FoleyDiT:
     """Swap `dit`'s per-step GEMMs for `precision`'s modules, in place, on `dit`'s device and
-    compute dtype (place the model first). `calibration` (a file or a loaded `Calibration`) is
+    compute dtype (place the model first). `kernel_device` is where the modules will run
+    (default: where the weights are; the offload modes quantise on the host for the GPU). `calibration` (a file or a loaded `Calibration`) is
     int8's; `prequantized` names modules whose weights were stored as float8_e4m3fn (fp8 only,
     see `stored_fp8_modules`). Idempotent; a model quantised to another precision is an error."""
     done = getattr(dit, "_foleyrt_precision", None)
@@ -331,7 +333,7 @@ def quantize_(
     if unknown:
         raise ConfigError(f"not quantisable modules marked as fp8-stored: {', '.join(unknown[:3])}")
     anchor = next(iter(modules.values())).weight
-    require_kernels(precision, anchor.device, anchor.dtype)
+    require_kernels(precision, kernel_device or anchor.device, anchor.dtype)
     build = _builder(precision, dit, calibration, prequantized)
     with torch.no_grad():
         for name, module in modules.items():
@@ -386,5 +388,5 @@ def apply_precision(
         return dit
     assert runtime.precision is not None
     return quantize_(dit, runtime.precision, calibration=runtime.calibration,
-                     prequantized=prequantized)
+                     prequantized=prequantized, kernel_device=runtime.device)
 

@@ -56,8 +56,8 @@ class FoleyModels:
 
     def place(self, runtime: RuntimeConfig) -> FoleyModels:
         """Put every network where the runtime's memory mode wants it, in its dtype and eval
-        mode. The transformer is quantised where its weights then are (the GPU normally;
-        the host for the offload modes, whose point is never holding it whole on the GPU)."""
+        mode. The transformer is quantised where its weights then are: the GPU normally, the
+        host for the offload modes (whose point is never holding it whole on the GPU)."""
         plan = OffloadPlan.parse(runtime.offload)
         dev = runtime.device
         if plan.kind != "none" and dev.type != "cuda":
