@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = (REPO / ".." / "shared" / "fixtures" / "reference").resolve()
+# The golden fixtures of the official implementation: ../shared beside the checkout, or
+# wherever FOLEYRT_FIXTURES points.
+FIXTURES = Path(
+    os.environ.get("FOLEYRT_FIXTURES") or REPO / ".." / "shared" / "fixtures" / "reference"
+).resolve()
 
 
 @pytest.fixture(scope="session")
