@@ -20,6 +20,7 @@ written MP4 with real-size random encoders.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.pipeline.conditions import Conditions, prepare_rows
 from foleyrt.pipeline.features import text_only_lengths
-from foleyrt.pipeline.pipeline import release_cuda_memory
+from foleyrt.pipeline.pipeline import FoleyPipeline, release_cuda_memory
 from foleyrt.pipeline.sampling import denoise, flow_schedule
 
 log = logging.getLogger(__name__)
@@ -249,8 +250,7 @@ def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
 
-                def loop() -> Tensor:
-                    return _loop(model, cond, x0, steps, guidance, mode, spec)
+                loop = functools.partial(_loop, model, cond, x0, steps, guidance, mode, spec)
 
                 first, out = _timed(loop, device)
                 times = [_timed(loop, device)[0] for _ in range(runs)]
@@ -382,14 +382,13 @@ def bench_pipeline(size: str, durations: list[float], variants: list[str], runs:
     differences: the latent figures are the meaningful ones)."""
     from foleyrt.media.synthetic import write_test_clip
     from foleyrt.pipeline.models import random_models
-    from foleyrt.pipeline.pipeline import FoleyPipeline
 
-    results = []
     spec = PRESETS[size]
     workdir = Path(video_dir or tempfile.mkdtemp(prefix="foleyrt-bench-"))
     clips = {d: write_test_clip(workdir / f"clip_{d:g}s.mp4", d, width=1280, height=720, fps=30)
              for d in durations}
-    first: dict[float, list[Tensor]] = {}  # the first variant's audio and latents
+    results: list[dict] = []
+    first: dict[float, tuple[Tensor, Tensor]] = {}  # the first variant's audio and latents
     for variant in variants:
         accel, precision, offload = parse_variant(variant)
         runtime = RuntimeConfig.auto(str(device), precision=precision, accel=accel,
@@ -397,37 +396,50 @@ def bench_pipeline(size: str, durations: list[float], variants: list[str], runs:
         models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
         pipe = FoleyPipeline(models.place(runtime), runtime)
         for duration, video in clips.items():
-            out = workdir / f"out_{len(results)}.mp4"
-            outputs: list[Tensor] = []  # the last run's audio and latents
-
-            def run() -> dict[str, float]:
-                res = pipe.generate(video, prompt="footsteps on gravel", steps=steps, seed=0)
-                t = time.perf_counter()
-                res.save(out, overwrite=True)
-                outputs[:] = [res.audio, res.latents]
-                return {**res.timings, "mux": time.perf_counter() - t}
-
-            run()  # warm-up: compile, capture, cudnn autotune
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            stages, times = [], []
-            for _ in range(runs):
-                t = time.perf_counter()
-                stages.append(run())
-                times.append(time.perf_counter() - t)
-            peak = (torch.cuda.max_memory_allocated(device) / 2**30
-                    if device.type == "cuda" else float("nan"))
-            mid = stages[times.index(statistics.median_low(times))]
-            ref_audio, ref_latent = first.setdefault(duration, outputs)
-            results.append({"size": size, "duration_s": duration, "mode": variant,
-                            "runs_s": times, "median_s": statistics.median(times),
-                            "peak_mem_gb": peak,
-                            "latent_cos_vs_first": _distance(outputs[1], ref_latent)[0],
-                            "latent_snr_db_vs_first": _snr_db(outputs[1], ref_latent),
-                            "audio_cos_vs_first": _distance(outputs[0], ref_audio)[0],
-                            "audio_snr_db_vs_first": _snr_db(outputs[0], ref_audio),
-                            "stages": {k: round(v, 3) for k, v in mid.items()}})
+            reference = first.get(duration)
+            row, outputs = _time_pipeline(pipe, video, workdir / f"out_{len(results)}.mp4",
+                                          runs, steps, reference)
+            first.setdefault(duration, outputs)
+            results.append({"size": size, "duration_s": duration, "mode": variant, **row})
             print(pipeline_line(results[-1]), flush=True)
         del pipe, models
         release_cuda_memory()
     return results
+
+
+def _time_pipeline(pipe: FoleyPipeline, video: Path, out: Path, runs: int, steps: int,
+                   reference: tuple[Tensor, Tensor] | None) -> tuple[dict, tuple[Tensor, Tensor]]:
+    """One warm-up and `runs` timed generations of `video` written to `out`: the row (with
+    distances to `reference`, the first variant's audio and latents, when given) and this
+    variant's outputs."""
+    device = pipe.runtime.device
+    outputs: tuple[Tensor, Tensor] | None = None
+
+    def run() -> dict[str, float]:
+        nonlocal outputs
+        res = pipe.generate(video, prompt="footsteps on gravel", steps=steps, seed=0)
+        t = time.perf_counter()
+        res.save(out, overwrite=True)
+        assert res.latents is not None
+        outputs = (res.audio, res.latents)
+        return {**res.timings, "mux": time.perf_counter() - t}
+
+    run()  # warm-up: compile, capture, cudnn autotune
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    stages, times = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        stages.append(run())
+        times.append(time.perf_counter() - t)
+    assert outputs is not None
+    peak = (torch.cuda.max_memory_allocated(device) / 2**30
+            if device.type == "cuda" else float("nan"))
+    mid = stages[times.index(statistics.median_low(times))]
+    ref_audio, ref_latent = reference or outputs
+    return {"runs_s": times, "median_s": statistics.median(times), "peak_mem_gb": peak,
+            "latent_cos_vs_first": _distance(outputs[1], ref_latent)[0],
+            "latent_snr_db_vs_first": _snr_db(outputs[1], ref_latent),
+            "audio_cos_vs_first": _distance(outputs[0], ref_audio)[0],
+            "audio_snr_db_vs_first": _snr_db(outputs[0], ref_audio),
+            "stages": {k: round(v, 3) for k, v in mid.items()}}, outputs

@@ -71,7 +71,7 @@ def _read_pickle(path: Path) -> Checkpoint:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-        if any(n.endswith("/.data/extern_modules") or n.endswith("DAC/DAC.pth") for n in names):
+        if any(n.endswith(("/.data/extern_modules", "DAC/DAC.pth")) for n in names):
             raise WeightsError(
                 f"{path}: is a torch.package archive, which can only be loaded by executing "
                 "pickled code; convert it to a plain state dict first"

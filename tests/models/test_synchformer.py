@@ -24,7 +24,6 @@ from foleyrt.models.synchformer import (
     sync_features,
 )
 from foleyrt.verify import run_manifest
-from tests.conftest import FIXTURES
 
 CFG = TINY.synchformer
 FRAME = (3, 224, 224)

@@ -87,7 +87,7 @@ class GraphedVelocity:
 
     def load(self, prepared: PreparedConditions, table: TimeConditioning) -> None:
         """Copy a request's conditions and time table into the graph's static buffers."""
-        for dst, src in zip(self._static_tensors, _tensors((prepared, table))):
+        for dst, src in zip(self._static_tensors, _tensors((prepared, table)), strict=True):
             if dst.data_ptr() != src.data_ptr():
                 dst.copy_(src)
 
