@@ -64,8 +64,7 @@ def run_cli(
     options = ["-q"] if quiet else []
     code = cli.main([*options, "batch", *map(str, args), "--steps", STEPS, "--device", "cpu"])
     out, err = capsys.readouterr()
-    # The shared progress bar ends with a blank line on stdout when it is not a terminal.
-    return code, "".join(line for line in out.splitlines(True) if line.strip()), err
+    return code, out, err
 
 
 def write_csv(path: Path, text: str) -> Path:

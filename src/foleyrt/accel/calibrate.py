@@ -6,7 +6,7 @@ VAE decode) on a set of clips with forward pre-hooks on the quantisable GEMMs
 its weight dtype): max |x| per input channel over every token, row, step and clip. Ranges move
 with the timestep and the content, hence whole generations rather than one forward.
 
-The file is the one `foleyrt.export.tensorrt` documents and `export.onnx.read_amax` reads, so
+The file is the one `foleyrt.export.qdq` documents and its `read_amax` reads, so
 TensorRT engines are built from it too: safetensors with metadata `{"format": "foleyrt.amax",
 "version": "1"}` and one float32 scalar per module, its max |x|. Added, all in the metadata
 (that reader requires every tensor of the file to be a scalar, and ignores other metadata):
@@ -36,8 +36,8 @@ from foleyrt import __version__
 from foleyrt.accel.quant import AMAX_FLOOR, quantizable_modules
 from foleyrt.config import QUANTIZED_PRECISIONS, DiTConfig
 from foleyrt.errors import ConfigError, OutputError
-from foleyrt.export.onnx import AMAX_FORMAT, AMAX_VERSION, read_amax
-from foleyrt.export.tensorrt import config_sha256
+from foleyrt.export.engine_cache import config_sha256
+from foleyrt.export.qdq import AMAX_FORMAT, AMAX_VERSION, read_amax
 from foleyrt.models.dit import FoleyDiT
 
 if TYPE_CHECKING:

@@ -1,60 +1,19 @@
-"""ONNX graphs of the per-step transformer call and of the VAE decoder.
+"""ONNX graphs of the per-step transformer call and of the VAE decoder: export, reading back,
+validation against PyTorch.
 
-What is exported, and why
--------------------------
-The sampler calls the transformer once per step with the same conditions; only the latent `x`
-and the timestep `t` change (`FoleyDiT.prepare` runs once, `FoleyDiT.velocity` per step). The
-exported transformer graph is therefore `velocity`, with the prepared conditions as graph
-inputs: the step-invariant work (text K/V of every block, visual projection, sync resampling,
-RoPE tables) stays out of the loop as in eager mode, and an engine built from this graph
-implements the same `(x, t) -> v` call for a `PreparedConditions` (`condition_feeds` flattens
-one into the graph's inputs).
-
-The timestep's embedding and modulation vectors are computed inside the graph from `t` (the
-eager call does the same; the compiled loop's per-schedule `TimeConditioning` table would be a
-further set of inputs, not worth it for an engine that reads those weights at full bandwidth).
-
-The RoPE tables and the visual gather index are inputs, not computed in the graph: they follow
-from the lengths through PyTorch's nearest-exact index arithmetic and a Python branch on
-`Nv == Na`, which a graph would have to re-derive; as inputs they are exactly what `prepare`
-computed. When `prepare` needs no gather (equal lengths, or the non-interleaved RoPE), the
-identity index is fed: it selects the same rows.
-
-Velocity graph (fp32; H hidden size, D head dim, K triple blocks, C latent channels = 128):
-
-    x                         [batch, C, audio_len]             float32  latent, channels first
-    t                         [batch]                            float32  timesteps, 0..1000
-    visual                    [batch, visual_len, H]             float32  visual stream, block 0
-    text_k, text_v            [K, batch, heads, text_len, D]     float32  per-block text K / V
-    rope_self_audio_cos|sin   [audio_len, D]                     float32  triple self-attention
-    rope_self_visual_cos|sin  [visual_len, D]                    float32
-    rope_seq_audio_cos|sin    [audio_len, D]                     float32  cross-attn, single blocks
-    rope_seq_visual_cos|sin   [visual_len, D]                    float32
-    visual_gather             [visual_len]                       int64
-    sync_add                  [batch, audio_len, H]              float32  (models with sync path)
-    -> velocity               [batch, C, audio_len]              float32
-
-VAE decoder: `z [batch, C, audio_len] float32 -> audio [batch, 1, hop * audio_len] float32`.
-
-The axis names (`batch`, `audio_len`, `visual_len`, `text_len`) are the graph's dim params;
-TensorRT profiles are written in them. Exporter: the torch.export-based one (the TorchScript
-exporter cannot export the shape-dependent LayerNorm). The tracing example has 2 rows and
-distinct lengths, so that no axis is specialised to 1 or unified with another. Weights above
+What the graphs take and return, and why the velocity graph is the per-step call, is
+`export.graph`'s docstring. Exporter: the torch.export-based one (the TorchScript exporter
+cannot export the shape-dependent LayerNorm). The tracing example has 2 rows and distinct
+lengths, so that no axis is specialised to 1 or unified with another. Weights above
 `external_data_threshold` bytes (2 GB by default: protobuf cannot serialise 2 GiB) go to
-`<file>.data` beside the graph.
-
-Quantised graphs (`insert_qdq`) follow TensorRT's explicit quantisation: a Quantize/Dequantize
-pair on the activation and on the weight of every GEMM named in a calibration file, nothing
-else changed; onnxruntime runs them too, so the rewrite is checked here without a GPU.
+`<file>.data` beside the graph. The INT8/FP8 rewrite of an exported graph is `export.qdq`.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import json
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -67,19 +26,38 @@ from torch import Tensor, nn
 
 from foleyrt import __version__
 from foleyrt.errors import ConfigError, DependencyError
+
+# condition_feeds and the Q/DQ names are re-exported: callers import them from here, where they
+# lived before `graph` and `qdq` were split off.
+from foleyrt.export.graph import (  # noqa: F401
+    AUDIO_LEN,
+    BATCH,
+    DECODER,
+    META,
+    TEXT_LEN,
+    VELOCITY,
+    VISUAL_LEN,
+    DecoderGraph,
+    GraphInput,
+    VelocityGraph,
+    condition_feeds,
+    decoder_signature,
+    velocity_feeds,
+    velocity_signature,
+)
+from foleyrt.export.qdq import (  # noqa: F401
+    AMAX_FORMAT,
+    AMAX_VERSION,
+    SCOPES_KEY,
+    insert_qdq,
+    read_amax,
+)
 from foleyrt.models.dac_vae import DACVAE
-from foleyrt.models.dit import FoleyDiT, PreparedConditions, RopeTables
+from foleyrt.models.dit import FoleyDiT
 
 MIN_OPSET = 17  # LayerNormalization
 DEFAULT_OPSET = 19  # float8 Q/DQ: one exported graph serves every engine precision
-FP8_MIN_OPSET = 19
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
-BATCH, AUDIO_LEN, VISUAL_LEN, TEXT_LEN = "batch", "audio_len", "visual_len", "text_len"
-VELOCITY, DECODER = "velocity", "vae_decoder"
-ROPE_TABLES = (("self_audio", AUDIO_LEN), ("self_visual", VISUAL_LEN),
-               ("seq_audio", AUDIO_LEN), ("seq_visual", VISUAL_LEN))
-META = "foleyrt."  # prefix of our metadata_props keys
-WRAPPED = "dit"  # attribute holding the transformer in `VelocityGraph` (prefix of scope names)
 EXAMPLE_ROWS = 2
 EXAMPLE_SECONDS = 2.0
 VALIDATION_SECONDS = (1.0, 3.0)  # two lengths other than the example: the axes are dynamic
@@ -98,98 +76,6 @@ def require_onnx(packages: Sequence[str] = EXPORT_PACKAGES) -> None:
             raise DependencyError(
                 f"ONNX export needs the '{name}' package: pip install 'foleyrt[export]'"
             ) from None
-
-
-# --------------------------------------------------------------------------------------------
-# Signatures
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GraphInput:
-    """One graph input: named axes are dynamic, integers static."""
-
-    name: str
-    dims: tuple[str | int, ...]
-    dtype: str = "float32"
-
-
-def velocity_signature(dit: FoleyDiT) -> tuple[GraphInput, ...]:
-    """Inputs of the velocity graph, in `VelocityGraph.forward` order."""
-    cfg = dit.config
-    c, h, d = cfg.audio_vae_latent_dim, cfg.hidden_size, cfg.head_dim
-    kv = (cfg.depth_triple_blocks, BATCH, cfg.num_heads, TEXT_LEN, d)
-    inputs = [GraphInput("x", (BATCH, c, AUDIO_LEN)), GraphInput("t", (BATCH,)),
-              GraphInput("visual", (BATCH, VISUAL_LEN, h)),
-              GraphInput("text_k", kv), GraphInput("text_v", kv)]
-    for table, length in ROPE_TABLES:
-        inputs += [GraphInput(f"rope_{table}_{part}", (length, d)) for part in ("cos", "sin")]
-    inputs.append(GraphInput("visual_gather", (VISUAL_LEN,), "int64"))
-    if cfg.has_sync_path:
-        inputs.append(GraphInput("sync_add", (BATCH, AUDIO_LEN, h)))
-    return tuple(inputs)
-
-
-def decoder_signature(vae: DACVAE) -> tuple[GraphInput, ...]:
-    return (GraphInput("z", (BATCH, vae.latent_dim, AUDIO_LEN)),)
-
-
-def condition_feeds(prepared: PreparedConditions) -> dict[str, Tensor]:
-    """The velocity graph's step-invariant inputs for a request (names as in the signature):
-    what an engine binds once per request."""
-    rope = prepared.rope
-    gather = rope.visual_gather
-    if gather is None:
-        gather = torch.arange(prepared.visual.shape[1], device=prepared.visual.device)
-    feeds = {"visual": prepared.visual,
-             "text_k": torch.stack(prepared.text_k), "text_v": torch.stack(prepared.text_v)}
-    for table, _ in ROPE_TABLES:
-        feeds[f"rope_{table}_cos"], feeds[f"rope_{table}_sin"] = getattr(rope, table)
-    feeds["visual_gather"] = gather
-    if prepared.sync_add is not None:
-        feeds["sync_add"] = prepared.sync_add
-    return feeds
-
-
-def velocity_feeds(prepared: PreparedConditions, x: Tensor, t: Tensor) -> dict[str, Tensor]:
-    """All inputs of one step."""
-    return {"x": x, "t": t, **condition_feeds(prepared)}
-
-
-class VelocityGraph(nn.Module):
-    """`FoleyDiT.velocity` over flat tensors: the module that is exported."""
-
-    def __init__(self, dit: FoleyDiT) -> None:
-        super().__init__()
-        self.dit = dit  # attribute name = WRAPPED
-
-    def forward(
-        self, x: Tensor, t: Tensor, visual: Tensor, text_k: Tensor, text_v: Tensor,
-        rope_self_audio_cos: Tensor, rope_self_audio_sin: Tensor,
-        rope_self_visual_cos: Tensor, rope_self_visual_sin: Tensor,
-        rope_seq_audio_cos: Tensor, rope_seq_audio_sin: Tensor,
-        rope_seq_visual_cos: Tensor, rope_seq_visual_sin: Tensor,
-        visual_gather: Tensor, sync_add: Tensor | None = None,
-    ) -> Tensor:
-        rope = RopeTables(
-            self_audio=(rope_self_audio_cos, rope_self_audio_sin),
-            self_visual=(rope_self_visual_cos, rope_self_visual_sin),
-            visual_gather=visual_gather,
-            seq_audio=(rope_seq_audio_cos, rope_seq_audio_sin),
-            seq_visual=(rope_seq_visual_cos, rope_seq_visual_sin),
-        )
-        prepared = PreparedConditions(visual, list(text_k.unbind(0)), list(text_v.unbind(0)),
-                                      sync_add, rope)
-        return self.dit.velocity(x, t, prepared)
-
-
-class DecoderGraph(nn.Module):
-    def __init__(self, vae: DACVAE) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.vae.decode(z)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,166 +301,3 @@ def decoder_cases(
 ) -> list[tuple[dict[str, Tensor], Tensor]]:
     return [(f, vae.decode(f["z"])) for f in (decoder_example(vae, d, rows, seed=i + 1)
                                               for i, d in enumerate(durations))]
-
-
-# --------------------------------------------------------------------------------------------
-# Calibration file and Q/DQ rewrite (INT8 / FP8 engines)
-# --------------------------------------------------------------------------------------------
-
-AMAX_FORMAT = "foleyrt.amax"
-AMAX_VERSION = "1"
-SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # module path the exporter records on every node
-
-
-@dataclass(frozen=True)
-class QuantFormat:
-    """A quantised type as ONNX stores it. Weights: per output channel for INT8, per tensor
-    for FP8 (the granularities TensorRT's GEMMs take)."""
-
-    elem_type: int  # onnx.TensorProto data type
-    qmax: float
-    per_channel: bool
-    min_opset: int
-
-
-def quant_formats() -> dict[str, QuantFormat]:
-    from onnx import TensorProto
-
-    return {"int8": QuantFormat(TensorProto.INT8, 127.0, True, 13),
-            "fp8": QuantFormat(TensorProto.FLOAT8E4M3FN, 448.0, False, FP8_MIN_OPSET)}
-
-
-def read_amax(path: str | Path) -> dict[str, float]:
-    """Activation ranges of a calibration file (format: see `foleyrt.export.tensorrt`)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), "np") as f:
-            meta = f.metadata() or {}
-            values = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"{path}: not a readable calibration file ({exc})") from None
-    if meta.get("format") != AMAX_FORMAT or meta.get("version") != AMAX_VERSION:
-        raise ConfigError(f"{path}: not a foleyrt calibration file "
-                          f"(metadata format={AMAX_FORMAT!r}, version={AMAX_VERSION!r} expected)")
-    amax = {}
-    for name, value in values.items():
-        number = float(value.reshape(())) if value.size == 1 else math.nan
-        if not (math.isfinite(number) and number > 0):
-            raise ConfigError(f"{path}: amax of {name!r} must be one positive finite number")
-        amax[name] = number
-    if not amax:
-        raise ConfigError(f"{path}: the calibration file holds no ranges")
-    return amax
-
-
-def insert_qdq(
-    src: str | Path, dst: str | Path, amax: Mapping[str, float], fmt: str
-) -> list[str]:
-    """Write `src` with Q/DQ pairs on the input and weight of every GEMM whose module is in
-    `amax` (transformer module names); returns those modules. `dst` must sit beside `src`: its
-    weights keep pointing at `src`'s external data. Calibrated modules outside the graph (those
-    `prepare` runs once per request) are left out; none matching at all is an error."""
-    import onnx
-
-    src, dst = Path(src), Path(dst)
-    if src.parent.resolve() != dst.parent.resolve():
-        raise ConfigError("the quantised graph must be written beside its source graph")
-    spec = quant_formats()[fmt]
-    model = onnx.load(str(src), load_external_data=False)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < spec.min_opset:
-        raise ConfigError(f"{fmt} needs a graph exported with --opset {spec.min_opset} or newer "
-                          f"({src} has {opset})")
-    graph = model.graph
-    weights = _ConstantFolder(graph, src.parent)
-    nodes, matched = [], set()
-    for node in graph.node:
-        module = _module_of(node) if node.op_type in ("MatMul", "Gemm") else None
-        w = weights.value(node.input[1]) if module in amax else None
-        if w is not None:
-            matched.add(module)
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            axis = 0 if trans_b else w.ndim - 1  # the output-channel axis of B
-            reduce = tuple(i for i in range(w.ndim) if i != axis)
-            w_amax = np.abs(w).max(axis=reduce) if spec.per_channel else np.abs(w).max()
-            for slot, tag, value, q_axis in (
-                (0, "input", amax[module], None),
-                (1, "weight", w_amax, axis if spec.per_channel else None),
-            ):
-                node.input[slot] = _quantize_dequantize(graph, nodes, node.input[slot],
-                                                        f"{module}.{tag}", value, spec, q_axis)
-        nodes.append(node)
-    if not matched:
-        raise ConfigError(f"no calibrated module matches a GEMM of {src.name} (e.g. "
-                          f"{next(iter(amax))!r}): calibration and graph are of different models")
-    del graph.node[:]
-    graph.node.extend(nodes)
-    model.metadata_props.add(key=META + "quantized", value=fmt)
-    onnx.save(model, str(dst))
-    return sorted(matched)
-
-
-def _quantize_dequantize(graph: Any, nodes: list, tensor: str, prefix: str, amax: Any,
-                         spec: QuantFormat, axis: int | None) -> str:
-    """Append a Quantize/Dequantize pair for `tensor` (scale `amax / qmax`, zero point 0) to
-    `nodes`, its constants to `graph`; returns the dequantised tensor's name."""
-    from onnx import helper, numpy_helper
-
-    scale = np.maximum(np.asarray(amax, np.float32), np.finfo(np.float32).tiny) / spec.qmax
-    graph.initializer.extend([
-        numpy_helper.from_array(scale.astype(np.float32), f"{prefix}_scale"),
-        helper.make_tensor(f"{prefix}_zero_point", spec.elem_type, scale.shape, [0] * scale.size),
-    ])
-    params = [f"{prefix}_scale", f"{prefix}_zero_point"]
-    attrs = {} if axis is None else {"axis": axis}
-    nodes.append(helper.make_node("QuantizeLinear", [tensor, *params], [f"{prefix}_q"],
-                                  name=f"{prefix}_quantize", **attrs))
-    nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}_q", *params], [f"{prefix}_dq"],
-                                  name=f"{prefix}_dequantize", **attrs))
-    return f"{prefix}_dq"
-
-
-def _module_of(node: Any) -> str | None:
-    """The transformer module a node was traced in (innermost scope), without the wrapper."""
-    for prop in node.metadata_props:
-        if prop.key == SCOPES_KEY:
-            scopes = ast.literal_eval(prop.value)
-            if len(scopes) >= 2 and scopes[-2].startswith(WRAPPED + "."):
-                return scopes[-2][len(WRAPPED) + 1:]
-    return None
-
-
-class _ConstantFolder:
-    """Values of weight tensors: initializers, possibly reshaped/transposed by the exporter
-    (the temporal convs' `weight.flatten(1).T`). Anything else is not a weight."""
-
-    def __init__(self, graph: Any, base_dir: Path) -> None:
-        self.inits = {i.name: i for i in graph.initializer}
-        self.producers = {o: n for n in graph.node for o in n.output}
-        self.base_dir = str(base_dir)
-
-    def value(self, name: str) -> np.ndarray | None:
-        from onnx import helper, numpy_helper
-
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name], self.base_dir)
-        node = self.producers.get(name)
-        if node is None:
-            return None
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Constant" and "value" in attrs:
-            return numpy_helper.to_array(attrs["value"])
-        x = self.value(node.input[0]) if node.input else None
-        if x is None:
-            return None
-        if node.op_type == "Transpose":
-            return x.transpose(attrs.get("perm"))
-        if node.op_type == "Reshape":
-            shape = self.value(node.input[1])
-            if shape is None:
-                return None
-            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape.tolist())]
-            return x.reshape(shape)
-        return None

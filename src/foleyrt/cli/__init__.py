@@ -1,0 +1,58 @@
+"""`foleyrt` command line: generate | batch | verify | bench | serve | loadtest | export |
+calibrate, one module per command group, each registering its sub-parsers with `add(sub)`.
+
+Every user error ends as one line on stderr and a non-zero exit status (see `errors.py`);
+results (written paths, verification lines) go to stdout. Handlers import what they run
+(the pipeline, the server, ONNX, TensorRT) themselves, so that no command needs another's
+optional extras or pays for importing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from foleyrt import __version__
+from foleyrt.cli import batch, bench, calibrate, export, generate, serve, verify
+from foleyrt.cli.options import Parser
+from foleyrt.errors import FoleyError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="foleyrt", description="Fast, faithful HunyuanVideo-Foley runtime.")
+    parser.add_argument("--version", action="version", version=f"foleyrt {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in (generate, batch, verify, bench, serve, export, calibrate):
+        command.add(sub)
+    return parser
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s",
+                        force=True)
+    logging.getLogger("foleyrt").setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet, args.verbose)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except FoleyError as exc:
+        print(f"foleyrt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("foleyrt: interrupted", file=sys.stderr)
+        return 130
