@@ -22,14 +22,32 @@ from foleyrt.errors import FoleyError
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="only errors on stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging")
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that run a command (`export onnx`, not `export`)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for sub in subs for child in sub.choices.values() for leaf in _leaf_parsers(child)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="foleyrt", description="Fast, faithful HunyuanVideo-Foley runtime.")
     parser.add_argument("--version", action="version", version=f"foleyrt {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbosity(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in (generate, batch, verify, bench, serve, export, calibrate):
         command.add(sub)
+    # `-q`/`-v` also after the command (`foleyrt generate ... -q`); SUPPRESS keeps a value
+    # given before the command.
+    for leaf in _leaf_parsers(parser):
+        _add_verbosity(leaf, default=argparse.SUPPRESS)
     return parser
 
 
