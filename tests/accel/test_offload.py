@@ -105,3 +105,17 @@ def test_compile_mode_falls_back_to_eager_off_cuda(caplog: pytest.LogCaptureFixt
                     schedule, 4.5) for mode in ("eager", "compile")]
     assert torch.equal(outs[0], outs[1])
     assert "needs a CUDA device" in caplog.text
+
+
+@torch.inference_mode()
+def test_streamed_blocks_with_the_rest_offloaded_per_stage() -> None:
+    """`--offload blocks:N`: blocks stream, everything else of the transformer comes in for the
+    denoising stage only, and the two managers never fight over a tensor."""
+    reference, dit = _dit(), _dit()
+    streamer = stream_blocks(dit, 3, CPU)
+    offloader = ModelOffloader([dit], CPU, exclude=streamer.tensor_ids)
+    args = _inputs()
+    assert streamer.tensor_ids.isdisjoint(id(t) for t, _ in offloader.homes[id(dit)])
+    for _ in range(2):
+        with offloader.on_device(dit):
+            assert torch.equal(dit(*args), reference(*args))

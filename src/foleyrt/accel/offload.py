@@ -6,9 +6,10 @@
   deletes the models and reloads ~10 GB per video).
 - `blocks:N`: the transformer's blocks (96% of its weights) live in pinned host memory and
   stream through N GPU slots: while block i computes, a side stream copies the block that
-  will next use a free slot. The other networks stay resident. Peak GPU memory drops by the
-  blocks' weights minus N slots; each denoising step moves the blocks' bytes across PCIe once,
-  so this mode trades speed for memory (CUDA graphs are not used with it).
+  will next use a free slot. Everything else (the encoders, the VAE, the transformer's
+  embedders, modulations and text projections) is offloaded per stage as in `model`, so the GPU
+  holds only what the current stage uses. Each denoising step moves the blocks' bytes across
+  PCIe once: this mode trades speed for memory (CUDA graphs are not used with it).
 """
 
 from __future__ import annotations
@@ -55,14 +56,18 @@ def _pin(t: Tensor) -> Tensor:
 
 
 class ModelOffloader:
-    """Pinned host copies of whole networks; `on_device(...)` brings them in for a stage."""
+    """Pinned host copies of whole networks; `on_device(...)` brings them in for a stage.
+    Tensors in `exclude` (ids; e.g. streamed blocks' weights) are managed elsewhere."""
 
-    def __init__(self, modules: Iterable[nn.Module], device: torch.device) -> None:
+    def __init__(self, modules: Iterable[nn.Module], device: torch.device,
+                 exclude: frozenset[int] = frozenset()) -> None:
         self.device = device
         self.homes: dict[int, list[tuple[Tensor, Tensor]]] = {}
         for module in modules:
             pairs = []
             for _, _, t in _tensors(module):
+                if id(t) in exclude:
+                    continue
                 host = _pin(t)
                 t.data = host
                 pairs.append((t, host))
@@ -120,11 +125,11 @@ class BlockStreamer:
 
     def __init__(self, blocks: list[nn.Module], slots: int, device: torch.device,
                  resident: tuple[str, ...] = ()) -> None:
+        """`resident` names block sub-modules that are not streamed (their placement is the
+        caller's)."""
         slots = min(slots, len(blocks))
         self.blocks = blocks
         keep = [getattr(b, name) for b in blocks for name in resident if hasattr(b, name)]
-        for module in keep:
-            module.to(device)
         self.flat = [_FlatBlock(b, frozenset(map(id, keep))) for b in blocks]
         size = max(f.nbytes for f in self.flat)
         self.slots = [torch.empty(size, dtype=torch.uint8, device=device) for _ in range(slots)]
@@ -142,6 +147,11 @@ class BlockStreamer:
             self._load(k % len(blocks), k)
         log.info("streaming %d blocks through %d GPU slots of %.0f MB", len(blocks), slots,
                  size / 2**20)
+
+    @property
+    def tensor_ids(self) -> frozenset[int]:
+        """The tensors this streamer places (for `ModelOffloader(exclude=...)`)."""
+        return frozenset(id(t) for flat in self.flat for t, *_ in flat.entries)
 
     def _load(self, block: int, slot: int) -> None:
         flat, buf = self.flat[block], self.slots[slot]
@@ -185,14 +195,12 @@ class BlockStreamer:
 
 
 # Triple-block layers used outside the blocks' own forward (per-request text keys/values, and
-# the timestep modulations computed ahead of the loop): they stay on the device.
+# the timestep modulations): not streamed, they stay with the rest of the transformer.
 RESIDENT = ("audio_mod", "v_cond_mod", "text_cross_kv", "text_cross_k_norm")
 
 
 def stream_blocks(dit: nn.Module, slots: int, device: torch.device) -> BlockStreamer:
-    """Stream the transformer's blocks (triple then single, the order they run in); everything
-    outside them (embedders, final layer, learnt features) goes to `device` for good."""
+    """Stream the transformer's blocks (triple then single, the order they run in). The rest of
+    the transformer stays where it is: the caller offloads it per stage (see `ModelOffloader`)."""
     blocks = [*dit.triple_blocks, *dit.single_blocks]  # type: ignore[attr-defined]
-    for _, _, t in _tensors(dit, frozenset(map(id, blocks))):
-        t.data = t.data.to(device)
     return BlockStreamer(blocks, slots, device, resident=RESIDENT)

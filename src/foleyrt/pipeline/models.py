@@ -69,12 +69,11 @@ class FoleyModels:
         self.vae.to(home, runtime.vae_dtype).eval().requires_grad_(False)
         for enc in (self.synchformer, self.siglip, self.clap):
             enc.to(home, runtime.encoder_dtype).eval().requires_grad_(False)
-        if plan.kind == "model":
-            self.offloader = ModelOffloader(self.networks, dev)
-        elif plan.kind == "blocks":
-            for net in (self.vae, self.synchformer, self.siglip, self.clap):
-                net.to(dev)
+        if plan.kind == "blocks":
             self.streamer = stream_blocks(self.dit, plan.slots, dev)
+        if plan.kind != "none":
+            streamed = self.streamer.tensor_ids if self.streamer else frozenset()
+            self.offloader = ModelOffloader(self.networks, dev, exclude=streamed)
         return self
 
     @property
@@ -83,7 +82,7 @@ class FoleyModels:
 
     @contextmanager
     def stage(self, *networks: torch.nn.Module) -> Iterator[None]:
-        """`networks` on the GPU for one stage of a request (a no-op unless `--offload model`)."""
+        """`networks` on the GPU for one stage of a request (a no-op without `--offload`)."""
         if self.offloader is None:
             yield
         else:
