@@ -1,0 +1,123 @@
+"""`foleyrt generate` end to end with the tiny random model: the container/codec families users
+bring, what the outputs must hold, and bad input as one line, a status, and no file."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+import soundfile
+
+from foleyrt.cli import main
+from foleyrt.media.synthetic import ClipSpec, encode_clip
+from foleyrt.media.video import probe_video
+
+TINY = ["--model", "tiny-random", "--steps", "2", "--seed", "7"]
+LATENT_FRAME_S = 0.02
+
+SOURCES = {
+    "h264.mp4": ClipSpec("libx264", ".mp4", Fraction(30), 3.0),
+    "vp9.webm": ClipSpec("libvpx-vp9", ".webm", Fraction(24), 2.0,
+                         options={"deadline": "realtime", "cpu-used": "8"}),
+    "mpeg4.mov": ClipSpec("mpeg4", ".mov", Fraction(30000, 1001), 3.0),
+}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sources")
+    return {name: encode_clip(root / name, spec) for name, spec in SOURCES.items()}
+
+
+def _video_packets(path: Path) -> tuple[str, list[bytes]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = [bytes(p) for p in container.demux(stream) if p.size]
+        return stream.codec_context.name, packets
+
+
+def _video_seconds(path: Path) -> float:
+    """The video's duration as the probe measures it (WebM streams carry none of their own)."""
+    return probe_video(path).duration_s
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_generate_mp4_copies_the_video_and_adds_matching_48k_audio(
+    name: str, sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    src = sources[name]
+    out = tmp_path / "out.mp4"
+    assert main(["-q", "generate", str(src), "-p", "footsteps", "-o", str(out), *TINY]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert _video_packets(out) == _video_packets(src)  # same codec, same bytes, same count
+    with av.open(str(out)) as container:
+        assert len(container.streams.video) == 1
+        (audio,) = container.streams.audio
+        assert audio.codec_context.sample_rate == 48_000
+        audio_s = float(audio.duration * audio.time_base)
+        assert "RANDOM WEIGHTS" in container.metadata.get("comment", "")
+    assert abs(audio_s - _video_seconds(src)) <= LATENT_FRAME_S
+
+
+def test_generate_wav_matches_the_video_length(sources: dict[str, Path], tmp_path: Path) -> None:
+    src = sources["vp9.webm"]
+    out = tmp_path / "out.wav"
+    assert main(["-q", "generate", str(src), "-p", "rain", "-o", str(out), *TINY]) == 0
+    info = soundfile.info(str(out))
+    assert info.samplerate == 48_000 and info.subtype == "FLOAT"
+    assert abs(info.frames / info.samplerate - _video_seconds(src)) <= LATENT_FRAME_S
+
+
+def test_samples_are_numbered_and_text_only_needs_a_wav(tmp_path: Path,
+                                                        sources: dict[str, Path]) -> None:
+    out = tmp_path / "take.wav"
+    assert main(["-q", "generate", str(sources["h264.mp4"]), "-p", "x", "--samples", "2",
+                 "-o", str(out), *TINY]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["take_1.wav", "take_2.wav"]
+    text = tmp_path / "thunder.wav"
+    assert main(["-q", "generate", "--duration", "2", "-p", "thunder", "-o", str(text),
+                 *TINY]) == 0
+    assert soundfile.info(str(text)).duration == pytest.approx(2.0, abs=LATENT_FRAME_S)
+
+
+def _fails(args: list[str], capsys: pytest.CaptureFixture, words: str) -> None:
+    try:
+        status = main(args)
+    except SystemExit as exc:  # argparse's usage errors exit from `parse_args`
+        status = exc.code
+    assert status not in (0, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "Traceback" not in err[0], err
+
+
+def test_bad_input_is_one_line_a_status_and_no_file(
+    tmp_path: Path, sources: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out.mp4"
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    long_clip = encode_clip(tmp_path / "long.mp4",
+                            ClipSpec("libx264", ".mp4", Fraction(10), 16.0, size=(32, 32)))
+    src = str(sources["h264.mp4"])
+    cases = [
+        ([str(tmp_path / "missing.mp4")], "no such file"),
+        ([str(empty)], "empty"),
+        ([str(long_clip)], "15"),
+        ([src, "--size", "xxxl"], "invalid choice"),
+        ([src, "--device", "tpu"], "device"),
+        ([src, "--dtype", "fp7"], "dtype"),
+        ([src, "-o", str(tmp_path / "no" / "dir" / "out.mp4")], "does not exist"),
+        (["--duration", "2"], ".wav"),  # an .mp4 needs a source video
+    ]
+    for extra, words in cases:
+        args = ["-q", "generate", *extra, "-p", "x", *TINY]
+        if "-o" not in extra:
+            args += ["-o", str(out)]
+        _fails(args, capsys, words)
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    out.write_bytes(b"mine")
+    _fails(["-q", "generate", src, "-p", "x", "-o", str(out), *TINY], capsys, "--overwrite")
+    assert out.read_bytes() == b"mine"
