@@ -453,6 +453,14 @@ def parse_device(name: str) -> torch.device:
 ACCEL_MODES = ("eager", "compile", "tensorrt")
 
 
+def check_accel_mode(mode: str) -> str:
+    if mode not in ACCEL_MODES:
+        raise ConfigError(
+            f"unknown acceleration mode {mode!r}; choose one of {', '.join(ACCEL_MODES)}"
+        )
+    return mode
+
+
 @dataclass(frozen=True)
 class OffloadPlan:
     """`--offload`: `none`, `model` (networks in pinned host memory, brought in per stage) or
@@ -497,10 +505,7 @@ class RuntimeConfig:
     calibration: str | None = None  # activation statistics for precision "int8"
 
     def __post_init__(self) -> None:
-        if self.accel not in ACCEL_MODES:
-            raise ConfigError(
-                f"unknown acceleration mode {self.accel!r}; choose one of {', '.join(ACCEL_MODES)}"
-            )
+        check_accel_mode(self.accel)
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigError(
                 f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"

@@ -16,27 +16,17 @@ import logging
 
 from torch import nn
 
-from foleyrt.config import ACCEL_MODES, OffloadPlan, RuntimeConfig
-from foleyrt.errors import ConfigError
+from foleyrt.config import OffloadPlan, RuntimeConfig, check_accel_mode
 from foleyrt.models.dit import FoleyDiT, PreparedConditions
 from foleyrt.pipeline.sampling import ModelFn, Schedule
 
 log = logging.getLogger(__name__)
 
 
-
-def check_mode(mode: str) -> str:
-    if mode not in ACCEL_MODES:
-        raise ConfigError(
-            f"unknown acceleration mode {mode!r}; choose one of {', '.join(ACCEL_MODES)}"
-        )
-    return mode
-
-
 def _effective(mode: str, model: nn.Module) -> str:
     from foleyrt.accel.compile import compile_supported
 
-    check_mode(mode)
+    check_accel_mode(mode)
     device = next(model.parameters()).device
     if mode == "compile" and not compile_supported(device):
         log.warning("--accel compile needs a CUDA device (have %s): running eager", device)
@@ -67,16 +57,16 @@ def model_fn(
         # Streaming swaps the blocks' weights in hooks that a compiled graph cannot contain.
         log.warning("--offload blocks streams weights between blocks: running eager")
         mode = "eager"
-    if mode == "eager":
+    if mode == "compile":
+        from foleyrt.accel.compile import compile_blocks
+
+        compile_blocks(dit)
+    # With offloading the weights come back to the GPU at new addresses for every request; a
+    # captured graph would replay stale pointers. Compiled blocks, launched per step, are safe.
+    if mode == "eager" or offload != "none":
         return lambda x, t, step: dit.velocity(x, t, prepared)
-    from foleyrt.accel.compile import compile_blocks
     from foleyrt.accel.cudagraph import GraphCache
 
-    compile_blocks(dit)
-    if offload != "none":
-        # The weights come back to the GPU at new addresses for every request; a captured
-        # graph would replay stale pointers. Compiled blocks, launched per step, are safe.
-        return lambda x, t, step: dit.velocity(x, t, prepared)
     # Kept on the model itself, so the captured graphs and their memory die with it (a
     # registry keyed by the model would keep every model alive through the cache's reference).
     cache = getattr(dit, "_foleyrt_graphs", None)
