@@ -36,7 +36,7 @@ from torch import Tensor
 
 from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
 from foleyrt.models.dit import FoleyDiT
-from foleyrt.pipeline.conditions import Conditions, prepare_rows
+from foleyrt.pipeline.conditions import Conditions, cfg_rows, prepare_rows
 from foleyrt.pipeline.features import text_only_lengths
 from foleyrt.pipeline.pipeline import FoleyPipeline, release_cuda_memory
 from foleyrt.pipeline.sampling import denoise, flow_schedule
@@ -178,7 +178,7 @@ def _loop(dit: FoleyDiT, cond: Conditions, noise: Tensor, steps: int, guidance: 
     schedule = flow_schedule(steps, spec.diffusion)
     n_latent = noise.shape[-1]
     if mode == "release-pattern":
-        rows = prepare_rows_raw(dit, cond, noise.shape[0])
+        rows = cfg_rows(dit, cond, noise.shape[0], guidance=True)  # forward re-prepares them
 
         def fn(x: Tensor, t: Tensor, step: int) -> Tensor:
             with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -188,16 +188,6 @@ def _loop(dit: FoleyDiT, cond: Conditions, noise: Tensor, steps: int, guidance: 
     prepared = prepare_rows(dit, cond, noise.shape[0], True, n_latent)
     runtime = RuntimeConfig(device=device, dtype=next(dit.parameters()).dtype, accel=mode)
     return denoise(model_fn(dit, prepared, runtime, schedule), noise, schedule, guidance)
-
-
-def prepare_rows_raw(dit: FoleyDiT, cond: Conditions, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """CFG rows as raw features (clip, text, sync), rebuilt per step by the release."""
-    clip = torch.cat([dit.empty_clip(n, cond.clip_feat.shape[1]).float(),
-                      cond.clip_feat.expand(n, -1, -1)])
-    sync = torch.cat([dit.empty_sync(n, cond.sync_feat.shape[1]).float(),
-                      cond.sync_feat.expand(n, -1, -1)])
-    text = torch.cat([cond.uncond_text_feat.expand(n, -1, -1), cond.text_feat.expand(n, -1, -1)])
-    return clip, text, sync
 
 
 def count_flops(dit: FoleyDiT, cond: Conditions, noise: Tensor) -> int:

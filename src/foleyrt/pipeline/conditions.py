@@ -24,12 +24,12 @@ class Conditions:
             self.clip_feat, self.sync_feat, self.text_feat, self.uncond_text_feat)))
 
 
-def prepare_rows(
-    dit: FoleyDiT, cond: Conditions, n_samples: int, guidance: bool, audio_len: int
-) -> PreparedConditions:
-    """The model rows of a request, prepared once: with guidance `[uncond x n; cond x n]`,
-    where the unconditional rows see the learnt empty visual features and the negative prompt
-    (the release's order and contents), else just `cond x n`."""
+def cfg_rows(
+    dit: FoleyDiT, cond: Conditions, n_samples: int, guidance: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The model rows of a request as features `(clip, text, sync)`: with guidance
+    `[uncond x n; cond x n]`, where the unconditional rows see the learnt empty visual features
+    and the negative prompt (the release's order and contents), else just `cond x n`."""
 
     def rows(t: Tensor) -> Tensor:
         return t.expand(n_samples, *t.shape[1:])
@@ -39,4 +39,11 @@ def prepare_rows(
         clip = torch.cat([dit.empty_clip(n_samples, clip.shape[1]).to(clip.dtype), clip])
         sync = torch.cat([dit.empty_sync(n_samples, sync.shape[1]).to(sync.dtype), sync])
         text = torch.cat([rows(cond.uncond_text_feat), text])
-    return dit.prepare(clip, text, sync, audio_len)
+    return clip, text, sync
+
+
+def prepare_rows(
+    dit: FoleyDiT, cond: Conditions, n_samples: int, guidance: bool, audio_len: int
+) -> PreparedConditions:
+    """`cfg_rows`, prepared once for the whole loop."""
+    return dit.prepare(*cfg_rows(dit, cond, n_samples, guidance), audio_len)
