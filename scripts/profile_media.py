@@ -35,7 +35,7 @@ def main() -> None:
     siglip = [t.rgb for t in ticks if t.rate == video.SIGLIP_FPS]
     sync = [t.rgb for t in ticks if t.rate == video.SYNC_FPS]
     timed(f"siglip resize x{len(siglip)} serial", lambda: [video.siglip_pixels(f) for f in siglip])
-    timed(f"sync resize x{len(sync)} serial", lambda: [video.sync_pixels(f) for f in sync])
+    timed(f"sync resize x{len(sync)} serial", lambda: [video.sync_pixels_batch([f]) for f in sync])
     timed(f"sync resize x{len(sync)} batch 16", lambda: [
         video.sync_pixels_batch(sync[i:i + 16]) for i in range(0, len(sync), 16)])
     for _ in range(2):

@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from foleyrt.models.dit import FoleyDiT, SingleBlock, TripleBlock
 
@@ -62,10 +61,6 @@ def compile_blocks(dit: FoleyDiT, mode: str | None = None) -> FoleyDiT:
             module.compile(dynamic=True, mode=mode, fullgraph=True)
     dit._foleyrt_compiled = True  # type: ignore[attr-defined]
     return dit
-
-
-def is_compiled(module: nn.Module) -> bool:
-    return bool(getattr(module, "_foleyrt_compiled", False))
 
 
 def compile_supported(device: torch.device) -> bool:

@@ -139,10 +139,9 @@ class BlockStreamer:
         self.ready: list[torch.cuda.Event | None] = [None] * slots
         self.free: list[torch.cuda.Event | None] = [None] * slots
         self.calls = 0
-        self.handles = []
         for i, block in enumerate(blocks):
-            self.handles.append(block.register_forward_pre_hook(self._before(i)))
-            self.handles.append(block.register_forward_hook(self._after(i)))
+            block.register_forward_pre_hook(self._before(i))
+            block.register_forward_hook(self._after(i))
         for k in range(slots):
             self._load(k % len(blocks), k)
         log.info("streaming %d blocks through %d GPU slots of %.0f MB", len(blocks), slots,

@@ -297,14 +297,10 @@ def siglip_pixels(rgb: np.ndarray, size: int = SIGLIP_SIZE) -> Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
 
 
-def sync_pixels(rgb: np.ndarray, size: int = SYNC_SIZE) -> Tensor:
-    """(3, size, size) uint8: shorter side to `size`, then a center crop (one frame)."""
-    return sync_pixels_batch([rgb], size)[0]
-
-
 def sync_pixels_batch(frames: Sequence[np.ndarray], size: int = SYNC_SIZE) -> list[Tensor]:
-    """`sync_pixels` of same-sized frames in one call: the op parallelises over frames and
-    channels, and each frame's result is what it would be alone.
+    """(3, size, size) uint8 per frame: shorter side to `size`, then a center crop. Same-sized
+    frames go in one call: the op parallelises over frames and channels, and each frame's
+    result is what it would be alone.
 
     PyTorch's native uint8 antialiased bicubic on the CPU, as torchvision v2 calls it: it
     rounds to uint8 between its two passes, so a float resize (or PIL's) differs by up to
