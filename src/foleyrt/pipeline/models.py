@@ -10,8 +10,7 @@ download, and everything it makes is labelled as random.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +79,11 @@ class FoleyModels:
     def networks(self) -> tuple[torch.nn.Module, ...]:
         return (self.dit, self.vae, self.synchformer, self.siglip, self.clap)
 
-    @contextmanager
-    def stage(self, *networks: torch.nn.Module) -> Iterator[None]:
+    def stage(self, *networks: torch.nn.Module) -> AbstractContextManager[None]:
         """`networks` on the GPU for one stage of a request (a no-op without `--offload`)."""
         if self.offloader is None:
-            yield
-        else:
-            with self.offloader.on_device(*networks):
-                yield
+            return nullcontext()
+        return self.offloader.on_device(*networks)
 
 
 def model_spec(size: str) -> ModelSpec:

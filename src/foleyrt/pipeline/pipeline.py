@@ -194,7 +194,8 @@ class FoleyPipeline:
         schedule = flow_schedule(steps, self.models.spec.diffusion, n_tokens=n_latent)
 
         def on_step(event: StepEvent) -> bool:
-            return bool(progress and progress(Progress("denoise", event.index + 1, event.total)))
+            assert progress is not None
+            return bool(progress(Progress("denoise", event.index + 1, event.total)))
 
         from foleyrt.accel import model_fn  # local: keeps acceleration machinery optional
 
