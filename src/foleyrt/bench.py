@@ -334,7 +334,7 @@ def profile_forward(dit: FoleyDiT, cond: Conditions, x0: Tensor, size: str,
     lines += [f"  {c:<34}{ms:8.2f} ms {100 * ms / total:5.1f}%"
               for c, ms in sorted(by_class.items(), key=lambda kv: -kv[1])]
     lines += [f"  {ms:8.3f} ms x{n:<4} {name[:100]}"
-              for name, ms, n in sorted(kernels, key=lambda k: -k[1])[:25]]
+              for name, ms, n in sorted(kernels, key=lambda k: -k[1])[:40]]
     return "\n".join(lines)
 
 

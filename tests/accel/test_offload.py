@@ -39,6 +39,8 @@ def test_streamed_blocks_compute_what_resident_blocks_do(slots: int) -> None:
     changing between them: identical to the model with every weight resident."""
     reference, streamed = _dit(), _dit()
     stream_blocks(streamed, slots, CPU)
+    conv = streamed.single_blocks[0].linear2.w2
+    assert conv.taps_on_output and conv.weight.permute(2, 0, 1).is_contiguous()  # layout kept
     for n_audio in (50, 50, 64):
         args = _inputs(n_audio, seed=n_audio)
         assert torch.equal(streamed(*args), reference(*args))

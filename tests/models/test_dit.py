@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from foleyrt.config import TINY, XL, XXL, DiTConfig
 from foleyrt.errors import ConfigError
 from foleyrt.models.dit import FoleyDiT
+from foleyrt.models.layers import TemporalConv
 from foleyrt.models.random_init import randomize_
 from tests.conftest import FIXTURES
 
@@ -123,3 +125,23 @@ def test_state_dict_round_trips_the_official_layout(fixtures_dir) -> None:
     saved = model.state_dict()
     assert set(saved) == set(official)
     assert all(torch.equal(saved[k], official[k]) for k in official)
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(12, 20), (20, 12), (16, 16)],
+                         ids=["widening-taps-on-input", "narrowing-taps-on-output", "square"])
+def test_temporal_conv_is_conv1d_in_either_tap_arrangement(c_in: int, c_out: int) -> None:
+    """Both GEMM arrangements equal `F.conv1d` with 'same' padding; the tap-major storage is
+    invisible in the state dict and survives an assign-load (the released loading path)."""
+    conv = randomize_(TemporalConv(c_in, c_out, 3, bias=True), seed=3)
+    x = torch.randn(2, 9, c_in, generator=torch.Generator().manual_seed(0))
+    want = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=1).transpose(1, 2)
+    torch.testing.assert_close(conv(x), want, rtol=1e-5, atol=1e-5)
+    assert conv.taps_on_output == (c_in >= c_out)
+
+    state = {k: v.contiguous() for k, v in conv.state_dict().items()}  # as a file stores it
+    assert state["weight"].shape == (c_out, c_in, 3)
+    with torch.device("meta"):
+        loaded = TemporalConv(c_in, c_out, 3, bias=True)
+    loaded.load_state_dict(state, assign=True)
+    assert loaded.weight.stride() == conv.weight.stride()  # GEMM view without a copy
+    torch.testing.assert_close(loaded(x), want, rtol=1e-5, atol=1e-5)

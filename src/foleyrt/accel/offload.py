@@ -51,8 +51,19 @@ def _modules(module: nn.Module, skip: frozenset[int]) -> Iterator[nn.Module]:
 
 
 def _pin(t: Tensor) -> Tensor:
+    """A host copy with `t`'s strides (a tap-major conv weight stays tap-major on return)."""
     cpu = t.detach().to("cpu")
-    return cpu.pin_memory() if torch.cuda.is_available() else cpu
+    if not torch.cuda.is_available():
+        return cpu
+    return torch.empty_strided(cpu.shape, cpu.stride(), dtype=cpu.dtype,
+                               pin_memory=True).copy_(cpu)
+
+
+def _extent(shape: torch.Size, stride: tuple[int, ...]) -> int:
+    """Elements of storage a tensor of `shape` and `stride` reaches (numel when dense)."""
+    if shape.numel() == 0:
+        return 0
+    return 1 + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))
 
 
 class ModelOffloader:
@@ -91,30 +102,32 @@ class _FlatBlock:
     sub-modules in `skip` are not streamed."""
 
     def __init__(self, block: nn.Module, skip: frozenset[int]) -> None:
-        self.entries: list[tuple[Tensor, int, torch.dtype, torch.Size]] = []
+        self.entries: list[tuple[Tensor, int, torch.dtype, torch.Size, tuple[int, ...]]] = []
         offset = 0
         for _, _, t in _tensors(block, skip):
             offset = -(-offset // ALIGN) * ALIGN
-            self.entries.append((t, offset, t.dtype, t.shape))
-            offset += t.numel() * t.element_size()
+            self.entries.append((t, offset, t.dtype, t.shape, t.stride()))
+            offset += _extent(t.shape, t.stride()) * t.element_size()
         self.nbytes = offset
         self.host = torch.empty(self.nbytes, dtype=torch.uint8)
         if torch.cuda.is_available():
             self.host = self.host.pin_memory()
-        for t, off, dtype, shape in self.entries:
-            view = self._view(self.host, off, dtype, shape)
+        for t, off, dtype, shape, stride in self.entries:
+            view = self._view(self.host, off, dtype, shape, stride)
             view.copy_(t.detach().to("cpu"))
             t.data = view
 
     @staticmethod
-    def _view(buf: Tensor, off: int, dtype: torch.dtype, shape: torch.Size) -> Tensor:
-        nbytes = shape.numel() * torch.empty((), dtype=dtype).element_size()
-        return buf[off : off + nbytes].view(dtype).view(shape)
+    def _view(buf: Tensor, off: int, dtype: torch.dtype, shape: torch.Size,
+              stride: tuple[int, ...]) -> Tensor:
+        """The tensor at byte `off` of `buf`, with its own strides (layouts survive)."""
+        nbytes = _extent(shape, stride) * torch.empty((), dtype=dtype).element_size()
+        return buf[off : off + nbytes].view(dtype).as_strided(shape, stride)
 
     def bind(self, slot: Tensor) -> None:
         """Point the block's tensors at a device slot holding its bytes."""
-        for t, off, dtype, shape in self.entries:
-            t.data = self._view(slot, off, dtype, shape)
+        for t, off, dtype, shape, stride in self.entries:
+            t.data = self._view(slot, off, dtype, shape, stride)
 
 
 class BlockStreamer:

@@ -28,10 +28,19 @@ class Linear(nn.Linear):
 class TemporalConv(nn.Module):
     """A Conv1d along the token axis of a `[B, N, C]` stream, computed as one GEMM.
 
-    Keys and shapes are those of `nn.Conv1d` (`weight [out, in, k]`, optional `bias`); the
-    zero-padded window of `k` neighbouring tokens is unfolded to `[B, N, in*k]` so the op is
-    a single matrix product: faster than cuDNN's conv for these shapes, and quantisable like
-    any Linear.
+    Keys and shapes are those of `nn.Conv1d` (`weight [out, in, k]`, optional `bias`). The
+    window becomes one matrix product in one of two exact ways, whichever moves fewer bytes:
+
+    - taps on the input (a widening conv, `in < out`): the zero-padded window of `k` tokens is
+      unfolded to `[B, N, in*k]` and multiplied by `weight.flatten(1)`;
+    - taps on the output (`in >= out`): one product gives every tap's output `[B, N, k*out]`
+      (weight rows tap-major), and the `k` outputs are summed, each shifted by its offset.
+      The input is never copied `k` times, and a quantised GEMM scales it per plain token.
+
+    For taps on the output the parameter is stored tap-major (memory `[k, out, in]`, seen as
+    `[out, in, k]`), so its GEMM view is free; any other layout (e.g. a `.contiguous()` copy)
+    gives the same numbers through a copy per call. Both ways beat cuDNN's conv here and
+    quantise like any Linear.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> None:
@@ -39,22 +48,65 @@ class TemporalConv(nn.Module):
         if kernel_size % 2 == 0:
             raise ValueError("TemporalConv needs an odd kernel (symmetric 'same' padding)")
         self.kernel_size = kernel_size
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size))
+        self.taps_on_output = kernel_size > 1 and in_channels >= out_channels
+        weight = torch.empty(out_channels, in_channels, kernel_size)
+        self.weight = nn.Parameter(tap_major(weight) if self.taps_on_output else weight)
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.register_load_state_dict_post_hook(TemporalConv._keep_layout)
 
-    def unfold(self, x: Tensor) -> Tensor:
-        """`[B, N, C]` -> `[B, N, C*k]` with feature index `c*k + j` = token `n + j - k//2`."""
+    @staticmethod
+    def _keep_layout(module: TemporalConv, incompatible: object) -> None:
+        """Loading with `assign=True` replaces the parameter by the file's (standard) layout."""
+        w = module.weight
+        if module.taps_on_output and w.device.type != "meta" and not _is_tap_major(w):
+            module.weight = nn.Parameter(tap_major(w.data), requires_grad=w.requires_grad)
+
+    def gemm_weight(self, weight: Tensor) -> Tensor:
+        """`weight [out, in, k]` as the GEMM's `[rows, K]`: `[k*out, in]` (taps on the output)
+        or `[out, in*k]` (taps on the input)."""
+        if self.taps_on_output:
+            return weight.permute(2, 0, 1).reshape(-1, weight.shape[1])
+        return weight.flatten(1)
+
+    def gemm_input(self, x: Tensor) -> Tensor:
+        """`[B, N, C]` -> the GEMM's rows: unfolded `[B, N, C*k]` with feature `c*k + j` =
+        token `n + j - k//2` (taps on the input), else `x` itself."""
         k = self.kernel_size
-        if k == 1:
+        if k == 1 or self.taps_on_output:
             return x
-        pad = k // 2
-        n = x.shape[1]
+        pad, n = k // 2, x.shape[1]
         xp = F.pad(x, (0, 0, pad, pad))
         return torch.stack([xp[:, j : j + n] for j in range(k)], dim=-1).flatten(-2)
 
+    def gemm_output(self, y: Tensor) -> Tensor:
+        """The GEMM's `[B, N, rows]` -> `[B, N, out]`: tap `j`'s output for token `n` is
+        added at token `n - j + k//2` (taps on the output), else `y` itself."""
+        k = self.kernel_size
+        if not self.taps_on_output:
+            return y
+        pad, n = k // 2, y.shape[1]
+        yp = F.pad(y.unflatten(-1, (k, -1)), (0, 0, 0, 0, pad, pad))
+        out = yp[:, 0:n, 0]
+        for j in range(1, k):
+            out = out + yp[:, j : j + n, j]
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        return F.linear(self.unfold(x.to(w.dtype)), w.flatten(1), self.bias)
+        x = self.gemm_input(x.to(w.dtype))
+        if not self.taps_on_output:
+            return F.linear(x, self.gemm_weight(w), self.bias)
+        y = self.gemm_output(F.linear(x, self.gemm_weight(w)))
+        return y if self.bias is None else y + self.bias
+
+
+def tap_major(weight: Tensor) -> Tensor:
+    """`weight [out, in, k]` with the same values, stored `[k, out, in]` in memory."""
+    return weight.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+
+
+def _is_tap_major(weight: Tensor) -> bool:
+    return weight.permute(2, 0, 1).is_contiguous()
 
 
 class SwiGLU(nn.Module):
