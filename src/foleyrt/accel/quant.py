@@ -1,7 +1,7 @@
 """Quantised matrix products for the transformer's per-step GEMMs (`--precision`).
 
-Formats, one GEMM core each (a temporal conv first unfolds its window exactly as `TemporalConv`
-does, then multiplies like a Linear):
+Formats, one GEMM core each (a temporal conv arranges its window's taps exactly as
+`TemporalConv` does, around the same GEMM a Linear has):
 
 - `fp8` (`Fp8Gemm`): E4M3 weights with one fp32 scale per output channel; activations quantised
   per token at run time (scale = max|row| / 448); `torch._scaled_mm` with row-wise scales, out in
@@ -14,13 +14,16 @@ does, then multiplies like a Linear):
   migration moves the activations' outlier channels into the weights (folded once, here); the
   per-column divisor it leaves on the activation is applied by the op that rounds it.
 
-What is quantised (`quantizable_names`): the GEMMs inside the blocks that run at every step.
-Kept in the compute dtype: the modulations (one row per sample, and their shift/scale/gate
-outputs multiply whole streams, so an error there is an error everywhere), the text K/V
-projection (once per request), the embedders, the final layer, norms and attention.
+What is quantised (`quantizable_names`): the GEMMs inside the blocks that run at every step,
+including the single blocks' modulations, which see one conditioning vector per audio token
+(the timestep plus the sync features): a GEMM as large as the block's QKV projection.
+Kept in the compute dtype: the triple blocks' modulations (one row per sample: no time to win,
+and their shift/scale/gate outputs multiply whole streams), the text K/V projection (once per
+request), the embedders, the final layer, norms and attention.
 
 A quantised module keeps the call of the layer it replaces and its state-dict names: `weight`
-(quantised dtype, original shape) and `bias` (unchanged), plus its scales (`weight_scale`; int8:
+(quantised dtype, original shape) and `bias` (unchanged), plus its scales (`weight_scale`, one
+per GEMM row: `k` per output channel for a temporal conv with taps on the output; int8:
 `input_scale`, `output_scale`). The single blocks' `linear_qkv` keeps its rows in the block's
 internal order; the block's state-dict hooks permute `weight` and `bias` to the release layout
 and back but not the scales, so a quantised state dict round-trips through this code and is not
@@ -72,7 +75,8 @@ TRIPLE_GEMMS = (
 # cross-attention and MLP never run, so they are neither calibrated nor quantised.
 VISUAL_TAIL = ("v_cond_self_proj", "v_cond_cross_q", "v_cond_cross_proj", "v_cond_mlp.fc1",
                "v_cond_mlp.fc2")
-SINGLE_GEMMS = ("linear_qkv", "linear1", "linear2.w1", "linear2.w2", "linear2.w3")
+SINGLE_GEMMS = ("modulation.linear", "linear_qkv", "linear1", "linear2.w1", "linear2.w2",
+                "linear2.w3")
 
 
 @dataclass(frozen=True)
@@ -116,23 +120,37 @@ def _pad(t: Tensor, dim: int, size: int) -> Tensor:
 
 class QuantizedGemm(nn.Module):
     """What the formats share: the replaced layer's call (input cast to the compute dtype, a
-    temporal conv's window unfolded, bias after the product) and its state-dict names.
-    Subclasses implement `gemm`: rows `[M, K]` in the compute dtype -> `[M, N]` in it."""
+    temporal conv's taps arranged exactly as `TemporalConv` arranges them, bias after the
+    product) and its state-dict names. The weight is quantised as the GEMM's `[rows, K]`
+    (`gemm_weight`): a temporal conv with taps on the output has `k` rows per output channel,
+    each with its own scale. Subclasses implement `gemm`: rows `[M, K]` in the compute dtype
+    -> `[M, rows]` in it."""
 
-    def __init__(self, source: GemmLayer, weight: Tensor) -> None:
+    def __init__(self, source: GemmLayer, rows: Tensor) -> None:
         super().__init__()
-        self.kernel_size = source.kernel_size if isinstance(source, TemporalConv) else 1
+        conv = isinstance(source, TemporalConv)
+        self.kernel_size = source.kernel_size if conv else 1
+        self.taps_on_output = conv and source.taps_on_output
         self.compute_dtype = source.weight.dtype
         self.out_features, self.in_features = source.weight.shape[:2]  # in: channels per token
-        self.weight = nn.Parameter(weight.view(source.weight.shape), requires_grad=False)
+        self.gemm_rows = rows.shape[0]
+        shape = source.weight.shape
+        if self.taps_on_output:  # tap-major rows, seen in the layer's [out, in, k] shape
+            stored = rows.view(self.kernel_size, *shape[:2]).permute(1, 2, 0)
+        else:
+            stored = rows.view(shape)
+        self.weight = nn.Parameter(stored, requires_grad=False)
         self.bias = source.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.to(self.compute_dtype)
-        if self.kernel_size > 1:
-            x = TemporalConv.unfold(self, x)  # type: ignore[arg-type]  # the layer's own window
+        x = TemporalConv.gemm_input(self, x.to(self.compute_dtype))  # type: ignore[arg-type]
         y = self.gemm(x.flatten(0, -2)).unflatten(0, x.shape[:-1])
+        y = TemporalConv.gemm_output(self, y)  # type: ignore[arg-type]
         return y if self.bias is None else y + self.bias
+
+    def rows(self) -> Tensor:
+        """The quantised weight as the GEMM's `[rows, K]` (a view)."""
+        return TemporalConv.gemm_weight(self, self.weight)  # type: ignore[arg-type]
 
     def gemm(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -142,6 +160,12 @@ class QuantizedGemm(nn.Module):
                 f"kernel_size={self.kernel_size}, bias={self.bias is not None}")
 
 
+def _gemm_weight(layer: GemmLayer) -> Tensor:
+    """`layer`'s weight as its GEMM's `[rows, K]`."""
+    w = layer.weight.detach()
+    return layer.gemm_weight(w) if isinstance(layer, TemporalConv) else w
+
+
 class Fp8Gemm(QuantizedGemm):
     """E4M3 weight (scale per output channel) x E4M3 activation (scale per token, at run time).
 
@@ -149,7 +173,7 @@ class Fp8Gemm(QuantizedGemm):
     exactly on load); it is used as it is, with unit scales, so nothing is rounded twice."""
 
     def __init__(self, source: GemmLayer, *, stored: bool = False) -> None:
-        w = source.weight.detach().flatten(1)
+        w = _gemm_weight(source)
         if stored:
             q, scale = w.to(FP8.dtype), torch.ones(w.shape[0], device=w.device)
             if not torch.equal(q.to(w.dtype), w):
@@ -161,11 +185,11 @@ class Fp8Gemm(QuantizedGemm):
         self.register_buffer("weight_scale", scale)
 
     def gemm(self, x: Tensor) -> Tensor:
-        n = self.out_features
+        n = self.gemm_rows
         k_pad, n_pad = _round_up(x.shape[1], FP8.align), _round_up(n, FP8.align)
         x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=AMAX_FLOOR) / FP8.qmax
         xq = _pad(FP8.cast(x.float() / x_scale), 1, k_pad)
-        w = _pad(_pad(self.weight.flatten(1), 1, k_pad), 0, n_pad)
+        w = _pad(_pad(self.rows(), 1, k_pad), 0, n_pad)
         w_scale = _pad(self.weight_scale[None], 1, n_pad)
         out = torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale,
                                out_dtype=self.compute_dtype, use_fast_accum=FP8_FAST_ACCUM)
@@ -177,12 +201,12 @@ class Int8WeightGemm(QuantizedGemm):
     is applied to the product (N multiplies per row instead of N*K)."""
 
     def __init__(self, source: GemmLayer) -> None:
-        q, scale = INT8.quantize_rows(source.weight.detach().flatten(1).float())
+        q, scale = INT8.quantize_rows(_gemm_weight(source).float())
         super().__init__(source, q)
         self.register_buffer("weight_scale", scale)
 
     def gemm(self, x: Tensor) -> Tensor:
-        y = F.linear(x, self.weight.flatten(1).to(x.dtype))
+        y = F.linear(x, self.rows().to(x.dtype))
         return (y * self.weight_scale).to(x.dtype)
 
 
@@ -206,14 +230,14 @@ class Int8Gemm(QuantizedGemm):
     weight's per-channel scale."""
 
     def __init__(self, source: GemmLayer, amax: float, channel_amax: Tensor | None) -> None:
-        w = source.weight.detach().flatten(1).float()
+        w = _gemm_weight(source).float()
         if channel_amax is None:
             smooth = torch.ones(w.shape[1], device=w.device)
             act_amax = torch.tensor(float(amax), device=w.device)
         else:
-            kernel = source.kernel_size if isinstance(source, TemporalConv) else 1
-            # Unfolded column c*k + j holds channel c (padding adds zeros only).
-            a = channel_amax.to(w.device, torch.float32).repeat_interleave(kernel)
+            a = channel_amax.to(w.device, torch.float32)
+            if a.numel() != w.shape[1]:  # unfolded column c*k + j holds channel c (pads: 0)
+                a = a.repeat_interleave(w.shape[1] // a.numel())
             smooth = smoothing_factors(w, a)
             act_amax = (a / smooth).max()
             w = w * smooth
@@ -224,11 +248,11 @@ class Int8Gemm(QuantizedGemm):
         self.register_buffer("output_scale", w_scale * act_scale)
 
     def gemm(self, x: Tensor) -> Tensor:
-        m, n = x.shape[0], self.out_features
+        m, n = x.shape[0], self.gemm_rows
         k_pad, n_pad = _round_up(x.shape[1], INT8.align), _round_up(n, INT8.align)
         xq = INT8.cast(x.float() / self.input_scale)
         xq = _pad(_pad(xq, 1, k_pad), 0, max(m, INT_MM_MIN_ROWS))
-        w = _pad(_pad(self.weight.flatten(1), 1, k_pad), 0, n_pad)
+        w = _pad(_pad(self.rows(), 1, k_pad), 0, n_pad)
         acc = torch._int_mm(xq, w.t())
         return (acc[:m, :n].float() * self.output_scale).to(self.compute_dtype)
 
