@@ -4,9 +4,10 @@ Per precision (bf16 first, the baseline): velocity cosine vs bf16 (eager, one fo
 at t = 500), final-latent cosine vs bf16 (the compiled 50-step loop, same noise), the compiled
 loop (Inductor blocks + CUDA graphs, `--accel compile`) for 1 clip (2 rows) and 8 clips (16
 rows): median seconds, ms per forward, speed-up over bf16; peak GPU memory; then the targets.
-int8 is calibrated on a bf16 eager loop with other noise.
+int8 and fp8+calibrated (fp8 with static activation scales) are calibrated on a bf16 eager loop
+with other noise.
 
-    PYTHONPATH=src python scripts/quant_check.py [--precisions fp8 int8 [int8-weight]]
+    PYTHONPATH=src python scripts/quant_check.py [--precisions fp8 fp8+calibrated int8 ...]
                                                  [--runs 3] [--fp8-precise-accum]
 
 Most of the time is Inductor compiling each precision's two block graphs (once per precision,
@@ -89,8 +90,9 @@ def calibrate_on(dit: FoleyDiT, case: Case) -> Calibration:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--precisions", nargs="+", default=["fp8", "int8"],
-                        help="besides bf16 (always first): fp8, int8, int8-weight")
+    parser.add_argument("--precisions", nargs="+", default=["fp8", "fp8+calibrated", "int8"],
+                        help="besides bf16 (always first): fp8, fp8+calibrated, int8, "
+                             "int8-weight")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--fp8-precise-accum", action="store_true",
                         help="fp8 without Hopper's fast accumulation")
@@ -106,7 +108,8 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         base = random_dit(spec, device, torch.bfloat16, seed=0)
-        calibration = calibrate_on(base, case) if "int8" in args.precisions else None
+        calibrated = any(_needs_calibration(p) for p in args.precisions)
+        calibration = calibrate_on(base, case) if calibrated else None
         ref = {"velocity": case.velocity(base)}
         del base
         for precision in ["bf16", *[p for p in args.precisions if p != "bf16"]]:
@@ -133,7 +136,8 @@ def measure(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
         torch.cuda.reset_peak_memory_stats(device)
     dit = random_dit(spec, device, torch.bfloat16, seed=0)
     if precision != "bf16":
-        quantize_(dit, precision, calibration=calibration if precision == "int8" else None)
+        quantize_(dit, precision.partition("+")[0],
+                  calibration=calibration if _needs_calibration(precision) else None)
     row = {"precision": precision, "velocity_cos": cosine(case.velocity(dit), ref["velocity"])}
     for clips in (1, 8):
         first, latent = timed(lambda: case.loop(dit, clips, "compile"), device)
@@ -147,15 +151,19 @@ def measure(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
     return row
 
 
+def _needs_calibration(label: str) -> bool:
+    return label == "int8" or label.endswith("+calibrated")
+
+
 def report(rows: list[dict]) -> None:
     if not rows or rows[0]["precision"] != "bf16":
         print("no bf16 baseline: nothing to compare")
         return
     base = rows[0]
-    print(f"\n{'precision':<12}{'vel cos':>9}{'lat cos':>9}{'1 clip s':>10}{'ms/fwd':>8}"
+    print(f"\n{"precision":<16}{'vel cos':>9}{'lat cos':>9}{'1 clip s':>10}{'ms/fwd':>8}"
           f"{'x bf16':>8}{'8 clips s':>10}{'ms/fwd':>8}{'x bf16':>8}{'peak GB':>9}{'1st s':>7}")
     for r in rows:
-        print(f"{r['precision']:<12}{r['velocity_cos']:>9.5f}{r['latent_cos']:>9.5f}"
+        print(f"{r["precision"]:<16}{r['velocity_cos']:>9.5f}{r['latent_cos']:>9.5f}"
               f"{r['loop_1']:>10.3f}{r['loop_1'] / STEPS * 1e3:>8.2f}"
               f"{base['loop_1'] / r['loop_1']:>8.2f}{r['loop_8']:>10.3f}"
               f"{r['loop_8'] / STEPS * 1e3:>8.2f}{base['loop_8'] / r['loop_8']:>8.2f}"
@@ -163,11 +171,12 @@ def report(rows: list[dict]) -> None:
     checks = {f"{r['precision']} latent cos >= {TARGETS['cosine']}":
               r["latent_cos"] >= TARGETS["cosine"] for r in rows if r["precision"] != "bf16"}
     for r in rows:
-        if r["precision"] == "fp8":
-            checks[f"fp8 loop <= {TARGETS['loop_s']} s"] = r["loop_1"] <= TARGETS["loop_s"]
+        if r["precision"].startswith("fp8"):
+            label = r["precision"]
+            checks[f"{label} loop <= {TARGETS['loop_s']} s"] = r["loop_1"] <= TARGETS["loop_s"]
             for clips in (1, 8):
                 target = TARGETS[f"speedup_{clips}"]
-                checks[f"fp8 >= {target}x bf16 ({clips} clip(s))"] = (
+                checks[f"{label} >= {target}x bf16 ({clips} clip(s))"] = (
                     base[f"loop_{clips}"] / r[f"loop_{clips}"] >= target)
     print("\n" + "\n".join(f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in checks.items()))
 

@@ -502,7 +502,7 @@ class RuntimeConfig:
     precision: str | None = None
     offload: str = "none"  # see OffloadPlan
     engine: str | None = None  # TensorRT plan for accel "tensorrt" (None: from the cache)
-    calibration: str | None = None  # activation statistics for precision "int8"
+    calibration: str | None = None  # activation ranges: int8 needs them; fp8 scales by them
 
     def __post_init__(self) -> None:
         check_accel_mode(self.accel)

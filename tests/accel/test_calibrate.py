@@ -67,10 +67,11 @@ def test_calibration_file_is_valid_for_int8_and_tensorrt(calib_file, tiny_dit) -
     assert calib.metadata["clips"] == "1" and calib.metadata["source"] == "tiny-random"
 
 
-@pytest.mark.parametrize("precision", ["int8", "fp8", "int8-weight"])
+@pytest.mark.parametrize("precision", ["int8", "fp8", "fp8+calibrated", "int8-weight"])
 def test_generate_with_a_quantised_precision(calib_file, tmp_path, capsys, precision) -> None:
     out = tmp_path / "out.wav"
-    extra = ["--calibration", str(calib_file)] if precision == "int8" else []
+    precision, _, calibrated = precision.partition("+")
+    extra = ["--calibration", str(calib_file)] if calibrated or precision == "int8" else []
     assert main(["-q", "generate", str(CLIP), "-p", "rain", "-o", str(out), "--steps", "2",
                  "--seed", "1", "--precision", precision, *extra, *TINY_ARGS]) == 0
     assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 0
@@ -80,7 +81,8 @@ def test_generate_with_a_quantised_precision(calib_file, tmp_path, capsys, preci
     (["--precision", "int8", "--calibration", "missing.safetensors"],
      "calibration file not found: missing.safetensors"),
     (["--precision", "int8"], "needs activation statistics"),
-    (["--precision", "fp8", "--calibration", "x.safetensors"], "needed by, and only by"),
+    (["--precision", "int8-weight", "--calibration", "x.safetensors"],
+     "used by --precision int8 or fp8"),
 ])
 def test_generate_refuses_bad_calibration_options(tmp_path, capsys, monkeypatch, args,
                                                   message) -> None:

@@ -42,7 +42,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="transformer precision: bf16, fp16, or quantised fp8 (Ada/Hopper GPUs), "
                         "int8-weight, int8 (needs --calibration) (default: the --dtype)")
     g.add_argument("--calibration", default=None, metavar="FILE",
-                   help="activation ranges for --precision int8 (from 'foleyrt calibrate')")
+                   help="activation ranges (from 'foleyrt calibrate'): needed by --precision "
+                        "int8; with fp8, static activation scales instead of per-token ones "
+                        "(faster)")
     g.add_argument("--offload", default="none", metavar="MODE",
                    help="GPU memory mode: none, model (networks in pinned host memory, brought "
                         "in per stage) or blocks:N (transformer blocks streamed through N GPU "
