@@ -160,10 +160,10 @@ def report(rows: list[dict]) -> None:
         print("no bf16 baseline: nothing to compare")
         return
     base = rows[0]
-    print(f"\n{"precision":<16}{'vel cos':>9}{'lat cos':>9}{'1 clip s':>10}{'ms/fwd':>8}"
+    print(f"\n{'precision':<16}{'vel cos':>9}{'lat cos':>9}{'1 clip s':>10}{'ms/fwd':>8}"
           f"{'x bf16':>8}{'8 clips s':>10}{'ms/fwd':>8}{'x bf16':>8}{'peak GB':>9}{'1st s':>7}")
     for r in rows:
-        print(f"{r["precision"]:<16}{r['velocity_cos']:>9.5f}{r['latent_cos']:>9.5f}"
+        print(f"{r['precision']:<16}{r['velocity_cos']:>9.5f}{r['latent_cos']:>9.5f}"
               f"{r['loop_1']:>10.3f}{r['loop_1'] / STEPS * 1e3:>8.2f}"
               f"{base['loop_1'] / r['loop_1']:>8.2f}{r['loop_8']:>10.3f}"
               f"{r['loop_8'] / STEPS * 1e3:>8.2f}{base['loop_8'] / r['loop_8']:>8.2f}"
