@@ -4,9 +4,9 @@ Formats, one GEMM core each (a temporal conv arranges its window's taps exactly 
 `TemporalConv` does, around the same GEMM a Linear has):
 
 - `fp8` (`Fp8Gemm`): E4M3 weights with one fp32 scale per output channel; activations quantised
-  per token at run time (scale = max|row| / 448) or, with a calibration file, with one static
-  scale per GEMM (faster: see `Fp8Gemm`); `torch._scaled_mm` with row-wise scales, out in
-  the compute dtype. Needs FP8 tensor cores (compute capability 8.9+); PyTorch's CPU kernel runs
+  per token at run time (scale = max|row| / 448); `torch._scaled_mm` with row-wise scales, out
+  in the compute dtype. With a calibration file: one static scale per tensor for activations
+  and weights instead (faster: see `Fp8Gemm`). Needs FP8 tensor cores (compute capability 8.9+); PyTorch's CPU kernel runs
   the same call, which is what the tests use.
 - `int8-weight` (`Int8WeightGemm`): INT8 weights with one scale per output channel, dequantised
   into a compute-dtype matmul: half of bf16's weight memory, any device, no calibration.
@@ -24,8 +24,8 @@ request), the embedders, the final layer, norms and attention.
 
 A quantised module keeps the call of the layer it replaces and its state-dict names: `weight`
 (quantised dtype, original shape) and `bias` (unchanged), plus its scales (`weight_scale`, one
-per GEMM row: `k` per output channel for a temporal conv with taps on the output; int8:
-`input_scale`, `output_scale`). The single blocks' `linear_qkv` keeps its rows in the block's
+per GEMM row — `k` per output channel for a temporal conv with taps on the output — or one per
+tensor for static fp8; static fp8 and int8: `input_scale`; int8: `output_scale`). The single blocks' `linear_qkv` keeps its rows in the block's
 internal order; the block's state-dict hooks permute `weight` and `bias` to the release layout
 and back but not the scales, so a quantised state dict round-trips through this code and is not
 a release-layout checkpoint.
@@ -169,12 +169,16 @@ def _gemm_weight(layer: GemmLayer) -> Tensor:
 
 
 class Fp8Gemm(QuantizedGemm):
-    """E4M3 weight (scale per output channel) x E4M3 activation: scale per token at run time,
-    or, given a calibrated range `amax`, one static scale (`input_scale = amax / 448`; values
-    beyond it saturate). Static scaling is a pointwise op that Inductor fuses into the kernel
-    producing the activation; the per-token scale is a row reduction before every GEMM, which
-    at 800 rows costs as much as the FP8 GEMMs save. E4M3 keeps 3 mantissa bits at every
-    magnitude down to amax / 2^15, so a per-tensor scale loses little.
+    """E4M3 weight x E4M3 activation, scaled in one of two ways:
+
+    - dynamic (default): one weight scale per output row, one activation scale per token
+      computed at run time (a row reduction before every GEMM);
+    - static (given a calibrated range `amax`): one scale per tensor for both
+      (`input_scale = amax / 448`, values beyond it saturate). Quantising the activation is
+      then a pointwise op that Inductor fuses into the kernel producing it, and the GEMM is
+      cuBLASLt's plain tensor-wise FP8 kernel: at 800 rows, the per-token reductions cost about
+      as much as the FP8 GEMMs save. E4M3 keeps 3 mantissa bits down to amax / 2^15, so one
+      scale per tensor loses little (TensorRT's FP8 recipe is the same).
 
     `stored=True`: the layer's weight came from a checkpoint's float8_e4m3fn tensor (upcast
     exactly on load); it is used as it is, with unit scales, so nothing is rounded twice."""
@@ -182,29 +186,34 @@ class Fp8Gemm(QuantizedGemm):
     def __init__(self, source: GemmLayer, *, stored: bool = False,
                  amax: float | None = None) -> None:
         w = _gemm_weight(source)
+        static = amax is not None
         if stored:
-            q, scale = w.to(FP8.dtype), torch.ones(w.shape[0], device=w.device)
+            q = w.to(FP8.dtype)
+            scale = torch.ones(() if static else w.shape[0], device=w.device)
             if not torch.equal(q.to(w.dtype), w):
                 raise WeightsError("a weight marked as stored in float8_e4m3fn is not on the "
                                    "e4m3 grid; load the checkpoint again")
+        elif static:
+            scale = w.float().abs().max().clamp(min=AMAX_FLOOR) / FP8.qmax
+            q = FP8.cast(w.float() / scale)
         else:
             q, scale = FP8.quantize_rows(w.float())
         super().__init__(source, q)
         self.register_buffer("weight_scale", scale)
-        static = None if amax is None else torch.tensor(max(amax, AMAX_FLOOR) / FP8.qmax,
-                                                        device=w.device)
-        self.register_buffer("input_scale", static)
+        self.register_buffer("input_scale", torch.tensor(
+            max(amax, AMAX_FLOOR) / FP8.qmax, device=w.device) if static else None)
 
     def gemm(self, x: Tensor) -> Tensor:
         n = self.gemm_rows
         k_pad, n_pad = _round_up(x.shape[1], FP8.align), _round_up(n, FP8.align)
-        if self.input_scale is None:
-            x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=AMAX_FLOOR) / FP8.qmax
-        else:  # row-wise scaled_mm takes one scale per row: the static one, repeated
-            x_scale = self.input_scale.expand(x.shape[0], 1).contiguous()
-        xq = _pad(FP8.cast(x.float() / x_scale), 1, k_pad)
         w = _pad(_pad(self.rows(), 1, k_pad), 0, n_pad)
-        w_scale = _pad(self.weight_scale[None], 1, n_pad)
+        if self.input_scale is not None:
+            xq = _pad(FP8.cast(x.float() / self.input_scale), 1, k_pad)
+            x_scale, w_scale = self.input_scale, self.weight_scale
+        else:
+            x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=AMAX_FLOOR) / FP8.qmax
+            xq = _pad(FP8.cast(x.float() / x_scale), 1, k_pad)
+            w_scale = _pad(self.weight_scale[None], 1, n_pad)
         out = torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale,
                                out_dtype=self.compute_dtype, use_fast_accum=FP8_FAST_ACCUM)
         return out[:, :n]
