@@ -29,7 +29,7 @@ from torch import Tensor
 from foleyrt.accel import model_fn, quant
 from foleyrt.accel.calibrate import ActivationRecorder, Calibration
 from foleyrt.accel.quant import quantizable_modules, quantize_
-from foleyrt.bench import random_conditions, random_dit
+from foleyrt.bench import profile_forward, random_conditions, random_dit
 from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.pipeline.conditions import prepare_rows
@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--fp8-precise-accum", action="store_true",
                         help="fp8 without Hopper's fast accumulation")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print each precision's GPU kernel-time breakdown at 8 clips")
     parser.add_argument("--size", default="xxl", choices=sorted(PRESETS))
     parser.add_argument("--device", default="cuda", help="cpu runs eager: a smoke test only")
     args = parser.parse_args()
@@ -115,7 +117,7 @@ def main() -> None:
         for precision in ["bf16", *[p for p in args.precisions if p != "bf16"]]:
             t0 = time.perf_counter()
             try:
-                row = measure(precision, spec, case, ref, calibration, args.runs)
+                row = measure(precision, spec, case, ref, calibration, args.runs, args.profile)
             except Exception as exc:  # report it and go on: GPU time is scarce
                 print(f"  {precision}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                       flush=True)
@@ -126,7 +128,7 @@ def main() -> None:
 
 
 def measure(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
-            calibration: Calibration | None, runs: int) -> dict:
+            calibration: Calibration | None, runs: int, profile: bool = False) -> dict:
     """One row of the table (`ref` receives the bf16 latent: bf16 is measured first)."""
     device = case.device
     torch._dynamo.reset()
@@ -148,6 +150,9 @@ def measure(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
             row["latent_cos"] = cosine(latent, ref["latent"])
     row["peak_gb"] = (torch.cuda.max_memory_allocated(device) / 2**30
                       if device.type == "cuda" else float("nan"))
+    if profile:
+        print(profile_forward(dit, case.cond, case.noise[8], f"{spec.name} {precision} 8 clips",
+                              SECONDS), flush=True)
     return row
 
 

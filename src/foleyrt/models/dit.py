@@ -305,9 +305,11 @@ class SingleBlock(nn.Module):
             if key in state_dict and state_dict[key].device.type != "meta":
                 state_dict[key] = state_dict[key][inverse.to(state_dict[key].device)]
 
-    def forward(self, x: Tensor, cond: Tensor, rope: RopePair) -> Tensor:
-        """`cond` is `[B, Na, H]` (or `[B, 1, H]`) per-token conditioning."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond)
+    def forward(self, x: Tensor, activated_cond: Tensor, rope: RopePair) -> Tensor:
+        """`activated_cond` is `SiLU(cond)` of the `[B, Na, H]` (or `[B, 1, H]`) per-token
+        conditioning, which every single block modulates from: computed once per step."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.modulation.project(activated_cond))
         h = modulate(layer_norm(x, SINGLE_LN_EPS), shift_msa, scale_msa)
         q, k, v = self.linear_qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)  # see class doc
         q = apply_rope(self.q_norm(q), *rope)
@@ -492,8 +494,10 @@ class FoleyDiT(nn.Module):
             )
         per_token = prepared.sync_add is not None
         cond = prepared.sync_add + vec[:, None] if per_token else vec[:, None]
+        # The modulation GEMMs' input, in their compute dtype (the cast `Linear` would make).
+        activated = F.silu(cond).to(self.final_layer.linear.weight.dtype)
         for block in self.single_blocks:
-            audio = block(audio, cond, prepared.rope.seq_audio)
+            audio = block(audio, activated, prepared.rope.seq_audio)
         return self.final_layer(audio, cond, per_token).transpose(1, 2)
 
     def forward(

@@ -138,7 +138,12 @@ class Modulation(nn.Module):
         self.linear = Linear(hidden, factor * hidden)
 
     def forward(self, c: Tensor) -> tuple[Tensor, ...]:
-        return self.linear(F.silu(c)).chunk(self.factor, dim=-1)
+        return self.project(F.silu(c))
+
+    def project(self, activated: Tensor) -> tuple[Tensor, ...]:
+        """The chunks of `linear(activated)`, for a caller that computed `SiLU(c)` once for
+        several modulations of the same `c`."""
+        return self.linear(activated).chunk(self.factor, dim=-1)
 
 
 class HeadRMSNorm(nn.Module):
