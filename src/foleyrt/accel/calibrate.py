@@ -1,4 +1,4 @@
-"""Activation ranges for `--precision int8` (`foleyrt calibrate`).
+"""Activation ranges for `--precision int8` and static-scale fp8 (`foleyrt calibrate`).
 
 `calibrate` runs the real pipeline (video decode, encoders, the guided sampler over every step,
 VAE decode) on a set of clips with forward pre-hooks on the quantisable GEMMs

@@ -6,8 +6,8 @@ Formats, one GEMM core each (a temporal conv arranges its window's taps exactly 
 - `fp8` (`Fp8Gemm`): E4M3 weights with one fp32 scale per output channel; activations quantised
   per token at run time (scale = max|row| / 448); `torch._scaled_mm` with row-wise scales, out
   in the compute dtype. With a calibration file: one static scale per tensor for activations
-  and weights instead (faster: see `Fp8Gemm`). Needs FP8 tensor cores (compute capability 8.9+); PyTorch's CPU kernel runs
-  the same call, which is what the tests use.
+  and weights instead (faster: see `Fp8Gemm`). Needs FP8 tensor cores (compute capability
+  8.9+); PyTorch's CPU kernel runs the same call, which is what the tests use.
 - `int8-weight` (`Int8WeightGemm`): INT8 weights with one scale per output channel, dequantised
   into a compute-dtype matmul: half of bf16's weight memory, any device, no calibration.
 - `int8` (`Int8Gemm`): W8A8 on `torch._int_mm` with a static per-tensor activation scale from a
@@ -25,10 +25,10 @@ request), the embedders, the final layer, norms and attention.
 A quantised module keeps the call of the layer it replaces and its state-dict names: `weight`
 (quantised dtype, original shape) and `bias` (unchanged), plus its scales (`weight_scale`, one
 per GEMM row — `k` per output channel for a temporal conv with taps on the output — or one per
-tensor for static fp8; static fp8 and int8: `input_scale`; int8: `output_scale`). The single blocks' `linear_qkv` keeps its rows in the block's
-internal order; the block's state-dict hooks permute `weight` and `bias` to the release layout
-and back but not the scales, so a quantised state dict round-trips through this code and is not
-a release-layout checkpoint.
+tensor for static fp8; static fp8 and int8: `input_scale`; int8: `output_scale`). The single
+blocks' `linear_qkv` keeps its rows in the block's internal order; the block's state-dict hooks
+permute `weight` and `bias` to the release layout and back but not the scales, so a quantised
+state dict round-trips through this code and is not a release-layout checkpoint.
 
 Kernel shape rules are met by zero padding inside the call, never by changing stored shapes:
 `_scaled_mm` needs K and N multiples of 16, `_int_mm` multiples of 8 and more than 16 rows. The
@@ -322,8 +322,8 @@ def _check_options(precision: str, calibration: object, stored: Collection[str])
         raise ConfigError("--precision int8 needs --calibration (a file from `foleyrt "
                           "calibrate`)")
     if calibration is not None and precision not in CALIBRATED_PRECISIONS:
-        raise ConfigError(f"--calibration is used by --precision {' or '.join(CALIBRATED_PRECISIONS)}"
-                          f", not {precision}")
+        users = " or ".join(CALIBRATED_PRECISIONS)
+        raise ConfigError(f"--calibration is used by --precision {users}, not {precision}")
     if stored and precision != "fp8":
         raise ConfigError("fp8-stored weights are used as they are only by precision fp8")
 
@@ -368,8 +368,9 @@ def quantize_(
 ) -> FoleyDiT:
     """Swap `dit`'s per-step GEMMs for `precision`'s modules, in place, on `dit`'s device and
     compute dtype (place the model first). `kernel_device` is where the modules will run
-    (default: where the weights are; the offload modes quantise on the host for the GPU). `calibration` (a file or a loaded `Calibration`) is
-    int8's; `prequantized` names modules whose weights were stored as float8_e4m3fn (fp8 only,
+    (default: where the weights are; the offload modes quantise on the host for the GPU).
+    `calibration` (a file or a loaded `Calibration`): int8's ranges, or fp8's static scales;
+    `prequantized` names modules whose weights were stored as float8_e4m3fn (fp8 only,
     see `stored_fp8_modules`). Idempotent; a model quantised to another precision is an error."""
     done = getattr(dit, "_foleyrt_precision", None)
     if done == precision:

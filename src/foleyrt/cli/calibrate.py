@@ -1,4 +1,5 @@
-"""`foleyrt calibrate`: activation ranges for `--precision int8` and int8/fp8 TensorRT engines."""
+"""`foleyrt calibrate`: activation ranges for `--precision int8|fp8` and int8/fp8 TensorRT
+engines."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from foleyrt.config import RuntimeConfig
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", help="record activation ranges for --precision int8",
+    p = sub.add_parser("calibrate", help="record activation ranges for --precision int8 or fp8",
                        description="Run the pipeline on clips and record the input range of "
                                    "every quantised transformer GEMM, for --precision int8 "
-                                   "(and int8/fp8 TensorRT engines). Runs eager, unquantised.")
+                                   "or fp8 (static scales) and int8/fp8 TensorRT engines. "
+                                   "Runs eager, unquantised.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="VIDEO_OR_CSV",
                    help="a CSV with columns video,prompt (as for 'foleyrt batch'), a folder of "
                         "videos, or video files")
