@@ -102,32 +102,32 @@ class _FlatBlock:
     sub-modules in `skip` are not streamed."""
 
     def __init__(self, block: nn.Module, skip: frozenset[int]) -> None:
-        self.entries: list[tuple[Tensor, int, torch.dtype, torch.Size, tuple[int, ...]]] = []
+        self.entries: list[tuple[Tensor, int]] = []  # each tensor and its byte offset
         offset = 0
         for _, _, t in _tensors(block, skip):
             offset = -(-offset // ALIGN) * ALIGN
-            self.entries.append((t, offset, t.dtype, t.shape, t.stride()))
+            self.entries.append((t, offset))
             offset += _extent(t.shape, t.stride()) * t.element_size()
         self.nbytes = offset
         self.host = torch.empty(self.nbytes, dtype=torch.uint8)
         if torch.cuda.is_available():
             self.host = self.host.pin_memory()
-        for t, off, dtype, shape, stride in self.entries:
-            view = self._view(self.host, off, dtype, shape, stride)
+        for t, off in self.entries:
+            view = self._view(self.host, off, t)
             view.copy_(t.detach().to("cpu"))
             t.data = view
 
     @staticmethod
-    def _view(buf: Tensor, off: int, dtype: torch.dtype, shape: torch.Size,
-              stride: tuple[int, ...]) -> Tensor:
-        """The tensor at byte `off` of `buf`, with its own strides (layouts survive)."""
-        nbytes = _extent(shape, stride) * torch.empty((), dtype=dtype).element_size()
-        return buf[off : off + nbytes].view(dtype).as_strided(shape, stride)
+    def _view(buf: Tensor, off: int, t: Tensor) -> Tensor:
+        """`t`'s dtype, shape and strides over the bytes of `buf` from `off` (layouts survive;
+        rebinding keeps them, so `t` always describes its own view)."""
+        nbytes = _extent(t.shape, t.stride()) * t.element_size()
+        return buf[off : off + nbytes].view(t.dtype).as_strided(t.shape, t.stride())
 
     def bind(self, slot: Tensor) -> None:
         """Point the block's tensors at a device slot holding its bytes."""
-        for t, off, dtype, shape, stride in self.entries:
-            t.data = self._view(slot, off, dtype, shape, stride)
+        for t, off in self.entries:
+            t.data = self._view(slot, off, t)
 
 
 class BlockStreamer:
@@ -163,7 +163,7 @@ class BlockStreamer:
     @property
     def tensor_ids(self) -> frozenset[int]:
         """The tensors this streamer places (for `ModelOffloader(exclude=...)`)."""
-        return frozenset(id(t) for flat in self.flat for t, *_ in flat.entries)
+        return frozenset(id(t) for flat in self.flat for t, _ in flat.entries)
 
     def _load(self, block: int, slot: int) -> None:
         flat, buf = self.flat[block], self.slots[slot]

@@ -137,10 +137,7 @@ class QuantizedGemm(nn.Module):
         self.out_features, self.in_features = source.weight.shape[:2]  # in: channels per token
         self.gemm_rows = rows.shape[0]
         shape = source.weight.shape
-        if self.taps_on_output:  # tap-major rows, seen in the layer's [out, in, k] shape
-            stored = rows.view(self.kernel_size, *shape[:2]).permute(1, 2, 0)
-        else:
-            stored = rows.view(shape)
+        stored = TemporalConv.weight_of_gemm(self, rows, shape)  # type: ignore[arg-type]
         self.weight = nn.Parameter(stored, requires_grad=False)
         self.bias = source.bias
 

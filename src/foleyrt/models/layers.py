@@ -68,6 +68,13 @@ class TemporalConv(nn.Module):
             return weight.permute(2, 0, 1).reshape(-1, weight.shape[1])
         return weight.flatten(1)
 
+    def weight_of_gemm(self, rows: Tensor, shape: torch.Size) -> Tensor:
+        """The inverse of `gemm_weight`: GEMM rows seen in the layer's weight `shape` (a view;
+        taps on the output stay tap-major in memory)."""
+        if self.taps_on_output:
+            return rows.view(self.kernel_size, *shape[:2]).permute(1, 2, 0)
+        return rows.view(shape)
+
     def gemm_input(self, x: Tensor) -> Tensor:
         """`[B, N, C]` -> the GEMM's rows: unfolded `[B, N, C*k]` with feature `c*k + j` =
         token `n + j - k//2` (taps on the input), else `x` itself."""
