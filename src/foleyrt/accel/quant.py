@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from foleyrt.config import QUANTIZED_PRECISIONS, DiTConfig, RuntimeConfig
 from foleyrt.errors import ConfigError, WeightsError
 from foleyrt.models.dit import FoleyDiT
-from foleyrt.models.layers import Linear, TemporalConv
+from foleyrt.models.layers import Linear, TemporalConv, release_weight_keys
 from foleyrt.weights import Checkpoint
 
 if TYPE_CHECKING:
@@ -77,8 +77,7 @@ TRIPLE_GEMMS = (
 # cross-attention and MLP never run, so they are neither calibrated nor quantised.
 VISUAL_TAIL = ("v_cond_self_proj", "v_cond_cross_q", "v_cond_cross_proj", "v_cond_mlp.fc1",
                "v_cond_mlp.fc2")
-SINGLE_GEMMS = ("modulation.linear", "linear_qkv", "linear1", "linear2.w1", "linear2.w2",
-                "linear2.w3")
+SINGLE_GEMMS = ("modulation.linear", "linear_qkv", "linear1", "linear2.w13", "linear2.w2")
 
 
 @dataclass(frozen=True)
@@ -130,15 +129,16 @@ class QuantizedGemm(nn.Module):
 
     def __init__(self, source: GemmLayer, rows: Tensor) -> None:
         super().__init__()
-        conv = isinstance(source, TemporalConv)
+        conv = self.conv = isinstance(source, TemporalConv)
         self.kernel_size = source.kernel_size if conv else 1
         self.taps_on_output = conv and source.taps_on_output
         self.compute_dtype = source.weight.dtype
         self.out_features, self.in_features = source.weight.shape[:2]  # in: channels per token
         self.gemm_rows = rows.shape[0]
         shape = source.weight.shape
-        stored = TemporalConv.weight_of_gemm(self, rows, shape)  # type: ignore[arg-type]
-        self.weight = nn.Parameter(stored, requires_grad=False)
+        if conv:
+            rows = TemporalConv.weight_of_gemm(self, rows, shape)  # type: ignore[arg-type]
+        self.weight = nn.Parameter(rows, requires_grad=False)
         self.bias = source.bias
 
     def forward(self, x: Tensor) -> Tensor:
@@ -149,6 +149,8 @@ class QuantizedGemm(nn.Module):
 
     def rows(self) -> Tensor:
         """The quantised weight as the GEMM's `[rows, K]` (a view)."""
+        if not self.conv:
+            return self.weight
         return TemporalConv.gemm_weight(self, self.weight)  # type: ignore[arg-type]
 
     def gemm(self, x: Tensor) -> Tensor:
@@ -256,8 +258,8 @@ class Int8Gemm(QuantizedGemm):
             act_amax = torch.tensor(float(amax), device=w.device)
         else:
             a = channel_amax.to(w.device, torch.float32)
-            if a.numel() != w.shape[1]:  # unfolded column c*k + j holds channel c (pads: 0)
-                a = a.repeat_interleave(w.shape[1] // a.numel())
+            if a.numel() != w.shape[1]:  # unfolded column j*C + c holds channel c (pads: 0)
+                a = a.repeat(w.shape[1] // a.numel())
             smooth = smoothing_factors(w, a)
             act_amax = (a / smooth).max()
             w = w * smooth
@@ -308,7 +310,8 @@ def stored_fp8_modules(ckpt: Checkpoint, cfg: DiTConfig) -> frozenset[str]:
         raise WeightsError(f"{ckpt.path}: a scaled-fp8 checkpoint (e.g. {scales[0]}) is not "
                            "supported; use a plain float8_e4m3fn/e5m2 cast or the original file")
     stored = {k for k, v in ckpt.state_dict.items() if v.dtype == FP8.dtype}
-    return frozenset(name for name in quantizable_names(cfg) if f"{name}.weight" in stored)
+    return frozenset(name for name in quantizable_names(cfg)
+                     if stored.issuperset(release_weight_keys(name)))
 
 
 def _check_options(precision: str, calibration: object, stored: Collection[str]) -> None:

@@ -8,7 +8,7 @@ Calibration file (written by `foleyrt calibrate`, read by `--precision int8|fp8`
     a safetensors file whose header metadata holds `{"format": "foleyrt.amax", "version": "1"}`
     (other metadata keys are free, e.g. the number of calibration samples), and one tensor per
     calibrated GEMM module, keyed by the module's name in `FoleyDiT.named_modules()` (e.g.
-    `triple_blocks.0.audio_self_attn_qkv`, `single_blocks.3.linear2.w1`): float32, shape `[]`
+    `triple_blocks.0.audio_self_attn_qkv`, `single_blocks.3.linear2.w13`): float32, shape `[]`
     (or `[1]`), positive: the max |x| over the calibration set of the module's input as the
     GEMM sees it (after the module's own cast to its weight dtype). Modules are `Linear`s and
     `TemporalConv`s (a temporal conv's unfolded window has the same range: padding only adds

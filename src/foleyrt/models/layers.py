@@ -32,15 +32,16 @@ class TemporalConv(nn.Module):
     window becomes one matrix product in one of two exact ways, whichever moves fewer bytes:
 
     - taps on the input (a widening conv, `in < out`): the zero-padded window of `k` tokens is
-      unfolded to `[B, N, in*k]` and multiplied by `weight.flatten(1)`;
+      unfolded to `[B, N, k*in]`, tap-major (feature `j*in + c` = channel `c` of token
+      `n + j - k//2`: `k` contiguous shifted copies), and multiplied by the `[out, k*in]` rows;
     - taps on the output (`in >= out`): one product gives every tap's output `[B, N, k*out]`
       (weight rows tap-major), and the `k` outputs are summed, each shifted by its offset.
       The input is never copied `k` times, and a quantised GEMM scales it per plain token.
 
-    For taps on the output the parameter is stored tap-major (memory `[k, out, in]`, seen as
-    `[out, in, k]`), so its GEMM view is free; any other layout (e.g. a `.contiguous()` copy)
-    gives the same numbers through a copy per call. Both ways beat cuDNN's conv here and
-    quantise like any Linear.
+    The parameter shows the official `[out, in, k]` shape but is stored so that its GEMM view
+    is free (memory `[out, k, in]` or `[k, out, in]`: `in` innermost either way); any other
+    layout (e.g. a `.contiguous()` copy) gives the same numbers through a copy per call. Both
+    ways beat cuDNN's conv here and quantise like any Linear.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> None:
@@ -50,7 +51,7 @@ class TemporalConv(nn.Module):
         self.kernel_size = kernel_size
         self.taps_on_output = kernel_size > 1 and in_channels >= out_channels
         weight = torch.empty(out_channels, in_channels, kernel_size)
-        self.weight = nn.Parameter(tap_major(weight) if self.taps_on_output else weight)
+        self.weight = nn.Parameter(self.stored_layout(weight))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.register_load_state_dict_post_hook(TemporalConv._keep_layout)
 
@@ -58,32 +59,38 @@ class TemporalConv(nn.Module):
     def _keep_layout(module: TemporalConv, incompatible: object) -> None:
         """Loading with `assign=True` replaces the parameter by the file's (standard) layout."""
         w = module.weight
-        if module.taps_on_output and w.device.type != "meta" and not _is_tap_major(w):
-            module.weight = nn.Parameter(tap_major(w.data), requires_grad=w.requires_grad)
+        if w.device.type != "meta" and not _gemm_order(w, module.taps_on_output).is_contiguous():
+            module.weight = nn.Parameter(module.stored_layout(w.data),
+                                         requires_grad=w.requires_grad)
+
+    def stored_layout(self, weight: Tensor) -> Tensor:
+        """`weight [out, in, k]` with the same values, stored so that `gemm_weight` is a view."""
+        ordered = _gemm_order(weight, self.taps_on_output).contiguous()
+        return ordered.permute(1, 2, 0) if self.taps_on_output else ordered.transpose(1, 2)
 
     def gemm_weight(self, weight: Tensor) -> Tensor:
         """`weight [out, in, k]` as the GEMM's `[rows, K]`: `[k*out, in]` (taps on the output)
-        or `[out, in*k]` (taps on the input)."""
-        if self.taps_on_output:
-            return weight.permute(2, 0, 1).reshape(-1, weight.shape[1])
-        return weight.flatten(1)
+        or `[out, k*in]` (taps on the input)."""
+        ordered = _gemm_order(weight, self.taps_on_output)
+        return ordered.reshape(-1, weight.shape[1]) if self.taps_on_output else ordered.flatten(1)
 
     def weight_of_gemm(self, rows: Tensor, shape: torch.Size) -> Tensor:
-        """The inverse of `gemm_weight`: GEMM rows seen in the layer's weight `shape` (a view;
-        taps on the output stay tap-major in memory)."""
+        """The inverse of `gemm_weight`: GEMM rows seen in the layer's weight `shape` (a view,
+        in the stored layout)."""
+        out, inp, k = shape
         if self.taps_on_output:
-            return rows.view(self.kernel_size, *shape[:2]).permute(1, 2, 0)
-        return rows.view(shape)
+            return rows.view(k, out, inp).permute(1, 2, 0)
+        return rows.view(out, k, inp).transpose(1, 2)
 
     def gemm_input(self, x: Tensor) -> Tensor:
-        """`[B, N, C]` -> the GEMM's rows: unfolded `[B, N, C*k]` with feature `c*k + j` =
+        """`[B, N, C]` -> the GEMM's rows: unfolded `[B, N, k*C]` with feature `j*C + c` =
         token `n + j - k//2` (taps on the input), else `x` itself."""
         k = self.kernel_size
         if k == 1 or self.taps_on_output:
             return x
         pad, n = k // 2, x.shape[1]
         xp = F.pad(x, (0, 0, pad, pad))
-        return torch.stack([xp[:, j : j + n] for j in range(k)], dim=-1).flatten(-2)
+        return torch.cat([xp[:, j : j + n] for j in range(k)], dim=-1)
 
     def gemm_output(self, y: Tensor) -> Tensor:
         """The GEMM's `[B, N, rows]` -> `[B, N, out]`: tap `j`'s output for token `n` is
@@ -107,18 +114,20 @@ class TemporalConv(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def tap_major(weight: Tensor) -> Tensor:
-    """`weight [out, in, k]` with the same values, stored `[k, out, in]` in memory."""
-    return weight.permute(2, 0, 1).contiguous().permute(1, 2, 0)
-
-
-def _is_tap_major(weight: Tensor) -> bool:
-    return weight.permute(2, 0, 1).is_contiguous()
+def _gemm_order(weight: Tensor, taps_on_output: bool) -> Tensor:
+    """`weight [out, in, k]` permuted to the GEMM's row-major order (`in` innermost)."""
+    return weight.permute(2, 0, 1) if taps_on_output else weight.transpose(1, 2)
 
 
 class SwiGLU(nn.Module):
     """`w2(SiLU(w1(x)) * w3(x))`, bias-free; per token (`kernel_size=None`) or as temporal
-    convolutions of odd kernel size."""
+    convolutions of odd kernel size.
+
+    `w1` and `w3` read the same input, so they run as one GEMM, `w13` (w1's rows, then w3's):
+    one input read (one unfold, one quantisation) and one launch instead of two. The state dict
+    speaks the release's `w1`/`w3` keys: the hooks split `w13` on save and join on load. A
+    quantised `w13` (scales of its own) is saved as it is, like the single blocks' qkv.
+    """
 
     def __init__(self, dim: int, hidden: int, out: int, kernel_size: int | None = None) -> None:
         super().__init__()
@@ -128,12 +137,40 @@ class SwiGLU(nn.Module):
                 return Linear(i, o, bias=False)
             return TemporalConv(i, o, kernel_size, bias=False)
 
-        self.w1 = layer(dim, hidden)
+        self.w13 = layer(dim, 2 * hidden)
         self.w2 = layer(hidden, out)
-        self.w3 = layer(dim, hidden)
+        self._register_load_state_dict_pre_hook(self._join_w1_w3)
+        self._register_state_dict_hook(SwiGLU._split_w13)
+
+    def _join_w1_w3(self, state_dict: dict, prefix: str, *args: object) -> None:
+        w1, w3 = f"{prefix}w1.weight", f"{prefix}w3.weight"
+        if w1 in state_dict and w3 in state_dict:
+            state_dict[f"{prefix}w13.weight"] = torch.cat(
+                [state_dict.pop(w1), state_dict.pop(w3)])
+
+    @staticmethod
+    def _split_w13(module: SwiGLU, state_dict: dict, prefix: str, *args: object) -> None:
+        if not isinstance(module.w13, Linear | TemporalConv):
+            return
+        own = [key for key in state_dict if key.startswith(prefix)]  # re-added in release order
+        entries = {key: state_dict.pop(key) for key in own}
+        w1, w3 = entries.pop(f"{prefix}w13.weight").chunk(2)
+        state_dict[f"{prefix}w1.weight"] = w1
+        state_dict.update(entries)
+        state_dict[f"{prefix}w3.weight"] = w3
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, value = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * value)
+
+
+def release_weight_keys(module_name: str) -> tuple[str, ...]:
+    """The release's state-dict keys holding the weight of the GEMM module `module_name`
+    (a `SwiGLU`'s fused `w13` is saved as `w1` and `w3`)."""
+    parent, _, leaf = module_name.rpartition(".")
+    if leaf == "w13":
+        return (f"{parent}.w1.weight", f"{parent}.w3.weight")
+    return (f"{module_name}.weight",)
 
 
 class Modulation(nn.Module):

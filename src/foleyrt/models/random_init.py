@@ -15,9 +15,11 @@ from torch import nn
 
 @torch.no_grad()
 def randomize_(module: nn.Module, seed: int) -> nn.Module:
-    """Fill every parameter in sorted-name order from `torch.Generator().manual_seed(seed)`."""
+    """Fill every parameter in sorted order of its state-dict name (the release's, which a
+    module's hooks may map from its own layout) from `torch.Generator().manual_seed(seed)`."""
     gen = torch.Generator().manual_seed(seed)
-    for name, param in sorted(module.named_parameters()):
+    values = {}
+    for name, param in sorted(module.state_dict(keep_vars=True).items()):
         shape = param.shape
         leaf = name.rsplit(".", 1)[-1]
         if leaf == "weight_v":
@@ -32,5 +34,6 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
             value = 0.05 * torch.randn(shape, generator=gen)
         else:
             value = 0.5 * torch.randn(shape, generator=gen)
-        param.copy_(value.to(param.dtype))
+        values[name] = value.to(param.dtype)
+    module.load_state_dict(values, strict=True)
     return module
