@@ -1,32 +1,52 @@
-"""Regional `torch.compile` of the transformer blocks, with on-disk caches.
+"""Regional `torch.compile` of the transformer blocks, with compiled graphs kept on disk.
 
 Why regional: the 18 triple and 36 single blocks are two code objects. Compiling each block
-class once (parameters are graph inputs, `inline_inbuilt_nn_modules`) gives two Inductor graphs
-reused by all 54 blocks: a fraction of the compile time of the unrolled model, and the same
-fused kernels (norm + modulation + RoPE + gating chains fused by Inductor). Sequence lengths
-are dynamic, so one compile serves every clip duration; CUDA graphs are captured per exact
-shape on top (see `cudagraph.py`), so no padding and no masking changes the numbers.
+class once (parameters are graph inputs) gives three Inductor graphs (single blocks, triple
+blocks, the last triple block that skips the visual update) reused by all 54 blocks: a
+fraction of the compile time of the unrolled model, and the same fused kernels (norm +
+modulation + RoPE + gating chains fused by Inductor). Sequence lengths and batch rows are
+dynamic, so one compile serves every clip duration; CUDA graphs are captured per exact shape
+on top (see `cudagraph.py`), so no padding and no masking changes the numbers.
 
-Caches: Inductor's FX-graph/AOT caches and Triton's kernel cache live under one directory
-(`FOLEYRT_CACHE`, default `~/.cache/foleyrt/compile`), keyed by Inductor itself on the graph,
-shapes' symbolic form, PyTorch/Triton versions and the GPU. A second process re-traces the
-two block graphs (seconds) and loads compiled kernels from disk.
+Caches, all under one directory (`FOLEYRT_CACHE`, default `~/.cache/foleyrt/compile`):
+- `graphs/<key>/`: each block graph compiled ahead of time (`torch.compile(...).aot_compile`)
+  and saved whole: Dynamo's bytecode and guards with Inductor's code. A later process loads
+  them and runs without tracing or compiling anything. `<key>` hashes what the graphs depend
+  on beyond what their guards check (block classes, parameter dtypes and types, shapes' symbolic
+  form, grad mode): PyTorch, CUDA and Triton versions, the GPU model, the compile mode, and the
+  source of `foleyrt.models` and `foleyrt.accel` (a code change never runs a stale graph).
+- `inductor/`, `triton/`: Inductor's FX-graph/AOT caches and Triton's kernels, keyed by
+  Inductor itself; they make a new key's first compile faster.
+Where this PyTorch cannot save compiled graphs, blocks are compiled in process as before
+(`nn.Module.compile`, the on-disk Inductor caches still apply).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
+import foleyrt
 from foleyrt.models.dit import FoleyDiT, SingleBlock, TripleBlock
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path.home() / ".cache" / "foleyrt" / "compile"
 COMPILED_BLOCKS = (TripleBlock, SingleBlock)
+GRAPH_FORMAT = "1"  # bump when the saved-graph layout of this module changes
+TRACED_PACKAGES = ("models", "accel")  # the code inside the compiled graphs
+# Dynamo settings for saved graphs: the API switch where it still is one (PyTorch <= 2.12), and
+# float constants (norm epsilons) specialised: a saved trace cannot restart to tensorify them.
+_AOT_DYNAMO_CONFIG = {"enable_aot_compile": True, "specialize_float": True}
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
@@ -46,21 +66,138 @@ def configure_caches(path: str | Path | None = None) -> Path:
     return root
 
 
-def compile_blocks(dit: FoleyDiT, mode: str | None = None) -> FoleyDiT:
-    """Compile every transformer block in place (idempotent)."""
+def compile_blocks(dit: FoleyDiT, mode: str | None = None,
+                   cache: str | Path | None = None) -> FoleyDiT:
+    """Compile every transformer block in place (idempotent): through saved graphs where
+    PyTorch supports them, else `nn.Module.compile`."""
     if getattr(dit, "_foleyrt_compiled", False):
         return dit
-    configure_caches()
+    root = configure_caches(cache)
     import torch._dynamo.config as dynamo_config
 
-    # 54 blocks share 2 code objects (parameters are graph inputs, so one graph serves all);
-    # recompiles for new shapes must not hit the default limit.
+    # The blocks share 2 code objects; recompiles for new shapes must not hit the default limit.
     dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
+    device = next(dit.parameters()).device
+    store = BlockGraphs(root / "graphs" / graph_key(device, mode), mode) if (
+        saved_graphs_supported()) else None
     for module in dit.modules():
         if isinstance(module, COMPILED_BLOCKS):
-            module.compile(dynamic=True, mode=mode, fullgraph=True)
+            if store is not None:
+                store.attach(module)
+            else:
+                module.compile(dynamic=True, mode=mode, fullgraph=True)
     dit._foleyrt_compiled = True  # type: ignore[attr-defined]
     return dit
+
+
+def saved_graphs_supported() -> bool:
+    return hasattr(torch.compiler, "load_compiled_function")
+
+
+def graph_key(device: torch.device, mode: str | None) -> str:
+    """The saved graphs' directory name: everything they depend on that guards do not check."""
+    parts = [GRAPH_FORMAT, torch.__version__, str(torch.version.cuda), str(mode), device.type]
+    if device.type == "cuda":
+        parts.append(torch.cuda.get_device_name(device))
+        parts.append(str(torch.cuda.get_device_capability(device)))
+    try:
+        import triton
+
+        parts.append(triton.__version__)
+    except ImportError:
+        parts.append("no-triton")
+    digest = hashlib.sha256("\0".join(parts).encode())
+    package = Path(foleyrt.__file__).parent
+    for sub in TRACED_PACKAGES:
+        for source in sorted((package / sub).rglob("*.py")):
+            digest.update(source.relative_to(package).as_posix().encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+class BlockGraphs:
+    """Compiled block graphs in one directory, shared by every block of a class.
+
+    A block's call runs the first graph whose guards accept it (the block's class and parameter
+    types, input shapes' symbolic constraints, flags such as `update_visual`); when none does,
+    the call is compiled ahead of time with its inputs as the example, saved (atomically; names
+    are unique, so concurrent processes never clash) and kept. Graphs saved by other processes
+    are loaded at the first call. If a PyTorch build cannot trace or save a block this way, that
+    block class falls back to an in-process `torch.compile`, with a warning."""
+
+    def __init__(self, directory: Path, mode: str | None) -> None:
+        self.directory = directory
+        self.mode = mode
+        self._graphs: dict[type, list[Callable[..., Any]]] = {}
+        self._fallback: dict[type, Callable[..., Any]] = {}
+        self.loaded = self.saved = 0
+        self._scanned = False
+
+    def attach(self, block: nn.Module) -> None:
+        """Route `block`'s calls through the store (what `nn.Module.compile` does)."""
+        block._compiled_call_impl = functools.partial(self.call, block)
+
+    def call(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not self._scanned:
+            self._load_saved()
+        cls = type(block)
+        if cls in self._fallback:
+            return self._fallback[cls](block, *args, **kwargs)
+        graphs = self._graphs.setdefault(cls, [])
+        for graph in graphs:
+            if graph.guard_check(block, *args, **kwargs):  # type: ignore[attr-defined]
+                return graph(block, *args, **kwargs)
+        graph = self._compile(cls, block, args, kwargs)
+        if graph is None:
+            return self._fallback[cls](block, *args, **kwargs)
+        graphs.append(graph)
+        return graph(block, *args, **kwargs)
+
+    def _torch_compile(self, cls: type) -> Callable[..., Any]:
+        return torch.compile(cls.forward, fullgraph=True, dynamic=True, mode=self.mode)
+
+    def _compile(self, cls: type, block: nn.Module, args: tuple, kwargs: dict) -> Any:
+        import torch._dynamo.config as dynamo_config
+
+        settings = {k: v for k, v in _AOT_DYNAMO_CONFIG.items() if hasattr(dynamo_config, k)}
+        try:
+            with dynamo_config.patch(settings):
+                graph = self._torch_compile(cls).aot_compile(((block, *args), kwargs))
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{cls.__name__}-{uuid.uuid4().hex[:12]}.graph"
+            graph.save_compiled_function(str(path))
+        except Exception as exc:  # noqa: BLE001 - any failure here has the same remedy
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("%s: compiled graphs cannot be saved with this PyTorch (%s); compiling "
+                        "in process", cls.__name__, reason)
+            self._fallback[cls] = self._torch_compile(cls)
+            return None
+        self.saved += 1
+        log.info("compiled %s, saved to %s", cls.__name__, path)
+        return graph
+
+    def _load_saved(self) -> None:
+        """Load the directory's graphs, at the first call: a loaded graph's guards take the
+        autograd state (e.g. inference mode) of the moment they are loaded, and must see the
+        callers'."""
+        self._scanned = True
+        for path in sorted(self.directory.glob("*.graph")):
+            self._load(path)
+        if self.loaded:
+            log.info("loaded %d compiled block graph(s) from %s", self.loaded, self.directory)
+
+    def _load(self, path: Path) -> None:
+        cls = next((c for c in COMPILED_BLOCKS if path.name.startswith(f"{c.__name__}-")), None)
+        if cls is None:
+            return
+        try:
+            with path.open("rb") as f:
+                graph = torch.compiler.load_compiled_function(f)
+        except Exception as exc:  # noqa: BLE001 - an unreadable graph is recompiled, not fatal
+            log.warning("ignoring compiled graph %s (%s)", path, type(exc).__name__)
+            return
+        self._graphs.setdefault(cls, []).append(graph)
+        self.loaded += 1
 
 
 def compile_supported(device: torch.device) -> bool:
