@@ -26,6 +26,11 @@ from foleyrt.media.video import first_video_stream, open_media
 
 OUTPUT_SUFFIXES = (".wav", ".mp4")
 AAC_FRAME = 1024  # samples per AAC frame
+# FFmpeg's "fast" AAC quantiser search instead of "twoloop": about 3x less CPU for the same
+# bitrate (the mux was ~0.3 s of an 8 s clip's ~1.9 s request), and by FFmpeg's own account
+# (the commit that once made it the default) it sounds better than twoloop at high bitrates
+# such as our 192 kbit/s; twoloop's gains are at low bitrates.
+AAC_CODER = "fast"
 
 # String fields libsndfile stores in a WAV's LIST/INFO chunk.
 _WAV_TAGS = ("title", "copyright", "software", "artist", "comment", "date", "album", "genre")
@@ -227,6 +232,7 @@ def _mux(
         video = out.add_stream_from_template(in_video)
         audio = out.add_stream("aac", rate=sample_rate, layout="stereo")
         audio.bit_rate = bitrate
+        audio.codec_context.options = {"aac_coder": AAC_CODER}
         n_samples = round(_video_seconds(packets) * sample_rate)
         encoded = _encode_audio(audio, fit_length(samples, n_samples), sample_rate)
         for packet in packets:
