@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -181,10 +182,12 @@ class BlockGraphs:
         autograd state (e.g. inference mode) of the moment they are loaded, and must see the
         callers'."""
         self._scanned = True
+        start = time.perf_counter()
         for path in sorted(self.directory.glob("*.graph")):
             self._load(path)
         if self.loaded:
-            log.info("loaded %d compiled block graph(s) from %s", self.loaded, self.directory)
+            log.info("loaded %d compiled block graph(s) in %.1f s from %s", self.loaded,
+                     time.perf_counter() - start, self.directory)
 
     def _load(self, path: Path) -> None:
         cls = next((c for c in COMPILED_BLOCKS if path.name.startswith(f"{c.__name__}-")), None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -122,8 +123,10 @@ class GraphCache:
                 key = shape_key(x, (prepared, table))
                 graph = graphs.get(key)
                 if graph is None:
-                    log.info("capturing a CUDA graph for shape %s", key[0])
+                    start = time.perf_counter()
                     graph = GraphedVelocity(self.dit, x, prepared, table, self.pool)
+                    log.info("captured a CUDA graph for shape %s in %.1f s (warm-up calls "
+                             "included)", key[0], time.perf_counter() - start)
                     graphs[key] = graph
                     while len(graphs) > self.max_graphs:
                         graphs.popitem(last=False)
