@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -57,6 +58,22 @@ def test_prepare_once_then_velocity_matches_forward(tiny_dit) -> None:
     for t in (torch.full((2,), 1000.0), torch.full((2,), 20.0)):
         full = tiny_dit(inp["x"], t, inp["clip_feat"], inp["cond"], inp["sync_feat"])
         assert torch.equal(tiny_dit.velocity(inp["x"], t, prepared), full)
+
+
+@torch.inference_mode()
+def test_modulations_at_the_sync_rate_equal_those_per_audio_frame(tiny_dit) -> None:
+    """Fewer sync tokens than audio frames: the single blocks modulate from the sync-rate rows
+    and resample after the GEMM; the same velocity as from the resampled rows (exact: every
+    output row comes from the same input row)."""
+    inp = _tiny_inputs()
+    prepared = tiny_dit.prepare(inp["clip_feat"], inp["cond"], inp["sync_feat"],
+                                inp["x"].shape[-1])
+    assert prepared.sync_rows is not None
+    assert prepared.sync_rows.shape[1] < prepared.audio_len
+    per_frame = dataclasses.replace(prepared, sync_rows=None, sync_index=None)
+    torch.testing.assert_close(tiny_dit.velocity(inp["x"], inp["t"], prepared),
+                               tiny_dit.velocity(inp["x"], inp["t"], per_frame),
+                               rtol=1e-6, atol=1e-6)
 
 
 @torch.inference_mode()

@@ -82,6 +82,11 @@ class PreparedConditions:
     text_v: list[Tensor]  # per triple block, [B, heads, L, D]
     sync_add: Tensor | None  # [B, Na, H] fp32, sync features resampled to the audio frames
     rope: RopeTables
+    # The same features before resampling, kept when there are fewer of them than audio frames
+    # (24 vs 50 per second): the single blocks' per-token modulations are computed on these
+    # rows and resampled after the GEMM, the same numbers for half the work.
+    sync_rows: Tensor | None = None  # [B, Ns, H] fp32
+    sync_index: Tensor | None = None  # [Na] long: the row of `sync_rows` of each audio frame
 
     @property
     def audio_len(self) -> int:
@@ -305,11 +310,16 @@ class SingleBlock(nn.Module):
             if key in state_dict and state_dict[key].device.type != "meta":
                 state_dict[key] = state_dict[key][inverse.to(state_dict[key].device)]
 
-    def forward(self, x: Tensor, activated_cond: Tensor, rope: RopePair) -> Tensor:
-        """`activated_cond` is `SiLU(cond)` of the `[B, Na, H]` (or `[B, 1, H]`) per-token
-        conditioning, which every single block modulates from: computed once per step."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.modulation.project(activated_cond))
+    def forward(self, x: Tensor, activated_cond: Tensor, rope: RopePair,
+                cond_index: Tensor | None = None) -> Tensor:
+        """`activated_cond` is `SiLU(cond)` of the per-token conditioning, which every single
+        block modulates from (computed once per step): `[B, Na, H]`, `[B, 1, H]`, or `[B, Ns, H]`
+        rows of which audio frame `n` takes row `cond_index[n]`. Modulations are per row, so
+        they are computed on the rows and then resampled."""
+        mods = self.modulation.project(activated_cond)
+        if cond_index is not None:
+            mods = tuple(m[:, cond_index] for m in mods)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         h = modulate(layer_norm(x, SINGLE_LN_EPS), shift_msa, scale_msa)
         q, k, v = self.linear_qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)  # see class doc
         q = apply_rope(self.q_norm(q), *rope)
@@ -453,7 +463,7 @@ class FoleyDiT(nn.Module):
                                cfg.head_dim)
         text_k, text_v = zip(*(blk.text_kv(ctx, text_rope) for blk in self.triple_blocks))
         visual = self.visual_proj(clip_feat)
-        sync_add = None
+        sync_add = sync_rows = sync_index = None
         if cfg.has_sync_path:
             n_sync = sync_feat.shape[1]
             if n_sync % SYNC_TOKENS_PER_SEGMENT:
@@ -461,8 +471,12 @@ class FoleyDiT(nn.Module):
             seg = sync_feat.unflatten(1, (-1, SYNC_TOKENS_PER_SEGMENT)) + self.sync_pos_emb
             sync = self.sync_in(seg.flatten(1, 2))
             # nearest-exact resampling to the audio frames, in fp32 like the release.
-            sync_add = sync.float()[:, nearest_exact_index(n_sync, audio_len, device)]
-        return PreparedConditions(visual, list(text_k), list(text_v), sync_add, rope)
+            index = nearest_exact_index(n_sync, audio_len, device)
+            sync_add = sync.float()[:, index]
+            if n_sync < audio_len:
+                sync_rows, sync_index = sync.float(), index
+        return PreparedConditions(visual, list(text_k), list(text_v), sync_add, rope,
+                                  sync_rows, sync_index)
 
     # ---- per step ----------------------------------------------------------------------------
 
@@ -492,12 +506,18 @@ class FoleyDiT(nn.Module):
                 audio, visual, time.triple[i], prepared.text_k[i], prepared.text_v[i],
                 prepared.rope, update_visual=i < last,
             )
+        # The single blocks' conditioning: per audio frame (sync path: sync features + timestep,
+        # at the sync rate when it is shorter, see `PreparedConditions.sync_rows`) or one row.
         per_token = prepared.sync_add is not None
-        cond = prepared.sync_add + vec[:, None] if per_token else vec[:, None]
+        index = prepared.sync_index
+        if prepared.sync_rows is not None:
+            cond = prepared.sync_rows + vec[:, None]
+        else:
+            cond = prepared.sync_add + vec[:, None] if per_token else vec[:, None]
         # The modulation GEMMs' input, in their compute dtype (the cast `Linear` would make).
         activated = F.silu(cond).to(self.final_layer.linear.weight.dtype)
         for block in self.single_blocks:
-            audio = block(audio, activated, prepared.rope.seq_audio)
+            audio = block(audio, activated, prepared.rope.seq_audio, index)
         return self.final_layer(audio, cond, per_token).transpose(1, 2)
 
     def forward(
