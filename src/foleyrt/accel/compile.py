@@ -76,7 +76,8 @@ def compile_blocks(dit: FoleyDiT, mode: str | None = None,
     root = configure_caches(cache)
     import torch._dynamo.config as dynamo_config
 
-    # The blocks share 2 code objects; recompiles for new shapes must not hit the default limit.
+    # Without saved graphs (in-process compile), the blocks share 2 code objects: recompiles
+    # for new shapes or flags must not hit Dynamo's default limit.
     dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
     device = next(dit.parameters()).device
     store = BlockGraphs(root / "graphs" / graph_key(device, mode), mode) if (
