@@ -34,6 +34,16 @@ def _effective(mode: str, model: nn.Module) -> str:
     return mode
 
 
+def preload_compiled(runtime: RuntimeConfig) -> None:
+    """Where models are about to load: start loading `compile`'s saved block graphs in the
+    background (nothing for other modes, off CUDA, or with streamed blocks, which run eager)."""
+    from foleyrt.accel.compile import compile_supported, preload_block_graphs
+
+    if (runtime.accel == "compile" and compile_supported(runtime.device)
+            and OffloadPlan.parse(runtime.offload).kind != "blocks"):
+        preload_block_graphs(runtime.device)
+
+
 def apply_accel(model: nn.Module, mode: str) -> nn.Module:
     """Prepare `model` for `mode` in place (compiled blocks for `compile`)."""
     if _effective(mode, model) == "compile" and isinstance(model, FoleyDiT):

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -80,8 +81,7 @@ def compile_blocks(dit: FoleyDiT, mode: str | None = None,
     # for new shapes or flags must not hit Dynamo's default limit.
     dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
     device = next(dit.parameters()).device
-    store = BlockGraphs(root / "graphs" / graph_key(device, mode), mode) if (
-        saved_graphs_supported()) else None
+    store = block_graphs(device, mode, root) if saved_graphs_supported() else None
     for module in dit.modules():
         if isinstance(module, COMPILED_BLOCKS):
             if store is not None:
@@ -94,6 +94,25 @@ def compile_blocks(dit: FoleyDiT, mode: str | None = None,
 
 def saved_graphs_supported() -> bool:
     return hasattr(torch.compiler, "load_compiled_function")
+
+
+_STORES: dict[Path, BlockGraphs] = {}  # one per directory: graphs serve every model of a process
+
+
+def block_graphs(device: torch.device, mode: str | None, root: Path) -> BlockGraphs:
+    directory = root / "graphs" / graph_key(device, mode)
+    if directory not in _STORES:
+        _STORES[directory] = BlockGraphs(directory, mode)
+    return _STORES[directory]
+
+
+def preload_block_graphs(device: torch.device, mode: str | None = None,
+                         cache: str | Path | None = None) -> None:
+    """Start loading the saved graphs for `device` on a background thread, for callers that
+    run in inference mode (the pipeline): where models load, so that weight loading hides the
+    load (seconds, most of it starting Inductor's and Triton's runtimes)."""
+    if saved_graphs_supported():
+        block_graphs(device, mode, configure_caches(cache)).load_in_background()
 
 
 def graph_key(device: torch.device, mode: str | None) -> str:
@@ -124,8 +143,9 @@ class BlockGraphs:
     types, input shapes' symbolic constraints, flags such as `update_visual`); when none does,
     the call is compiled ahead of time with its inputs as the example, saved (atomically; names
     are unique, so concurrent processes never clash) and kept. Graphs saved by other processes
-    are loaded at the first call. If a PyTorch build cannot trace or save a block this way, that
-    block class falls back to an in-process `torch.compile`, with a warning."""
+    are loaded at the first call, or ahead of it by `load_in_background`. If a PyTorch build
+    cannot trace or save a block this way, that block class falls back to an in-process
+    `torch.compile`, with a warning."""
 
     def __init__(self, directory: Path, mode: str | None) -> None:
         self.directory = directory
@@ -134,12 +154,28 @@ class BlockGraphs:
         self._fallback: dict[type, Callable[..., Any]] = {}
         self.loaded = self.saved = 0
         self._scanned = False
+        self._loader: threading.Thread | None = None
 
     def attach(self, block: nn.Module) -> None:
         """Route `block`'s calls through the store (what `nn.Module.compile` does)."""
         block._compiled_call_impl = functools.partial(self.call, block)
 
+    def load_in_background(self) -> None:
+        """Load the saved graphs on a thread, in inference mode (see `_load_saved`)."""
+        if self._scanned or self._loader is not None:
+            return
+
+        def load() -> None:
+            with torch.inference_mode():
+                self._load_saved()
+
+        self._loader = threading.Thread(target=load, name="foleyrt-graph-load", daemon=True)
+        self._loader.start()
+
     def call(self, block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self._loader is not None:
+            self._loader.join()
+            self._loader = None
         if not self._scanned:
             self._load_saved()
         cls = type(block)

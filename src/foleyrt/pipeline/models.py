@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from foleyrt.accel import preload_compiled
 from foleyrt.accel.offload import BlockStreamer, ModelOffloader, stream_blocks
 from foleyrt.accel.quant import apply_precision, check_precision, stored_fp8_modules
 from foleyrt.config import (
@@ -100,6 +101,7 @@ def load_models(model: str = HUB_REPO, size: str = "xxl", *, runtime: RuntimeCon
         return random_models().place(runtime)
     spec = model_spec(size)
     files = resolve_files(model, [spec.dit_file, spec.vae_file, spec.synchformer_file])
+    preload_compiled(runtime)  # on a thread, while the weights load
     dit, stored_fp8 = load_dit(files[spec.dit_file], spec.dit, runtime)
     vae = load_dac(files[spec.vae_file], decoder_only=True, dtype=runtime.vae_dtype)
     synchformer = load_synchformer(files[spec.synchformer_file], spec.synchformer,
