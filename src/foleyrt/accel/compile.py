@@ -115,8 +115,10 @@ def preload_block_graphs(device: torch.device, mode: str | None = None,
         block_graphs(device, mode, configure_caches(cache)).load_in_background()
 
 
+@functools.cache
 def graph_key(device: torch.device, mode: str | None) -> str:
-    """The saved graphs' directory name: everything they depend on that guards do not check."""
+    """The saved graphs' directory name: everything they depend on that guards do not check
+    (computed once per process: it reads the traced source files)."""
     parts = [GRAPH_FORMAT, torch.__version__, str(torch.version.cuda), str(mode), device.type]
     if device.type == "cuda":
         parts.append(torch.cuda.get_device_name(device))
@@ -152,7 +154,7 @@ class BlockGraphs:
         self.mode = mode
         self._graphs: dict[type, list[Callable[..., Any]]] = {}
         self._fallback: dict[type, Callable[..., Any]] = {}
-        self.loaded = self.saved = 0
+        self.loaded = 0
         self._scanned = False
         self._loader: threading.Thread | None = None
 
@@ -210,7 +212,6 @@ class BlockGraphs:
                         "in process", cls.__name__, reason)
             self._fallback[cls] = self._torch_compile(cls)
             return None
-        self.saved += 1
         log.info("compiled %s, saved to %s", cls.__name__, path)
         return graph
 

@@ -471,10 +471,10 @@ class FoleyDiT(nn.Module):
             seg = sync_feat.unflatten(1, (-1, SYNC_TOKENS_PER_SEGMENT)) + self.sync_pos_emb
             sync = self.sync_in(seg.flatten(1, 2))
             # nearest-exact resampling to the audio frames, in fp32 like the release.
-            index = nearest_exact_index(n_sync, audio_len, device)
-            sync_add = sync.float()[:, index]
+            rows, index = sync.float(), nearest_exact_index(n_sync, audio_len, device)
+            sync_add = rows[:, index]
             if n_sync < audio_len:
-                sync_rows, sync_index = sync.float(), index
+                sync_rows, sync_index = rows, index
         return PreparedConditions(visual, list(text_k), list(text_v), sync_add, rope,
                                   sync_rows, sync_index)
 
@@ -509,15 +509,16 @@ class FoleyDiT(nn.Module):
         # The single blocks' conditioning: per audio frame (sync path: sync features + timestep,
         # at the sync rate when it is shorter, see `PreparedConditions.sync_rows`) or one row.
         per_token = prepared.sync_add is not None
-        index = prepared.sync_index
         if prepared.sync_rows is not None:
             cond = prepared.sync_rows + vec[:, None]
+        elif per_token:
+            cond = prepared.sync_add + vec[:, None]
         else:
-            cond = prepared.sync_add + vec[:, None] if per_token else vec[:, None]
+            cond = vec[:, None]
         # The modulation GEMMs' input, in their compute dtype (the cast `Linear` would make).
         activated = F.silu(cond).to(self.final_layer.linear.weight.dtype)
         for block in self.single_blocks:
-            audio = block(audio, activated, prepared.rope.seq_audio, index)
+            audio = block(audio, activated, prepared.rope.seq_audio, prepared.sync_index)
         return self.final_layer(audio, cond, per_token).transpose(1, 2)
 
     def forward(
