@@ -38,7 +38,7 @@ from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.pipeline.conditions import Conditions, cfg_rows, prepare_rows
 from foleyrt.pipeline.features import text_only_lengths
-from foleyrt.pipeline.pipeline import FoleyPipeline, release_cuda_memory
+from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, release_cuda_memory
 from foleyrt.pipeline.sampling import denoise, flow_schedule
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def pipeline_line(p: dict) -> str:
             f"{p['peak_mem_gb']:.1f} GB, vs first variant: latent cos "
             f"{p['latent_cos_vs_first']:.5f} SNR {p['latent_snr_db_vs_first']:.1f} dB, audio cos "
             f"{p['audio_cos_vs_first']:.4f} SNR {p['audio_snr_db_vs_first']:.1f} dB, "
-            f"stages {p['stages']}")
+            f"stages {p['stages']}, stage peak mem {p.get('stage_peak_mem_gb', {})}")
 
 
 def _sync(device: torch.device) -> None:
@@ -425,6 +425,7 @@ def _time_pipeline(pipe: FoleyPipeline, video: Path, out: Path, runs: int, steps
     assert outputs is not None
     peak = (torch.cuda.max_memory_allocated(device) / 2**30
             if device.type == "cuda" else float("nan"))
+    stage_peaks = _stage_peaks(pipe, video, steps)
     mid = stages[times.index(statistics.median_low(times))]
     ref_audio, ref_latent = reference or outputs
     return {"runs_s": times, "median_s": statistics.median(times), "peak_mem_gb": peak,
@@ -432,4 +433,32 @@ def _time_pipeline(pipe: FoleyPipeline, video: Path, out: Path, runs: int, steps
             "latent_snr_db_vs_first": _snr_db(outputs[1], ref_latent),
             "audio_cos_vs_first": _distance(outputs[0], ref_audio)[0],
             "audio_snr_db_vs_first": _snr_db(outputs[0], ref_audio),
-            "stages": {k: round(v, 3) for k, v in mid.items()}}, outputs
+            "stages": {k: round(v, 3) for k, v in mid.items()},
+            "stage_peak_mem_gb": stage_peaks}, outputs
+
+
+def _stage_peaks(pipe: FoleyPipeline, video: Path, steps: int) -> dict[str, float]:
+    """Peak GPU memory (GiB) of each stage of one more, untimed generation: which stage sets
+    the whole pipeline's peak, and so what a memory saving has to shrink."""
+    device = pipe.runtime.device
+    if device.type != "cuda":
+        return {}
+    peaks: dict[str, float] = {}
+    current = ["start"]
+
+    def close_stage(name: str) -> None:
+        torch.cuda.synchronize(device)
+        peaks[current[0]] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats(device)
+        current[0] = name
+
+    def on_progress(p: Progress) -> None:
+        if p.stage != current[0]:
+            close_stage(p.stage)
+
+    torch.cuda.reset_peak_memory_stats(device)
+    pipe.generate(video, prompt="footsteps on gravel", steps=steps, seed=0,
+                  progress=on_progress)
+    close_stage("end")
+    peaks.pop("start", None)
+    return peaks
