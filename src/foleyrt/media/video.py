@@ -3,8 +3,10 @@
 The release decodes the file twice (once per frame rate) and keeps every sampled frame at
 full resolution before resizing. We decode once, run both tick schedules on the same frames
 and resize each sampled frame as soon as it is chosen, so a 15 s 1080p clip never holds more
-raw frames than the one being resized. Frame choice and pixels stay exactly the release's (spec/pipeline.md §2–§4,
-spec/synchformer.md §6): the parity fixture E1 checks both.
+raw frames than a few chunks being resized. Frames are resized on CPU threads, or on the GPU
+with bit-exact equivalents of the release's kernels (`foleyrt.media.resize`). Frame choice and
+pixels stay exactly the release's (spec/pipeline.md §2–§4, spec/synchformer.md §6): the parity
+fixture E1 checks both, on the device under test.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from torch import Tensor
 
 from foleyrt.config import SIGLIP_FPS, SYNC_FPS, SYNC_WINDOW
 from foleyrt.errors import InputError, MediaError
+from foleyrt.media.resize import pil_bilinear_resize, torch_bicubic_aa_resize
 
 MIN_SECONDS = 1.0
 MAX_SECONDS = 15.0
@@ -297,6 +300,20 @@ def siglip_pixels(rgb: np.ndarray, size: int = SIGLIP_SIZE) -> Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
 
 
+def sync_resize_shape(height: int, width: int, size: int = SYNC_SIZE) -> tuple[int, int]:
+    """Shorter side to `size`, the longer one `int(size * long / short)` (torchvision v2)."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def center_crop(x: Tensor, size: int = SYNC_SIZE) -> Tensor:
+    """`[..., H, W]` -> `[..., size, size]`, torchvision's rounding of the offsets."""
+    top = int(round((x.shape[-2] - size) / 2))
+    left = int(round((x.shape[-1] - size) / 2))
+    return x[..., top : top + size, left : left + size]
+
+
 def sync_pixels_batch(frames: Sequence[np.ndarray], size: int = SYNC_SIZE) -> list[Tensor]:
     """(3, size, size) uint8 per frame: shorter side to `size`, then a center crop. Same-sized
     frames go in one call: the op parallelises over frames and channels, and each frame's
@@ -305,18 +322,68 @@ def sync_pixels_batch(frames: Sequence[np.ndarray], size: int = SYNC_SIZE) -> li
     PyTorch's native uint8 antialiased bicubic on the CPU, as torchvision v2 calls it: it
     rounds to uint8 between its two passes, so a float resize (or PIL's) differs by up to
     several levels (spec/synchformer.md §6)."""
-    height, width = frames[0].shape[:2]
-    if height <= width:
-        new_h, new_w = size, int(size * width / height)
-    else:
-        new_h, new_w = int(size * height / width), size
     nchw = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     resized = torch.nn.functional.interpolate(
-        nchw, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+        nchw, size=sync_resize_shape(*nchw.shape[-2:], size), mode="bicubic", antialias=True,
+        align_corners=False,
     )
-    top = int(round((new_h - size) / 2))
-    left = int(round((new_w - size) / 2))
-    return list(resized[:, :, top : top + size, left : left + size].contiguous())
+    return list(center_crop(resized, size).contiguous())
+
+
+def _siglip_batch(frames: Sequence[np.ndarray]) -> list[Tensor]:
+    return [siglip_pixels(rgb) for rgb in frames]
+
+
+def upload_frames(frames: Sequence[np.ndarray], device: torch.device) -> Tensor:
+    """Same-sized (H, W, 3) frames -> `[n, 3, H, W]` uint8 on `device`, through one pinned
+    staging buffer, so the copy does not hold up the decoder."""
+    staging = torch.empty((len(frames), *frames[0].shape), dtype=torch.uint8,
+                          pin_memory=device.type == "cuda")
+    host = staging.numpy()
+    for i, rgb in enumerate(frames):
+        host[i] = rgb
+    return staging.to(device, non_blocking=True).permute(0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class FramePrep:
+    """Where and how a branch's frames are resized: on the CPU (Pillow and PyTorch's native
+    kernels, on a thread pool) or on `device` with `foleyrt.media.resize`'s bit-exact
+    equivalents (queued from the decoding thread, run by the GPU while decoding goes on)."""
+
+    device: torch.device
+    tensor_ops: bool  # resize with `foleyrt.media.resize` on `device`, not on CPU threads
+
+    @classmethod
+    def for_device(cls, device: torch.device | None) -> FramePrep:
+        device = device or torch.device("cpu")
+        return cls(device, tensor_ops=device.type != "cpu")
+
+    @property
+    def on_cpu(self) -> bool:
+        return not self.tensor_ops
+
+    @property
+    def siglip_chunk(self) -> int:
+        """Frames per transform call: small on the CPU, where each frame is its own Pillow
+        call and chunks only feed the pool; larger on a device, where a call is launches."""
+        return 2 if self.on_cpu else 8
+
+    sync_chunk = 16
+
+    def siglip(self, frames: Sequence[np.ndarray]) -> Sequence[Tensor]:
+        """(3, 512, 512) uint8 per frame (a list, or one `[n, 3, 512, 512]` tensor)."""
+        if self.on_cpu:
+            return _siglip_batch(frames)
+        return pil_bilinear_resize(upload_frames(frames, self.device),
+                                   (SIGLIP_SIZE, SIGLIP_SIZE))
+
+    def sync(self, frames: Sequence[np.ndarray]) -> Sequence[Tensor]:
+        """(3, 224, 224) uint8 per frame (a list, or one `[n, 3, 224, 224]` tensor)."""
+        if self.on_cpu:
+            return sync_pixels_batch(frames)
+        x = upload_frames(frames, self.device)
+        return center_crop(torch_bicubic_aa_resize(x, sync_resize_shape(*x.shape[-2:])))
 
 
 def to_model_range(u8: Tensor) -> Tensor:
@@ -339,9 +406,10 @@ def audio_latent_frames(duration_s: float, rate: int = 50) -> int:
 
 @dataclass
 class DecodedClip:
-    """Both model inputs of a clip, uint8 on the CPU, with the source frame of every output
-    frame. `duration_s` (= T25 / 25) is the release's `audio_len_in_s`: the length of audio
-    the model is asked for, which may be a little shorter than `info.duration_s`."""
+    """Both model inputs of a clip, uint8 (on the CPU, or on the device that resized them),
+    with the source frame of every output frame. `duration_s` (= T25 / 25) is the release's
+    `audio_len_in_s`: the length of audio the model is asked for, which may be a little
+    shorter than `info.duration_s`."""
 
     info: VideoInfo
     siglip_u8: Tensor
@@ -353,21 +421,25 @@ class DecodedClip:
     duration_s: float
 
 
-class _Branch:
+class FrameBranch:
     """Frames of one rate, each source frame transformed once however often it is held.
 
-    New source frames are transformed in chunks on a thread pool while decoding goes on
-    (Pillow and PyTorch release the GIL), so preprocessing overlaps the decoder instead of
-    following it; `max_pending` chunks in flight bound the raw frames held in memory."""
+    New source frames are transformed in chunks while decoding goes on: on `pool` threads
+    (Pillow and PyTorch release the GIL; `max_pending` chunks in flight bound the raw frames
+    held in memory), or, without a pool, in the caller's thread (a device transform only
+    queues GPU work). `consume`, when given, maps each transformed chunk, in order, to what
+    is kept per source frame (an encoder's features instead of pixels, say)."""
 
-    def __init__(self, transform: Callable[[Sequence[np.ndarray]], list[Tensor]],
-                 pool: ThreadPoolExecutor, chunk: int, max_pending: int) -> None:
+    def __init__(self, transform: Callable[[Sequence[np.ndarray]], Sequence[Tensor]],
+                 chunk: int, pool: ThreadPoolExecutor | None = None, max_pending: int = 2,
+                 consume: Callable[[Sequence[Tensor]], Sequence[Tensor]] | None = None) -> None:
         self.transform = transform
         self.pool = pool
         self.chunk = chunk
         self.max_pending = max_pending
-        self.done: list[Tensor] = []
-        self.jobs: deque[Future[list[Tensor]]] = deque()
+        self.consume = consume
+        self.done: list[Tensor] = []  # per source frame, in order
+        self.jobs: deque[Future[Sequence[Tensor]]] = deque()
         self.batch: list[np.ndarray] = []
         self.slots: list[int] = []  # per tick: index of its transformed source frame
         self.source_index: list[int] = []
@@ -378,34 +450,50 @@ class _Branch:
         held = bool(self.source_index) and self.source_index[-1] == tick.frame_index
         if not held:
             if self.batch and self.batch[0].shape != tick.rgb.shape:
-                self._submit()  # a resolution change: batches must hold one frame size
+                self.flush()  # a resolution change: batches must hold one frame size
             self.batch.append(tick.rgb)
             self.n_sources += 1
             if len(self.batch) == self.chunk:
-                self._submit()
+                self.flush()
         self.slots.append(self.n_sources - 1)
         self.source_index.append(tick.frame_index)
         self.source_time.append(tick.time)
 
-    def _submit(self) -> None:
-        self.jobs.append(self.pool.submit(self.transform, self.batch))
+    def flush(self) -> None:
+        """Transform the frames gathered so far (a partial chunk too)."""
+        if not self.batch:
+            return
+        if self.pool is None:
+            self._keep(self.transform(self.batch))
+        else:
+            self.jobs.append(self.pool.submit(self.transform, self.batch))
         self.batch = []
         while len(self.jobs) > self.max_pending:
-            self.done.extend(self.jobs.popleft().result())
+            self._keep(self.jobs.popleft().result())
+
+    def _keep(self, outputs: Sequence[Tensor]) -> None:
+        self.done.extend(self.consume(outputs) if self.consume else outputs)
+
+    def finish(self) -> None:
+        self.flush()
+        while self.jobs:
+            self._keep(self.jobs.popleft().result())
 
     def stacked(self) -> Tensor:
-        if self.batch:
-            self._submit()
-        while self.jobs:
-            self.done.extend(self.jobs.popleft().result())
+        """Every tick's output, `[ticks, ...]`."""
+        self.finish()
         return torch.stack([self.done[i] for i in self.slots])
 
     def __len__(self) -> int:
         return len(self.slots)
 
 
-def _siglip_batch(frames: Sequence[np.ndarray]) -> list[Tensor]:
-    return [siglip_pixels(rgb) for rgb in frames]
+def check_sync_length(info: VideoInfo, n_sync: int, sync_fps: int = SYNC_FPS) -> None:
+    if n_sync < SYNC_WINDOW:
+        raise MediaError(
+            f"{info.path}: only {n_sync / sync_fps:.2f} s of video could be decoded; "
+            f"at least {SYNC_WINDOW / sync_fps:.2f} s is needed"
+        )
 
 
 def assemble_clip(
@@ -413,23 +501,23 @@ def assemble_clip(
     ticks: Iterable[Tick],
     siglip_fps: int = SIGLIP_FPS,
     sync_fps: int = SYNC_FPS,
+    prep: FramePrep | None = None,
 ) -> DecodedClip:
     """Preprocess ticks of the two rates as they arrive (see `decode_clip`)."""
     if siglip_fps == sync_fps:
         raise ValueError("the SigLIP2 and Synchformer rates must differ")
+    prep = prep or FramePrep.for_device(None)
     workers = max(1, min(PREPROCESS_WORKERS, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers, thread_name_prefix="foleyrt-frames") as pool:
-        siglip = _Branch(_siglip_batch, pool, chunk=2, max_pending=2 * workers)
-        sync = _Branch(sync_pixels_batch, pool, chunk=16, max_pending=2)
+    threads = (ThreadPoolExecutor(workers, thread_name_prefix="foleyrt-frames") if prep.on_cpu
+               else nullcontext(None))
+    with threads as pool:
+        siglip = FrameBranch(prep.siglip, prep.siglip_chunk, pool, max_pending=2 * workers)
+        sync = FrameBranch(prep.sync, prep.sync_chunk, pool)
         branches = {siglip_fps: siglip, sync_fps: sync}
         for tick in ticks:
             branches[tick.rate].add(tick)
         siglip_u8, sync_u8 = siglip.stacked(), sync.stacked()
-    if len(sync) < SYNC_WINDOW:
-        raise MediaError(
-            f"{info.path}: only {len(sync) / sync_fps:.2f} s of video could be decoded; "
-            f"at least {SYNC_WINDOW / sync_fps:.2f} s is needed"
-        )
+    check_sync_length(info, len(sync), sync_fps)
     return DecodedClip(
         info=info,
         siglip_u8=siglip_u8,
@@ -443,10 +531,12 @@ def assemble_clip(
 
 
 def decode_clip(
-    path: str | Path, *, siglip_fps: int = SIGLIP_FPS, sync_fps: int = SYNC_FPS
+    path: str | Path, *, siglip_fps: int = SIGLIP_FPS, sync_fps: int = SYNC_FPS,
+    device: torch.device | None = None,
 ) -> DecodedClip:
     """Validate `path` and decode it once into the SigLIP2 frames (siglip_fps, 512², uint8)
-    and the Synchformer frames (sync_fps, 224², uint8)."""
+    and the Synchformer frames (sync_fps, 224², uint8), resized on `device` (default: the
+    CPU)."""
     info = probe_video(path)
     ticks = iter_ticks(info.path, (siglip_fps, sync_fps))
-    return assemble_clip(info, ticks, siglip_fps, sync_fps)
+    return assemble_clip(info, ticks, siglip_fps, sync_fps, FramePrep.for_device(device))

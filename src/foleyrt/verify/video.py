@@ -2,8 +2,8 @@
 
 Everything is read from the case (video file, frame rates, subset rules, tolerances), so cases
 with other clips (frame rates, sizes, durations) run unchanged. The clip is decoded once
-through the production path (`iter_ticks` -> `assemble_clip`); a tap on the ticks records the
-raw-frame facts some cases also pin down.
+through the production path (`iter_ticks` -> `assemble_clip`, resizing on the device under
+test); a tap on the ticks records the raw-frame facts some cases also pin down.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from foleyrt.media.video import (
     DecodedClip,
+    FramePrep,
     Tick,
     assemble_clip,
     audio_latent_frames,
@@ -38,6 +39,7 @@ def run(case: dict[str, Any], fx: Fixtures) -> list[Check]:
         tap.watch(iter_ticks(video, (siglip_fps, sync_fps))),
         siglip_fps,
         sync_fps,
+        FramePrep.for_device(fx.device),  # on a GPU: the pipeline's exact GPU resizes
     )
     tensors = fx.tensors(case["file"])
     tol = case["tolerance"]
@@ -157,7 +159,7 @@ def compare_u8(name: str, got: Tensor, expected: Tensor, tol: dict[str, Any]) ->
     the values (another decoder or resampler build may round a few pixels differently)."""
     if tuple(got.shape) != tuple(expected.shape):
         return Check(name, False, detail=f"shape {tuple(got.shape)} != {tuple(expected.shape)}")
-    diff = (got.to(torch.int16) - expected.to(torch.int16)).abs()
+    diff = (got.to("cpu", torch.int16) - expected.to(torch.int16)).abs()
     max_abs = int(diff.max().item()) if diff.numel() else 0
     fraction = (diff > 0).float().mean().item() if diff.numel() else 0.0
     ok = max_abs <= tol.get("max_abs_err", 0) and fraction <= tol.get("mismatch_fraction_max", 0)
