@@ -17,9 +17,9 @@ from foleyrt import __version__
 from foleyrt.config import HUB_REPO, RuntimeConfig
 from foleyrt.errors import Cancelled, InputError, UsageError
 from foleyrt.media.audio import check_output_path, fit_length, mux_video, numbered_paths, write_wav
-from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS, audio_latent_frames, decode_clip
+from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS, audio_latent_frames
 from foleyrt.pipeline.conditions import Conditions, prepare_rows
-from foleyrt.pipeline.features import text_only_conditions, video_conditions
+from foleyrt.pipeline.features import encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_models
 from foleyrt.pipeline.sampling import StepEvent, denoise, flow_schedule, guidance_active
 
@@ -132,13 +132,12 @@ class FoleyPipeline:
         models = self.models
         if video is not None:
             _check_progress(progress, "video", 0, 1)
-            clip = decode_clip(video)
-            audio_s, fit_s = clip.duration_s, clip.info.duration_s
-            timings["video"] = time.perf_counter() - t0
-            _check_progress(progress, "features", 0, 1)
             with models.stage(models.siglip, models.synchformer, models.clap):
-                cond = video_conditions(models, clip, prompt, negative, self.runtime.device,
-                                        fast=self.runtime.accel != "eager")
+                clip = encode_video(models, video, prompt, negative, self.runtime.device,
+                                    fast=self.runtime.accel != "eager")
+            cond, audio_s, fit_s = clip.conditions, clip.duration_s, clip.info.duration_s
+            timings["video"] = clip.decode_s
+            _check_progress(progress, "features", 0, 1)
         else:
             assert duration is not None
             _check_progress(progress, "features", 0, 1)

@@ -1,0 +1,32 @@
+"""The GPU path's streamed encoding (frames resized and encoded chunk by chunk while decoding
+goes on) gives the conditions of decoding first and encoding the whole clip at once. Run on
+the CPU with the tiny random models: the orchestration (held frames, window groups across
+chunk boundaries, the last partial group) is what is under test."""
+
+from __future__ import annotations
+
+import torch
+
+from foleyrt.config import RuntimeConfig
+from foleyrt.media.video import decode_clip, probe_video
+from foleyrt.pipeline import features
+from foleyrt.pipeline.models import random_models
+
+from .conftest import Media
+
+
+def test_streamed_equals_whole_clip(media: Media, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # small groups, so a 5 s clip (15 windows) spans several calls and ends on a partial one
+    monkeypatch.setattr(features, "SIGLIP_CHUNK", 3)
+    monkeypatch.setattr(features, "SYNC_GROUP", 4)
+    models = random_models().place(RuntimeConfig())
+    cpu = torch.device("cpu")
+    path = media["h264_5s_25"]
+    with torch.inference_mode():
+        whole = features.video_conditions(models, decode_clip(path), "rain", "", cpu)
+        streamed = features._stream_video(models, probe_video(path), "rain", "", cpu, False)
+    assert streamed.duration_s == decode_clip(path).duration_s
+    for name in ("clip_feat", "sync_feat", "text_feat", "uncond_text_feat"):
+        got, want = getattr(streamed.conditions, name), getattr(whole, name)
+        assert got.shape == want.shape, name
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
