@@ -1,5 +1,7 @@
 """Where the CPU side of a request spends its time: probe, decode + RGB, both resizes, the
-whole `decode_clip`, and the MP4 mux. Usage: python scripts/profile_media.py [SECONDS W H]"""
+whole `decode_clip`, and the MP4 mux; on a GPU also the streamed path (decode + GPU resizes +
+real-size random SigLIP2/Synchformer/CLAP), with and without the encoders.
+Usage: python scripts/profile_media.py [SECONDS W H]"""
 
 from __future__ import annotations
 
@@ -40,11 +42,44 @@ def main() -> None:
         video.sync_pixels_batch(sync[i:i + 16]) for i in range(0, len(sync), 16)])
     for _ in range(2):
         decoded = timed("decode_clip (parallel)", lambda: video.decode_clip(clip))
+    if torch.cuda.is_available():
+        profile_stream(clip)
     audio = torch.zeros(1, round(decoded.duration_s * 48000))
     for _ in range(2):
         timed("mux mp4 (stream copy + aac)", lambda: mux_video(clip, tmp / "out.mp4", audio,
                                                                 48000, overwrite=True))
 
+
+def profile_stream(clip: Path) -> None:
+    """`encode_video` on the GPU, whole and without encoders (resizes only)."""
+    from types import SimpleNamespace
+
+    from foleyrt.config import PRESETS
+    from foleyrt.models.encoders import ClapTextEncoder, SigLIP2Encoder
+    from foleyrt.models.random_init import randomize_
+    from foleyrt.models.synchformer import Synchformer
+    from foleyrt.pipeline.features import encode_video
+
+    spec, dev = PRESETS["xxl"], torch.device("cuda")
+    real = SimpleNamespace(
+        siglip=SigLIP2Encoder.random(spec.dit.clip_dim, 3, full_size=True).to(dev).eval(),
+        synchformer=randomize_(Synchformer(spec.synchformer), 2).to(dev).eval(),
+        clap=ClapTextEncoder.random(spec.dit.text_dim, 4, text_length=spec.dit.text_length,
+                                    full_size=True).to(dev).eval())
+    zero_sync = torch.nn.Module()
+    zero_sync.config = real.synchformer.config  # type: ignore[assignment]
+    zero_sync.forward = lambda w: torch.zeros(w.shape[0], 1, 8, 768, device=dev)  # type: ignore
+    resize_only = SimpleNamespace(
+        siglip=lambda px: torch.zeros(1, px.shape[0], 768, device=dev),
+        synchformer=zero_sync, clap=real.clap)
+    for label, models in (("resizes only", resize_only), ("with encoders", real)):
+        for _ in range(3):
+            t = time.perf_counter()
+            with torch.inference_mode():
+                out = encode_video(models, clip, "rain", "", dev, fast=True)  # type: ignore
+            torch.cuda.synchronize()
+            print(f"stream {label:<14}: decode loop {out.decode_s:.3f} s, total "
+                  f"{time.perf_counter() - t:.3f} s")
 
 if __name__ == "__main__":
     main()

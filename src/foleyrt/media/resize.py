@@ -26,7 +26,7 @@ TORCH_MAX_PRECISION = 22  # PyTorch's cap on the int16 weights' fixed-point bits
 INT16_LIMIT = 1 << 15
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: the tables are cached per size
 class AxisTaps:
     """One axis of a separable resample: output sample `o` reads source samples
     `start[o] + k` (k < taps, clamped into range; the weights past a sample's true window
@@ -117,11 +117,17 @@ def torch_bicubic_aa_taps(in_size: int, out_size: int) -> AxisTaps:
     return _axis(starts, rows, taps, precision)
 
 
+@functools.lru_cache(maxsize=64)
+def _on_device(axis: AxisTaps, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The tables on `device`, copied once: a copy from pageable memory waits for the GPU
+    to drain its queue, which would stall the decoding thread at every chunk."""
+    return axis.start.to(device), axis.weights.to(device)
+
+
 def _resample_axis(x: Tensor, dim: int, axis: AxisTaps) -> Tensor:
     """One fixed-point pass along `dim` of uint8 `x`."""
     in_size = x.shape[dim]
-    start = axis.start.to(x.device)
-    weights = axis.weights.to(x.device)
+    start, weights = _on_device(axis, x.device)
     shape = [1] * x.ndim
     shape[dim] = -1
     acc = torch.full((), 1 << (axis.precision - 1) if axis.precision else 0,

@@ -426,18 +426,16 @@ class FrameBranch:
 
     New source frames are transformed in chunks while decoding goes on: on `pool` threads
     (Pillow and PyTorch release the GIL; `max_pending` chunks in flight bound the raw frames
-    held in memory), or, without a pool, in the caller's thread (a device transform only
-    queues GPU work). `consume`, when given, maps each transformed chunk, in order, to what
-    is kept per source frame (an encoder's features instead of pixels, say)."""
+    held in memory), or, without a pool, in the caller's thread. What the transform returns
+    per source frame is kept: pixels, or an encoder's features."""
 
     def __init__(self, transform: Callable[[Sequence[np.ndarray]], Sequence[Tensor]],
-                 chunk: int, pool: ThreadPoolExecutor | None = None, max_pending: int = 2,
-                 consume: Callable[[Sequence[Tensor]], Sequence[Tensor]] | None = None) -> None:
+                 chunk: int, pool: ThreadPoolExecutor | None = None,
+                 max_pending: int = 2) -> None:
         self.transform = transform
         self.pool = pool
         self.chunk = chunk
         self.max_pending = max_pending
-        self.consume = consume
         self.done: list[Tensor] = []  # per source frame, in order
         self.jobs: deque[Future[Sequence[Tensor]]] = deque()
         self.batch: list[np.ndarray] = []
@@ -464,20 +462,17 @@ class FrameBranch:
         if not self.batch:
             return
         if self.pool is None:
-            self._keep(self.transform(self.batch))
+            self.done.extend(self.transform(self.batch))
         else:
             self.jobs.append(self.pool.submit(self.transform, self.batch))
         self.batch = []
         while len(self.jobs) > self.max_pending:
-            self._keep(self.jobs.popleft().result())
-
-    def _keep(self, outputs: Sequence[Tensor]) -> None:
-        self.done.extend(self.consume(outputs) if self.consume else outputs)
+            self.done.extend(self.jobs.popleft().result())
 
     def finish(self) -> None:
         self.flush()
         while self.jobs:
-            self._keep(self.jobs.popleft().result())
+            self.done.extend(self.jobs.popleft().result())
 
     def stacked(self) -> Tensor:
         """Every tick's output, `[ticks, ...]`."""

@@ -1,9 +1,10 @@
 """Encoder features of one request (spec/pipeline.md §3-§5), computed once per clip.
 
 On a GPU the clip is decoded, resized and encoded at once (`_stream_video`): the decoding
-thread uploads each new source frame, queues its exact resize on the GPU, and queues SigLIP2
-on every few frames and Synchformer on every few complete windows, so the encoders run while
-the CPU decodes and only the last chunk is left when decoding ends. Small chunks also bound
+thread hands each chunk of new source frames to one feeding thread, which uploads them,
+queues their exact resize on the GPU, and queues SigLIP2 on every 16 frames and Synchformer
+on every 6 complete windows. The GPU encodes while the CPU decodes, the decoding thread
+never waits for the GPU, and only the last chunk is left when decoding ends. Small chunks also bound
 the encoders' activation memory, which otherwise sets the whole pipeline's peak. On the CPU
 the frames are resized on threads and encoded afterwards (`video_conditions`).
 """
@@ -11,12 +12,15 @@ the frames are resized on threads and encoded afterwards (`video_conditions`).
 from __future__ import annotations
 
 import bisect
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +42,8 @@ from foleyrt.pipeline.models import FoleyModels
 
 SIGLIP_CHUNK = 16  # frames per streamed SigLIP2 call
 SYNC_GROUP = 6  # windows per streamed Synchformer call
+STREAM_PENDING = 4  # chunks per branch queued for the feeding thread (bounds raw frames held)
+STREAM_SWITCH_INTERVAL_S = 2e-4  # see `_quick_gil_handover`
 
 
 def sync_autocast(device: torch.device):  # type: ignore[no-untyped-def]
@@ -108,54 +114,92 @@ def _stream_video(
 ) -> EncodedClip:
     t0 = time.perf_counter()
     prep = FramePrep.for_device(device)
-    with encoder_matmul_precision(fast):
+    with encoder_matmul_precision(fast), _quick_gil_handover(), ThreadPoolExecutor(
+        1, thread_name_prefix="foleyrt-gpu-feed"
+    ) as feeder:
         text, uncond = models.clap(prompt, negative_prompt)  # the GPU starts on it meanwhile
+        # (`windows` is bound before the first job runs: it reads the branch's tick list)
+        sync = FrameBranch(_in_inference(lambda frames: windows.add(prep.sync(frames))),
+                           prep.sync_chunk, feeder, max_pending=STREAM_PENDING)
+        windows = _SyncWindows(models.synchformer, device, sync.slots)
 
-        def siglip_rows(pixels: Sequence[Tensor]) -> Tensor:
-            batch = pixels if isinstance(pixels, Tensor) else torch.stack(list(pixels))
-            return models.siglip(to_model_range(batch))[0]
+        def siglip_rows(frames: Sequence[np.ndarray]) -> Tensor:
+            return models.siglip(to_model_range(_as_batch(prep.siglip(frames))))[0]
 
-        siglip = FrameBranch(prep.siglip, SIGLIP_CHUNK, consume=siglip_rows)
-        sync = FrameBranch(prep.sync, prep.sync_chunk)
-        windows = _SyncWindows(models.synchformer, device)
+        siglip = FrameBranch(_in_inference(siglip_rows), SIGLIP_CHUNK, feeder,
+                             max_pending=STREAM_PENDING)
         for tick in iter_ticks(info.path, (SIGLIP_FPS, SYNC_FPS)):
-            if tick.rate == SIGLIP_FPS:
-                siglip.add(tick)
-            else:
-                sync.add(tick)
-                windows.encode_ready(sync)
+            (siglip if tick.rate == SIGLIP_FPS else sync).add(tick)
         decode_s = time.perf_counter() - t0
         check_sync_length(info, len(sync))
         clip_feat = siglip.stacked()[None]
         sync.finish()
-        sync_feat = windows.encode_ready(sync, final=True)
+        sync_feat = windows.encode_ready(final=True)
     cond = Conditions(clip_feat, sync_feat, text, uncond)
     return EncodedClip(info, cond, len(sync) / SYNC_FPS, decode_s)
+
+
+@contextmanager
+def _quick_gil_handover() -> Iterator[None]:
+    """A 0.2 ms GIL switch interval while streaming (the default is 5 ms). The decoding thread
+    drops the GIL at every FFmpeg call and then waits for it while the feeding thread queues
+    encoder kernels; with the default interval that waiting cost 0.15-0.3 s per 8 s clip on
+    the H100 host (`scripts/profile_media.py`). Process-wide, hence restored right after."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(STREAM_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(saved)
+
+
+def _in_inference(fn: Callable[[Sequence[np.ndarray]], Sequence[Tensor]]
+                  ) -> Callable[[Sequence[np.ndarray]], Sequence[Tensor]]:
+    """`fn` under inference mode: a worker thread does not inherit the caller's."""
+    def run(frames: Sequence[np.ndarray]) -> Sequence[Tensor]:
+        with torch.inference_mode():
+            return fn(frames)
+    return run
+
+
+def _as_batch(pixels: Sequence[Tensor]) -> Tensor:
+    return pixels if isinstance(pixels, Tensor) else torch.stack(list(pixels))
 
 
 class _SyncWindows:
     """Synchformer over the clip's 16-frame windows (stride 8), `SYNC_GROUP` windows per call
     as soon as their frames are resized. Windows are separate batch items, so grouping them
-    differently from the release's one call changes nothing but kernel shapes."""
+    differently from the release's one call changes nothing but kernel shapes.
 
-    def __init__(self, model: Synchformer, device: torch.device) -> None:
+    `add` runs on the feeding thread, in chunk order; `slots` (tick -> source frame) is the
+    branch's list, which the decoding thread appends to: the ticks whose frames are resized
+    are a prefix of it."""
+
+    def __init__(self, model: Synchformer, device: torch.device, slots: list[int]) -> None:
         self.model = model
         self.device = device
+        self.slots = slots
+        self.pixels: list[Tensor] = []  # per source frame
         self.outputs: list[Tensor] = []
         self.encoded = 0  # windows done
 
-    def encode_ready(self, frames: FrameBranch, final: bool = False) -> Tensor:
-        """Encode the complete windows whose frames are all resized (every window when
-        `final`, after `frames.finish()`); returns the tokens so far, `[1, 8 * S, D]`."""
-        ready_ticks = bisect.bisect_left(frames.slots, len(frames.done))
+    def add(self, pixels: Sequence[Tensor]) -> Sequence[Tensor]:
+        self.pixels.extend(pixels)
+        self.encode_ready()
+        return pixels
+
+    def encode_ready(self, final: bool = False) -> Tensor:
+        """Encode the complete windows whose frames are all resized (every window left when
+        `final`); returns the tokens so far, `[1, 8 * S, D]`."""
+        ready_ticks = bisect.bisect_left(self.slots, len(self.pixels))
         available = _windows_in(ready_ticks)
         while available - self.encoded >= (1 if final else SYNC_GROUP):
             take = min(SYNC_GROUP, available - self.encoded)
             first = self.encoded * SYNC_STRIDE
             last = (self.encoded + take - 1) * SYNC_STRIDE + SYNC_WINDOW
-            pixels = torch.stack([frames.done[frames.slots[i]] for i in range(first, last)])
+            frames = torch.stack([self.pixels[self.slots[i]] for i in range(first, last)])
             with sync_autocast(self.device):
-                self.outputs.append(sync_features(self.model, to_model_range(pixels)).float())
+                self.outputs.append(sync_features(self.model, to_model_range(frames)).float())
             self.encoded += take
         return torch.cat(self.outputs, dim=1) if self.outputs else torch.empty(0)
 
