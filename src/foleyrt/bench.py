@@ -444,16 +444,17 @@ def _stage_peaks(pipe: FoleyPipeline, video: Path, steps: int) -> dict[str, floa
     if device.type != "cuda":
         return {}
     peaks: dict[str, float] = {}
-    current = ["start"]
+    current = "start"
 
     def close_stage(name: str) -> None:
+        nonlocal current
         torch.cuda.synchronize(device)
-        peaks[current[0]] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        peaks[current] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         torch.cuda.reset_peak_memory_stats(device)
-        current[0] = name
+        current = name
 
     def on_progress(p: Progress) -> None:
-        if p.stage != current[0]:
+        if p.stage != current:
             close_stage(p.stage)
 
     torch.cuda.reset_peak_memory_stats(device)

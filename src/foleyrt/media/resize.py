@@ -3,9 +3,9 @@
 SigLIP2 frames go through Pillow's bilinear resize and Synchformer frames through PyTorch's
 CPU uint8 antialiased bicubic (spec/pipeline.md §3, spec/synchformer.md §6). Both are
 separable fixed-point filters: per axis, every output sample is an integer dot product of
-source pixels with integer weights, plus half an LSB, shifted down and clamped to 0..255;
-the width pass runs first and rounds to uint8 before the height pass. Only how the weights
-are made differs (filter, support, fixed-point precision). Rebuilding those tables here and
+source pixels with integer weights, plus half an LSB, shifted down and clamped to 0..255,
+and the first pass rounds to uint8 before the second. Only how the weights are made (filter,
+support, fixed-point precision) and which pass comes first differ. Rebuilding those tables here and
 running the dot products as int32 tensor ops gives the same bytes as the CPU libraries, so
 the frames can be resized on the GPU, where they are consumed, instead of on the CPU threads
 that decode. `tests/media/test_resize.py` checks equality against Pillow and PyTorch.

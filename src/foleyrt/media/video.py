@@ -349,7 +349,8 @@ def upload_frames(frames: Sequence[np.ndarray], device: torch.device) -> Tensor:
 class FramePrep:
     """Where and how a branch's frames are resized: on the CPU (Pillow and PyTorch's native
     kernels, on a thread pool) or on `device` with `foleyrt.media.resize`'s bit-exact
-    equivalents (queued from the decoding thread, run by the GPU while decoding goes on)."""
+    equivalents (queued by the thread that runs the transform; the GPU runs them while
+    decoding goes on)."""
 
     device: torch.device
     tensor_ops: bool  # resize with `foleyrt.media.resize` on `device`, not on CPU threads

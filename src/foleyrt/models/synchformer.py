@@ -410,9 +410,14 @@ def segment_windows(
     return frames.unfold(0, window, stride).permute(0, 4, 1, 2, 3).unsqueeze(1)
 
 
+def sync_window_count(n_frames: int) -> int:
+    """Complete windows in `n_frames` 25 fps frames (not positive below one window)."""
+    return (n_frames - SYNC_WINDOW) // SYNC_STRIDE + 1
+
+
 def sync_token_count(n_frames: int) -> int:
     """Sync tokens for `n_frames` 25 fps frames: 8 per complete window."""
-    return 8 * ((n_frames - SYNC_WINDOW) // SYNC_STRIDE + 1)
+    return 8 * sync_window_count(n_frames)
 
 
 def sync_features(model: Synchformer, frames: Tensor, batch_size: int | None = None) -> Tensor:

@@ -36,7 +36,12 @@ from foleyrt.media.video import (
     probe_video,
     to_model_range,
 )
-from foleyrt.models.synchformer import Synchformer, sync_features, sync_token_count
+from foleyrt.models.synchformer import (
+    Synchformer,
+    sync_features,
+    sync_token_count,
+    sync_window_count,
+)
 from foleyrt.pipeline.conditions import Conditions
 from foleyrt.pipeline.models import FoleyModels
 
@@ -134,7 +139,8 @@ def _stream_video(
         check_sync_length(info, len(sync))
         clip_feat = siglip.stacked()[None]
         sync.finish()
-        sync_feat = windows.encode_ready(final=True)
+        windows.encode_ready(final=True)
+        sync_feat = windows.tokens()
     cond = Conditions(clip_feat, sync_feat, text, uncond)
     return EncodedClip(info, cond, len(sync) / SYNC_FPS, decode_s)
 
@@ -188,11 +194,11 @@ class _SyncWindows:
         self.encode_ready()
         return pixels
 
-    def encode_ready(self, final: bool = False) -> Tensor:
+    def encode_ready(self, final: bool = False) -> None:
         """Encode the complete windows whose frames are all resized (every window left when
-        `final`); returns the tokens so far, `[1, 8 * S, D]`."""
+        `final`)."""
         ready_ticks = bisect.bisect_left(self.slots, len(self.pixels))
-        available = _windows_in(ready_ticks)
+        available = sync_window_count(ready_ticks)
         while available - self.encoded >= (1 if final else SYNC_GROUP):
             take = min(SYNC_GROUP, available - self.encoded)
             first = self.encoded * SYNC_STRIDE
@@ -201,11 +207,10 @@ class _SyncWindows:
             with sync_autocast(self.device):
                 self.outputs.append(sync_features(self.model, to_model_range(frames)).float())
             self.encoded += take
-        return torch.cat(self.outputs, dim=1) if self.outputs else torch.empty(0)
 
-
-def _windows_in(n_frames: int) -> int:
-    return (n_frames - SYNC_WINDOW) // SYNC_STRIDE + 1 if n_frames >= SYNC_WINDOW else 0
+    def tokens(self) -> Tensor:
+        """The clip's sync tokens, `[1, 8 * S, D]` (after the final `encode_ready`)."""
+        return torch.cat(self.outputs, dim=1)
 
 
 def text_only_lengths(duration_s: float) -> tuple[int, int, float]:
