@@ -1,48 +1,93 @@
-"""Where the first compiled step spends its time, and whether the on-disk caches hit.
-Run it twice (two processes, same FOLEYRT_CACHE): the second run should load the saved block
-graphs and compile nothing. `--preload` starts loading them in the background before the model
-is built, as `load_models` does.
-Usage: python scripts/compile_cache_check.py [SIZE SECONDS] [--preload]"""
+"""Cold start of one process: what the first request's 50-step loop costs beyond a warm one.
+
+Run it once per process on one FOLEYRT_CACHE: with `--accel compile`, the first process compiles
+and saves the block graphs; a later one should load them and compile nothing. `--accel eager`
+gives the baseline every PyTorch program pays on its first call (CUDA, cuBLAS and cuDNN set-up),
+so "compile time in a second process" = its overhead minus eager's. `--preload` starts loading
+the saved graphs in the background before the model is built, as `load_models` does while
+checkpoints load. `--cprofile` prints where the first loop's host time goes.
+
+Usage: python scripts/compile_cache_check.py [SIZE SECONDS] [--accel compile|eager]
+                                             [--preload] [--cprofile]
+"""
 
 from __future__ import annotations
 
-import sys
+import argparse
+import cProfile
+import logging
+import pstats
+import statistics
 import time
 
 import torch
-from torch._dynamo.utils import compile_times, counters
+from torch._dynamo.utils import counters
 
-from foleyrt.accel.compile import compile_blocks, preload_block_graphs
+from foleyrt.accel import model_fn
+from foleyrt.accel.compile import preload_block_graphs
 from foleyrt.bench import random_conditions, random_dit
-from foleyrt.config import PRESETS
+from foleyrt.config import PRESETS, RuntimeConfig
 from foleyrt.pipeline.conditions import prepare_rows
-from foleyrt.pipeline.sampling import flow_schedule
+from foleyrt.pipeline.sampling import denoise, flow_schedule
+
+STEPS, GUIDANCE = 50, 4.5
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--preload"]
-    size, seconds = (args[0], float(args[1])) if len(args) == 2 else ("xl", 5.0)
-    device = torch.device("cuda")
     start = time.perf_counter()
-    if "--preload" in sys.argv:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("size", nargs="?", default="xxl", choices=sorted(PRESETS))
+    parser.add_argument("seconds", nargs="?", type=float, default=8.0)
+    parser.add_argument("--accel", default="compile", choices=["compile", "eager"])
+    parser.add_argument("--preload", action="store_true")
+    parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--device", default="cuda", help="cpu runs eager: a smoke test only")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="  log: %(message)s")
+    device = torch.device(args.device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if args.preload and args.accel == "compile":
         preload_block_graphs(device)
-    spec = PRESETS[size]
+    spec = PRESETS[args.size]
     dit = random_dit(spec, device, torch.bfloat16, seed=0)
-    cond, n_latent = random_conditions(spec, seconds, device, seed=1)
-    x = torch.randn(2, 128, n_latent, device=device, dtype=torch.bfloat16)
-    with torch.inference_mode():
-        prepared = prepare_rows(dit, cond, 1, True, n_latent)
-        table = dit.time_conditioning(flow_schedule(50, spec.diffusion).timesteps.to(device))
-        compile_blocks(dit)
+    cond, n_latent = random_conditions(spec, args.seconds, device, seed=1)
+    schedule = flow_schedule(STEPS, spec.diffusion, n_tokens=n_latent)
+    noise = torch.randn(1, 128, n_latent, device=device, dtype=torch.bfloat16)
+    runtime = RuntimeConfig(device=device, dtype=torch.bfloat16, accel=args.accel)
+    sync()
+    built = time.perf_counter()
+
+    def loop() -> float:
         t = time.perf_counter()
-        dit.velocity(x, None, prepared, table.select(torch.zeros(1, dtype=torch.long,
-                                                                 device=device), 2))
-        torch.cuda.synchronize()
-        print(f"first compiled forward: {time.perf_counter() - t:.1f} s "
-              f"({time.perf_counter() - start:.1f} s since start, model building included)")
-    print(compile_times(repr="str", aggregate=True))
+        prepared = prepare_rows(dit, cond, 1, True, n_latent)
+        denoise(model_fn(dit, prepared, runtime, schedule), noise, schedule, GUIDANCE)
+        sync()
+        return time.perf_counter() - t
+
+    with torch.inference_mode():
+        profiler = cProfile.Profile() if args.cprofile else None
+        if profiler:
+            profiler.enable()
+        first = loop()
+        if profiler:
+            profiler.disable()
+        warm = statistics.median(loop() for _ in range(3))
+    print(f"{args.size} {args.seconds:g} s, --accel {args.accel}"
+          f"{' --preload' if args.preload else ''}: model built {built - start:.1f} s after "
+          f"start; first loop {first:.2f} s, warm loop {warm:.3f} s (median of 3): "
+          f"first-request overhead {first - warm:.2f} s")
     for group in ("inductor", "aot_autograd"):
-        print(group, {k: v for k, v in counters[group].items() if "cache" in k})
+        hits = {k: v for k, v in counters[group].items() if "cache" in k}
+        if hits:
+            print(f"  {group} {hits}")
+    if profiler:
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("cumulative").print_stats(30)
+        stats.sort_stats("tottime").print_stats(20)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ with other noise.
 
     PYTHONPATH=src python scripts/quant_check.py [--precisions fp8 fp8+calibrated int8 ...]
                                                  [--runs 3] [--fp8-precise-accum]
+                                                 [--profile [--profile-json PATH]]
 
 Most of the time is Inductor compiling each precision's two block graphs (once per precision,
 then cached on disk); one compile serves both row counts. Targets: fp8 loop <= 0.6 s, >= 1.2x
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +32,7 @@ from torch import Tensor
 from foleyrt.accel import model_fn, quant
 from foleyrt.accel.calibrate import ActivationRecorder, Calibration
 from foleyrt.accel.quant import quantizable_modules, quantize_
-from foleyrt.bench import profile_forward, random_conditions, random_dit
+from foleyrt.bench import format_profile, kernel_times, random_conditions, random_dit
 from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.pipeline.conditions import prepare_rows
@@ -98,6 +101,8 @@ def main() -> None:
                         help="fp8 without Hopper's fast accumulation")
     parser.add_argument("--profile", action="store_true",
                         help="also print each precision's GPU kernel-time breakdown at 8 clips")
+    parser.add_argument("--profile-json", metavar="PATH",
+                        help="with --profile: every kernel (name, ms, calls) per precision")
     parser.add_argument("--size", default="xxl", choices=sorted(PRESETS))
     parser.add_argument("--device", default="cuda", help="cpu runs eager: a smoke test only")
     args = parser.parse_args()
@@ -107,7 +112,7 @@ def main() -> None:
     print(f"{name}, torch {torch.__version__}, {spec.name} {SECONDS:g} s, {STEPS} steps, CFG; "
           f"fp8 fast accum {quant.FP8_FAST_ACCUM}", flush=True)
     case = Case(spec, device)
-    rows = []
+    rows, profiles = [], {}
     with torch.inference_mode():
         base = random_dit(spec, device, torch.bfloat16, seed=0)
         calibrated = any(_needs_calibration(p) for p in args.precisions)
@@ -118,6 +123,8 @@ def main() -> None:
             t0 = time.perf_counter()
             try:
                 row = measure(precision, spec, case, ref, calibration, args.runs, args.profile)
+                if args.profile:
+                    profiles[precision] = row.pop("kernels")
             except Exception as exc:  # report it and go on: GPU time is scarce
                 print(f"  {precision}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                       flush=True)
@@ -125,6 +132,8 @@ def main() -> None:
             rows.append(row)
             print(f"  {precision}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     report(rows)
+    if args.profile_json:
+        Path(args.profile_json).write_text(json.dumps(profiles, indent=1))
 
 
 def measure(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
@@ -151,8 +160,9 @@ def measure(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
     row["peak_gb"] = (torch.cuda.max_memory_allocated(device) / 2**30
                       if device.type == "cuda" else float("nan"))
     if profile:
-        print(profile_forward(dit, case.cond, case.noise[8], f"{spec.name} {precision} 8 clips",
-                              SECONDS), flush=True)
+        row["kernels"] = kernel_times(dit, case.cond, case.noise[8])
+        print(format_profile(row["kernels"], f"{spec.name} {precision} 8 clips {SECONDS:g}s"),
+              flush=True)
     return row
 
 

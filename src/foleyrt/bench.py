@@ -305,9 +305,9 @@ KERNEL_CLASSES = (
 )
 
 
-def profile_forward(dit: FoleyDiT, cond: Conditions, x0: Tensor, size: str,
-                    duration: float) -> str:
-    """GPU time by kernel class and the top kernels of one compiled (un-graphed) forward."""
+def kernel_times(dit: FoleyDiT, cond: Conditions, x0: Tensor) -> list[tuple[str, float, int]]:
+    """`(kernel name, GPU ms, calls)` of one compiled (un-graphed) forward with CFG rows
+    `[x0, x0]`, after three warm-up calls."""
     from torch.profiler import ProfilerActivity, profile
 
     from foleyrt.accel import apply_accel
@@ -322,15 +322,24 @@ def profile_forward(dit: FoleyDiT, cond: Conditions, x0: Tensor, size: str,
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         dit.velocity(x, t, prepared)
         _sync(x.device)
-    kernels = [(e.key, e.device_time_total / 1e3, e.count) for e in prof.key_averages()
-               if e.device_time_total > 0]
+    return [(e.key, e.device_time_total / 1e3, e.count) for e in prof.key_averages()
+            if e.device_time_total > 0]
+
+
+def profile_forward(dit: FoleyDiT, cond: Conditions, x0: Tensor, size: str,
+                    duration: float) -> str:
+    """GPU time by kernel class and the top kernels of one compiled (un-graphed) forward."""
+    return format_profile(kernel_times(dit, cond, x0), f"{size} {duration:g}s")
+
+
+def format_profile(kernels: list[tuple[str, float, int]], title: str) -> str:
     total = sum(ms for _, ms, _ in kernels)
     by_class: dict[str, float] = {}
     for name, ms, _ in kernels:
         low = name.lower()
         cls = next((c for c, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other")
         by_class[cls] = by_class.get(cls, 0.0) + ms
-    lines = [f"profile {size} {duration:g}s, one compiled forward: {total:.2f} ms GPU time"]
+    lines = [f"profile {title}, one compiled forward: {total:.2f} ms GPU time"]
     lines += [f"  {c:<34}{ms:8.2f} ms {100 * ms / total:5.1f}%"
               for c, ms in sorted(by_class.items(), key=lambda kv: -kv[1])]
     lines += [f"  {ms:8.3f} ms x{n:<4} {name[:100]}"
