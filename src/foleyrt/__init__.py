@@ -19,9 +19,11 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from foleyrt.config import RuntimeConfig
-    from foleyrt.errors import FoleyError
-    from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult, Progress
+    from foleyrt.config import RuntimeConfig as RuntimeConfig
+    from foleyrt.errors import FoleyError as FoleyError
+    from foleyrt.pipeline.pipeline import FoleyPipeline as FoleyPipeline
+    from foleyrt.pipeline.pipeline import FoleyResult as FoleyResult
+    from foleyrt.pipeline.pipeline import Progress as Progress
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -29,13 +29,16 @@ Velocity graph (fp32; H hidden size, D head dim, K triple blocks, C latent chann
     t                         [batch]                            float32  timesteps, 0..1000
     visual                    [batch, visual_len, H]             float32  visual stream, block 0
     text_k, text_v            [K, batch, heads, text_len, D]     float32  per-block text K / V
-    rope_self_audio_cos|sin   [audio_len, D]                     float32  triple self-attention
-    rope_self_visual_cos|sin  [visual_len, D]                    float32
-    rope_seq_audio_cos|sin    [audio_len, D]                     float32  cross-attn, single blocks
-    rope_seq_visual_cos|sin   [visual_len, D]                    float32
+    rope_self_audio_cos|ssin  [audio_len, D]                     float32  triple self-attention
+    rope_self_visual_cos|ssin [visual_len, D]                    float32
+    rope_seq_audio_cos|ssin   [audio_len, D]                     float32  cross-attn, single blocks
+    rope_seq_visual_cos|ssin  [visual_len, D]                    float32
     visual_gather             [visual_len]                       int64
     sync_add                  [batch, audio_len, H]              float32  (models with sync path)
     -> velocity               [batch, C, audio_len]              float32
+
+`cos|ssin` are `rope_table`'s cos and signed-sin tables (the rotation's sign folded into sin;
+a graph exported before that change named its inputs `..._sin`, so it cannot be fed these).
 
 VAE decoder: `z [batch, C, audio_len] float32 -> audio [batch, 1, hop * audio_len] float32`.
 
@@ -79,7 +82,7 @@ def velocity_signature(dit: FoleyDiT) -> tuple[GraphInput, ...]:
               GraphInput("visual", (BATCH, VISUAL_LEN, h)),
               GraphInput("text_k", kv), GraphInput("text_v", kv)]
     for table, length in ROPE_TABLES:
-        inputs += [GraphInput(f"rope_{table}_{part}", (length, d)) for part in ("cos", "sin")]
+        inputs += [GraphInput(f"rope_{table}_{part}", (length, d)) for part in ("cos", "ssin")]
     inputs.append(GraphInput("visual_gather", (VISUAL_LEN,), "int64"))
     if cfg.has_sync_path:
         inputs.append(GraphInput("sync_add", (BATCH, AUDIO_LEN, h)))
@@ -100,7 +103,7 @@ def condition_feeds(prepared: PreparedConditions) -> dict[str, Tensor]:
     feeds = {"visual": prepared.visual,
              "text_k": torch.stack(prepared.text_k), "text_v": torch.stack(prepared.text_v)}
     for table, _ in ROPE_TABLES:
-        feeds[f"rope_{table}_cos"], feeds[f"rope_{table}_sin"] = getattr(rope, table)
+        feeds[f"rope_{table}_cos"], feeds[f"rope_{table}_ssin"] = getattr(rope, table)
     feeds["visual_gather"] = gather
     if prepared.sync_add is not None:
         feeds["sync_add"] = prepared.sync_add
@@ -121,18 +124,18 @@ class VelocityGraph(nn.Module):
 
     def forward(
         self, x: Tensor, t: Tensor, visual: Tensor, text_k: Tensor, text_v: Tensor,
-        rope_self_audio_cos: Tensor, rope_self_audio_sin: Tensor,
-        rope_self_visual_cos: Tensor, rope_self_visual_sin: Tensor,
-        rope_seq_audio_cos: Tensor, rope_seq_audio_sin: Tensor,
-        rope_seq_visual_cos: Tensor, rope_seq_visual_sin: Tensor,
+        rope_self_audio_cos: Tensor, rope_self_audio_ssin: Tensor,
+        rope_self_visual_cos: Tensor, rope_self_visual_ssin: Tensor,
+        rope_seq_audio_cos: Tensor, rope_seq_audio_ssin: Tensor,
+        rope_seq_visual_cos: Tensor, rope_seq_visual_ssin: Tensor,
         visual_gather: Tensor, sync_add: Tensor | None = None,
     ) -> Tensor:
         rope = RopeTables(
-            self_audio=(rope_self_audio_cos, rope_self_audio_sin),
-            self_visual=(rope_self_visual_cos, rope_self_visual_sin),
+            self_audio=(rope_self_audio_cos, rope_self_audio_ssin),
+            self_visual=(rope_self_visual_cos, rope_self_visual_ssin),
             visual_gather=visual_gather,
-            seq_audio=(rope_seq_audio_cos, rope_seq_audio_sin),
-            seq_visual=(rope_seq_visual_cos, rope_seq_visual_sin),
+            seq_audio=(rope_seq_audio_cos, rope_seq_audio_ssin),
+            seq_visual=(rope_seq_visual_cos, rope_seq_visual_ssin),
         )
         prepared = PreparedConditions(visual, list(text_k.unbind(0)), list(text_v.unbind(0)),
                                       sync_add, rope)

@@ -237,8 +237,10 @@ class TripleBlock(nn.Module):
         visual = visual + self.v_cond_cross_proj(out_v) * v_gate2
 
         # (3) MLPs.
-        audio = audio + self.audio_mlp(modulate(layer_norm(audio, LN_EPS), a_shift3, a_scale3)) * a_gate3
-        visual = visual + self.v_cond_mlp(modulate(layer_norm(visual, LN_EPS), v_shift3, v_scale3)) * v_gate3
+        audio = audio + self.audio_mlp(
+            modulate(layer_norm(audio, LN_EPS), a_shift3, a_scale3)) * a_gate3
+        visual = visual + self.v_cond_mlp(
+            modulate(layer_norm(visual, LN_EPS), v_shift3, v_scale3)) * v_gate3
         return audio, visual
 
     def _audio_tail(

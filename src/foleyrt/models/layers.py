@@ -25,43 +25,31 @@ class Linear(nn.Linear):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
-class TemporalConv(nn.Module):
-    """A Conv1d along the token axis of a `[B, N, C]` stream, computed as one GEMM.
+def taps_on_output(in_channels: int, out_channels: int, kernel_size: int,
+                   in_bytes: int = 1, out_bytes: int = 1) -> bool:
+    """Where a temporal conv's GEMM puts its `k` taps: on the output (one product gives every
+    tap's output, `k` times the output's bytes) or on the input (an unfolded copy, `k` times
+    the input's bytes), whichever side is smaller as it travels through memory. With equal
+    element sizes that is the output for a narrowing conv; an FP8 GEMM reads 1-byte inputs
+    and writes 2-byte outputs, so only a conv that narrows more than twofold keeps them."""
+    return kernel_size > 1 and in_channels * in_bytes >= out_channels * out_bytes
 
-    Keys and shapes are those of `nn.Conv1d` (`weight [out, in, k]`, optional `bias`). The
-    window becomes one matrix product in one of two exact ways, whichever moves fewer bytes:
 
-    - taps on the input (a widening conv, `in < out`): the zero-padded window of `k` tokens is
-      unfolded to `[B, N, k*in]`, tap-major (feature `j*in + c` = channel `c` of token
-      `n + j - k//2`: `k` contiguous shifted copies), and multiplied by the `[out, k*in]` rows;
-    - taps on the output (`in >= out`): one product gives every tap's output `[B, N, k*out]`
-      (weight rows tap-major), and the `k` outputs are summed, each shifted by its offset.
-      The input is never copied `k` times, and a quantised GEMM scales it per plain token.
+class TapLayout:
+    """How a temporal conv of kernel `kernel_size` becomes one GEMM, in one of two exact ways
+    (`taps_on_output` says which):
 
-    The parameter shows the official `[out, in, k]` shape but is stored so that its GEMM view
-    is free (memory `[out, k, in]` or `[k, out, in]`: `in` innermost either way); any other
-    layout (e.g. a `.contiguous()` copy) gives the same numbers through a copy per call. Both
-    ways beat cuDNN's conv here and quantise like any Linear.
-    """
+    - taps on the input: the zero-padded window of `k` tokens is unfolded to `[B, N, k*in]`,
+      tap-major (feature `j*in + c` = channel `c` of token `n + j - k//2`), and multiplied by
+      the `[out, k*in]` rows;
+    - taps on the output: one product gives every tap's output `[B, N, k*out]` (weight rows
+      tap-major), and the `k` outputs are summed, each shifted by its offset. The input is
+      never copied `k` times, and a quantised GEMM scales it per plain token.
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> None:
-        super().__init__()
-        if kernel_size % 2 == 0:
-            raise ValueError("TemporalConv needs an odd kernel (symmetric 'same' padding)")
-        self.kernel_size = kernel_size
-        self.taps_on_output = kernel_size > 1 and in_channels >= out_channels
-        weight = torch.empty(out_channels, in_channels, kernel_size)
-        self.weight = nn.Parameter(self.stored_layout(weight))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.register_load_state_dict_post_hook(TemporalConv._keep_layout)
+    Shared by `TemporalConv` and its quantised replacements, which may choose differently."""
 
-    @staticmethod
-    def _keep_layout(module: TemporalConv, incompatible: object) -> None:
-        """Loading with `assign=True` replaces the parameter by the file's (standard) layout."""
-        w = module.weight
-        if w.device.type != "meta" and not _gemm_order(w, module.taps_on_output).is_contiguous():
-            module.weight = nn.Parameter(module.stored_layout(w.data),
-                                         requires_grad=w.requires_grad)
+    kernel_size: int
+    taps_on_output: bool
 
     def stored_layout(self, weight: Tensor) -> Tensor:
         """`weight [out, in, k]` with the same values, stored so that `gemm_weight` is a view."""
@@ -88,9 +76,11 @@ class TemporalConv(nn.Module):
         k = self.kernel_size
         if k == 1 or self.taps_on_output:
             return x
-        pad, n = k // 2, x.shape[1]
-        xp = F.pad(x, (0, 0, pad, pad))
-        return torch.cat([xp[:, j : j + n] for j in range(k)], dim=-1)
+        # Windows as a view of the padded tokens (`unfold`: tap j of token n = padded token
+        # n + j), taps before channels, then one copy whose source index is affine in the
+        # destination's (a `cat` of shifted slices compiles to k masked loads per element).
+        xp = F.pad(x, (0, 0, k // 2, k // 2))
+        return xp.unfold(1, k, 1).transpose(-1, -2).flatten(-2)
 
     def gemm_output(self, y: Tensor) -> Tensor:
         """The GEMM's `[B, N, rows]` -> `[B, N, out]`: tap `j`'s output for token `n` is
@@ -104,6 +94,37 @@ class TemporalConv(nn.Module):
         for j in range(1, k):
             out = out + yp[:, j : j + n, j]
         return out
+
+
+class TemporalConv(TapLayout, nn.Module):
+    """A Conv1d along the token axis of a `[B, N, C]` stream, computed as one GEMM
+    (`TapLayout`), taps where fewer bytes move (`taps_on_output`).
+
+    Keys and shapes are those of `nn.Conv1d` (`weight [out, in, k]`, optional `bias`). The
+    parameter shows that shape but is stored so that its GEMM view is free (memory
+    `[out, k, in]` or `[k, out, in]`: `in` innermost either way); any other layout (e.g. a
+    `.contiguous()` copy) gives the same numbers through a copy per call. Both arrangements
+    beat cuDNN's conv here and quantise like any Linear.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError("TemporalConv needs an odd kernel (symmetric 'same' padding)")
+        self.kernel_size = kernel_size
+        self.taps_on_output = taps_on_output(in_channels, out_channels, kernel_size)
+        weight = torch.empty(out_channels, in_channels, kernel_size)
+        self.weight = nn.Parameter(self.stored_layout(weight))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.register_load_state_dict_post_hook(TemporalConv._keep_layout)
+
+    @staticmethod
+    def _keep_layout(module: TemporalConv, incompatible: object) -> None:
+        """Loading with `assign=True` replaces the parameter by the file's (standard) layout."""
+        w = module.weight
+        if w.device.type != "meta" and not _gemm_order(w, module.taps_on_output).is_contiguous():
+            module.weight = nn.Parameter(module.stored_layout(w.data),
+                                         requires_grad=w.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
@@ -246,22 +267,27 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 def rope_table(positions: Tensor, head_dim: int, theta: int = 10000) -> tuple[Tensor, Tensor]:
-    """cos/sin tables `[N, head_dim]` for fp32 `positions`; every frequency is repeated for an
-    adjacent channel pair. Built on the positions' device (no host round-trips per call)."""
+    """cos and signed-sin tables `[N, head_dim]` for fp32 `positions`: every frequency is
+    repeated for an adjacent channel pair, and the rotation's sign is folded into the sin table
+    (`-sin` on the pair's first channel, `+sin` on its second; see `apply_rope`). Built on the
+    positions' device (no host round-trips per call)."""
     exponent = torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].float()
     omega = 1.0 / (theta ** (exponent / head_dim))
     angles = torch.outer(positions.float(), omega)
     cos = angles.cos().repeat_interleave(2, dim=1)
-    sin = angles.sin().repeat_interleave(2, dim=1)
-    return cos, sin
+    sin = angles.sin()
+    return cos, torch.stack((-sin, sin), dim=-1).flatten(1)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate `x [B, N, heads, D]` by tables `[N, D]`, in fp32, rounded back to `x`'s dtype."""
+def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """Rotate `x [B, N, heads, D]` by `rope_table`'s tables `[N, D]`, in fp32, rounded back to
+    `x`'s dtype: channel pair `(a, b)` becomes `(a cos - b sin, b cos + a sin)`, written as
+    `x * cos + swap(x) * signed_sin` (`swap` exchanges each pair's channels). The same numbers
+    as negating and stacking half-channels (negation is exact), but a compiled kernel reads
+    each element's partner with one load instead of two masked ones."""
     xf = x.float()
-    pairs = xf.unflatten(-1, (-1, 2))
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return (xf * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (xf * cos[:, None] + swapped * signed_sin[:, None]).to(x.dtype)
 
 
 def nearest_exact_index(src_len: int, dst_len: int, device: torch.device | None = None) -> Tensor:
