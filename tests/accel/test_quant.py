@@ -119,7 +119,10 @@ def _modules(layer: Linear | TemporalConv, x: torch.Tensor) -> dict[str, Quantiz
     (TemporalConv(64, 96, 3, bias=True), (2, 57, 64)),
     (Linear(36, 20), (5, 36)),  # unaligned K and N, fewer rows than _int_mm takes: padded
     (TemporalConv(36, 20, 3, bias=False), (1, 3, 36)),
-], ids=["linear", "temporal-conv", "linear-unaligned", "conv-unaligned"])
+    (TemporalConv(48, 48, 3, bias=True), (2, 11, 48)),
+    (TemporalConv(80, 24, 3, bias=True), (2, 11, 80)),
+], ids=["linear", "temporal-conv", "linear-unaligned", "conv-unaligned", "conv-square",
+        "conv-narrowing"])
 @torch.no_grad()
 def test_module_error_bounds(layer: Linear | TemporalConv, shape: tuple[int, ...]) -> None:
     randomize_(layer, seed=1)
@@ -129,6 +132,17 @@ def test_module_error_bounds(layer: Linear | TemporalConv, shape: tuple[int, ...
         y = module(x)
         assert y.shape == reference.shape and y.dtype == reference.dtype
         assert _rel(y, reference) < MODULE_BOUND[precision], precision
+
+
+def test_8_bit_inputs_move_conv_taps_to_the_smaller_side() -> None:
+    """A square conv keeps its taps on the (bf16) output in the compute dtype, but an 8-bit
+    GEMM's input is half or a quarter the output's bytes, so it unfolds the input instead;
+    only a conv that narrows enough keeps the taps on the output."""
+    square = randomize_(TemporalConv(48, 48, 3, bias=True), seed=1)
+    narrowing = randomize_(TemporalConv(80, 24, 3, bias=True), seed=2)
+    assert square.taps_on_output and Int8WeightGemm(square).taps_on_output
+    assert not Fp8Gemm(square).taps_on_output and not Int8Gemm(square, 1.0, None).taps_on_output
+    assert Fp8Gemm(narrowing).taps_on_output and not Int8Gemm(narrowing, 1.0, None).taps_on_output
 
 
 @torch.no_grad()

@@ -51,7 +51,13 @@ from torch import Tensor, nn
 from foleyrt.config import QUANTIZED_PRECISIONS, DiTConfig, RuntimeConfig
 from foleyrt.errors import ConfigError, WeightsError
 from foleyrt.models.dit import FoleyDiT
-from foleyrt.models.layers import Linear, TemporalConv, release_weight_keys
+from foleyrt.models.layers import (
+    Linear,
+    TapLayout,
+    TemporalConv,
+    release_weight_keys,
+    taps_on_output,
+)
 from foleyrt.weights import Checkpoint
 
 if TYPE_CHECKING:
@@ -119,52 +125,70 @@ def _pad(t: Tensor, dim: int, size: int) -> Tensor:
     return F.pad(raw, (0, extra) if dim == 1 else (0, 0, 0, extra)).view(t.dtype)
 
 
-class QuantizedGemm(nn.Module):
+class QuantizedGemm(TapLayout, nn.Module):
     """What the formats share: the replaced layer's call (input cast to the compute dtype, a
-    temporal conv's taps arranged exactly as `TemporalConv` arranges them, bias after the
-    product) and its state-dict names. The weight is quantised as the GEMM's `[rows, K]`
-    (`gemm_weight`): a temporal conv with taps on the output has `k` rows per output channel,
-    each with its own scale. Subclasses implement `gemm`: rows `[M, K]` in the compute dtype
-    -> `[M, rows]` in it."""
+    temporal conv computed as one GEMM, bias added) and its state-dict names. The weight is
+    quantised as the GEMM's `[rows, K]` (`gemm_weight`): a temporal conv with taps on the
+    output has `k` rows per output channel, each with its own scale.
 
-    def __init__(self, source: GemmLayer, rows: Tensor) -> None:
+    A temporal conv's taps go where fewer bytes move for this format (`taps_on_output`), from
+    its bytes per input and output element (`input_bytes`, `output_bytes`; None: the compute
+    dtype's): an 8-bit format reads 1-byte inputs, so it unfolds inputs that a bf16 conv would
+    not. Subclasses set the weight with `set_rows` and implement `gemm`: rows `[M, K]` in the
+    compute dtype (and a bias to add, or None) -> `[M, rows]` in it."""
+
+    input_bytes: int | None = None
+    output_bytes: int | None = None
+
+    def __init__(self, source: GemmLayer) -> None:
         super().__init__()
-        conv = self.conv = isinstance(source, TemporalConv)
-        self.kernel_size = source.kernel_size if conv else 1
-        self.taps_on_output = conv and source.taps_on_output
+        self.conv = isinstance(source, TemporalConv)
         self.compute_dtype = source.weight.dtype
         self.out_features, self.in_features = source.weight.shape[:2]  # in: channels per token
-        self.gemm_rows = rows.shape[0]
-        shape = source.weight.shape
-        if conv:
-            rows = TemporalConv.weight_of_gemm(self, rows, shape)  # type: ignore[arg-type]
-        self.weight = nn.Parameter(rows, requires_grad=False)
+        self.kernel_size = source.kernel_size if self.conv else 1
+        size = source.weight.element_size()
+        self.taps_on_output = self.conv and taps_on_output(
+            self.in_features, self.out_features, self.kernel_size,
+            self.input_bytes or size, self.output_bytes or size)
+        self.source_shape = source.weight.shape
         self.bias = source.bias
 
+    def source_rows(self, source: GemmLayer) -> Tensor:
+        """`source`'s weight as this module's GEMM `[rows, K]`, in fp32."""
+        w = source.weight.detach().float()
+        return self.gemm_weight(w) if self.conv else w
+
+    def set_rows(self, rows: Tensor) -> None:
+        """Keep the quantised GEMM rows as `weight`, seen in the source's shape."""
+        self.gemm_rows = rows.shape[0]
+        if self.conv:
+            rows = self.weight_of_gemm(rows, self.source_shape)
+        self.weight = nn.Parameter(rows, requires_grad=False)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = TemporalConv.gemm_input(self, x.to(self.compute_dtype))  # type: ignore[arg-type]
-        y = self.gemm(x.flatten(0, -2)).unflatten(0, x.shape[:-1])
-        y = TemporalConv.gemm_output(self, y)  # type: ignore[arg-type]
+        x = self.gemm_input(x.to(self.compute_dtype))
+        bias_in_gemm = None if self.taps_on_output else self.bias
+        y = self.gemm(x.flatten(0, -2), bias_in_gemm).unflatten(0, x.shape[:-1])
+        if not self.taps_on_output:
+            return y
+        y = self.gemm_output(y)
         return y if self.bias is None else y + self.bias
 
     def rows(self) -> Tensor:
         """The quantised weight as the GEMM's `[rows, K]` (a view)."""
-        if not self.conv:
-            return self.weight
-        return TemporalConv.gemm_weight(self, self.weight)  # type: ignore[arg-type]
+        return self.gemm_weight(self.weight) if self.conv else self.weight
 
-    def gemm(self, x: Tensor) -> Tensor:
+    def gemm(self, x: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"kernel_size={self.kernel_size}, bias={self.bias is not None}")
+                f"kernel_size={self.kernel_size}, taps_on_output={self.taps_on_output}, "
+                f"bias={self.bias is not None}")
 
 
-def _gemm_weight(layer: GemmLayer) -> Tensor:
-    """`layer`'s weight as its GEMM's `[rows, K]`."""
-    w = layer.weight.detach()
-    return layer.gemm_weight(w) if isinstance(layer, TemporalConv) else w
+def _add(y: Tensor, bias: Tensor | None) -> Tensor:
+    return y if bias is None else y + bias
 
 
 class Fp8Gemm(QuantizedGemm):
@@ -179,41 +203,50 @@ class Fp8Gemm(QuantizedGemm):
       as much as the FP8 GEMMs save. E4M3 keeps 3 mantissa bits down to amax / 2^15, so one
       scale per tensor loses little (TensorRT's FP8 recipe is the same).
 
-    `stored=True`: the layer's weight came from a checkpoint's float8_e4m3fn tensor (upcast
-    exactly on load); it is used as it is, with unit scales, so nothing is rounded twice."""
+    The bias is added by the GEMM's epilogue (in fp32, before the one rounding to the output
+    dtype), so no later kernel reads it. `stored=True`: the layer's weight came from a
+    checkpoint's float8_e4m3fn tensor (upcast exactly on load); it is used as it is, with unit
+    scales, so nothing is rounded twice."""
+
+    input_bytes = 1
+    output_bytes = 2
 
     def __init__(self, source: GemmLayer, *, stored: bool = False,
                  amax: float | None = None) -> None:
-        w = _gemm_weight(source)
+        super().__init__(source)
+        w = self.source_rows(source)
         static = amax is not None
         if stored:
             q = w.to(FP8.dtype)
             scale = torch.ones(() if static else w.shape[0], device=w.device)
-            if not torch.equal(q.to(w.dtype), w):
+            if not torch.equal(q.float(), w):
                 raise WeightsError("a weight marked as stored in float8_e4m3fn is not on the "
                                    "e4m3 grid; load the checkpoint again")
         elif static:
-            scale = w.float().abs().max().clamp(min=AMAX_FLOOR) / FP8.qmax
-            q = FP8.cast(w.float() / scale)
+            scale = w.abs().max().clamp(min=AMAX_FLOOR) / FP8.qmax
+            q = FP8.cast(w / scale)
         else:
-            q, scale = FP8.quantize_rows(w.float())
-        super().__init__(source, q)
+            q, scale = FP8.quantize_rows(w)
+        self.set_rows(q)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("input_scale", torch.tensor(
             max(amax, AMAX_FLOOR) / FP8.qmax, device=w.device) if static else None)
 
-    def gemm(self, x: Tensor) -> Tensor:
+    def gemm(self, x: Tensor, bias: Tensor | None) -> Tensor:
         n = self.gemm_rows
         k_pad, n_pad = _round_up(x.shape[1], FP8.align), _round_up(n, FP8.align)
         w = _pad(_pad(self.rows(), 1, k_pad), 0, n_pad)
         if self.input_scale is not None:
-            xq = _pad(FP8.cast(x.float() / self.input_scale), 1, k_pad)
+            # A product by the reciprocal: one multiply per element instead of a division.
+            xq = _pad(FP8.cast(x.float() * self.input_scale.reciprocal()), 1, k_pad)
             x_scale, w_scale = self.input_scale, self.weight_scale
         else:
             x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=AMAX_FLOOR) / FP8.qmax
             xq = _pad(FP8.cast(x.float() / x_scale), 1, k_pad)
             w_scale = _pad(self.weight_scale[None], 1, n_pad)
-        out = torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale,
+        if bias is not None:
+            bias = _pad(bias[:, None], 0, n_pad)[:, 0]
+        out = torch._scaled_mm(xq, w.t(), scale_a=x_scale, scale_b=w_scale, bias=bias,
                                out_dtype=self.compute_dtype, use_fast_accum=FP8_FAST_ACCUM)
         return out[:, :n]
 
@@ -223,13 +256,14 @@ class Int8WeightGemm(QuantizedGemm):
     is applied to the product (N multiplies per row instead of N*K)."""
 
     def __init__(self, source: GemmLayer) -> None:
-        q, scale = INT8.quantize_rows(_gemm_weight(source).float())
-        super().__init__(source, q)
+        super().__init__(source)
+        q, scale = INT8.quantize_rows(self.source_rows(source))
+        self.set_rows(q)
         self.register_buffer("weight_scale", scale)
 
-    def gemm(self, x: Tensor) -> Tensor:
+    def gemm(self, x: Tensor, bias: Tensor | None) -> Tensor:
         y = F.linear(x, self.rows().to(x.dtype))
-        return (y * self.weight_scale).to(x.dtype)
+        return _add((y * self.weight_scale).to(x.dtype), bias)
 
 
 def smoothing_factors(w: Tensor, channel_amax: Tensor, alpha: float = SMOOTH_ALPHA) -> Tensor:
@@ -251,8 +285,12 @@ class Int8Gemm(QuantizedGemm):
     `input_scale = s * max(a / s) / 127`; `output_scale` is that per-tensor part times the
     weight's per-channel scale."""
 
+    input_bytes = 1
+    output_bytes = 4  # the int32 accumulator, rescaled by the next kernel
+
     def __init__(self, source: GemmLayer, amax: float, channel_amax: Tensor | None) -> None:
-        w = _gemm_weight(source).float()
+        super().__init__(source)
+        w = self.source_rows(source)
         if channel_amax is None:
             smooth = torch.ones(w.shape[1], device=w.device)
             act_amax = torch.tensor(float(amax), device=w.device)
@@ -265,18 +303,18 @@ class Int8Gemm(QuantizedGemm):
             w = w * smooth
         q, w_scale = INT8.quantize_rows(w)
         act_scale = act_amax.clamp(min=AMAX_FLOOR) / INT8.qmax
-        super().__init__(source, q)
+        self.set_rows(q)
         self.register_buffer("input_scale", smooth * act_scale)
         self.register_buffer("output_scale", w_scale * act_scale)
 
-    def gemm(self, x: Tensor) -> Tensor:
+    def gemm(self, x: Tensor, bias: Tensor | None) -> Tensor:
         m, n = x.shape[0], self.gemm_rows
         k_pad, n_pad = _round_up(x.shape[1], INT8.align), _round_up(n, INT8.align)
         xq = INT8.cast(x.float() / self.input_scale)
         xq = _pad(_pad(xq, 1, k_pad), 0, max(m, INT_MM_MIN_ROWS))
         w = _pad(_pad(self.rows(), 1, k_pad), 0, n_pad)
         acc = torch._int_mm(xq, w.t())
-        return (acc[:m, :n].float() * self.output_scale).to(self.compute_dtype)
+        return _add((acc[:m, :n].float() * self.output_scale).to(self.compute_dtype), bias)
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,7 +382,7 @@ def require_kernels(precision: str, device: torch.device, dtype: torch.dtype) ->
     if precision not in _KERNELS:
         return
     build, needs = _KERNELS[precision]
-    layer = Linear(32, 32, bias=False, device=device, dtype=dtype)
+    layer = Linear(32, 32, bias=True, device=device, dtype=dtype)  # the bias path too
     try:
         with torch.no_grad():
             build(layer)(torch.zeros(INT_MM_MIN_ROWS, 32, device=device, dtype=dtype))
