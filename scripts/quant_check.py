@@ -3,7 +3,8 @@
 Per precision (bf16 first, the baseline): velocity cosine vs bf16 (eager, one forward of 2 rows
 at t = 500), final-latent cosine vs bf16 (the compiled 50-step loop, same noise), the compiled
 loop (Inductor blocks + CUDA graphs, `--accel compile`) for 1 clip (2 rows) and 8 clips (16
-rows): median seconds, ms per forward, speed-up over bf16; peak GPU memory; then the targets.
+rows): median seconds over runs in which the precisions take turns, ms per forward, speed-up
+over bf16; peak GPU memory (above what the precisions loaded before it hold); then the targets.
 int8 and fp8+calibrated (fp8 with static activation scales) are calibrated on a bf16 eager loop
 with other noise.
 
@@ -119,51 +120,70 @@ def main() -> None:
         calibration = calibrate_on(base, case) if calibrated else None
         ref = {"velocity": case.velocity(base)}
         del base
+        models = {}
         for precision in ["bf16", *[p for p in args.precisions if p != "bf16"]]:
             t0 = time.perf_counter()
             try:
-                row = measure(precision, spec, case, ref, calibration, args.runs, args.profile)
+                row, models[precision] = prepare(precision, spec, case, ref, calibration)
                 if args.profile:
-                    profiles[precision] = row.pop("kernels")
+                    profiles[precision] = kernel_times(models[precision], case.cond,
+                                                       case.noise[8])
+                    print(format_profile(profiles[precision],
+                                         f"{spec.name} {precision} 8 clips {SECONDS:g}s"),
+                          flush=True)
             except Exception as exc:  # report it and go on: GPU time is scarce
                 print(f"  {precision}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                       flush=True)
                 continue
             rows.append(row)
-            print(f"  {precision}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"  {precision}: ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        time_interleaved(rows, models, case, args.runs)
     report(rows)
     if args.profile_json:
         Path(args.profile_json).write_text(json.dumps(profiles, indent=1))
 
 
-def measure(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
-            calibration: Calibration | None, runs: int, profile: bool = False) -> dict:
-    """One row of the table (`ref` receives the bf16 latent: bf16 is measured first)."""
+def prepare(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
+            calibration: Calibration | None) -> tuple[dict, FoleyDiT]:
+    """Build, quantise and compile one precision; its row without timings (`ref` receives the
+    bf16 latent: bf16 comes first). The model stays loaded for `time_interleaved`; peak memory
+    is counted above what was allocated before it was built."""
     device = case.device
-    torch._dynamo.reset()
     gc.collect()
+    base_bytes = 0
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        base_bytes = torch.cuda.memory_allocated(device)
     dit = random_dit(spec, device, torch.bfloat16, seed=0)
     if precision != "bf16":
         quantize_(dit, precision.partition("+")[0],
                   calibration=calibration if _needs_calibration(precision) else None)
     row = {"precision": precision, "velocity_cos": cosine(case.velocity(dit), ref["velocity"])}
     for clips in (1, 8):
-        first, latent = timed(lambda: case.loop(dit, clips, "compile"), device)
-        times = [timed(lambda: case.loop(dit, clips, "compile"), device)[0] for _ in range(runs)]
-        row[f"loop_{clips}"], row[f"first_{clips}"] = statistics.median(times), first
+        row[f"first_{clips}"], latent = timed(lambda: case.loop(dit, clips, "compile"), device)
         if clips == 1:
             ref.setdefault("latent", latent)
             row["latent_cos"] = cosine(latent, ref["latent"])
-    row["peak_gb"] = (torch.cuda.max_memory_allocated(device) / 2**30
+    row["peak_gb"] = ((torch.cuda.max_memory_allocated(device) - base_bytes) / 2**30
                       if device.type == "cuda" else float("nan"))
-    if profile:
-        row["kernels"] = kernel_times(dit, case.cond, case.noise[8])
-        print(format_profile(row["kernels"], f"{spec.name} {precision} 8 clips {SECONDS:g}s"),
-              flush=True)
-    return row
+    return row, dit
+
+
+def time_interleaved(rows: list[dict], models: dict[str, FoleyDiT], case: Case,
+                     runs: int) -> None:
+    """Median loop seconds per precision and clip count, the precisions taking turns in every
+    run: clock and thermal drift over the minutes of a run then fall on all of them alike."""
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(runs):
+        for row in rows:
+            dit = models[row["precision"]]
+            for clips in (1, 8):
+                seconds = timed(lambda: case.loop(dit, clips, "compile"), case.device)[0]
+                times.setdefault((row["precision"], clips), []).append(seconds)
+    for row in rows:
+        for clips in (1, 8):
+            row[f"loop_{clips}"] = statistics.median(times[(row["precision"], clips)])
 
 
 def _needs_calibration(label: str) -> bool:

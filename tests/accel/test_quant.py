@@ -134,15 +134,33 @@ def test_module_error_bounds(layer: Linear | TemporalConv, shape: tuple[int, ...
         assert _rel(y, reference) < MODULE_BOUND[precision], precision
 
 
-def test_8_bit_inputs_move_conv_taps_to_the_smaller_side() -> None:
-    """A square conv keeps its taps on the (bf16) output in the compute dtype, but an 8-bit
-    GEMM's input is half or a quarter the output's bytes, so it unfolds the input instead;
-    only a conv that narrows enough keeps the taps on the output."""
+def test_quantised_convs_keep_the_source_arrangement_of_taps() -> None:
+    """Every format puts a conv's taps where the compute-dtype layer does (see
+    `taps_on_output`): the output for a conv that does not widen, else the input."""
     square = randomize_(TemporalConv(48, 48, 3, bias=True), seed=1)
-    narrowing = randomize_(TemporalConv(80, 24, 3, bias=True), seed=2)
-    assert square.taps_on_output and Int8WeightGemm(square).taps_on_output
-    assert not Fp8Gemm(square).taps_on_output and not Int8Gemm(square, 1.0, None).taps_on_output
-    assert Fp8Gemm(narrowing).taps_on_output and not Int8Gemm(narrowing, 1.0, None).taps_on_output
+    widening = randomize_(TemporalConv(24, 80, 3, bias=True), seed=2)
+    for layer, on_output in ((square, True), (widening, False)):
+        assert layer.taps_on_output == on_output
+        for module in (Fp8Gemm(layer), Fp8Gemm(layer, amax=1.0), Int8WeightGemm(layer),
+                       Int8Gemm(layer, 1.0, None)):
+            assert module.taps_on_output == on_output
+
+
+@pytest.mark.parametrize("channels", [(48, 64), (80, 24)], ids=["taps-on-input", "taps-on-output"])
+@torch.no_grad()
+def test_static_fp8_conv_is_the_conv_of_the_rounded_values(channels: tuple[int, int]) -> None:
+    """Static fp8 rounds a conv's input before unfolding it: the result must still be exactly
+    the conv of the rounded input (saturated where beyond the range; zero padding) with the
+    rounded weight."""
+    layer = randomize_(TemporalConv(*channels, 3, bias=True), seed=3)
+    x = torch.randn(2, 9, channels[0], generator=torch.Generator().manual_seed(4))
+    module = Fp8Gemm(layer, amax=0.5 * float(x.abs().max()))  # some inputs saturate
+    scale = module.input_scale
+    x_grid = (x / scale).clamp(-448, 448).to(torch.float8_e4m3fn).double() * scale.double()
+    w = module.weight.double() * module.weight_scale.double()
+    reference = F.conv1d(x_grid.transpose(1, 2), w, layer.bias.double(), padding=1)
+    torch.testing.assert_close(module(x).double(), reference.transpose(1, 2),
+                               rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

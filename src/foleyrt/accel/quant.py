@@ -56,7 +56,6 @@ from foleyrt.models.layers import (
     TapLayout,
     TemporalConv,
     release_weight_keys,
-    taps_on_output,
 )
 from foleyrt.weights import Checkpoint
 
@@ -129,16 +128,11 @@ class QuantizedGemm(TapLayout, nn.Module):
     """What the formats share: the replaced layer's call (input cast to the compute dtype, a
     temporal conv computed as one GEMM, bias added) and its state-dict names. The weight is
     quantised as the GEMM's `[rows, K]` (`gemm_weight`): a temporal conv with taps on the
-    output has `k` rows per output channel, each with its own scale.
+    output has `k` rows per output channel, each with its own scale. A temporal conv keeps the
+    source's arrangement of its taps (`taps_on_output`).
 
-    A temporal conv's taps go where fewer bytes move for this format (`taps_on_output`), from
-    its bytes per input and output element (`input_bytes`, `output_bytes`; None: the compute
-    dtype's): an 8-bit format reads 1-byte inputs, so it unfolds inputs that a bf16 conv would
-    not. Subclasses set the weight with `set_rows` and implement `gemm`: rows `[M, K]` in the
+    Subclasses set the weight with `set_rows` and implement `gemm`: rows `[M, K]` in the
     compute dtype (and a bias to add, or None) -> `[M, rows]` in it."""
-
-    input_bytes: int | None = None
-    output_bytes: int | None = None
 
     def __init__(self, source: GemmLayer) -> None:
         super().__init__()
@@ -146,10 +140,7 @@ class QuantizedGemm(TapLayout, nn.Module):
         self.compute_dtype = source.weight.dtype
         self.out_features, self.in_features = source.weight.shape[:2]  # in: channels per token
         self.kernel_size = source.kernel_size if self.conv else 1
-        size = source.weight.element_size()
-        self.taps_on_output = self.conv and taps_on_output(
-            self.in_features, self.out_features, self.kernel_size,
-            self.input_bytes or size, self.output_bytes or size)
+        self.taps_on_output = self.conv and source.taps_on_output
         self.source_shape = source.weight.shape
         self.bias = source.bias
 
@@ -204,12 +195,9 @@ class Fp8Gemm(QuantizedGemm):
       scale per tensor loses little (TensorRT's FP8 recipe is the same).
 
     The bias is added by the GEMM's epilogue (in fp32, before the one rounding to the output
-    dtype), so no later kernel reads it. `stored=True`: the layer's weight came from a
+    dtype), so no later kernel reads it; a conv with taps on the output adds it after the sum. `stored=True`: the layer's weight came from a
     checkpoint's float8_e4m3fn tensor (upcast exactly on load); it is used as it is, with unit
     scales, so nothing is rounded twice."""
-
-    input_bytes = 1
-    output_bytes = 2
 
     def __init__(self, source: GemmLayer, *, stored: bool = False,
                  amax: float | None = None) -> None:
@@ -284,9 +272,6 @@ class Int8Gemm(QuantizedGemm):
     per-channel ranges, SmoothQuant factors `s` are folded into `weight` and
     `input_scale = s * max(a / s) / 127`; `output_scale` is that per-tensor part times the
     weight's per-channel scale."""
-
-    input_bytes = 1
-    output_bytes = 4  # the int32 accumulator, rescaled by the next kernel
 
     def __init__(self, source: GemmLayer, amax: float, channel_amax: Tensor | None) -> None:
         super().__init__(source)
