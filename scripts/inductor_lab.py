@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quant_check import Case, _needs_calibration, calibrate_on  # noqa: E402
 
 from foleyrt.accel.quant import quantize_  # noqa: E402
-from foleyrt.bench import random_dit  # noqa: E402
+from foleyrt.bench import profiled_kernels, random_dit  # noqa: E402
 from foleyrt.config import PRESETS  # noqa: E402
 from foleyrt.pipeline.conditions import prepare_rows  # noqa: E402
 
@@ -119,10 +119,9 @@ def replay_ms(graph: torch.cuda.CUDAGraph, calls: int = 10) -> float:
     return start.elapsed_time(end) / calls
 
 
-def graph_time(fn: Callable[[], Any], calls: int = 10, replays: int = 15) -> float:
-    """Median ms per call of `fn` replayed from a CUDA graph."""
-    graph = capture(fn, calls)
-    return statistics.median(replay_ms(graph, calls) for _ in range(replays))
+def median_ms(graph: torch.cuda.CUDAGraph, replays: int = 15) -> float:
+    """Median ms per call of one graph replayed `replays` times in a row."""
+    return statistics.median(replay_ms(graph) for _ in range(replays))
 
 
 def interleaved(graphs: dict[str, torch.cuda.CUDAGraph], rounds: int = 30) -> dict[str, float]:
@@ -132,19 +131,6 @@ def interleaved(graphs: dict[str, torch.cuda.CUDAGraph], rounds: int = 30) -> di
         for label, graph in graphs.items():
             times[label].append(replay_ms(graph))
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def top_kernels(fn: Callable[[], Any], n: int) -> list[tuple[str, float]]:
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            fn()
-        torch.cuda.synchronize()
-    rows = [(e.key, e.device_time_total / 5) for e in prof.key_averages()
-            if e.device_time_total > 0]
-    return sorted(rows, key=lambda r: -r[1])[:n]
 
 
 def output_code(root: Path) -> set[Path]:
@@ -199,15 +185,16 @@ def main() -> None:
                         run()
                         torch.cuda.synchronize()
                     compile_s = time.perf_counter() - t0
-                    graphs[(precision, variant, block)] = capture(run)
-                    ms = graph_time(run)
+                    graph = graphs[(precision, variant, block)] = capture(run)
+                    ms = median_ms(graph)
                     label = f"{precision:<15} {variant:<7} {block:<7}"
                     results.append((label, ms, compile_s))
                     print(f"{label} {ms * 1e3:8.1f} us/call  compile {compile_s:5.1f} s",
                           flush=True)
-                    for name, us in top_kernels(run, args.top):
+                    kernels = sorted(profiled_kernels(run, device), key=lambda k: -k[1])
+                    for name, kernel_ms, _ in kernels[:args.top]:
                         if name.startswith("triton"):
-                            print(f"    {us:7.1f} us  {name[:110]}")
+                            print(f"    {kernel_ms * 1e3:7.1f} us  {name[:110]}")
                     if args.code_dir:
                         name = precision.replace("+", "_")
                         dest = args.code_dir / f"{name}-{variant}-{block}"

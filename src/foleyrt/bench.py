@@ -308,8 +308,6 @@ KERNEL_CLASSES = (
 def kernel_times(dit: FoleyDiT, cond: Conditions, x0: Tensor) -> list[tuple[str, float, int]]:
     """`(kernel name, GPU ms, calls)` of one compiled (un-graphed) forward with CFG rows
     `[x0, x0]`, after three warm-up calls."""
-    from torch.profiler import ProfilerActivity, profile
-
     from foleyrt.accel import apply_accel
 
     apply_accel(dit, "compile")
@@ -318,10 +316,18 @@ def kernel_times(dit: FoleyDiT, cond: Conditions, x0: Tensor) -> list[tuple[str,
     t = torch.full((x.shape[0],), 500.0, device=x.device)
     for _ in range(3):
         dit.velocity(x, t, prepared)
-    _sync(x.device)
+    return profiled_kernels(lambda: dit.velocity(x, t, prepared), x.device)
+
+
+def profiled_kernels(run: Callable[[], object],
+                     device: torch.device) -> list[tuple[str, float, int]]:
+    """`(kernel name, GPU ms, calls)` of one call of `run`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        dit.velocity(x, t, prepared)
-        _sync(x.device)
+        run()
+        _sync(device)
     return [(e.key, e.device_time_total / 1e3, e.count) for e in prof.key_averages()
             if e.device_time_total > 0]
 

@@ -160,10 +160,7 @@ class QuantizedGemm(TapLayout, nn.Module):
         x = self.gemm_input(x.to(self.compute_dtype))
         bias_in_gemm = None if self.taps_on_output else self.bias
         y = self.gemm(x.flatten(0, -2), bias_in_gemm).unflatten(0, x.shape[:-1])
-        if not self.taps_on_output:
-            return y
-        y = self.gemm_output(y)
-        return y if self.bias is None else y + self.bias
+        return _add(self.gemm_output(y), self.bias) if self.taps_on_output else y
 
     def rows(self) -> Tensor:
         """The quantised weight as the GEMM's `[rows, K]` (a view)."""
@@ -195,9 +192,9 @@ class Fp8Gemm(QuantizedGemm):
       scale per tensor loses little (TensorRT's FP8 recipe is the same).
 
     The bias is added by the GEMM's epilogue (in fp32, before the one rounding to the output
-    dtype), so no later kernel reads it; a conv with taps on the output adds it after the sum. `stored=True`: the layer's weight came from a
-    checkpoint's float8_e4m3fn tensor (upcast exactly on load); it is used as it is, with unit
-    scales, so nothing is rounded twice."""
+    dtype), so no later kernel reads it; a conv with taps on the output adds it after the sum.
+    `stored=True`: the layer's weight came from a checkpoint's float8_e4m3fn tensor (upcast
+    exactly on load); it is used as it is, with unit scales, so nothing is rounded twice."""
 
     def __init__(self, source: GemmLayer, *, stored: bool = False,
                  amax: float | None = None) -> None:

@@ -47,7 +47,7 @@ class TapLayout:
       tap-major), and the `k` outputs are summed, each shifted by its offset. The input is
       never copied `k` times, and a quantised GEMM scales it per plain token.
 
-    Shared by `TemporalConv` and its quantised replacements, which may choose differently."""
+    Shared by `TemporalConv` and its quantised replacements, which keep its choice."""
 
     kernel_size: int
     taps_on_output: bool
@@ -99,7 +99,7 @@ class TapLayout:
 
 class TemporalConv(TapLayout, nn.Module):
     """A Conv1d along the token axis of a `[B, N, C]` stream, computed as one GEMM
-    (`TapLayout`), taps where fewer bytes move (`taps_on_output`).
+    (`TapLayout`), taps on the output unless the conv widens (`taps_on_output`).
 
     Keys and shapes are those of `nn.Conv1d` (`weight [out, in, k]`, optional `bias`). The
     parameter shows that shape but is stored so that its GEMM view is free (memory
