@@ -1,9 +1,11 @@
 """GPU experiment: one XXL transformer block (16 rows, 8 s) compiled under Inductor variants.
 
 Times each block class's compiled forward replayed from a CUDA graph (median over replays),
-per precision and per variant, and prints the slowest Triton kernels of each: the evidence for
+per precision and per variant, and prints the slowest kernels of each: the evidence for
 choosing compile settings (dynamic vs static shapes, wider persistent reductions, coordinate-
-descent tuning of launch configs). Output code of every variant can be copied for reading.
+descent tuning of launch configs, Triton GEMM templates autotuned against cuBLAS) and the
+formulation of the temporal convs' unfold. Output code of every variant can be copied for
+reading.
 
     PYTHONPATH=src python scripts/inductor_lab.py [--precisions bf16 fp8+calibrated]
         [--variants base static pers cdt] [--blocks single triple] [--code-dir DIR]
@@ -33,16 +35,52 @@ from foleyrt.config import PRESETS  # noqa: E402
 from foleyrt.pipeline.conditions import prepare_rows  # noqa: E402
 
 # name: (Inductor config patch, dynamic shapes, wide persistent reductions: None, "inner"
-# (reductions Inductor hints as inner only) or "any" (every reduction not hinted outer))
+# (reductions Inductor hints as inner only) or "any" (every reduction not hinted outer),
+# another unfold formulation: None, "gather" or "cat" (see `unfold_mode`))
 VARIANTS = {
-    "base": ({}, True, None),
-    "static": ({}, False, None),
-    "pers": ({}, True, "inner"),
-    "pers2": ({}, True, "any"),
-    "cdt": ({"coordinate_descent_tuning": True}, True, None),
-    "blockptr": ({"triton.use_block_ptr": True}, True, None),
-    "all": ({"coordinate_descent_tuning": True}, False, "inner"),
+    "base": ({}, True, None, None),
+    "static": ({}, False, None, None),
+    "pers": ({}, True, "inner", None),
+    "pers2": ({}, True, "any", None),
+    "cdt": ({"coordinate_descent_tuning": True}, True, None, None),
+    "blockptr": ({"triton.use_block_ptr": True}, True, None, None),
+    "all": ({"coordinate_descent_tuning": True}, False, "inner", None),
+    "mat": ({"max_autotune_gemm": True}, True, None, None),
+    "gather": ({}, True, None, "gather"),
+    "cat": ({}, True, None, "cat"),
 }
+
+
+def _unfold_as(mode: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """`TapLayout.gemm_input` written another way: "gather" (advanced indexing of the padded
+    tokens) or "cat" (shifted slices side by side)."""
+
+    def gemm_input(self: Any, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        if k == 1 or self.taps_on_output:
+            return x
+        n = x.shape[1]
+        xp = torch.nn.functional.pad(x, (0, 0, k // 2, k // 2))
+        if mode == "gather":
+            idx = torch.arange(n, device=x.device)[:, None] + torch.arange(k, device=x.device)
+            return xp[:, idx].flatten(-2)
+        return torch.cat([xp[:, j:j + n] for j in range(k)], dim=-1)
+
+    return gemm_input
+
+
+@contextlib.contextmanager
+def unfold_mode(mode: str | None) -> Iterator[None]:
+    """The temporal convs' unfold as `_unfold_as(mode)` (None: as written in the model)."""
+    from foleyrt.models.layers import TapLayout
+
+    old = TapLayout.gemm_input
+    if mode is not None:
+        TapLayout.gemm_input = _unfold_as(mode)
+    try:
+        yield
+    finally:
+        TapLayout.gemm_input = old
 
 
 @contextlib.contextmanager
@@ -168,7 +206,7 @@ def main() -> None:
                           if _needs_calibration(precision) else None)
             calls = capture_calls(dit, case, args.clips)
             for variant in args.variants:
-                patch, dynamic, wide = VARIANTS[variant]
+                patch, dynamic, wide, unfold = VARIANTS[variant]
                 for block in args.blocks:
                     module, a, kw = calls[block]
                     torch._dynamo.reset()
@@ -180,6 +218,9 @@ def main() -> None:
                             kw: dict = kw) -> Any:
                         return c(m, *a, **kw)
 
+                    # The formulation stays patched while the block runs (Dynamo guards on it).
+                    formulation = contextlib.ExitStack()
+                    formulation.enter_context(unfold_mode(unfold))
                     t0 = time.perf_counter()
                     with inductor_config.patch(patch), wide_persistent_reductions(wide):
                         run()
@@ -192,9 +233,9 @@ def main() -> None:
                     print(f"{label} {ms * 1e3:8.1f} us/call  compile {compile_s:5.1f} s",
                           flush=True)
                     kernels = sorted(profiled_kernels(run, device), key=lambda k: -k[1])
-                    for name, kernel_ms, _ in kernels[:args.top]:
-                        if name.startswith("triton"):
-                            print(f"    {kernel_ms * 1e3:7.1f} us  {name[:110]}")
+                    for name, kernel_ms, count in kernels[:args.top]:
+                        print(f"    {kernel_ms * 1e3:7.1f} us x{count:<3} {name[:110]}")
+                    formulation.close()
                     if args.code_dir:
                         name = precision.replace("+", "_")
                         dest = args.code_dir / f"{name}-{variant}-{block}"

@@ -126,10 +126,10 @@ def _pad(t: Tensor, dim: int, size: int) -> Tensor:
 
 class QuantizedGemm(TapLayout, nn.Module):
     """What the formats share: the replaced layer's call (input cast to the compute dtype, a
-    temporal conv computed as one GEMM, bias added) and its state-dict names. The weight is
-    quantised as the GEMM's `[rows, K]` (`gemm_weight`): a temporal conv with taps on the
-    output has `k` rows per output channel, each with its own scale. A temporal conv keeps the
-    source's arrangement of its taps (`taps_on_output`).
+    temporal conv computed as one GEMM, `TapLayout.tap_conv`) and its state-dict names. The
+    weight is quantised as the GEMM's `[rows, K]` (`gemm_weight`): a temporal conv with taps on
+    the output has `k` rows per output channel, each with its own scale. A temporal conv keeps
+    the source's arrangement of its taps (`taps_on_output`).
 
     Subclasses set the weight with `set_rows` and implement `gemm`: rows `[M, K]` in the
     compute dtype (and a bias to add, or None) -> `[M, rows]` in it."""
@@ -157,10 +157,7 @@ class QuantizedGemm(TapLayout, nn.Module):
         self.weight = nn.Parameter(rows, requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.gemm_input(x.to(self.compute_dtype))
-        bias_in_gemm = None if self.taps_on_output else self.bias
-        y = self.gemm(x.flatten(0, -2), bias_in_gemm).unflatten(0, x.shape[:-1])
-        return _add(self.gemm_output(y), self.bias) if self.taps_on_output else y
+        return self.tap_conv(x.to(self.compute_dtype), self.gemm, self.bias)
 
     def rows(self) -> Tensor:
         """The quantised weight as the GEMM's `[rows, K]` (a view)."""
