@@ -91,7 +91,7 @@ class TapLayout:
         or None -> `[M, rows]`); `bias` goes into the GEMM unless the taps are summed after it.
         The GEMM reads flattened rows: an unfolded window is then copied once by a kernel of
         the compiled graph (a 3-D view of overlapping windows makes the matmul copy it itself,
-        slower, and pick a slower GEMM: 62 us less per XXL bf16 single block at 16 rows)."""
+        slower, and pick a slower GEMM: about 60 us less per XXL bf16 single block at 16 rows)."""
         x = self.gemm_input(x)
         summed_after = self.taps_on_output
         y = gemm(x.flatten(0, -2), None if summed_after else bias).unflatten(0, x.shape[:-1])
