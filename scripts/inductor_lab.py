@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from quant_check import Case, _needs_calibration, calibrate_on  # noqa: E402
 
+from foleyrt.accel.cudagraph import capture  # noqa: E402
 from foleyrt.accel.quant import quantize_  # noqa: E402
 from foleyrt.bench import profiled_kernels, random_dit  # noqa: E402
 from foleyrt.config import PRESETS  # noqa: E402
@@ -133,19 +134,9 @@ def capture_calls(dit: Any, case: Case, clips: int) -> dict[str, tuple]:
     return calls
 
 
-def capture(fn: Callable[[], Any], calls: int = 10) -> torch.cuda.CUDAGraph:
-    """`calls` calls of `fn` (warmed up) in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return graph
+def repeated_graph(fn: Callable[[], Any], calls: int = 10) -> torch.cuda.CUDAGraph:
+    """`calls` calls of `fn` in one CUDA graph (after one warm-up round of them)."""
+    return capture(lambda: [fn() for _ in range(calls)], warmup=1)[0]
 
 
 def replay_ms(graph: torch.cuda.CUDAGraph, calls: int = 10) -> float:
@@ -226,7 +217,7 @@ def main() -> None:
                         run()
                         torch.cuda.synchronize()
                     compile_s = time.perf_counter() - t0
-                    graph = graphs[(precision, variant, block)] = capture(run)
+                    graph = graphs[(precision, variant, block)] = repeated_graph(run)
                     ms = median_ms(graph)
                     label = f"{precision:<15} {variant:<7} {block:<7}"
                     results.append((label, ms, compile_s))

@@ -149,9 +149,9 @@ def test_quantised_convs_keep_the_source_arrangement_of_taps() -> None:
 @pytest.mark.parametrize("channels", [(48, 64), (80, 24)], ids=["taps-on-input", "taps-on-output"])
 @torch.no_grad()
 def test_static_fp8_conv_is_the_conv_of_the_rounded_values(channels: tuple[int, int]) -> None:
-    """Static fp8 rounds a conv's input before unfolding it: the result must still be exactly
-    the conv of the rounded input (saturated where beyond the range; zero padding) with the
-    rounded weight."""
+    """Static fp8 rounds a conv's GEMM input (the unfolded window, or the plain tokens): the
+    result must be exactly the conv of the rounded input (saturated where beyond the range;
+    zero padding) with the rounded weight."""
     layer = randomize_(TemporalConv(*channels, 3, bias=True), seed=3)
     x = torch.randn(2, 9, channels[0], generator=torch.Generator().manual_seed(4))
     module = Fp8Gemm(layer, amax=0.5 * float(x.abs().max()))  # some inputs saturate

@@ -52,6 +52,23 @@ def _clone(obj: Any) -> Any:
     return obj
 
 
+def capture(run: Callable[[], Any], pool: Any = None,
+            warmup: int = WARMUP_ITERS) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """`run` captured in a CUDA graph, and what the captured call returned (its static
+    output). Warm-up calls run first on a side stream: compiling, autotuning and lazy
+    initialisation must not happen inside the capture."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = run()
+    return graph, out
+
+
 def shape_key(x: Tensor, inputs: Any) -> tuple:
     """Shapes only: the latent's dtype changes after step 0 (bf16 noise, then fp32), but the
     model casts it to its own dtype first thing, which the static buffer's `copy_` does too."""
@@ -76,15 +93,7 @@ class GraphedVelocity:
             cond, time = self.static_inputs
             return dit.velocity(self.static_x, None, cond, time.select(self.static_step, rows))
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_ITERS):  # compiles/autotunes outside the capture
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.static_out = run()
+        self.graph, self.static_out = capture(run, pool)
 
     def load(self, prepared: PreparedConditions, table: TimeConditioning) -> None:
         """Copy a request's conditions and time table into the graph's static buffers."""

@@ -55,6 +55,7 @@ from foleyrt.models.layers import (
     Linear,
     TapLayout,
     TemporalConv,
+    add_bias,
     release_weight_keys,
 )
 from foleyrt.weights import Checkpoint
@@ -172,10 +173,6 @@ class QuantizedGemm(TapLayout, nn.Module):
                 f"bias={self.bias is not None}")
 
 
-def _add(y: Tensor, bias: Tensor | None) -> Tensor:
-    return y if bias is None else y + bias
-
-
 class Fp8Gemm(QuantizedGemm):
     """E4M3 weight x E4M3 activation, scaled in one of two ways:
 
@@ -245,7 +242,7 @@ class Int8WeightGemm(QuantizedGemm):
 
     def gemm(self, x: Tensor, bias: Tensor | None) -> Tensor:
         y = F.linear(x, self.rows().to(x.dtype))
-        return _add((y * self.weight_scale).to(x.dtype), bias)
+        return add_bias((y * self.weight_scale).to(x.dtype), bias)
 
 
 def smoothing_factors(w: Tensor, channel_amax: Tensor, alpha: float = SMOOTH_ALPHA) -> Tensor:
@@ -293,7 +290,7 @@ class Int8Gemm(QuantizedGemm):
         xq = _pad(_pad(xq, 1, k_pad), 0, max(m, INT_MM_MIN_ROWS))
         w = _pad(_pad(self.rows(), 1, k_pad), 0, n_pad)
         acc = torch._int_mm(xq, w.t())
-        return _add((acc[:m, :n].float() * self.output_scale).to(self.compute_dtype), bias)
+        return add_bias((acc[:m, :n].float() * self.output_scale).to(self.compute_dtype), bias)
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,10 @@ class Linear(nn.Linear):
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
+def add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
+    return y if bias is None else y + bias
+
+
 def taps_on_output(in_channels: int, out_channels: int, kernel_size: int) -> bool:
     """Where a temporal conv's GEMM puts its `k` taps: on the output (one product gives every
     tap's output, `k` times the output's size) or on the input (an unfolded copy, `k` times the
@@ -97,8 +101,7 @@ class TapLayout:
         y = gemm(x.flatten(0, -2), None if summed_after else bias).unflatten(0, x.shape[:-1])
         if not summed_after:
             return y
-        y = self.gemm_output(y)
-        return y if bias is None else y + bias
+        return add_bias(self.gemm_output(y), bias)
 
     def gemm_output(self, y: Tensor) -> Tensor:
         """The GEMM's `[B, N, rows]` -> `[B, N, out]`: tap `j`'s output for token `n` is
