@@ -52,6 +52,7 @@ from foleyrt.config import QUANTIZED_PRECISIONS, DiTConfig, RuntimeConfig
 from foleyrt.errors import ConfigError, WeightsError
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.layers import (
+    GemmInput,
     Linear,
     TapLayout,
     TemporalConv,
@@ -160,6 +161,10 @@ class QuantizedGemm(TapLayout, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.tap_conv(x.to(self.compute_dtype), self.gemm, self.bias)
 
+    def input_format(self) -> GemmInput:
+        """What `gemm` reads: compute-dtype rows, which it quantises itself."""
+        return GemmInput(self.compute_dtype, self.compute_dtype, taps=self.input_taps)
+
     def rows(self) -> Tensor:
         """The quantised weight as the GEMM's `[rows, K]` (a view)."""
         return self.gemm_weight(self.weight) if self.conv else self.weight
@@ -211,13 +216,22 @@ class Fp8Gemm(QuantizedGemm):
         self.register_buffer("input_scale", torch.tensor(
             max(amax, AMAX_FLOOR) / FP8.qmax, device=w.device) if static else None)
 
+    def input_format(self) -> GemmInput:
+        """Static scales: float8 rows already divided by `input_scale` (a producer that writes
+        them saves this GEMM a quantising pass); dynamic: compute-dtype rows."""
+        if self.input_scale is None:
+            return super().input_format()
+        return GemmInput(FP8.dtype, self.compute_dtype, self.input_scale, self.input_taps)
+
     def gemm(self, x: Tensor, bias: Tensor | None) -> Tensor:
         n = self.gemm_rows
         k_pad, n_pad = _round_up(x.shape[1], FP8.align), _round_up(n, FP8.align)
         w = _pad(_pad(self.rows(), 1, k_pad), 0, n_pad)
         if self.input_scale is not None:
             # A product by the reciprocal: one multiply per element instead of a division.
-            xq = _pad(FP8.cast(x.float() * self.input_scale.reciprocal()), 1, k_pad)
+            if x.dtype != FP8.dtype:  # else quantised by its producer (`input_format`)
+                x = FP8.cast(x.float() * self.input_scale.reciprocal())
+            xq = _pad(x, 1, k_pad)
             x_scale, w_scale = self.input_scale, self.weight_scale
         else:
             x_scale = x.abs().amax(dim=1, keepdim=True).float().clamp(min=AMAX_FLOOR) / FP8.qmax

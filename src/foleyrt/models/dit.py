@@ -98,7 +98,7 @@ def _heads(x: Tensor, heads: int) -> Tensor:
     return x.unflatten(-1, (heads, -1))
 
 
-def _attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """SDPA over `[B, N, heads, D]` queries and `[B, heads, M, D]` keys/values -> `[B, N, H]`."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
     return out.transpose(1, 2).flatten(2)
@@ -208,7 +208,7 @@ class TripleBlock(nn.Module):
         if rope.visual_gather is not None:
             qv, kv = qv[:, rope.visual_gather], kv[:, rope.visual_gather]
         qv, kv = (apply_rope(x, *rope.self_visual) for x in (qv, kv))
-        out = _attention(
+        out = attention(
             torch.cat([qv, qa], dim=1),
             torch.cat([kv, ka], dim=1).transpose(1, 2),
             torch.cat([vv, va], dim=1).transpose(1, 2),
@@ -231,7 +231,7 @@ class TripleBlock(nn.Module):
         )
         qa = apply_rope(qa, *rope.seq_audio)
         qv = apply_rope(qv, *rope.seq_visual)
-        out = _attention(torch.cat([qv, qa], dim=1), text_k, text_v)
+        out = attention(torch.cat([qv, qa], dim=1), text_k, text_v)
         out_v, out_a = out[:, :n_vis], out[:, n_vis:]
         audio = audio + self.audio_cross_proj(out_a) * a_gate2
         visual = visual + self.v_cond_cross_proj(out_v) * v_gate2
@@ -260,7 +260,7 @@ class TripleBlock(nn.Module):
             _heads(self.audio_cross_q(modulate(layer_norm(audio, LN_EPS), shift2, scale2)),
                    self.heads)
         )
-        out = _attention(apply_rope(q, *rope.seq_audio), text_k, text_v)
+        out = attention(apply_rope(q, *rope.seq_audio), text_k, text_v)
         audio = audio + self.audio_cross_proj(out) * gate2
         return audio + self.audio_mlp(modulate(layer_norm(audio, LN_EPS), shift3, scale3)) * gate3
 
@@ -326,7 +326,7 @@ class SingleBlock(nn.Module):
         q, k, v = self.linear_qkv(h).unflatten(-1, (3, self.heads, -1)).unbind(2)  # see class doc
         q = apply_rope(self.q_norm(q), *rope)
         k = apply_rope(self.k_norm(k), *rope)
-        out = _attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        out = attention(q, k.transpose(1, 2), v.transpose(1, 2))
         x = x + self.linear1(out) * gate_msa
         h = modulate(layer_norm(x, SINGLE_LN_EPS), shift_mlp, scale_mlp)
         return x + self.linear2(h) * gate_mlp

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +20,30 @@ from torch import Tensor, nn
 FP32_EPS = torch.finfo(torch.float32).eps
 
 
+@dataclass(frozen=True)
+class GemmInput:
+    """The input rows a GEMM layer's `gemm` reads, for a producer that writes them directly
+    (`accel.kernels`): values rounded to `round_dtype`, then (`scale` given) divided by that
+    static per-tensor scale and stored as `dtype`; `taps` consecutive tokens per row (a temporal
+    conv with its taps on the input: `TapLayout.gemm_input`'s unfold), else 1."""
+
+    dtype: torch.dtype
+    round_dtype: torch.dtype
+    scale: Tensor | None = None
+    taps: int = 1
+
+
 class Linear(nn.Linear):
     """`nn.Linear` that casts its input to the weight dtype (the autocast rule, made explicit)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+        return self.gemm(x.to(self.weight.dtype), self.bias)
+
+    def gemm(self, rows: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(rows, self.weight, bias)
+
+    def input_format(self) -> GemmInput:
+        return GemmInput(self.weight.dtype, self.weight.dtype)
 
 
 def add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
@@ -58,6 +78,11 @@ class TapLayout:
     kernel_size: int
     taps_on_output: bool
 
+    @property
+    def input_taps(self) -> int:
+        """Tokens per GEMM input row: `k` when the taps are on the input, else 1."""
+        return 1 if self.taps_on_output else self.kernel_size
+
     def stored_layout(self, weight: Tensor) -> Tensor:
         """`weight [out, in, k]` with the same values, stored so that `gemm_weight` is a view."""
         ordered = _gemm_order(weight, self.taps_on_output).contiguous()
@@ -80,14 +105,7 @@ class TapLayout:
     def gemm_input(self, x: Tensor) -> Tensor:
         """`[B, N, C]` -> the GEMM's rows: unfolded `[B, N, k*C]` with feature `j*C + c` =
         token `n + j - k//2` (taps on the input), else `x` itself."""
-        k = self.kernel_size
-        if k == 1 or self.taps_on_output:
-            return x
-        # Windows as a view of the padded tokens (`unfold`: tap j of token n = padded token
-        # n + j), taps before channels, then one copy whose source index is affine in the
-        # destination's (a `cat` of shifted slices compiles to k masked loads per element).
-        xp = F.pad(x, (0, 0, k // 2, k // 2))
-        return xp.unfold(1, k, 1).transpose(-1, -2).flatten(-2)
+        return x if self.input_taps == 1 else unfold_taps(x, self.kernel_size)
 
     def tap_conv(self, x: Tensor, gemm: Callable[[Tensor, Tensor | None], Tensor],
                  bias: Tensor | None) -> Tensor:
@@ -96,9 +114,15 @@ class TapLayout:
         The GEMM reads flattened rows: an unfolded window is then copied once by a kernel of
         the compiled graph (a 3-D view of overlapping windows makes the matmul copy it itself,
         slower, and pick a slower GEMM: about 60 us less per XXL bf16 single block at 16 rows)."""
-        x = self.gemm_input(x)
+        return self.conv_rows(self.gemm_input(x), gemm, bias)
+
+    def conv_rows(self, rows: Tensor, gemm: Callable[[Tensor, Tensor | None], Tensor],
+                  bias: Tensor | None) -> Tensor:
+        """`tap_conv` from the GEMM's input rows (`gemm_input`'s result, or rows a fused
+        kernel wrote in that layout)."""
         summed_after = self.taps_on_output
-        y = gemm(x.flatten(0, -2), None if summed_after else bias).unflatten(0, x.shape[:-1])
+        y = gemm(rows.flatten(0, -2), None if summed_after else bias)
+        y = y.unflatten(0, rows.shape[:-1])
         if not summed_after:
             return y
         return add_bias(self.gemm_output(y), bias)
@@ -115,6 +139,15 @@ class TapLayout:
         for j in range(1, k):
             out = out + yp[:, j : j + n, j]
         return out
+
+
+def unfold_taps(x: Tensor, k: int) -> Tensor:
+    """`[B, N, C]` -> `[B, N, k*C]`, feature `j*C + c` = channel `c` of token `n + j - k//2`
+    (zero beyond the clip). Windows as a view of the padded tokens (`unfold`: tap j of token n
+    = padded token n + j), taps before channels, then one copy whose source index is affine in
+    the destination's (a `cat` of shifted slices compiles to k masked loads per element)."""
+    xp = F.pad(x, (0, 0, k // 2, k // 2))
+    return xp.unfold(1, k, 1).transpose(-1, -2).flatten(-2)
 
 
 class TemporalConv(TapLayout, nn.Module):
@@ -148,9 +181,13 @@ class TemporalConv(TapLayout, nn.Module):
                                          requires_grad=w.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.gemm_weight(self.weight)
-        return self.tap_conv(x.to(w.dtype), lambda rows, bias: F.linear(rows, w, bias),
-                             self.bias)
+        return self.tap_conv(x.to(self.weight.dtype), self.gemm, self.bias)
+
+    def gemm(self, rows: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(rows, self.gemm_weight(self.weight), bias)
+
+    def input_format(self) -> GemmInput:
+        return GemmInput(self.weight.dtype, self.weight.dtype, taps=self.input_taps)
 
 
 def _gemm_order(weight: Tensor, taps_on_output: bool) -> Tensor:
