@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from foleyrt.accel import quant
-from foleyrt.accel.calibrate import ActivationRecorder, Calibration
 from foleyrt.accel.quant import (
     Fp8Gemm,
     Int8Gemm,
@@ -33,6 +32,7 @@ from foleyrt.models.random_init import randomize_
 from foleyrt.pipeline.conditions import Conditions, prepare_rows
 from foleyrt.pipeline.models import load_dit
 from foleyrt.pipeline.sampling import denoise, flow_schedule
+from tests.accel.tiny import quantized_copy, tiny_inputs
 
 # Issue 4: quantised vs unquantised velocity / final latent, cosine on random weights.
 COSINE_BOUND = 0.99
@@ -46,42 +46,6 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def _inputs(seed: int, batch: int = 2, n_audio: int = 57) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    cfg = TINY.dit
-    return {
-        "x": torch.randn(batch, cfg.audio_vae_latent_dim, n_audio, generator=g),
-        "t": torch.rand(batch, generator=g) * 1000,
-        "clip_feat": torch.randn(batch, 10, cfg.clip_dim, generator=g),
-        "cond": torch.randn(batch, 7, cfg.text_dim, generator=g),
-        "sync_feat": torch.randn(batch, 16, cfg.sync_feat_dim, generator=g),
-    }
-
-
-@pytest.fixture(scope="module")
-def tiny_dit() -> FoleyDiT:
-    return randomize_(FoleyDiT(TINY.dit), seed=3).eval()
-
-
-@pytest.fixture(scope="module")
-def calibration(tiny_dit: FoleyDiT) -> Calibration:
-    """Ranges recorded over a few forwards (other inputs than the ones compared)."""
-    with torch.inference_mode(), ActivationRecorder(quantizable_modules(tiny_dit)) as rec:
-        for seed in (10, 11, 12):
-            tiny_dit(**_inputs(seed))
-    return Calibration({k: float(v.max()) for k, v in rec.channel_amax.items()},
-                       dict(rec.channel_amax))
-
-
-def _quantized(dit: FoleyDiT, variant: str, calibration: Calibration,
-               dtype: torch.dtype = torch.float32) -> FoleyDiT:
-    """`variant`: a precision, `+calibrated` for fp8 with static activation scales."""
-    precision, _, calibrated = variant.partition("+")
-    model = copy.deepcopy(dit).to(dtype)
-    use = calibration if calibrated or precision == "int8" else None
-    return quantize_(model, precision, calibration=use)
 
 
 PRECISIONS = ("fp8", "fp8+calibrated", "int8-weight", "int8")
@@ -193,10 +157,10 @@ def test_bf16_compute_dtype_in_and_out() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @torch.inference_mode()
 def test_velocity_of_a_full_forward(tiny_dit, calibration, dtype) -> None:
-    inp = _inputs(seed=0)
+    inp = tiny_inputs(seed=0)
     reference = tiny_dit(**inp)
     for precision in PRECISIONS:
-        out = _quantized(tiny_dit, precision, calibration, dtype)(**inp)
+        out = quantized_copy(tiny_dit, precision, calibration, dtype)(**inp)
         assert out.dtype == dtype
         assert _cosine(out, reference) >= COSINE_BOUND, precision
 
@@ -219,19 +183,19 @@ def test_final_latent_of_a_guided_loop(tiny_dit, calibration) -> None:
 
     reference = loop(tiny_dit)
     for precision in PRECISIONS:
-        latent = loop(_quantized(tiny_dit, precision, calibration))
+        latent = loop(quantized_copy(tiny_dit, precision, calibration))
         assert _cosine(latent, reference) >= COSINE_BOUND, precision
 
 
 @torch.inference_mode()
 def test_state_dict_names_kept_and_round_trip(tiny_dit, calibration) -> None:
     original = tiny_dit.state_dict()
-    inp = _inputs(seed=1)
+    inp = tiny_inputs(seed=1)
     extras = {"fp8": {"weight_scale"}, "fp8+calibrated": {"weight_scale", "input_scale"},
               "int8-weight": {"weight_scale"},
               "int8": {"input_scale", "output_scale"}}
     for precision in PRECISIONS:
-        model = _quantized(tiny_dit, precision, calibration)
+        model = quantized_copy(tiny_dit, precision, calibration)
         state = model.state_dict()
         fused = {n for n in quantizable_names(TINY.dit) if n.endswith(".w13")}
         split = {k for n in fused for k in release_weight_keys(n)}  # saved fused, quantised
@@ -239,7 +203,7 @@ def test_state_dict_names_kept_and_round_trip(tiny_dit, calibration) -> None:
         assert split <= set(original) - set(state)
         added = set(state) - set(original) - {f"{n}.weight" for n in fused}
         assert {k.rsplit(".", 1)[-1] for k in added} == extras[precision]
-        twin = _quantized(randomize_(FoleyDiT(TINY.dit), seed=9).eval(), precision, calibration)
+        twin = quantized_copy(randomize_(FoleyDiT(TINY.dit), seed=9).eval(), precision, calibration)
         twin.load_state_dict(state)
         assert torch.equal(twin(**inp), model(**inp)), precision
 
@@ -253,7 +217,7 @@ def test_quantised_blocks_trace_with_dynamo_fullgraph(tiny_dit, calibration) -> 
     for precision in PRECISIONS:
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-        model = _quantized(tiny_dit, precision, calibration)
+        model = quantized_copy(tiny_dit, precision, calibration)
         cases = []
         for n_audio in (57, 31):
             prepared = model.prepare(torch.randn(2, 10, cfg.clip_dim, generator=g),
@@ -272,7 +236,7 @@ def test_quantised_blocks_trace_with_dynamo_fullgraph(tiny_dit, calibration) -> 
 
 
 def test_quantize_is_idempotent_and_refuses_misuse(tiny_dit, calibration) -> None:
-    model = _quantized(tiny_dit, "int8-weight", calibration)
+    model = quantized_copy(tiny_dit, "int8-weight", calibration)
     modules = dict(model.named_modules())
     assert quantize_(model, "int8-weight") is model
     assert dict(model.named_modules()) == modules
@@ -339,7 +303,7 @@ def test_community_e4m3_weights_are_used_as_stored(tiny_dit, tmp_path) -> None:
         assert torch.equal(weight.view(torch.uint8), release.view(torch.uint8))
         assert (state[f"{name}.weight_scale"] == 1).all()
     with torch.inference_mode():
-        assert _cosine(dit(**_inputs(0)), tiny_dit(**_inputs(0))) >= COSINE_BOUND
+        assert _cosine(dit(**tiny_inputs(0)), tiny_dit(**tiny_inputs(0))) >= COSINE_BOUND
 
 
 @pytest.mark.parametrize(("fmt", "precision"), [(torch.float8_e4m3fn, None),

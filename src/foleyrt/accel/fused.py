@@ -1,0 +1,79 @@
+"""The single blocks' forward on the hand-fused kernels of `accel.kernels` (`compile` mode).
+
+`SingleBlock.forward` is the reference; `FusedSingleBlock.forward` computes the same block with
+three of its memory-bound chains each in one kernel that writes the next GEMM's input format
+directly (float8 already divided by the static scale, the temporal conv's unfold done):
+
+1. LayerNorm + modulation (rows from the per-token table) -> `linear_qkv`'s input;
+2. q/k RMSNorm + RoPE, from the QKV output to the attention's layout;
+3. `linear1`'s tap sum + bias, gated residual, LayerNorm + modulation -> `w13`'s input.
+
+The rest (GEMMs, attention, SwiGLU, the last gated residual) is the reference's code, which
+Inductor already fuses well. The GEMM modules are called through `gemm` (their matrix product
+on prepared rows), so forward hooks on them do not run: `foleyrt calibrate` records the
+reference forward, never this one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from foleyrt.accel import kernels
+from foleyrt.models.dit import SINGLE_LN_EPS, FoleyDiT, RopePair, SingleBlock, attention
+from foleyrt.models.layers import GemmInput
+
+# Chunks of the single blocks' modulation table, in `Modulation(h, 6)` order.
+SHIFT_MSA, SCALE_MSA, GATE_MSA, SHIFT_MLP, SCALE_MLP, GATE_MLP = range(6)
+
+
+def _format_args(fmt: GemmInput) -> tuple:
+    return fmt.dtype, fmt.round_dtype, fmt.scale, fmt.taps
+
+
+def _rows_gemm(layer: nn.Module, rows: Tensor, bias: Tensor | None) -> Tensor:
+    """`layer.gemm` on `rows [B, N, K]` -> `[B, N, out rows]`."""
+    return layer.gemm(rows.flatten(0, 1), bias).unflatten(0, rows.shape[:2])
+
+
+class FusedSingleBlock(SingleBlock):
+    """`SingleBlock` with the fused kernels (same parameters, state dict and numbers up to
+    rounding order; `fuse_blocks` swaps the class of a built block)."""
+
+    def forward(self, x: Tensor, activated_cond: Tensor, rope: RopePair,
+                cond_index: Tensor | None = None) -> Tensor:
+        c = x.shape[-1]
+        table = self.modulation.linear(activated_cond)  # [B, S, 6C]: one row per cond row
+        qkv_layer, conv, w13 = self.linear_qkv, self.linear1, self.linear2.w13
+        h = kernels.norm_modulate(
+            x, table, cond_index, SHIFT_MSA * c, SCALE_MSA * c, SINGLE_LN_EPS,
+            *_format_args(qkv_layer.input_format()))
+        qkv = _rows_gemm(qkv_layer, h, qkv_layer.bias)
+        heads, d = self.heads, c // self.heads
+        q = kernels.rms_rope(qkv, 0, heads, d, self.q_norm.weight, *rope)
+        k = kernels.rms_rope(qkv, c, heads, d, self.k_norm.weight, *rope)
+        v = qkv[..., 2 * c:].unflatten(-1, (heads, d))
+        out = attention(q, k.transpose(1, 2), v.transpose(1, 2))
+        if conv.taps_on_output:  # the tap sum and bias go into the next kernel
+            y, taps, bias = _rows_gemm(conv, out, None), conv.kernel_size, conv.bias
+        else:
+            y, taps, bias = conv(out), 1, None
+        x, h = kernels.residual_norm_modulate(
+            x, y, taps, bias, table, cond_index, GATE_MSA * c, SHIFT_MLP * c, SCALE_MLP * c,
+            SINGLE_LN_EPS, *_format_args(w13.input_format()))
+        hidden = w13.conv_rows(h, w13.gemm, w13.bias)
+        gate, value = hidden.chunk(2, dim=-1)
+        rows = table if cond_index is None else table[:, cond_index]
+        gate_mlp = rows[..., GATE_MLP * c:(GATE_MLP + 1) * c]
+        return x + self.linear2.w2(torch.nn.functional.silu(gate) * value) * gate_mlp
+
+
+def fuse_blocks(dit: FoleyDiT) -> int:
+    """Swap every single block of `dit` to `FusedSingleBlock` in place (after quantisation:
+    the kernels write the quantised GEMMs' input formats); returns how many were swapped."""
+    swapped = 0
+    for block in dit.single_blocks:
+        if type(block) is SingleBlock:
+            block.__class__ = FusedSingleBlock
+            swapped += 1
+    return swapped
