@@ -8,13 +8,14 @@ formulation of the temporal convs' unfold. Output code of every variant can be c
 reading.
 
     PYTHONPATH=src python scripts/inductor_lab.py [--precisions bf16 fp8+calibrated]
-        [--variants base static pers cdt] [--blocks single triple] [--code-dir DIR]
+        [--variants base fused static pers cdt] [--blocks single triple] [--code-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import shutil
 import statistics
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quant_check import Case, _needs_calibration, calibrate_on  # noqa: E402
 
 from foleyrt.accel.cudagraph import capture  # noqa: E402
+from foleyrt.accel.fused import FusedSingleBlock  # noqa: E402
 from foleyrt.accel.quant import quantize_  # noqa: E402
 from foleyrt.bench import profiled_kernels, random_dit  # noqa: E402
 from foleyrt.config import PRESETS  # noqa: E402
@@ -37,18 +39,20 @@ from foleyrt.pipeline.conditions import prepare_rows  # noqa: E402
 
 # name: (Inductor config patch, dynamic shapes, wide persistent reductions: None, "inner"
 # (reductions Inductor hints as inner only) or "any" (every reduction not hinted outer),
-# another unfold formulation: None, "gather" or "cat" (see `unfold_mode`))
+# another unfold formulation: None, "gather" or "cat" (see `unfold_mode`), single blocks on
+# the hand-fused kernels of `accel.fused`)
 VARIANTS = {
-    "base": ({}, True, None, None),
-    "static": ({}, False, None, None),
-    "pers": ({}, True, "inner", None),
-    "pers2": ({}, True, "any", None),
-    "cdt": ({"coordinate_descent_tuning": True}, True, None, None),
-    "blockptr": ({"triton.use_block_ptr": True}, True, None, None),
-    "all": ({"coordinate_descent_tuning": True}, False, "inner", None),
-    "mat": ({"max_autotune_gemm": True}, True, None, None),
-    "gather": ({}, True, None, "gather"),
-    "cat": ({}, True, None, "cat"),
+    "base": ({}, True, None, None, False),
+    "fused": ({}, True, None, None, True),
+    "static": ({}, False, None, None, False),
+    "pers": ({}, True, "inner", None, False),
+    "pers2": ({}, True, "any", None, False),
+    "cdt": ({"coordinate_descent_tuning": True}, True, None, None, False),
+    "blockptr": ({"triton.use_block_ptr": True}, True, None, None, False),
+    "all": ({"coordinate_descent_tuning": True}, False, "inner", None, False),
+    "mat": ({"max_autotune_gemm": True}, True, None, None, False),
+    "gather": ({}, True, None, "gather", False),
+    "cat": ({}, True, None, "cat", False),
 }
 
 
@@ -197,9 +201,12 @@ def main() -> None:
                           if _needs_calibration(precision) else None)
             calls = capture_calls(dit, case, args.clips)
             for variant in args.variants:
-                patch, dynamic, wide, unfold = VARIANTS[variant]
+                patch, dynamic, wide, unfold, fused = VARIANTS[variant]
                 for block in args.blocks:
                     module, a, kw = calls[block]
+                    if fused and block == "single":
+                        module = copy.copy(module)  # a shallow twin: same weights
+                        module.__class__ = FusedSingleBlock
                     torch._dynamo.reset()
                     before = output_code(cache) if args.code_dir else set()
                     compiled = torch.compile(type(module).forward, fullgraph=True,

@@ -8,6 +8,9 @@ over bf16; peak GPU memory (above what the precisions loaded before it hold); th
 int8 and fp8+calibrated (fp8 with static activation scales) are calibrated on a bf16 eager loop
 with other noise.
 
+A label's `/unfused` suffix (e.g. `bf16/unfused`) keeps Inductor's own kernels for the single
+blocks instead of `accel.fused`'s.
+
     PYTHONPATH=src python scripts/quant_check.py [--precisions fp8 fp8+calibrated int8 ...]
                                                  [--runs 3] [--fp8-precise-accum]
                                                  [--profile [--profile-json PATH]]
@@ -32,6 +35,7 @@ from torch import Tensor
 
 from foleyrt.accel import model_fn, quant
 from foleyrt.accel.calibrate import ActivationRecorder, Calibration
+from foleyrt.accel.compile import compile_blocks
 from foleyrt.accel.quant import quantizable_modules, quantize_
 from foleyrt.bench import format_profile, kernel_times, random_conditions, random_dit
 from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
@@ -156,9 +160,12 @@ def prepare(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
         torch.cuda.reset_peak_memory_stats(device)
         base_bytes = torch.cuda.memory_allocated(device)
     dit = random_dit(spec, device, torch.bfloat16, seed=0)
-    if precision != "bf16":
-        quantize_(dit, precision.partition("+")[0],
-                  calibration=calibration if _needs_calibration(precision) else None)
+    label, _, variant = precision.partition("/")
+    if label != "bf16":
+        quantize_(dit, label.partition("+")[0],
+                  calibration=calibration if _needs_calibration(label) else None)
+    if variant == "unfused":  # Inductor's kernels for the single blocks too
+        compile_blocks(dit, fuse=False)
     row = {"precision": precision, "velocity_cos": cosine(case.velocity(dit), ref["velocity"])}
     for clips in (1, 8):
         row[f"first_{clips}"], latent = timed(lambda: case.loop(dit, clips, "compile"), device)
@@ -187,6 +194,7 @@ def time_interleaved(rows: list[dict], models: dict[str, FoleyDiT], case: Case,
 
 
 def _needs_calibration(label: str) -> bool:
+    label = label.partition("/")[0]
     return label == "int8" or label.endswith("+calibrated")
 
 
