@@ -298,9 +298,10 @@ def _fp32_references(dit: FoleyDiT, spec: ModelSpec, inputs: dict, steps: int,
     return refs
 
 
+# First match wins: cuDNN's attention kernels also carry "sm90_" in their names.
 KERNEL_CLASSES = (
-    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "matmul")),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "matmul")),
     ("triton (fused elementwise/norm)", ("triton",)),
 )
 

@@ -73,7 +73,7 @@ def test_fused_blocks_trace_with_dynamo_fullgraph(tiny_dit, calibration) -> None
 def _interpreted_kernel_checks() -> None:
     """Run in a process with TRITON_INTERPRET=1 (read when the kernels are defined): each
     kernel on CPU tensors, fp32, against its reference."""
-    from foleyrt.accel.kernels import FP32_EPS, _launch_norm_modulate, _rms_rope_kernel
+    from foleyrt.accel.kernels import FP32_EPS, _launch_norm_modulate, triton_rms_rope
 
     g = torch.Generator().manual_seed(0)
     b, n, heads, d, s, c = 2, 19, 3, 16, 25, 40
@@ -82,7 +82,7 @@ def _interpreted_kernel_checks() -> None:
     cos, sin = rope_table(torch.arange(n, dtype=torch.float32), d)
     for col in (0, heads * d):
         out = qkv.new_empty(b, n, heads, d)
-        _rms_rope_kernel[(b * n,)](qkv[..., col:], out, weight, cos, sin, n, qkv.stride(1),
+        triton_rms_rope[(b * n,)](qkv[..., col:], out, weight, cos, sin, n, qkv.stride(1),
                                    heads, d, FP32_EPS, BLOCK_H=4, BLOCK_D=d)
         torch.testing.assert_close(
             out, kernels._rms_rope_reference(qkv, col, heads, d, weight, cos, sin))
@@ -158,7 +158,7 @@ def test_norm_modulate_kernels_match_the_references(dtype, quantized, taps) -> N
 @cuda
 @torch.no_grad()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rms_rope_kernel_matches_the_reference(dtype) -> None:
+def testtriton_rms_rope_matches_the_reference(dtype) -> None:
     g = torch.Generator(device="cuda").manual_seed(1)
     b, n, heads, d = 2, 41, 6, 32
     qkv = torch.randn(b, n, 3 * heads * d, device="cuda", generator=g).to(dtype)

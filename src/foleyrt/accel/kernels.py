@@ -124,7 +124,7 @@ if triton is not None:
         return mask & (token >= 0) & (token < tokens)
 
     @triton.jit
-    def _norm_modulate_kernel(
+    def triton_norm_modulate(
         x_ptr, x_out_ptr, y_ptr, bias_ptr, table_ptr, index_ptr, h_ptr, input_scale_ptr,
         tokens, channels, table_batch_stride, table_token_stride,
         gate_col, shift_col, scale_col, eps,
@@ -182,7 +182,7 @@ if triton is not None:
                      mask=mask & ~_within(mask, n + j - OUT_TAPS // 2, tokens))
 
     @triton.jit
-    def _rms_rope_kernel(
+    def triton_rms_rope(
         src_ptr, out_ptr, weight_ptr, cos_ptr, sin_ptr,
         tokens, src_row_stride, heads, head_dim, eps,
         BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -223,8 +223,9 @@ def _launch_norm_modulate(x: Tensor, x_out: Tensor | None, y: Tensor | None, y_t
     if rows == 0:
         return
     block = triton.next_power_of_2(c)
+    table = table if table.stride(-1) == 1 else table.contiguous()  # rows read as vectors
     token_stride = 0 if index is None and table.shape[1] == 1 else table.stride(1)
-    _norm_modulate_kernel[(rows,)](
+    triton_norm_modulate[(rows,)](
         x, x if x_out is None else x_out, x if y is None else y,
         x if bias is None else bias, table, x if index is None else index, h,
         x if input_scale is None else input_scale,
@@ -307,10 +308,10 @@ def rms_rope(qkv: Tensor, col: int, heads: int, head_dim: int, weight: Tensor, c
     rotated: `[B, N, heads, head_dim]`, contiguous."""
     if qkv.device.type != "cuda" or triton is None:
         return _rms_rope_reference(qkv, col, heads, head_dim, weight, cos, signed_sin)
-    b, n, width = qkv.shape
+    b, n, _ = qkv.shape
     out = qkv.new_empty((b, n, heads, head_dim))
     if out.numel() and qkv.stride(-1) == 1 and qkv.stride(0) == n * qkv.stride(1):
-        _rms_rope_kernel[(b * n,)](
+        triton_rms_rope[(b * n,)](
             qkv[..., col:], out, weight, cos.contiguous(), signed_sin.contiguous(),
             n, qkv.stride(1), heads, head_dim, FP32_EPS,
             BLOCK_H=triton.next_power_of_2(heads), BLOCK_D=triton.next_power_of_2(head_dim),
