@@ -73,7 +73,12 @@ def test_fused_blocks_trace_with_dynamo_fullgraph(tiny_dit, calibration) -> None
 def _interpreted_kernel_checks() -> None:
     """Run in a process with TRITON_INTERPRET=1 (read when the kernels are defined): each
     kernel on CPU tensors, fp32, against its reference."""
-    from foleyrt.accel.kernels import FP32_EPS, _launch_norm_modulate, triton_rms_rope
+    from foleyrt.accel.kernels import (
+        FP32_EPS,
+        _launch_norm_modulate,
+        triton_rms_rope,
+        triton_swiglu,
+    )
 
     g = torch.Generator().manual_seed(0)
     b, n, heads, d, s, c = 2, 19, 3, 16, 25, 40
@@ -86,6 +91,14 @@ def _interpreted_kernel_checks() -> None:
                                    heads, d, FP32_EPS, BLOCK_H=4, BLOCK_D=d)
         torch.testing.assert_close(
             out, kernels._rms_rope_reference(qkv, col, heads, d, weight, cos, sin))
+    hidden = torch.randn(b, n, 2 * c, generator=g) * 3
+    for scale in (None, torch.tensor(0.3)):
+        out = hidden.new_empty(b, n, c)
+        triton_swiglu[(b * n, 2)](hidden, out, scale if scale is not None else hidden, c,
+                                  QUANTIZE=scale is not None, QMAX=1e30,
+                                  ROUND_DTYPE=kernels.tl.float32, BLOCK=32)
+        ref = kernels._swiglu_reference(hidden, torch.float32, torch.float32, None, 1)
+        torch.testing.assert_close(out, ref if scale is None else ref / scale)
     x = torch.randn(b, n, c, generator=g) * 3
     table = torch.randn(b, s, 6 * c, generator=g)
     index = torch.randint(0, s, (n,), generator=g)
@@ -158,7 +171,21 @@ def test_norm_modulate_kernels_match_the_references(dtype, quantized, taps) -> N
 @cuda
 @torch.no_grad()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def testtriton_rms_rope_matches_the_reference(dtype) -> None:
+@pytest.mark.parametrize("quantized", [False, True])
+def test_swiglu_kernel_matches_the_reference(dtype, quantized) -> None:
+    g = torch.Generator(device="cuda").manual_seed(2)
+    hidden = (torch.randn(3, 29, 2 * 1100, device="cuda", generator=g) * 3).to(dtype)
+    out_dtype = torch.float8_e4m3fn if quantized else dtype
+    scale = torch.tensor(0.05, device="cuda") if quantized else None
+    out = kernels.swiglu(hidden, out_dtype, dtype, scale, 1)
+    _close_in_format(out, kernels._swiglu_reference(hidden, out_dtype, dtype, scale, 1),
+                     out_dtype)
+
+
+@cuda
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_rope_kernel_matches_the_reference(dtype) -> None:
     g = torch.Generator(device="cuda").manual_seed(1)
     b, n, heads, d = 2, 41, 6, 32
     qkv = torch.randn(b, n, 3 * heads * d, device="cuda", generator=g).to(dtype)

@@ -1,22 +1,22 @@
 """The single blocks' forward on the hand-fused kernels of `accel.kernels` (`compile` mode).
 
 `SingleBlock.forward` is the reference; `FusedSingleBlock.forward` computes the same block with
-three of its memory-bound chains each in one kernel that writes the next GEMM's input format
+four of its memory-bound chains each in one kernel that writes the next GEMM's input format
 directly (float8 already divided by the static scale, the temporal conv's unfold done):
 
 1. LayerNorm + modulation (rows from the per-token table) -> `linear_qkv`'s input;
 2. q/k RMSNorm + RoPE, from the QKV output to the attention's layout;
-3. `linear1`'s tap sum + bias, gated residual, LayerNorm + modulation -> `w13`'s input.
+3. `linear1`'s tap sum + bias, gated residual, LayerNorm + modulation -> `w13`'s input;
+4. SiLU(gate) * value -> `w2`'s input.
 
-The rest (GEMMs, attention, SwiGLU, the last gated residual) is the reference's code, which
-Inductor already fuses well. The GEMM modules are called through `gemm` (their matrix product
+The rest (GEMMs, attention, the last gated residual) is the reference's code, which Inductor
+already fuses well. The GEMM modules are called through `gemm` (their matrix product
 on prepared rows), so forward hooks on them do not run: `foleyrt calibrate` records the
 reference forward, never this one.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from foleyrt.accel import kernels
@@ -62,10 +62,11 @@ class FusedSingleBlock(SingleBlock):
             x, y, taps, bias, table, cond_index, GATE_MSA * c, SHIFT_MLP * c, SCALE_MLP * c,
             SINGLE_LN_EPS, *_format_args(w13.input_format()))
         hidden = w13.conv_rows(h, w13.gemm, w13.bias)
-        gate, value = hidden.chunk(2, dim=-1)
+        w2 = self.linear2.w2
+        act = kernels.swiglu(hidden, *_format_args(w2.input_format()))
         rows = table if cond_index is None else table[:, cond_index]
         gate_mlp = rows[..., GATE_MLP * c:(GATE_MLP + 1) * c]
-        return x + self.linear2.w2(torch.nn.functional.silu(gate) * value) * gate_mlp
+        return x + w2.conv_rows(act, w2.gemm, w2.bias) * gate_mlp
 
 
 def fuse_blocks(dit: FoleyDiT) -> int:
