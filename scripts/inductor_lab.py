@@ -30,11 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from quant_check import Case, _needs_calibration, calibrate_on  # noqa: E402
 
+
 from foleyrt.accel.cudagraph import capture  # noqa: E402
 from foleyrt.accel.fused import FusedSingleBlock  # noqa: E402
 from foleyrt.accel.quant import quantize_  # noqa: E402
 from foleyrt.bench import profiled_kernels, random_dit  # noqa: E402
-from foleyrt.config import PRESETS  # noqa: E402
+from foleyrt.config import PRESETS, configure_cuda_libraries  # noqa: E402
 from foleyrt.pipeline.conditions import prepare_rows  # noqa: E402
 
 # name: (Inductor config patch, dynamic shapes, wide persistent reductions: None, "inner"
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--code-dir", type=Path)
     args = parser.parse_args()
+    configure_cuda_libraries()  # as the CLI does
     device, spec = torch.device("cuda"), PRESETS["xxl"]
     import torch._inductor.config as inductor_config
 

@@ -38,7 +38,7 @@ from foleyrt.accel.calibrate import ActivationRecorder, Calibration
 from foleyrt.accel.compile import compile_blocks
 from foleyrt.accel.quant import quantizable_modules, quantize_
 from foleyrt.bench import format_profile, kernel_times, random_conditions, random_dit
-from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig
+from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig, configure_cuda_libraries
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.pipeline.conditions import prepare_rows
 from foleyrt.pipeline.sampling import denoise, flow_schedule
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--size", default="xxl", choices=sorted(PRESETS))
     parser.add_argument("--device", default="cuda", help="cpu runs eager: a smoke test only")
     args = parser.parse_args()
+    configure_cuda_libraries()  # as the CLI does
     quant.FP8_FAST_ACCUM = not args.fp8_precise_accum
     device, spec = torch.device(args.device), PRESETS[args.size]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

@@ -3,6 +3,7 @@ bring, what the outputs must hold, and bad input as one line, a status, and no f
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -121,3 +122,18 @@ def test_bad_input_is_one_line_a_status_and_no_file(
     out.write_bytes(b"mine")
     _fails(["-q", "generate", src, "-p", "x", "-o", str(out), *TINY], capsys, "--overwrite")
     assert out.read_bytes() == b"mine"
+
+
+def test_cuda_library_settings_are_defaults_the_environment_overrides(monkeypatch) -> None:
+    """The CLI sets `CUDA_LIBRARY_ENV` before any GPU work, keeping what the user set."""
+    from foleyrt.config import CUDA_LIBRARY_ENV
+
+    name, value = next(iter(CUDA_LIBRARY_ENV.items()))
+    monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ[name] == value
+    monkeypatch.setenv(name, "4096")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ[name] == "4096"

@@ -9,6 +9,7 @@ field that a YAML leaves out.
 from __future__ import annotations
 
 import dataclasses
+import os
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -532,3 +533,23 @@ class RuntimeConfig:
         else:
             dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
         return cls(device=dev, dtype=dt, precision=precision, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Process-wide settings
+# --------------------------------------------------------------------------------------------
+
+# Process-wide CUDA library settings, taken unless the environment already sets them. Without a
+# cuBLASLt workspace, cuBLASLt picks the same tiles' "ssched" variants, which need no zeroed
+# workspace: each large GEMM of a captured forward was a memset + a GEMM, two graph nodes. XXL 8 s
+# at 8 clips, one machine, consecutive processes: fp8+calibrated loop 2.951 -> 2.906 s, bf16
+# 4.424 -> 4.399 s; no GEMM slower per block (docs/benchmarks.md, run AL; `--accel compile`).
+CUDA_LIBRARY_ENV = {"CUBLASLT_WORKSPACE_SIZE": "0"}
+
+
+def configure_cuda_libraries() -> None:
+    """Apply `CUDA_LIBRARY_ENV` (PyTorch reads it at the first cuBLASLt call of a process, so
+    this runs first thing: the CLI's entry point and the GPU scripts call it; library users who
+    want the same set the variable before their first GPU matmul)."""
+    for name, value in CUDA_LIBRARY_ENV.items():
+        os.environ.setdefault(name, value)

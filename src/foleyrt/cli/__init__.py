@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from foleyrt import __version__
+from foleyrt.config import configure_cuda_libraries
 from foleyrt.cli import batch, bench, calibrate, export, generate, serve, verify
 from foleyrt.cli.options import Parser
 from foleyrt.errors import FoleyError
@@ -63,6 +64,7 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_cuda_libraries()
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet, args.verbose)
     handler: Handler = args.handler
