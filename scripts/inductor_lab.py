@@ -32,7 +32,7 @@ from quant_check import Case, _needs_calibration, calibrate_on  # noqa: E402
 
 
 from foleyrt.accel.cudagraph import capture  # noqa: E402
-from foleyrt.accel.fused import FusedSingleBlock  # noqa: E402
+from foleyrt.accel.fused import FUSED  # noqa: E402
 from foleyrt.accel.quant import quantize_  # noqa: E402
 from foleyrt.bench import profiled_kernels, random_dit  # noqa: E402
 from foleyrt.config import PRESETS, configure_cuda_libraries  # noqa: E402
@@ -40,8 +40,8 @@ from foleyrt.pipeline.conditions import prepare_rows  # noqa: E402
 
 # name: (Inductor config patch, dynamic shapes, wide persistent reductions: None, "inner"
 # (reductions Inductor hints as inner only) or "any" (every reduction not hinted outer),
-# another unfold formulation: None, "gather" or "cat" (see `unfold_mode`), single blocks on
-# the hand-fused kernels of `accel.fused`)
+# another unfold formulation: None, "gather" or "cat" (see `unfold_mode`), the blocks on the
+# hand-fused kernels of `accel.fused`)
 VARIANTS = {
     "base": ({}, True, None, None, False),
     "fused": ({}, True, None, None, True),
@@ -206,9 +206,9 @@ def main() -> None:
                 patch, dynamic, wide, unfold, fused = VARIANTS[variant]
                 for block in args.blocks:
                     module, a, kw = calls[block]
-                    if fused and block == "single":
+                    if fused:
                         module = copy.copy(module)  # a shallow twin: same weights
-                        module.__class__ = FusedSingleBlock
+                        module.__class__ = FUSED[type(module)]
                     torch._dynamo.reset()
                     before = output_code(cache) if args.code_dir else set()
                     compiled = torch.compile(type(module).forward, fullgraph=True,

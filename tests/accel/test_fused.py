@@ -1,6 +1,6 @@
-"""The single blocks on hand-fused kernels (`accel.fused`, `accel.kernels`).
+"""The blocks on hand-fused kernels (`accel.fused`, `accel.kernels`).
 
-On the CPU the custom ops run their PyTorch references, so the fused block must give exactly
+On the CPU the custom ops run their PyTorch references, so the fused blocks must give exactly
 the model's own numbers (what the fused forward rearranges: GEMM input formats, tap sums,
 modulation rows, unfolds); Dynamo traces it whole. The Triton kernels themselves run on the CPU
 under Triton's interpreter in fp32 (the interpreter truncates narrowing casts, so the bf16 and
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from foleyrt.accel import kernels
-from foleyrt.accel.fused import FusedSingleBlock, fuse_blocks
+from foleyrt.accel.fused import FusedSingleBlock, FusedTripleBlock, fuse_blocks
 from foleyrt.config import TINY
 from foleyrt.models.layers import rope_table
 from tests.accel.tiny import quantized_copy, tiny_inputs
@@ -38,8 +38,9 @@ def test_fused_blocks_give_the_model_numbers(tiny_dit, calibration, variant, dty
     (one row per frame)."""
     model = quantized_copy(tiny_dit, variant, calibration, dtype)
     fused = copy.deepcopy(model)
-    assert fuse_blocks(fused) == TINY.dit.depth_single_blocks
+    assert fuse_blocks(fused) == TINY.dit.depth_single_blocks + TINY.dit.depth_triple_blocks
     assert all(type(b) is FusedSingleBlock for b in fused.single_blocks)
+    assert all(type(b) is FusedTripleBlock for b in fused.triple_blocks)
     for n_audio in (57, 12):
         inputs = {k: v if k == "t" else v.to(dtype)
                   for k, v in tiny_inputs(2, n_audio=n_audio).items()}
@@ -61,10 +62,11 @@ def test_fused_blocks_trace_with_dynamo_fullgraph(tiny_dit, calibration) -> None
         prepared = model.prepare(inp["clip_feat"], inp["cond"], inp["sync_feat"], n_audio)
         x, t = inp["x"], inp["t"]
         cases.append((x, t, prepared, model.velocity(x, t, prepared)))
-    model.single_blocks[0].compile(backend="eager", fullgraph=True, dynamic=True)
+    for block in (model.triple_blocks[0], model.single_blocks[0]):
+        block.compile(backend="eager", fullgraph=True, dynamic=True)
     for x, t, prepared, eager in cases:
         assert torch.equal(model.velocity(x, t, prepared), eager)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
 
 
 # ---- the Triton kernels against the references ---------------------------------------------

@@ -39,13 +39,13 @@ from torch import nn
 
 import foleyrt
 from foleyrt.accel import kernels
-from foleyrt.accel.fused import FusedSingleBlock, fuse_blocks
+from foleyrt.accel.fused import FusedSingleBlock, FusedTripleBlock, fuse_blocks
 from foleyrt.models.dit import FoleyDiT, SingleBlock, TripleBlock
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path.home() / ".cache" / "foleyrt" / "compile"
-COMPILED_BLOCKS = (TripleBlock, SingleBlock, FusedSingleBlock)
+COMPILED_BLOCKS = (TripleBlock, SingleBlock, FusedTripleBlock, FusedSingleBlock)
 GRAPH_FORMAT = "1"  # bump when the saved-graph layout of this module changes
 TRACED_PACKAGES = ("models", "accel")  # the code inside the compiled graphs
 # Dynamo settings for saved graphs: the API switch where it still is one (PyTorch <= 2.12), and
@@ -73,8 +73,8 @@ def configure_caches(path: str | Path | None = None) -> Path:
 def compile_blocks(dit: FoleyDiT, mode: str | None = None,
                    cache: str | Path | None = None, fuse: bool = True) -> FoleyDiT:
     """Compile every transformer block in place (idempotent): through saved graphs where
-    PyTorch supports them, else `nn.Module.compile`. On CUDA with Triton, the single blocks
-    first take the hand-fused kernels (`accel.fused`; `fuse=False` keeps Inductor's own)."""
+    PyTorch supports them, else `nn.Module.compile`. On CUDA with Triton, the blocks first
+    take the hand-fused kernels (`accel.fused`; `fuse=False` keeps Inductor's own)."""
     if getattr(dit, "_foleyrt_compiled", False):
         return dit
     if fuse and next(dit.parameters()).device.type == "cuda" and kernels.triton_available():

@@ -1,4 +1,4 @@
-"""The single blocks' forward on the hand-fused kernels of `accel.kernels` (`compile` mode).
+"""The blocks' forward on the hand-fused kernels of `accel.kernels` (`compile` mode).
 
 `SingleBlock.forward` is the reference; `FusedSingleBlock.forward` computes the same block with
 four of its memory-bound chains each in one kernel that writes the next GEMM's input format
@@ -10,7 +10,9 @@ directly (float8 already divided by the static scale, the temporal conv's unfold
 4. SiLU(gate) * value -> `w2`'s input.
 
 The rest (GEMMs, attention, the last gated residual) is the reference's code, which Inductor
-already fuses well. The GEMM modules are called through `gemm` (their matrix product
+already fuses well. `FusedTripleBlock` overrides the triple block's two LayerNorm steps
+(`_norm_gemm`, `_residual_norm_gemm`: a stream's LayerNorm + modulation, after its gated
+residual) with the same kernels. The GEMM modules are called through `gemm` (their matrix product
 on prepared rows), so forward hooks on them do not run: `foleyrt calibrate` records the
 reference forward, never this one.
 """
@@ -20,7 +22,16 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from foleyrt.accel import kernels
-from foleyrt.models.dit import SINGLE_LN_EPS, FoleyDiT, RopePair, SingleBlock, attention
+from foleyrt.models.dit import (
+    LN_EPS,
+    MLP,
+    SINGLE_LN_EPS,
+    FoleyDiT,
+    RopePair,
+    SingleBlock,
+    TripleBlock,
+    attention,
+)
 from foleyrt.models.layers import GemmInput
 
 # Chunks of the single blocks' modulation table, in `Modulation(h, 6)` order.
@@ -69,12 +80,46 @@ class FusedSingleBlock(SingleBlock):
         return x + w2.conv_rows(act, w2.gemm, w2.bias) * gate_mlp
 
 
+def _first_gemm(layer: nn.Module) -> nn.Module:
+    """The GEMM that reads a sub-layer's normed input (an MLP's `fc1`)."""
+    return layer.fc1 if isinstance(layer, MLP) else layer
+
+
+def _from_rows(layer: nn.Module, rows: Tensor) -> Tensor:
+    """`layer` on input rows in its first GEMM's `input_format`."""
+    first = _first_gemm(layer)
+    y = _rows_gemm(first, rows, first.bias)
+    return layer.fc2(layer.act(y)) if isinstance(layer, MLP) else y
+
+
+class FusedTripleBlock(TripleBlock):
+    """`TripleBlock` whose LayerNorm + modulation steps (and the gated residuals before them)
+    run on `accel.kernels` (same parameters, state dict and numbers up to rounding order)."""
+
+    def _norm_gemm(self, x: Tensor, mods: Tensor, i: int, layer: nn.Module) -> Tensor:
+        c = x.shape[-1]
+        h = kernels.norm_modulate(x, mods, None, 3 * i * c, (3 * i + 1) * c, LN_EPS,
+                                  *_format_args(_first_gemm(layer).input_format()))
+        return _from_rows(layer, h)
+
+    def _residual_norm_gemm(self, x: Tensor, update: Tensor, mods: Tensor, i: int,
+                            layer: nn.Module) -> tuple[Tensor, Tensor]:
+        c = x.shape[-1]
+        x, h = kernels.residual_norm_modulate(
+            x, update, 1, None, mods, None, (3 * i - 1) * c, 3 * i * c, (3 * i + 1) * c, LN_EPS,
+            *_format_args(_first_gemm(layer).input_format()))
+        return x, _from_rows(layer, h)
+
+
+FUSED = {SingleBlock: FusedSingleBlock, TripleBlock: FusedTripleBlock}
+
+
 def fuse_blocks(dit: FoleyDiT) -> int:
-    """Swap every single block of `dit` to `FusedSingleBlock` in place (after quantisation:
-    the kernels write the quantised GEMMs' input formats); returns how many were swapped."""
+    """Swap every block of `dit` to its fused class in place (after quantisation: the kernels
+    write the quantised GEMMs' input formats); returns how many were swapped."""
     swapped = 0
-    for block in dit.single_blocks:
-        if type(block) is SingleBlock:
-            block.__class__ = FusedSingleBlock
+    for block in (*dit.triple_blocks, *dit.single_blocks):
+        if type(block) in FUSED:
+            block.__class__ = FUSED[type(block)]
             swapped += 1
     return swapped

@@ -160,16 +160,31 @@ class TripleBlock(nn.Module):
         k = apply_rope(self.text_cross_k_norm(k), *rope)
         return k.transpose(1, 2), v.transpose(1, 2)
 
-    def _self_qkv(
-        self, x: Tensor, qkv: nn.Module, q_norm: nn.Module, k_norm: nn.Module
+    def _split_qkv(
+        self, qkv: Tensor, q_norm: nn.Module, k_norm: nn.Module
     ) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = qkv(x).unflatten(-1, (3, self.heads, -1)).unbind(2)  # (K, head, d) layout
+        q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).unbind(2)  # (K, head, d) layout
         return q_norm(q).to(v.dtype), k_norm(k).to(v.dtype), v
 
     def modulations(self, vec: Tensor) -> tuple[Tensor, Tensor]:
         """Audio and visual modulation vectors `[B, 1, 9H]` of timestep embedding `vec`."""
         vec = vec[:, None]
         return self.audio_mod.linear(F.silu(vec)), self.v_cond_mod.linear(F.silu(vec))
+
+    # A stream's three sub-layers i = 0 (self-attention), 1 (cross-attention), 2 (MLP) read
+    # chunks 3i (shift), 3i + 1 (scale) and 3i + 2 (gate) of its `[B, 1, 9H]` vectors. The two
+    # steps below are where `accel.fused` swaps in its kernels.
+
+    def _norm_gemm(self, x: Tensor, mods: Tensor, i: int, layer: nn.Module) -> Tensor:
+        """`layer(LayerNorm(x) * (1 + scale_i) + shift_i)`."""
+        shift, scale = _mod_chunk(mods, 3 * i), _mod_chunk(mods, 3 * i + 1)
+        return layer(modulate(layer_norm(x, LN_EPS), shift, scale))
+
+    def _residual_norm_gemm(self, x: Tensor, update: Tensor, mods: Tensor, i: int,
+                            layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """Sub-layer i - 1's gated residual `x + update * gate_(i-1)`, and `_norm_gemm` of it."""
+        x = x + update * _mod_chunk(mods, 3 * i - 1)
+        return x, self._norm_gemm(x, mods, i, layer)
 
     def forward(
         self,
@@ -183,27 +198,16 @@ class TripleBlock(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """`mods` from `modulations()`; `update_visual=False` (last block) skips visual work
         whose result nobody reads."""
-        a_shift1, a_scale1, a_gate1, a_shift2, a_scale2, a_gate2, a_shift3, a_scale3, a_gate3 = (
-            mods[0].chunk(9, dim=-1)
-        )
-        v_shift1, v_scale1, v_gate1, v_shift2, v_scale2, v_gate2, v_shift3, v_scale3, v_gate3 = (
-            mods[1].chunk(9, dim=-1)
-        )
+        mod_a, mod_v = mods
         n_vis = visual.shape[1]
 
         # (1) joint self-attention, visual tokens first.
-        qa, ka, va = self._self_qkv(
-            modulate(layer_norm(audio, LN_EPS), a_shift1, a_scale1),
-            self.audio_self_attn_qkv,
-            self.audio_self_q_norm,
-            self.audio_self_k_norm,
-        )
-        qv, kv, vv = self._self_qkv(
-            modulate(layer_norm(visual, LN_EPS), v_shift1, v_scale1),
-            self.v_cond_attn_qkv,
-            self.v_cond_attn_q_norm,
-            self.v_cond_attn_k_norm,
-        )
+        qa, ka, va = self._split_qkv(
+            self._norm_gemm(audio, mod_a, 0, self.audio_self_attn_qkv),
+            self.audio_self_q_norm, self.audio_self_k_norm)
+        qv, kv, vv = self._split_qkv(
+            self._norm_gemm(visual, mod_v, 0, self.v_cond_attn_qkv),
+            self.v_cond_attn_q_norm, self.v_cond_attn_k_norm)
         qa, ka = (apply_rope(x, *rope.self_audio) for x in (qa, ka))
         if rope.visual_gather is not None:
             qv, kv = qv[:, rope.visual_gather], kv[:, rope.visual_gather]
@@ -214,55 +218,42 @@ class TripleBlock(nn.Module):
             torch.cat([vv, va], dim=1).transpose(1, 2),
         )
         out_v, out_a = out[:, :n_vis], out[:, n_vis:]
-        audio = audio + self.audio_self_proj(out_a) * a_gate1
+        audio, qa = self._residual_norm_gemm(audio, self.audio_self_proj(out_a), mod_a, 1,
+                                             self.audio_cross_q)
         if not update_visual:
-            return self._audio_tail(audio, text_k, text_v, rope, (a_shift2, a_scale2, a_gate2),
-                                    (a_shift3, a_scale3, a_gate3)), visual
-        visual = visual + self.v_cond_self_proj(out_v) * v_gate1
+            return self._audio_tail(audio, qa, mod_a, text_k, text_v, rope), visual
+        visual, qv = self._residual_norm_gemm(visual, self.v_cond_self_proj(out_v), mod_v, 1,
+                                              self.v_cond_cross_q)
 
         # (2) cross-attention of both streams to the text, visual queries first.
-        qa = self.audio_cross_q_norm(
-            _heads(self.audio_cross_q(modulate(layer_norm(audio, LN_EPS), a_shift2, a_scale2)),
-                   self.heads)
-        )
-        qv = self.v_cond_cross_q_norm(
-            _heads(self.v_cond_cross_q(modulate(layer_norm(visual, LN_EPS), v_shift2, v_scale2)),
-                   self.heads)
-        )
-        qa = apply_rope(qa, *rope.seq_audio)
-        qv = apply_rope(qv, *rope.seq_visual)
+        qa = apply_rope(self.audio_cross_q_norm(_heads(qa, self.heads)), *rope.seq_audio)
+        qv = apply_rope(self.v_cond_cross_q_norm(_heads(qv, self.heads)), *rope.seq_visual)
         out = attention(torch.cat([qv, qa], dim=1), text_k, text_v)
         out_v, out_a = out[:, :n_vis], out[:, n_vis:]
-        audio = audio + self.audio_cross_proj(out_a) * a_gate2
-        visual = visual + self.v_cond_cross_proj(out_v) * v_gate2
 
         # (3) MLPs.
-        audio = audio + self.audio_mlp(
-            modulate(layer_norm(audio, LN_EPS), a_shift3, a_scale3)) * a_gate3
-        visual = visual + self.v_cond_mlp(
-            modulate(layer_norm(visual, LN_EPS), v_shift3, v_scale3)) * v_gate3
-        return audio, visual
+        audio, mlp_a = self._residual_norm_gemm(audio, self.audio_cross_proj(out_a), mod_a, 2,
+                                                self.audio_mlp)
+        visual, mlp_v = self._residual_norm_gemm(visual, self.v_cond_cross_proj(out_v), mod_v,
+                                                 2, self.v_cond_mlp)
+        return audio + mlp_a * _mod_chunk(mod_a, 8), visual + mlp_v * _mod_chunk(mod_v, 8)
 
-    def _audio_tail(
-        self,
-        audio: Tensor,
-        text_k: Tensor,
-        text_v: Tensor,
-        rope: RopeTables,
-        mod2: tuple[Tensor, Tensor, Tensor],
-        mod3: tuple[Tensor, Tensor, Tensor],
-    ) -> Tensor:
-        """Cross-attention and MLP of the audio stream alone. Attention rows are independent,
-        so dropping the visual queries leaves the audio rows unchanged."""
-        shift2, scale2, gate2 = mod2
-        shift3, scale3, gate3 = mod3
-        q = self.audio_cross_q_norm(
-            _heads(self.audio_cross_q(modulate(layer_norm(audio, LN_EPS), shift2, scale2)),
-                   self.heads)
-        )
-        out = attention(apply_rope(q, *rope.seq_audio), text_k, text_v)
-        audio = audio + self.audio_cross_proj(out) * gate2
-        return audio + self.audio_mlp(modulate(layer_norm(audio, LN_EPS), shift3, scale3)) * gate3
+    def _audio_tail(self, audio: Tensor, q_rows: Tensor, mod_a: Tensor, text_k: Tensor,
+                    text_v: Tensor, rope: RopeTables) -> Tensor:
+        """Cross-attention (from `audio_cross_q`'s output `q_rows`) and MLP of the audio stream
+        alone. Attention rows are independent, so dropping the visual queries leaves the audio
+        rows unchanged."""
+        q = apply_rope(self.audio_cross_q_norm(_heads(q_rows, self.heads)), *rope.seq_audio)
+        out = attention(q, text_k, text_v)
+        audio, mlp = self._residual_norm_gemm(audio, self.audio_cross_proj(out), mod_a, 2,
+                                              self.audio_mlp)
+        return audio + mlp * _mod_chunk(mod_a, 8)
+
+
+def _mod_chunk(mods: Tensor, i: int) -> Tensor:
+    """Chunk `i` of 9 of a triple block's `[B, 1, 9H]` modulation vectors."""
+    width = mods.shape[-1] // 9
+    return mods[..., i * width : (i + 1) * width]
 
 
 def qkv_order(heads: int, head_dim: int, device: torch.device | None = None) -> Tensor:
