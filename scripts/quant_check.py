@@ -8,8 +8,8 @@ over bf16; peak GPU memory (above what the precisions loaded before it hold); th
 int8 and fp8+calibrated (fp8 with static activation scales) are calibrated on a bf16 eager loop
 with other noise.
 
-A label's `/unfused` suffix (e.g. `bf16/unfused`) keeps Inductor's own kernels for the single
-blocks instead of `accel.fused`'s.
+A label's `/unfused` suffix (e.g. `bf16/unfused`) keeps Inductor's own kernels for the blocks
+instead of `accel.fused`'s.
 
     PYTHONPATH=src python scripts/quant_check.py [--precisions fp8 fp8+calibrated int8 ...]
                                                  [--runs 3] [--fp8-precise-accum]
@@ -165,7 +165,7 @@ def prepare(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
     if label != "bf16":
         quantize_(dit, label.partition("+")[0],
                   calibration=calibration if _needs_calibration(label) else None)
-    if variant == "unfused":  # Inductor's kernels for the single blocks too
+    if variant == "unfused":  # Inductor's kernels only, no `accel.fused` blocks
         compile_blocks(dit, fuse=False)
     row = {"precision": precision, "velocity_cos": cosine(case.velocity(dit), ref["velocity"])}
     for clips in (1, 8):

@@ -9,8 +9,8 @@ field that a YAML leaves out.
 from __future__ import annotations
 
 import dataclasses
-import os
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar

@@ -59,7 +59,7 @@ class FusedSingleBlock(SingleBlock):
         h = kernels.norm_modulate(
             x, table, cond_index, SHIFT_MSA * c, SCALE_MSA * c, SINGLE_LN_EPS,
             *_format_args(qkv_layer.input_format()))
-        qkv = _rows_gemm(qkv_layer, h, qkv_layer.bias)
+        qkv = _from_rows(qkv_layer, h)
         heads, d = self.heads, c // self.heads
         q = kernels.rms_rope(qkv, 0, heads, d, self.q_norm.weight, *rope)
         k = kernels.rms_rope(qkv, c, heads, d, self.k_norm.weight, *rope)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from foleyrt.accel.quant import FP8
-from foleyrt.models.layers import FP32_EPS, apply_rope, unfold_taps
+from foleyrt.models.layers import FP32_EPS, add_bias, apply_rope, sum_taps, unfold_taps
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs use the references.
     import triton
@@ -93,13 +93,7 @@ def _residual_reference(x: Tensor, y: Tensor, y_taps: int, bias: Tensor | None, 
                         index: Tensor | None, gate_col: int) -> Tensor:
     """`x + (sum of the taps' outputs + bias) * gate`, eager's roundings (`TapLayout`)."""
     c, n = x.shape[-1], x.shape[1]
-    pad = y_taps // 2
-    yp = torch.nn.functional.pad(y.unflatten(-1, (y_taps, c)), (0, 0, 0, 0, pad, pad))
-    out = yp[:, 0:n, 0]
-    for j in range(1, y_taps):
-        out = out + yp[:, j : j + n, j]
-    if bias is not None:
-        out = out + bias
+    out = add_bias(sum_taps(y, y_taps), bias)
     return x + out * _chunk(_table_rows(table, index, n), gate_col, c)
 
 
@@ -241,6 +235,14 @@ if triton is not None:
 _TL_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
+def _format_constants(out_dtype: torch.dtype, round_dtype: torch.dtype,
+                      input_scale: Tensor | None) -> dict:
+    """The kernels' compile-time arguments for writing a GEMM's input format."""
+    quantize = input_scale is not None
+    return {"QUANTIZE": quantize, "QMAX": float(torch.finfo(out_dtype).max) if quantize else 0.0,
+            "ROUND_DTYPE": getattr(tl, _TL_DTYPES[round_dtype])}
+
+
 def _warps(block: int) -> int:
     return 4 if block <= 2048 else 8
 
@@ -262,9 +264,8 @@ def _launch_norm_modulate(x: Tensor, x_out: Tensor | None, y: Tensor | None, y_t
         x if input_scale is None else input_scale,
         x.shape[1], c, table.stride(0), token_stride, gate_col, shift_col, scale_col, eps,
         Y_TAPS=0 if y is None else y_taps, HAS_BIAS=bias is not None,
-        HAS_INDEX=index is not None, OUT_TAPS=out_taps, QUANTIZE=input_scale is not None,
-        QMAX=float(torch.finfo(h.dtype).max) if input_scale is not None else 0.0,
-        ROUND_DTYPE=getattr(tl, _TL_DTYPES[round_dtype]),
+        HAS_INDEX=index is not None, OUT_TAPS=out_taps,
+        **_format_constants(h.dtype, round_dtype, input_scale),
         BLOCK=block, num_warps=_warps(block),
     )
 
@@ -370,9 +371,8 @@ def swiglu(hidden: Tensor, out_dtype: torch.dtype, round_dtype: torch.dtype,
     if out.numel():
         triton_swiglu[(rows, triton.cdiv(width, block))](
             hidden, out, hidden if input_scale is None else input_scale, width,
-            QUANTIZE=input_scale is not None,
-            QMAX=float(torch.finfo(out_dtype).max) if input_scale is not None else 0.0,
-            ROUND_DTYPE=getattr(tl, _TL_DTYPES[round_dtype]), BLOCK=block, num_warps=4)
+            **_format_constants(out_dtype, round_dtype, input_scale), BLOCK=block,
+            num_warps=4)
     return out
 
 

@@ -130,15 +130,7 @@ class TapLayout:
     def gemm_output(self, y: Tensor) -> Tensor:
         """The GEMM's `[B, N, rows]` -> `[B, N, out]`: tap `j`'s output for token `n` is
         added at token `n - j + k//2` (taps on the output), else `y` itself."""
-        k = self.kernel_size
-        if not self.taps_on_output:
-            return y
-        pad, n = k // 2, y.shape[1]
-        yp = F.pad(y.unflatten(-1, (k, -1)), (0, 0, 0, 0, pad, pad))
-        out = yp[:, 0:n, 0]
-        for j in range(1, k):
-            out = out + yp[:, j : j + n, j]
-        return out
+        return sum_taps(y, self.kernel_size) if self.taps_on_output else y
 
 
 def unfold_taps(x: Tensor, k: int) -> Tensor:
@@ -148,6 +140,17 @@ def unfold_taps(x: Tensor, k: int) -> Tensor:
     the destination's (a `cat` of shifted slices compiles to k masked loads per element)."""
     xp = F.pad(x, (0, 0, k // 2, k // 2))
     return xp.unfold(1, k, 1).transpose(-1, -2).flatten(-2)
+
+
+def sum_taps(y: Tensor, k: int) -> Tensor:
+    """`[B, N, k*C]` tap-major GEMM outputs -> `[B, N, C]`: tap `j`'s output for token `n` is
+    added at token `n - j + k//2` (zero beyond the clip), in the taps' order."""
+    pad, n = k // 2, y.shape[1]
+    yp = F.pad(y.unflatten(-1, (k, -1)), (0, 0, 0, 0, pad, pad))
+    out = yp[:, 0:n, 0]
+    for j in range(1, k):
+        out = out + yp[:, j : j + n, j]
+    return out
 
 
 class TemporalConv(TapLayout, nn.Module):
