@@ -23,12 +23,13 @@ import time
 import torch
 from torch._dynamo.utils import counters
 
-from foleyrt.accel import model_fn
-from foleyrt.accel.compile import preload_block_graphs
-from foleyrt.bench import random_conditions, random_dit
-from foleyrt.config import PRESETS, RuntimeConfig
-from foleyrt.pipeline.conditions import prepare_rows
-from foleyrt.pipeline.sampling import denoise, flow_schedule
+from foleyrt.accel.process import configure_process
+from foleyrt.accel.recipes import apply, preload
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.bench.models import random_conditions, random_dit
+from foleyrt.config import PRESETS
+from foleyrt.sampling.loop import Task, denoise
+from foleyrt.sampling.schedule import flow_schedule
 
 STEPS, GUIDANCE = 50, 4.5
 
@@ -44,27 +45,27 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu runs eager: a smoke test only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="  log: %(message)s")
+    configure_process()  # as the CLI does
     device = torch.device(args.device)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    if args.preload and args.accel == "compile":
-        preload_block_graphs(device)
+    runtime = RuntimeConfig(device=device, dtype=torch.bfloat16, accel=args.accel)
+    graphs = preload(runtime) if args.preload else None
     spec = PRESETS[args.size]
     dit = random_dit(spec, device, torch.bfloat16, seed=0)
+    denoiser = apply(dit, runtime, graphs=graphs)
     cond, n_latent = random_conditions(spec, args.seconds, device, seed=1)
     schedule = flow_schedule(STEPS, spec.diffusion, n_tokens=n_latent)
     noise = torch.randn(1, 128, n_latent, device=device, dtype=torch.bfloat16)
-    runtime = RuntimeConfig(device=device, dtype=torch.bfloat16, accel=args.accel)
     sync()
     built = time.perf_counter()
 
     def loop() -> float:
         t = time.perf_counter()
-        prepared = prepare_rows(dit, cond, 1, True, n_latent)
-        denoise(model_fn(dit, prepared, runtime, schedule), noise, schedule, GUIDANCE)
+        denoise(denoiser, [Task.whole(noise, GUIDANCE, cond)], schedule)
         sync()
         return time.perf_counter() - t
 

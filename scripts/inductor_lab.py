@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import os
 import shutil
 import statistics
@@ -33,10 +32,12 @@ from quant_check import Case, _needs_calibration, calibrate_on  # noqa: E402
 
 from foleyrt.accel.cudagraph import capture  # noqa: E402
 from foleyrt.accel.fused import FUSED  # noqa: E402
+from foleyrt.accel.process import configure_process  # noqa: E402
 from foleyrt.accel.quant import quantize_  # noqa: E402
-from foleyrt.bench import profiled_kernels, random_dit  # noqa: E402
-from foleyrt.config import PRESETS, configure_cuda_libraries  # noqa: E402
-from foleyrt.pipeline.conditions import prepare_rows  # noqa: E402
+from foleyrt.bench.models import random_dit  # noqa: E402
+from foleyrt.bench.profile import profiled_kernels  # noqa: E402
+from foleyrt.config import PRESETS  # noqa: E402
+from foleyrt.sampling.conditions import cfg_rows  # noqa: E402
 
 # name: (Inductor config patch, dynamic shapes, wide persistent reductions: None, "inner"
 # (reductions Inductor hints as inner only) or "any" (every reduction not hinted outer),
@@ -131,7 +132,8 @@ def capture_calls(dit: Any, case: Case, clips: int) -> dict[str, tuple]:
 
     handles = [dit.single_blocks[0].register_forward_pre_hook(hook("single"), with_kwargs=True),
                dit.triple_blocks[0].register_forward_pre_hook(hook("triple"), with_kwargs=True)]
-    prepared = prepare_rows(dit, case.cond, clips, True, case.n_latent)
+    rows = cfg_rows(dit, case.cond, clips, True, case.n_latent)
+    prepared = dit.prepare(rows.clip, rows.text, rows.sync, rows.audio_len)
     x = torch.cat([case.noise[clips]] * 2)
     dit.velocity(x, torch.full((x.shape[0],), 500.0, device=x.device), prepared)
     for h in handles:
@@ -180,7 +182,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--code-dir", type=Path)
     args = parser.parse_args()
-    configure_cuda_libraries()  # as the CLI does
+    configure_process()  # as the CLI does
     device, spec = torch.device("cuda"), PRESETS["xxl"]
     import torch._inductor.config as inductor_config
 
@@ -207,8 +209,7 @@ def main() -> None:
                 for block in args.blocks:
                     module, a, kw = calls[block]
                     if fused:
-                        module = copy.copy(module)  # a shallow twin: same weights
-                        module.__class__ = FUSED[type(module)]
+                        module = FUSED[type(module)].adopt(module)  # same weights
                     torch._dynamo.reset()
                     before = output_code(cache) if args.code_dir else set()
                     compiled = torch.compile(type(module).forward, fullgraph=True,
@@ -232,9 +233,9 @@ def main() -> None:
                     results.append((label, ms, compile_s))
                     print(f"{label} {ms * 1e3:8.1f} us/call  compile {compile_s:5.1f} s",
                           flush=True)
-                    kernels = sorted(profiled_kernels(run, device), key=lambda k: -k[1])
-                    for name, kernel_ms, count in kernels[:args.top]:
-                        print(f"    {kernel_ms * 1e3:7.1f} us x{count:<3} {name[:110]}")
+                    kernels = sorted(profiled_kernels(run, device), key=lambda k: -k.ms)
+                    for k in kernels[:args.top]:
+                        print(f"    {k.ms * 1e3:7.1f} us x{k.calls:<3} {k.name[:110]}")
                     formulation.close()
                     if args.code_dir:
                         name = precision.replace("+", "_")

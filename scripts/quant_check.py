@@ -27,21 +27,28 @@ import gc
 import json
 import statistics
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from foleyrt.accel import model_fn, quant
-from foleyrt.accel.calibrate import ActivationRecorder, Calibration
-from foleyrt.accel.compile import compile_blocks
-from foleyrt.accel.quant import quantizable_modules, quantize_
-from foleyrt.bench import format_profile, kernel_times, random_conditions, random_dit
-from foleyrt.config import PRESETS, ModelSpec, RuntimeConfig, configure_cuda_libraries
+from foleyrt.accel import quant
+from foleyrt.accel.calibration import ActivationRecorder, Calibration
+from foleyrt.accel.process import configure_process
+from foleyrt.accel.quant import AMAX_FLOOR, quantizable_modules
+from foleyrt.accel.recipes import apply
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.bench.models import random_conditions, random_dit
+from foleyrt.bench.profile import forward_kernels
+from foleyrt.cli.bench import format_profile
+from foleyrt.config import PRESETS, ModelSpec
 from foleyrt.models.dit import FoleyDiT
-from foleyrt.pipeline.conditions import prepare_rows
-from foleyrt.pipeline.sampling import denoise, flow_schedule
+from foleyrt.sampling.conditions import cfg_rows
+from foleyrt.sampling.denoiser import Denoiser, ModuleDenoiser
+from foleyrt.sampling.loop import Task, denoise
+from foleyrt.sampling.schedule import flow_schedule
 
 SECONDS, STEPS, GUIDANCE = 8.0, 50, 4.5
 TARGETS = {"loop_s": 0.6, "speedup_1": 1.2, "speedup_8": 1.5, "cosine": 0.99}
@@ -62,14 +69,13 @@ class Case:
         self.noise = {n: torch.randn(n, 128, self.n_latent, device=device, generator=g)
                       .bfloat16() for n in (1, 8)}
 
-    def loop(self, dit: FoleyDiT, clips: int, accel: str, noise: Tensor | None = None) -> Tensor:
-        prepared = prepare_rows(dit, self.cond, clips, True, self.n_latent)
-        runtime = RuntimeConfig(device=self.device, dtype=torch.bfloat16, accel=accel)
-        fn = model_fn(dit, prepared, runtime, self.schedule)
-        return denoise(fn, self.noise[clips] if noise is None else noise, self.schedule, GUIDANCE)
+    def loop(self, denoiser: Denoiser, clips: int, noise: Tensor | None = None) -> Tensor:
+        task = Task.whole(self.noise[clips] if noise is None else noise, GUIDANCE, self.cond)
+        return denoise(denoiser, [task], self.schedule)[0]
 
     def velocity(self, dit: FoleyDiT) -> Tensor:
-        prepared = prepare_rows(dit, self.cond, 1, True, self.n_latent)
+        rows = cfg_rows(dit, self.cond, 1, True, self.n_latent)
+        prepared = dit.prepare(rows.clip, rows.text, rows.sync, rows.audio_len)
         x = torch.cat([self.noise[1]] * 2)
         return dit.velocity(x, torch.full((2,), 500.0, device=self.device), prepared)
 
@@ -91,9 +97,8 @@ def calibrate_on(dit: FoleyDiT, case: Case) -> Calibration:
     other = torch.randn(1, 128, case.n_latent, device=case.device,
                         generator=torch.Generator(case.device).manual_seed(7)).bfloat16()
     with ActivationRecorder(quantizable_modules(dit)) as rec:
-        case.loop(dit, 1, "eager", noise=other)
-    return Calibration({k: float(v.max()) for k, v in rec.channel_amax.items()},
-                       {k: v.cpu() for k, v in rec.channel_amax.items()})
+        case.loop(ModuleDenoiser(dit), 1, noise=other)
+    return rec.calibration(AMAX_FLOOR, {})
 
 
 def main() -> None:
@@ -111,7 +116,7 @@ def main() -> None:
     parser.add_argument("--size", default="xxl", choices=sorted(PRESETS))
     parser.add_argument("--device", default="cuda", help="cpu runs eager: a smoke test only")
     args = parser.parse_args()
-    configure_cuda_libraries()  # as the CLI does
+    configure_process()  # as the CLI does
     quant.FP8_FAST_ACCUM = not args.fp8_precise_accum
     device, spec = torch.device(args.device), PRESETS[args.size]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
@@ -131,9 +136,9 @@ def main() -> None:
             try:
                 row, models[precision] = prepare(precision, spec, case, ref, calibration)
                 if args.profile:
-                    profiles[precision] = kernel_times(models[precision], case.cond,
-                                                       case.noise[8])
-                    print(format_profile(profiles[precision],
+                    kernels = profile(precision, spec, case, calibration)
+                    profiles[precision] = [asdict(k) for k in kernels]
+                    print(format_profile(kernels,
                                          f"{spec.name} {precision} 8 clips {SECONDS:g}s"),
                           flush=True)
             except Exception as exc:  # report it and go on: GPU time is scarce
@@ -148,8 +153,31 @@ def main() -> None:
         Path(args.profile_json).write_text(json.dumps(profiles, indent=1))
 
 
+def denoiser_for(precision: str, spec: ModelSpec, case: Case, calibration: Calibration | None,
+                 disable: tuple[str, ...] = ()) -> tuple[FoleyDiT, Denoiser]:
+    """A fresh random model of `precision` (a label: `fp8+calibrated/unfused` ...) compiled by
+    the recipes; `/unfused` switches the fused kernels off (Inductor's own only)."""
+    label, _, variant = precision.partition("/")
+    dit = random_dit(spec, case.device, torch.bfloat16, seed=0)
+    runtime = RuntimeConfig(
+        device=case.device, dtype=torch.bfloat16,
+        accel="compile" if case.device.type == "cuda" else "eager",
+        precision=None if label == "bf16" else label.partition("+")[0],
+        calibration=calibration if _needs_calibration(label) else None)
+    off = ("fusion",) if variant == "unfused" else ()
+    return dit, apply(dit, runtime, disable=(*off, *disable))
+
+
+def profile(precision: str, spec: ModelSpec, case: Case, calibration: Calibration | None
+            ) -> list:
+    """Kernels of one un-graphed forward of 8 clips."""
+    _, denoiser = denoiser_for(precision, spec, case, calibration, disable=("cuda-graphs",))
+    task = Task.whole(case.noise[8], GUIDANCE, case.cond)
+    return forward_kernels(denoiser, task, case.schedule)
+
+
 def prepare(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
-            calibration: Calibration | None) -> tuple[dict, FoleyDiT]:
+            calibration: Calibration | None) -> tuple[dict, Denoiser]:
     """Build, quantise and compile one precision; its row without timings (`ref` receives the
     bf16 latent: bf16 comes first). The model stays loaded for `time_interleaved`; peak memory
     is counted above what was allocated before it was built."""
@@ -160,34 +188,28 @@ def prepare(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base_bytes = torch.cuda.memory_allocated(device)
-    dit = random_dit(spec, device, torch.bfloat16, seed=0)
-    label, _, variant = precision.partition("/")
-    if label != "bf16":
-        quantize_(dit, label.partition("+")[0],
-                  calibration=calibration if _needs_calibration(label) else None)
-    if variant == "unfused":  # Inductor's kernels only, no `accel.fused` blocks
-        compile_blocks(dit, fuse=False)
+    dit, denoiser = denoiser_for(precision, spec, case, calibration)
     row = {"precision": precision, "velocity_cos": cosine(case.velocity(dit), ref["velocity"])}
     for clips in (1, 8):
-        row[f"first_{clips}"], latent = timed(lambda: case.loop(dit, clips, "compile"), device)
+        row[f"first_{clips}"], latent = timed(lambda: case.loop(denoiser, clips), device)
         if clips == 1:
             ref.setdefault("latent", latent)
             row["latent_cos"] = cosine(latent, ref["latent"])
     row["peak_gb"] = ((torch.cuda.max_memory_allocated(device) - base_bytes) / 2**30
                       if device.type == "cuda" else float("nan"))
-    return row, dit
+    return row, denoiser
 
 
-def time_interleaved(rows: list[dict], models: dict[str, FoleyDiT], case: Case,
+def time_interleaved(rows: list[dict], models: dict[str, Denoiser], case: Case,
                      runs: int) -> None:
     """Median loop seconds per precision and clip count, the precisions taking turns in every
     run: clock and thermal drift over the minutes of a run then fall on all of them alike."""
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(runs):
         for row in rows:
-            dit = models[row["precision"]]
+            denoiser = models[row["precision"]]
             for clips in (1, 8):
-                seconds = timed(lambda: case.loop(dit, clips, "compile"), case.device)[0]
+                seconds = timed(lambda: case.loop(denoiser, clips), case.device)[0]
                 times.setdefault((row["precision"], clips), []).append(seconds)
     for row in rows:
         for clips in (1, 8):

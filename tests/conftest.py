@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from foleyrt.accel.calibration import Calibration
+from foleyrt.models.dit import FoleyDiT
+from tests.tiny import recorded_calibration, tiny_dit as build_tiny_dit
+
 REPO = Path(__file__).resolve().parents[1]
 # The golden fixtures of the official implementation: ../shared beside the checkout, or
 # wherever FOLEYRT_FIXTURES points.
@@ -21,6 +25,17 @@ def fixtures_dir() -> Path:
     if not (FIXTURES / "manifest.json").is_file():
         pytest.skip(f"reference fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def tiny_dit() -> FoleyDiT:
+    """The shared tiny transformer (tests that transform it work on a copy)."""
+    return build_tiny_dit()
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_dit: FoleyDiT) -> Calibration:
+    return recorded_calibration(tiny_dit)
 
 
 _LOGGING_BASELINE = (logging.getLogger("foleyrt").level, logging.getLogger().level,

@@ -29,7 +29,9 @@ from foleyrt.batch import (
     safe_name,
     scan_folder,
 )
-from foleyrt.config import TINY_RANDOM, RuntimeConfig
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.config import TINY_RANDOM
+from foleyrt.request import GenerationRequest
 from foleyrt.errors import InputError, OutputError, UsageError
 from foleyrt.media.synthetic import write_test_clip
 from foleyrt.pipeline.pipeline import FoleyPipeline, Progress
@@ -54,7 +56,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe() -> FoleyPipeline:
-    return FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.auto("cpu"))
+    return FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.build("cpu"))
 
 
 def run_cli(
@@ -150,7 +152,7 @@ def test_names_are_safe_unique_and_explicit_names_reserved(tmp_path: Path) -> No
 
 def test_outputs_for_samples_and_formats(tmp_path: Path) -> None:
     [job] = plan_batch([BatchItem(Path("v/k.mp4"), output="kick")], tmp_path,
-                       BatchSettings(formats=(".mp4", ".wav"), samples=2))
+                       BatchSettings(formats=(".mp4", ".wav"), request=GenerationRequest(samples=2)))
     assert job.bases == (tmp_path / "kick.mp4", tmp_path / "kick.wav")
     assert [p.name for p in job.outputs] == ["kick_1.mp4", "kick_2.mp4", "kick_1.wav",
                                              "kick_2.wav"]
@@ -179,13 +181,13 @@ def test_plan_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="would replace the input of item 1"):
         plan_batch([BatchItem(tmp_path / "a.mp4")], tmp_path, BatchSettings())
     with pytest.raises(InputError, match="steps must be between 1 and"):
-        BatchSettings(steps=0)
+        BatchSettings(request=GenerationRequest(steps=0))
 
 
 def test_seeds(tmp_path: Path) -> None:
     items = [BatchItem(Path("a.mp4")), BatchItem(Path("b.mp4"), seed=99),
              BatchItem(Path("c.mp4"))]
-    assert [j.seed for j in plan_batch(items, tmp_path, BatchSettings(seed=10))] == [10, 99, 12]
+    assert [j.seed for j in plan_batch(items, tmp_path, BatchSettings(request=GenerationRequest(seed=10)))] == [10, 99, 12]
     assert [j.seed for j in plan_batch(items, tmp_path, BatchSettings())] == [None, 99, None]
 
 
@@ -221,7 +223,7 @@ def test_resume_marks(tmp_path: Path) -> None:
 
 
 def test_partial_item_is_redone_whole(pipe: FoleyPipeline, library: Path, tmp_path: Path) -> None:
-    settings = BatchSettings(formats=(".wav",), samples=2, steps=2, seed=3)
+    settings = BatchSettings(formats=(".wav",), request=GenerationRequest(samples=2, steps=2, seed=3))
     [job] = plan_batch([BatchItem(library / "clips/a.mp4")], tmp_path, settings)
     job.outputs[0].write_bytes(b"stale")  # sample 1 of an interrupted run
     events: list[Progress] = []
@@ -235,10 +237,10 @@ def test_partial_item_is_redone_whole(pipe: FoleyPipeline, library: Path, tmp_pa
 def failing_generate(pipe: FoleyPipeline, bad: str, exc: BaseException) -> Callable[..., Any]:
     real = pipe.generate
 
-    def generate(video: Path, **kwargs: Any) -> Any:
+    def generate(video: Path, *args: Any, **kwargs: Any) -> Any:
         if video.name == bad:
             raise exc
-        return real(video, **kwargs)
+        return real(video, *args, **kwargs)
 
     return generate
 
@@ -248,7 +250,7 @@ def test_out_of_memory_fails_the_item_only(
 ) -> None:
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
     monkeypatch.setattr(pipe, "generate", failing_generate(pipe, "a.mp4", oom))
-    settings = BatchSettings(formats=(".wav",), steps=2)
+    settings = BatchSettings(formats=(".wav",), request=GenerationRequest(steps=2))
     items = [BatchItem(library / "clips/a.mp4"), BatchItem(library / "clips/b.mp4")]
     report = run_batch(pipe, BatchReport.start(plan_batch(items, tmp_path, settings),
                                                overwrite=False), settings)
@@ -263,7 +265,7 @@ def test_a_bug_is_recorded_then_raised(
     pipe: FoleyPipeline, library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipe, "generate", failing_generate(pipe, "a.mp4", KeyError("oops")))
-    settings = BatchSettings(formats=(".wav",), steps=2)
+    settings = BatchSettings(formats=(".wav",), request=GenerationRequest(steps=2))
     items = [BatchItem(library / "clips/a.mp4"), BatchItem(library / "clips/b.mp4")]
     report = BatchReport.start(plan_batch(items, tmp_path, settings), overwrite=False)
     with pytest.raises(KeyError):

@@ -126,7 +126,7 @@ def test_bad_input_is_one_line_a_status_and_no_file(
 
 def test_cuda_library_settings_are_defaults_the_environment_overrides(monkeypatch) -> None:
     """The CLI sets `CUDA_LIBRARY_ENV` before any GPU work, keeping what the user set."""
-    from foleyrt.config import CUDA_LIBRARY_ENV
+    from foleyrt.accel.process import CUDA_LIBRARY_ENV
 
     name, value = next(iter(CUDA_LIBRARY_ENV.items()))
     monkeypatch.delenv(name, raising=False)

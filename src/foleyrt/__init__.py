@@ -8,22 +8,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from foleyrt.version import __version__
 
 _EXPORTS = {
     "FoleyPipeline": "foleyrt.pipeline.pipeline",
     "FoleyResult": "foleyrt.pipeline.pipeline",
     "Progress": "foleyrt.pipeline.pipeline",
-    "RuntimeConfig": "foleyrt.config",
+    "GenerationRequest": "foleyrt.request",
+    "RuntimeConfig": "foleyrt.accel.runtime",
+    "configure_process": "foleyrt.accel.process",
     "FoleyError": "foleyrt.errors",
 }
 
 if TYPE_CHECKING:
-    from foleyrt.config import RuntimeConfig as RuntimeConfig
+    from foleyrt.accel.process import configure_process as configure_process
+    from foleyrt.accel.runtime import RuntimeConfig as RuntimeConfig
     from foleyrt.errors import FoleyError as FoleyError
     from foleyrt.pipeline.pipeline import FoleyPipeline as FoleyPipeline
     from foleyrt.pipeline.pipeline import FoleyResult as FoleyResult
     from foleyrt.pipeline.pipeline import Progress as Progress
+    from foleyrt.request import GenerationRequest as GenerationRequest
 
 __all__ = ["__version__", *_EXPORTS]
 

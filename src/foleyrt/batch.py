@@ -57,16 +57,12 @@ from pathlib import Path
 
 import torch
 
-from foleyrt import __version__
+from foleyrt.atomic import write_atomic
 from foleyrt.errors import FoleyError, InputError, OutputError, UsageError
 from foleyrt.media.audio import OUTPUT_SUFFIXES, check_output_path, numbered_paths
-from foleyrt.pipeline.pipeline import (
-    FoleyPipeline,
-    Progress,
-    ProgressFn,
-    release_cuda_memory,
-    validate_request,
-)
+from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, ProgressFn, release_cuda_memory
+from foleyrt.request import MAX_SEED, GenerationRequest
+from foleyrt.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +96,12 @@ class BatchItem:
     seed: int | None = None  # from a CSV `seed` cell
     output: str | None = None  # from a CSV `output` cell: the output file name
     source: str | None = None  # "shots.csv:7" for CSV rows: where to fix a bad item
+
+    def request(self, base: GenerationRequest) -> GenerationRequest:
+        """`base` (the batch's settings) with this item's text and seed."""
+        negative = base.negative_prompt if self.negative_prompt is None else self.negative_prompt
+        seed = base.seed if self.seed is None else self.seed
+        return replace(base, prompt=self.prompt, negative_prompt=negative, seed=seed)
 
 
 def read_inputs(
@@ -199,6 +201,8 @@ def _csv_item(
         seed = int(seed_text) if seed_text else None
     except ValueError:
         raise InputError(f"{where}: seed {seed_text!r} is not a whole number") from None
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{where}: seed {seed} is not between 0 and {MAX_SEED}")
     output = cells.get("output") or None
     if output is not None:
         check_name(output, where)
@@ -219,22 +223,18 @@ def _csv_item(
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """What every item is generated with (per-item text and seeds come from `BatchItem`)."""
+    """What every item is generated with: `request`'s steps, guidance and samples (per-item
+    text and seeds come from `BatchItem`; item i without one uses `request.seed + i`)."""
 
     formats: tuple[str, ...] = (".mp4",)  # output suffixes, see FORMATS
-    samples: int = 1
-    steps: int = 50
-    guidance: float = 4.5
-    seed: int | None = None  # item i uses seed + i
+    request: GenerationRequest = field(default_factory=GenerationRequest)
     overwrite: bool = False
     fail_fast: bool = False
 
     def __post_init__(self) -> None:
         if not self.formats or any(f not in OUTPUT_SUFFIXES for f in self.formats):
             raise UsageError(f"output formats must be among {OUTPUT_SUFFIXES}, got {self.formats}")
-        # The pipeline's own range checks, run now rather than failing every item later.
-        validate_request(self.steps, self.guidance, self.samples, video="",
-                                 duration=None)
+        self.request.check_source(has_video=True)
 
 
 @dataclass(frozen=True)
@@ -294,8 +294,10 @@ def plan_batch(items: Sequence[BatchItem], outdir: Path, settings: BatchSettings
             name = _free_name(safe_name(item.video.stem) or _FALLBACK_NAME, taken)
             taken[name.casefold()] = _where(item, index)
         bases = tuple(outdir / f"{name}{suffix}" for suffix in settings.formats)
-        outputs = tuple(p for base in bases for p in numbered_paths(base, settings.samples))
-        jobs.append(Job(index, item, name, bases, outputs, _seed(item, index, settings.seed)))
+        outputs = tuple(p for base in bases
+                        for p in numbered_paths(base, settings.request.samples))
+        jobs.append(Job(index, item, name, bases, outputs,
+                        _seed(item, index, settings.request.seed)))
     _refuse_inputs_as_outputs(jobs)
     return jobs
 
@@ -327,7 +329,7 @@ def _free_name(stem: str, taken: dict[str, str]) -> str:
 def _seed(item: BatchItem, index: int, base: int | None) -> int | None:
     if item.seed is not None:
         return item.seed
-    return None if base is None else base + index
+    return None if base is None else (base + index) % (MAX_SEED + 1)
 
 
 def _refuse_inputs_as_outputs(jobs: Sequence[Job]) -> None:
@@ -447,14 +449,7 @@ class BatchReport:
     def write(self, path: Path, settings: BatchSettings, **context: object) -> None:
         """Write the JSON report atomically: a reader never sees half of it."""
         text = json.dumps(self.to_dict(settings, **context), indent=2, ensure_ascii=False)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-        try:
-            tmp.write_text(text + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot write the report ({exc.strerror})") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, text + "\n")
 
 
 def run_batch(
@@ -500,11 +495,8 @@ def _run_item(
     try:
         for path in job.outputs:  # an unwritable output must not cost a generation
             check_output_path(path, overwrite=replace_existing, inputs=[item.video])
-        generated = pipeline.generate(
-            item.video, prompt=item.prompt, negative_prompt=item.negative_prompt,
-            steps=settings.steps, guidance_scale=settings.guidance,
-            num_samples=settings.samples, seed=result.seed, progress=progress,
-        )
+        request = item.request(settings.request).with_seed(result.seed)
+        generated = pipeline.generate(item.video, request, progress=progress)
         for base in job.bases:
             generated.save(base, overwrite=replace_existing)
     except torch.cuda.OutOfMemoryError:

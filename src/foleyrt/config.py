@@ -1,21 +1,21 @@
-"""Configuration dataclasses: architecture (mirroring the released YAML), presets, runtime.
+"""Configuration dataclasses: architecture (mirroring the released YAML) and presets.
 
 The released YAML is read only at the edges (`DiTConfig.from_official`); the rest of the code
 sees frozen, validated dataclasses. Field names are the YAML's, so a config can be compared to
 the release line by line. Defaults are those of the official class: they matter only for a
-field that a YAML leaves out.
+field that a YAML leaves out. How the models run (device, precision, acceleration) is
+`foleyrt.accel.runtime`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-import torch
 
 from foleyrt.errors import ConfigError
 
@@ -30,6 +30,13 @@ def _from_mapping(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     if unknown:
         raise ConfigError(f"unknown {where} field(s): {', '.join(unknown)}")
     return cls(**dict(values))
+
+
+def config_digest(config: Any) -> str:
+    """sha256 of a configuration, a dataclass or its dict form (as exported graphs store it):
+    what calibration files and engines record to refuse a model they were not made for."""
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,13 +180,6 @@ class DiffusionConfig:
     @classmethod
     def from_official(cls, values: Mapping[str, Any]) -> DiffusionConfig:
         return _from_mapping(cls, values, "diffusion_config")
-
-
-# Frame rates and Synchformer windowing of the release's feature pipeline (pipeline.md §2-§4).
-SIGLIP_FPS = 8
-SYNC_FPS = 25
-SYNC_WINDOW = 16  # frames per Synchformer segment
-SYNC_STRIDE = 8  # segments overlap by half
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,156 +400,3 @@ TINY = ModelSpec(
 
 PRESETS: dict[str, ModelSpec] = {"xxl": XXL, "xl": XL, "tiny": TINY}
 TINY_RANDOM = "tiny-random"
-
-
-# --------------------------------------------------------------------------------------------
-# Runtime
-# --------------------------------------------------------------------------------------------
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name.lower()]
-    except KeyError:
-        raise ConfigError(
-            f"unknown dtype {name!r}; choose one of: fp32, bf16, fp16"
-        ) from None
-
-
-def parse_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; an unavailable device is a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available here")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' requested but MPS is not available here")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-ACCEL_MODES = ("eager", "compile", "tensorrt")
-
-
-def check_accel_mode(mode: str) -> str:
-    if mode not in ACCEL_MODES:
-        raise ConfigError(
-            f"unknown acceleration mode {mode!r}; choose one of {', '.join(ACCEL_MODES)}"
-        )
-    return mode
-
-
-@dataclass(frozen=True)
-class OffloadPlan:
-    """`--offload`: `none`, `model` (networks in pinned host memory, brought in per stage) or
-    `blocks:N` (transformer blocks streamed through N GPU slots); see `accel/offload.py`."""
-
-    kind: str = "none"
-    slots: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> OffloadPlan:
-        if text in ("none", "model"):
-            return cls(text)
-        if text.startswith("blocks:"):
-            count = text.split(":", 1)[1]
-            if count.isdigit() and int(count) >= 2:
-                return cls("blocks", int(count))
-        raise ConfigError(f"unknown offload mode {text!r}; use none, model or blocks:N (N >= 2)")
-
-# Transformer precisions: bf16/fp16 set the compute dtype; the others also swap the blocks'
-# matmul layers for quantised ones (`foleyrt.accel.quant`).
-PRECISIONS = ("bf16", "fp16", "fp8", "int8-weight", "int8")
-QUANTIZED_PRECISIONS = ("fp8", "int8-weight", "int8")
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """Where and how the models run. Kept out of the model code: acceleration and precision
-    recipes read it and transform the built modules.
-
-    `dtype` is the transformer's compute dtype (the release runs it in bf16 on GPUs);
-    `encoder_dtype` that of SigLIP2, CLAP, Synchformer; the VAE decodes in `vae_dtype`.
-    """
-
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
-    encoder_dtype: torch.dtype = torch.float32
-    vae_dtype: torch.dtype = torch.float32
-    accel: str = "eager"
-    precision: str | None = None
-    offload: str = "none"  # see OffloadPlan
-    engine: str | None = None  # TensorRT plan for accel "tensorrt" (None: from the cache)
-    calibration: str | None = None  # activation ranges: int8 needs them; fp8 scales by them
-
-    def __post_init__(self) -> None:
-        check_accel_mode(self.accel)
-        if self.precision is not None and self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
-            )
-        OffloadPlan.parse(self.offload)
-        if self.precision == "int8" and self.calibration is None:
-            raise ConfigError(
-                "precision int8 needs activation statistics: run `foleyrt calibrate` and pass "
-                "--calibration FILE"
-            )
-
-    @classmethod
-    def auto(
-        cls, device: str = "auto", dtype: str | None = None, precision: str | None = None,
-        **kwargs: Any,
-    ) -> RuntimeConfig:
-        """Defaults users expect: bf16 on CUDA (like the release), fp32 elsewhere. A bf16 or
-        fp16 `precision` is that compute dtype; quantised precisions compute in bf16 on GPUs."""
-        dev = parse_device(device)
-        if dtype is not None:
-            dt = parse_dtype(dtype)
-        elif precision in ("bf16", "fp16"):
-            dt = parse_dtype(precision)
-        else:
-            dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
-        return cls(device=dev, dtype=dt, precision=precision, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# Process-wide settings
-# --------------------------------------------------------------------------------------------
-
-# Process-wide CUDA library settings, taken unless the environment already sets them. Without a
-# cuBLASLt workspace, cuBLASLt picks the same tiles' "ssched" variants, which need no zeroed
-# workspace: each large GEMM of a captured forward was a memset + a GEMM, two graph nodes. XXL 8 s
-# at 8 clips, one machine, consecutive processes: fp8+calibrated loop 2.951 -> 2.906 s, bf16
-# 4.424 -> 4.399 s; no GEMM slower per block (docs/benchmarks.md, run AL; `--accel compile`).
-CUDA_LIBRARY_ENV = {"CUBLASLT_WORKSPACE_SIZE": "0"}
-
-
-def configure_cuda_libraries() -> None:
-    """Apply `CUDA_LIBRARY_ENV` (PyTorch reads it at the first cuBLASLt call of a process, so
-    this runs first thing: the CLI's entry point and the GPU scripts call it; library users who
-    want the same set the variable before their first GPU matmul)."""
-    for name, value in CUDA_LIBRARY_ENV.items():
-        os.environ.setdefault(name, value)

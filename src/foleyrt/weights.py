@@ -1,4 +1,5 @@
-"""Finding, reading and loading checkpoints.
+"""Finding, reading and loading checkpoints: every loader of the package (the transformer's is
+orchestrated by `pipeline.models`, which also asks `accel` what its file stores).
 
 Policy (spec/mmdit.md §2.4, dac_vae.md §2.4, synchformer.md §2): unrestricted unpickling is
 never used (`weights_only=True`); every key the module needs must be present; shapes must
@@ -9,17 +10,21 @@ allows), so a 5 B-parameter model is never randomly initialised or copied twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from foleyrt.errors import WeightsError
+from foleyrt.config import RELEASED_DAC, DACConfig, SynchformerConfig
+from foleyrt.errors import ConfigError, WeightsError
+from foleyrt.models.dac_vae import ENCODER_PREFIXES, DACVAE
+from foleyrt.models.synchformer import UNUSED_PREFIXES, Synchformer
 
 log = logging.getLogger(__name__)
 
@@ -218,3 +223,103 @@ def _hub_download(repo: str, name: str) -> Path:
     except (HfHubHTTPError, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(f"cannot download {name} from {repo}: {first}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The audio VAE and Synchformer files
+# --------------------------------------------------------------------------------------------
+
+
+def load_dac(
+    path: str | Path,
+    *,
+    config: DACConfig | None = None,
+    decoder_only: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    overrides: Mapping[str, Any] | None = None,
+    fold: bool = True,
+) -> DACVAE:
+    """Load a DAC-VAE checkpoint for inference (eval mode, no grads).
+
+    The architecture comes, in order of precedence, from `overrides` (constructor kwargs, as
+    `DAC.load(path, **kwargs)` takes them), `config`, the file's `metadata["kwargs"]` (the
+    official container), and finally `RELEASED_DAC` (a flat state dict, e.g. a safetensors
+    conversion, carries no kwargs). Unknown kwarg names are dropped like the release does.
+
+    The model is built on `meta` and the checkpoint assigned strictly; a decoder-only build
+    ignores (and reports) the encoder keys. Weight norm is folded in float32 before the cast
+    to `dtype` (`fold=False` keeps it live, e.g. for training).
+    """
+    ckpt = read_checkpoint(path)
+    cfg = _resolve_config(ckpt, config, overrides)
+    with torch.device("meta"):
+        model = DACVAE(cfg, decoder_only=decoder_only)
+    load_into(
+        model,
+        ckpt.state_dict,
+        file=ckpt.path,
+        ignore_prefixes=ENCODER_PREFIXES if decoder_only else (),
+    )
+    if fold:
+        model.fold_weight_norm()
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _resolve_config(
+    ckpt: Checkpoint, config: DACConfig | None, overrides: Mapping[str, Any] | None
+) -> DACConfig:
+    stored = _metadata_kwargs(ckpt)
+    if config is not None:
+        kwargs = asdict(config)
+        if stored is not None and _try_config(stored) != config:
+            log.warning("%s: its metadata kwargs differ from the given DAC config; "
+                        "using the given config", ckpt.path)
+    else:
+        kwargs = dict(stored) if stored is not None else asdict(RELEASED_DAC)
+    kwargs.update(overrides or {})
+    try:
+        return DACConfig.from_kwargs(kwargs)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{ckpt.path}: unusable DAC configuration ({exc})") from None
+
+
+def _metadata_kwargs(ckpt: Checkpoint) -> Mapping[str, Any] | None:
+    """`metadata["kwargs"]` of the official container, or of a safetensors header (whose
+    metadata values can only be strings, so there it must be JSON)."""
+    kwargs = ckpt.metadata.get("kwargs")
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError:
+            raise WeightsError(f"{ckpt.path}: metadata 'kwargs' is not valid JSON") from None
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise WeightsError(f"{ckpt.path}: metadata 'kwargs' is not a mapping")
+    return kwargs
+
+
+def _try_config(kwargs: Mapping[str, Any]) -> DACConfig | None:
+    try:
+        return DACConfig.from_kwargs(kwargs)
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
+def load_synchformer(
+    path: str | Path,
+    config: SynchformerConfig = SynchformerConfig(),
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Synchformer:
+    """The visual branch from a full released file or a `vfeat_extractor.*`-only file.
+
+    All visual keys must be present; the released audio/offset parts are ignored (and
+    reported). Built on `meta`, so the weights are assigned, never initialised or copied twice.
+    """
+    with torch.device("meta"):
+        model = Synchformer(config)
+    ckpt = read_checkpoint(path)
+    load_into(model, ckpt.state_dict, file=ckpt.path, ignore_prefixes=UNUSED_PREFIXES,
+              dtype=dtype)
+    return model.to(device).eval().requires_grad_(False)

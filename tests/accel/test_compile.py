@@ -16,7 +16,7 @@ from foleyrt.accel.compile import graph_key
 # argument, the saved graphs loading in the background while the models are built).
 SCRIPT = """
 import sys, torch
-from foleyrt.accel.compile import compile_blocks, preload_block_graphs
+from foleyrt.accel.compile import block_graphs, compile_blocks
 from foleyrt.config import TINY
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.random_init import randomize_
@@ -29,10 +29,11 @@ def inputs(n, seed):
             torch.randn(2, 9, cfg.clip_dim, generator=g), torch.randn(2, 7, cfg.text_dim,
             generator=g), torch.randn(2, n_sync, cfg.sync_feat_dim, generator=g))
 
+store = block_graphs(torch.device("cpu"), cache=sys.argv[1])
 if len(sys.argv) > 2:
-    preload_block_graphs(torch.device("cpu"), cache=sys.argv[1])
+    store.load_in_background()
 eager = randomize_(FoleyDiT(TINY.dit), seed=5).eval()
-compiled = compile_blocks(randomize_(FoleyDiT(TINY.dit), seed=5).eval(), cache=sys.argv[1])
+compiled = compile_blocks(randomize_(FoleyDiT(TINY.dit), seed=5).eval(), store)
 with torch.inference_mode():
     for n in (40, 58):
         args = inputs(n, n)

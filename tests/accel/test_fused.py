@@ -23,7 +23,7 @@ from foleyrt.accel import kernels
 from foleyrt.accel.fused import FusedSingleBlock, FusedTripleBlock, fuse_blocks
 from foleyrt.config import TINY
 from foleyrt.models.layers import rope_table
-from tests.accel.tiny import quantized_copy, tiny_inputs
+from tests.tiny import quantized_copy, tiny_inputs
 
 VARIANTS = ("none", "fp8", "fp8+calibrated", "int8")
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton_available()),

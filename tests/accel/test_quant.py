@@ -19,20 +19,23 @@ from foleyrt.accel.quant import (
     Int8Gemm,
     Int8WeightGemm,
     QuantizedGemm,
-    apply_precision,
     quantizable_modules,
     quantizable_names,
     quantize_,
+    require_kernels,
 )
-from foleyrt.config import TINY, XXL, DiffusionConfig, RuntimeConfig
+from foleyrt.accel.recipes import apply
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.config import TINY, XXL, DiffusionConfig
 from foleyrt.errors import ConfigError, WeightsError
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.layers import Linear, TemporalConv, release_weight_keys
 from foleyrt.models.random_init import randomize_
-from foleyrt.pipeline.conditions import Conditions, prepare_rows
 from foleyrt.pipeline.models import load_dit
-from foleyrt.pipeline.sampling import denoise, flow_schedule
-from tests.accel.tiny import quantized_copy, tiny_inputs
+from foleyrt.sampling.denoiser import ModuleDenoiser
+from foleyrt.sampling.loop import Task, denoise
+from foleyrt.sampling.schedule import flow_schedule
+from tests.tiny import quantized_copy, tiny_conditions, tiny_inputs
 
 # Issue 4: quantised vs unquantised velocity / final latent, cosine on random weights.
 COSINE_BOUND = 0.99
@@ -168,18 +171,13 @@ def test_velocity_of_a_full_forward(tiny_dit, calibration, dtype) -> None:
 @torch.inference_mode()
 def test_final_latent_of_a_guided_loop(tiny_dit, calibration) -> None:
     """Ten guided Euler steps: errors of every step accumulate in the latent."""
-    g = torch.Generator().manual_seed(5)
-    cfg = TINY.dit
-    cond = Conditions(torch.randn(1, 10, cfg.clip_dim, generator=g),
-                      torch.randn(1, 16, cfg.sync_feat_dim, generator=g),
-                      torch.randn(1, 7, cfg.text_dim, generator=g),
-                      torch.randn(1, 7, cfg.text_dim, generator=g))
-    noise = torch.randn(1, cfg.audio_vae_latent_dim, 50, generator=g)
+    cond = tiny_conditions(5, clip_frames=10)
+    noise = torch.randn(1, TINY.dit.audio_vae_latent_dim, 50,
+                        generator=torch.Generator().manual_seed(6))
     schedule = flow_schedule(10, DiffusionConfig())
 
     def loop(dit: FoleyDiT) -> torch.Tensor:
-        prepared = prepare_rows(dit, cond, 1, True, noise.shape[-1])
-        return denoise(lambda x, t, i: dit.velocity(x, t, prepared), noise, schedule, 4.5)
+        return denoise(ModuleDenoiser(dit), [Task.whole(noise, 4.5, cond)], schedule)[0]
 
     reference = loop(tiny_dit)
     for precision in PRECISIONS:
@@ -235,17 +233,15 @@ def test_quantised_blocks_trace_with_dynamo_fullgraph(tiny_dit, calibration) -> 
 # ---- recipe rules and errors ---------------------------------------------------------------
 
 
-def test_quantize_is_idempotent_and_refuses_misuse(tiny_dit, calibration) -> None:
+def test_quantize_refuses_misuse(tiny_dit, calibration) -> None:
     model = quantized_copy(tiny_dit, "int8-weight", calibration)
     modules = dict(model.named_modules())
-    assert quantize_(model, "int8-weight") is model
-    assert dict(model.named_modules()) == modules
-    with pytest.raises(ConfigError, match="already quantised to int8-weight"):
+    with pytest.raises(ConfigError, match="quantised already"):
         quantize_(model, "fp8")
+    assert dict(model.named_modules()) == modules
     fresh = copy.deepcopy(tiny_dit)
     for precision, kwargs, match in [
-        ("int8", {}, "needs --calibration"),
-        ("int8-weight", {"calibration": calibration}, "used by --precision int8 or fp8"),
+        ("int8", {}, "needs a calibration"),
         ("bf16", {}, "not a quantised one"),
         ("int8-weight", {"prequantized": {"single_blocks.0.linear1"}}, "only by precision fp8"),
         ("fp8", {"prequantized": {"final_layer.linear"}}, "not quantisable"),
@@ -262,18 +258,21 @@ def test_a_device_without_the_kernel_is_one_line_error(tiny_dit, monkeypatch) ->
 
     monkeypatch.setattr(torch, "_scaled_mm", unsupported)
     with pytest.raises(ConfigError, match="compute capability 8.9 or newer") as info:
-        quantize_(copy.deepcopy(tiny_dit), "fp8")
+        require_kernels("fp8", torch.device("cpu"), torch.float32)
     assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="compute capability 8.9 or newer"):
+        RuntimeConfig.build("cpu", precision="fp8")  # the front ends' constructor tries them
 
 
-def test_runtime_precision_applies_on_placement(tiny_dit) -> None:
-    model = copy.deepcopy(tiny_dit)
-    apply_precision(model, RuntimeConfig(precision="bf16"))
+def test_runtime_precision_is_the_first_recipe(tiny_dit) -> None:
+    model = copy.deepcopy(tiny_dit).bfloat16()
+    apply(model, RuntimeConfig(dtype=torch.bfloat16, precision="bf16"))
     assert not any(isinstance(m, QuantizedGemm) for m in model.modules())
-    apply_precision(model, RuntimeConfig(precision="int8", calibration="x", accel="tensorrt"))
-    assert not any(isinstance(m, QuantizedGemm) for m in model.modules())  # engine's own
-    apply_precision(model, RuntimeConfig(precision="fp8"))
+    apply(model, RuntimeConfig(precision="fp8"))
     assert all(isinstance(m, Fp8Gemm) for m in quantizable_modules(model).values())
+    fresh = copy.deepcopy(tiny_dit)
+    apply(fresh, RuntimeConfig(precision="fp8"), disable={"precision"})  # an ablation
+    assert not any(isinstance(m, QuantizedGemm) for m in fresh.modules())
 
 
 # ---- community fp8 checkpoints -------------------------------------------------------------
@@ -294,7 +293,7 @@ def test_community_e4m3_weights_are_used_as_stored(tiny_dit, tmp_path) -> None:
     runtime = RuntimeConfig(precision="fp8")
     dit, names = load_dit(path, TINY.dit, runtime)
     assert names == set(quantizable_names(TINY.dit))
-    apply_precision(dit, runtime, names)
+    apply(dit, runtime, stored_fp8=names)
     state = dit.state_dict()
     for name in names:
         weight = state[f"{name}.weight"]

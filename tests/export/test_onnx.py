@@ -25,29 +25,29 @@ from safetensors.torch import save_file  # noqa: E402
 from foleyrt.cli import main  # noqa: E402
 from foleyrt.config import TINY  # noqa: E402
 from foleyrt.errors import ConfigError, DependencyError  # noqa: E402
-from foleyrt.export.onnx import (  # noqa: E402
-    AMAX_FORMAT,
-    AMAX_VERSION,
+from foleyrt.accel.calibration import AMAX_FORMAT, AMAX_VERSION, read_calibration  # noqa: E402
+from foleyrt.accel.engine_io import (  # noqa: E402
     DECODER,
+    VELOCITY,
+    condition_feeds,
+    velocity_feeds,
+    velocity_signature,
+)
+from foleyrt.config import config_digest  # noqa: E402
+from foleyrt.export.onnx import (  # noqa: E402
     DEFAULT_OPSET,
     MIN_OPSET,
-    VELOCITY,
     ExportConfig,
-    condition_feeds,
     decoder_cases,
     export_decoder,
     export_velocity,
-    insert_qdq,
-    read_amax,
     read_graph,
     require_onnx,
     validate,
     velocity_cases,
-    velocity_feeds,
-    velocity_signature,
     weights_sha256,
 )
-from foleyrt.export.tensorrt import config_sha256  # noqa: E402
+from foleyrt.export.qdq import insert_qdq  # noqa: E402
 from foleyrt.models.dac_vae import DACVAE  # noqa: E402
 from foleyrt.models.dit import FoleyDiT  # noqa: E402
 from foleyrt.models.layers import Linear, TemporalConv  # noqa: E402
@@ -113,7 +113,7 @@ def test_velocity_graph_signature(dit: FoleyDiT, velocity_onnx: Path) -> None:
     assert not velocity_onnx.with_name("velocity.onnx.data").exists()
     assert info.metadata["weights_sha256"] == weights_sha256(dit)
     # The engine sidecar's model check: the stored config digests like the live one.
-    assert config_sha256(info.config) == config_sha256(dataclasses.asdict(dit.config))
+    assert config_digest(info.config) == config_digest(dit.config)
     (output,) = onnx.load(str(velocity_onnx), load_external_data=False).graph.output
     dims = [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
     assert (output.name, dims) == ("velocity", ["batch", 128, "audio_len"])
@@ -183,7 +183,7 @@ def test_qdq_graph_runs_close_to_fp32(dit: FoleyDiT, velocity_onnx: Path, fmt: s
                                       rel_bound: float) -> None:
     amax_path = velocity_onnx.with_name("amax.safetensors")
     recorded = _write_amax(amax_path, dit)
-    amax = read_amax(amax_path)
+    amax = read_calibration(amax_path).amax
     assert amax == pytest.approx(recorded)
     quantized = velocity_onnx.with_name(f"velocity.{fmt}.onnx")
     modules = insert_qdq(velocity_onnx, quantized, amax, fmt)
@@ -215,7 +215,7 @@ def test_bad_calibration_files(tmp_path: Path, tensors: dict, metadata: dict,
     path = tmp_path / "amax.safetensors"
     save_file(tensors, str(path), metadata=metadata)
     with pytest.raises(ConfigError, match=message):
-        read_amax(path)
+        read_calibration(path)
 
 
 # ---- command line ---------------------------------------------------------------------------

@@ -27,37 +27,39 @@ from foleyrt.cli import main  # noqa: E402
 from foleyrt.config import TINY  # noqa: E402
 from foleyrt.errors import ConfigError, DependencyError  # noqa: E402
 from foleyrt.export import tensorrt as ftrt  # noqa: E402
-from foleyrt.export.onnx import (  # noqa: E402
-    AMAX_FORMAT,
-    AMAX_VERSION,
-    DECODER,
-    SCOPES_KEY,
-    VELOCITY,
-    read_graph,
-    request_lengths,
-    velocity_feeds,
-    velocity_signature,
-)
-from foleyrt.export.tensorrt import (  # noqa: E402
-    BuildConfig,
+from foleyrt.accel.calibration import AMAX_FORMAT, AMAX_VERSION  # noqa: E402
+from foleyrt.accel.engine_io import DECODER, VELOCITY  # noqa: E402
+from foleyrt.accel.engines import (  # noqa: E402
     BuildEnv,
     DimRange,
     EngineCache,
     EngineSidecar,
-    ProfileSpec,
-    build_engine,
-    config_sha256,
-    dim_ranges,
-    engine_key,
-    engine_model_fn,
-    network_inputs,
-    profile_shapes,
-    require_tensorrt,
     select_engine,
     uncovered,
 )
-from foleyrt.models.dit import FoleyDiT, PreparedConditions  # noqa: E402
+from foleyrt.accel import tensorrt as accel_trt  # noqa: E402
+from foleyrt.accel.engine_io import velocity_feeds, velocity_signature  # noqa: E402
+from foleyrt.accel.engines import EngineKey  # noqa: E402
+from foleyrt.accel.tensorrt import EngineDenoiser, require_tensorrt  # noqa: E402
+from foleyrt.config import config_digest  # noqa: E402
+from foleyrt.export.build_config import (  # noqa: E402
+    BuildConfig,
+    ProfileSpec,
+    dim_ranges,
+    profile_shapes,
+)
+from foleyrt.export.onnx import read_graph  # noqa: E402
+from foleyrt.export.qdq import SCOPES_KEY  # noqa: E402
+from foleyrt.export.tensorrt import (  # noqa: E402
+    build_engine,
+    engine_key,
+    network_inputs,
+)
+from foleyrt.lengths import SequenceLengths  # noqa: E402
+from foleyrt.models.dit import FoleyDiT  # noqa: E402
 from foleyrt.models.random_init import randomize_  # noqa: E402
+from foleyrt.sampling.conditions import ConditionRows  # noqa: E402
+from foleyrt.sampling.schedule import flow_schedule  # noqa: E402
 
 ENV = BuildEnv("sm_90", "NVIDIA H100", "10.3.0")
 CONFIG = {"text_length": 77, "hidden_size": 8}
@@ -105,9 +107,9 @@ def calibration(tmp_path: Path) -> Path:
     return path
 
 
-def _sidecar(key: ftrt.EngineKey, built_at: str = "2025-01-01T00:00:00+00:00",
+def _sidecar(key: EngineKey, built_at: str = "2025-01-01T00:00:00+00:00",
              config: dict = CONFIG) -> EngineSidecar:
-    return EngineSidecar(key, config_sha256(config), "test", ENV.gpu_name, built_at, 1.0)
+    return EngineSidecar(key, config_digest(config), "test", ENV.gpu_name, built_at, 1.0)
 
 
 # ---- profiles ------------------------------------------------------------------------------
@@ -297,7 +299,7 @@ def test_select_engine_for_a_request(tmp_path: Path, graph: Path) -> None:
     cache.store(b"a", _sidecar(short, "2025-01-03T00:00:00+00:00"))
     cache.store(b"b", _sidecar(long_old, "2025-01-01T00:00:00+00:00"))
     cache.store(b"c", _sidecar(long_new, "2025-01-02T00:00:00+00:00"))
-    digest = config_sha256(CONFIG)
+    digest = config_digest(CONFIG)
     dims = {"batch": 2, "audio_len": 600, "visual_len": 96, "text_len": 77}
     assert uncovered(short, dims) == ["audio_len=600 (50..400)", "visual_len=96 (8..64)"]
     assert select_engine(cache, ENV, digest, dims) == cache.plan_path(long_new)
@@ -350,7 +352,7 @@ def test_build_with_a_recording_tensorrt(tmp_path: Path, graph: Path,
     assert plan.read_bytes() == b"serialized plan"
     sidecar = EngineSidecar.read(plan.with_suffix(".json"))
     assert sidecar.key == engine_key(read_graph(graph), build, ENV)
-    assert sidecar.config_sha256 == config_sha256(CONFIG) and sidecar.gpu_name == "NVIDIA H100"
+    assert sidecar.config_sha256 == config_digest(CONFIG) and sidecar.gpu_name == "NVIDIA H100"
     trt.OnnxParser.return_value.parse_from_file.assert_called_once_with(str(graph))
     config = trt.Builder.return_value.create_builder_config.return_value
     config.set_flag.assert_called_once_with(trt.BuilderFlag.FP16)
@@ -384,12 +386,13 @@ def test_unparseable_graph_is_one_error(tmp_path: Path, graph: Path,
 
 
 
-def _prepared(dit: FoleyDiT, seconds: float, rows: int = 2) -> PreparedConditions:
+def _rows(dit: FoleyDiT, seconds: float, rows: int = 2) -> ConditionRows:
     cfg, gen = dit.config, torch.Generator().manual_seed(0)
-    n_visual, n_sync, n_audio = request_lengths(seconds)
-    return dit.prepare(torch.randn(rows, n_visual, cfg.clip_dim, generator=gen),
-                       torch.randn(rows, cfg.text_length, cfg.text_dim, generator=gen),
-                       torch.randn(rows, n_sync, cfg.sync_feat_dim, generator=gen), n_audio)
+    lengths = SequenceLengths.of_duration(seconds)
+    return ConditionRows(torch.randn(rows, lengths.clip_frames, cfg.clip_dim, generator=gen),
+                         torch.randn(rows, cfg.text_length, cfg.text_dim, generator=gen),
+                         torch.randn(rows, lengths.sync_tokens, cfg.sync_feat_dim, generator=gen),
+                         lengths.latent_frames)
 
 
 def test_denoiser_binds_the_graph_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -408,8 +411,7 @@ def test_denoiser_binds_the_graph_inputs(tmp_path: Path, monkeypatch: pytest.Mon
     context.get_tensor_shape.return_value = (2, 128, 100)
     context.execute_async_v3.return_value = True
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(ftrt, "current_env", lambda _trt: ENV)
-    monkeypatch.setattr(ftrt, "_denoisers", {})
+    monkeypatch.setattr(accel_trt, "current_env", lambda _trt: ENV)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda _dev: SimpleNamespace(cuda_stream=7))
     key = dataclasses.replace(
         engine_key(read_graph(_write_graph(tmp_path / "v.onnx")), BuildConfig(), ENV),
@@ -417,19 +419,22 @@ def test_denoiser_binds_the_graph_inputs(tmp_path: Path, monkeypatch: pytest.Mon
     sidecar = _sidecar(key, config=dataclasses.asdict(dit.config))
     plan = EngineCache(tmp_path).store(b"plan", sidecar)
 
-    prepared = _prepared(dit, 2.0)  # 2 rows, 100 latent frames, 16 visual frames
-    x, t = torch.randn(2, 128, 100, dtype=torch.bfloat16), torch.tensor([500.0]).expand(2)
-    step = engine_model_fn(dit, prepared, plan=plan)
-    out = step(x, t, 0)
+    rows = _rows(dit, 2.0)  # 2 rows, 100 latent frames, 16 visual frames
+    schedule = flow_schedule(4, TINY.diffusion)
+    x = torch.randn(2, 128, 100, dtype=torch.bfloat16)
+    step = EngineDenoiser(dit, plan).prepare(rows, schedule)
+    out = step(x, 0)
     assert out.shape == (2, 128, 100) and out.dtype == torch.float32
     shapes = {c.args[0]: c.args[1] for c in context.set_input_shape.call_args_list}
+    prepared = dit.prepare(rows.clip, rows.text, rows.sync, rows.audio_len)
+    t = schedule.timesteps[0].expand(2)
     assert shapes == {k: tuple(v.shape) for k, v in velocity_feeds(prepared, x, t).items()}
     assert {c.args[0] for c in context.set_tensor_address.call_args_list} == set(names)
     context.execute_async_v3.assert_called_once_with(7)
-    assert step(x, t, 1) is not out
+    assert step(x, 1) is not out
 
     with pytest.raises(ConfigError, match="outside the engine's profile"):
-        engine_model_fn(dit, _prepared(dit, 20.0), plan=plan)
+        EngineDenoiser(dit, plan).prepare(_rows(dit, 20.0), schedule)
     other = FoleyDiT(dataclasses.replace(TINY.dit, depth_single_blocks=1))
     with pytest.raises(ConfigError, match="another model configuration"):
-        engine_model_fn(other, prepared, plan=plan)
+        EngineDenoiser(other, plan).prepare(rows, schedule)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from foleyrt.config import RuntimeConfig
+from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.media.video import decode_clip, probe_video
 from foleyrt.pipeline import features
 from foleyrt.pipeline.models import random_models
@@ -25,7 +25,7 @@ def test_streamed_equals_whole_clip(media: Media, monkeypatch) -> None:  # type:
     with torch.inference_mode():
         whole = features.video_conditions(models, decode_clip(path), "rain", "", cpu)
         streamed = features._stream_video(models, probe_video(path), "rain", "", cpu, False)
-    assert streamed.duration_s == decode_clip(path).duration_s
+    assert streamed.lengths.audio_seconds == decode_clip(path).duration_s
     for name in ("clip_feat", "sync_feat", "text_feat", "uncond_text_feat"):
         got, want = getattr(streamed.conditions, name), getattr(whole, name)
         assert got.shape == want.shape, name

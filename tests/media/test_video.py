@@ -10,13 +10,12 @@ import torch
 
 from foleyrt.errors import InputError, MediaError
 from foleyrt.media.video import (
-    MAX_SECONDS,
-    audio_latent_frames,
     decode_clip,
     iter_ticks,
     probe_video,
     to_model_range,
 )
+from foleyrt.request import MAX_SECONDS
 from foleyrt.verify import run_manifest
 from tests.media.conftest import CLIPS, Media
 
@@ -78,16 +77,6 @@ def test_one_pass_gives_both_rates_in_time_order(media: Media) -> None:
     # a frame taken by both schedules is converted once
     shared = [t for t in ticks if t.frame_index == 0]
     assert len(shared) == 2 and shared[0].rgb is shared[1].rgb
-
-
-@pytest.mark.parametrize("t25", [29, 57, 58, 113, 114, 115, 116, 201, 226, 255])
-def test_latent_length_quirk(t25: int) -> None:
-    assert audio_latent_frames(t25 / 25) == 2 * t25 - 1
-
-
-@pytest.mark.parametrize("t25", [25, 50, 100, 199, 200, 249, 376])
-def test_latent_length_regular(t25: int) -> None:
-    assert audio_latent_frames(t25 / 25) == 2 * t25
 
 
 # --------------------------------------------------------------------------------------------

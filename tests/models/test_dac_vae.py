@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from foleyrt.config import RELEASED_DAC, TINY, DACConfig
 from foleyrt.errors import InputError, UsageError, WeightsError
-from foleyrt.models.dac_vae import DACVAE, DiagonalGaussian, load_dac
+from foleyrt.models.dac_vae import DACVAE, DiagonalGaussian
+from foleyrt.weights import load_dac
 from foleyrt.models.random_init import randomize_
 from foleyrt.verify import run_manifest
 

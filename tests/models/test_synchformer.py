@@ -19,11 +19,11 @@ from foleyrt.models.synchformer import (
     FullSynchformer,
     Synchformer,
     UnusedPartsConfig,
-    load_synchformer,
     segment_windows,
     sync_features,
 )
 from foleyrt.verify import run_manifest
+from foleyrt.weights import load_synchformer
 
 CFG = TINY.synchformer
 FRAME = (3, 224, 224)

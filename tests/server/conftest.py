@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from foleyrt.config import TINY_RANDOM, RuntimeConfig
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.config import TINY_RANDOM
 from foleyrt.media.synthetic import ClipSpec, encode_clip
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.app import create_app
@@ -29,7 +30,7 @@ from tests.server.support import STEPS
 
 @pytest.fixture(scope="session")
 def tiny_pipeline() -> FoleyPipeline:
-    return FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.auto("cpu"))
+    return FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.build("cpu"))
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,13 @@ class SlowPipeline:
         self._pipeline = pipeline
         self.delay_s = delay_s
 
-    def generate(self, video: Any = None, *, progress: ProgressFn | None = None,
+    def generate(self, video: Any = None, *args: Any, progress: ProgressFn | None = None,
                  **kwargs: Any) -> Any:
         def slowed(event: Progress) -> bool | None:
             time.sleep(self.delay_s)
             return progress(event) if progress is not None else None
 
-        return self._pipeline.generate(video, progress=slowed, **kwargs)
+        return self._pipeline.generate(video, *args, progress=slowed, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pipeline, name)

@@ -8,7 +8,8 @@ modulation + RoPE + gating chains fused by Inductor). Sequence lengths and batch
 dynamic, so one compile serves every clip duration; CUDA graphs are captured per exact shape
 on top (see `cudagraph.py`), so no padding and no masking changes the numbers.
 
-Caches, all under one directory (`FOLEYRT_CACHE`, default `~/.cache/foleyrt/compile`):
+Caches, all under one directory (`FOLEYRT_CACHE`, default `~/.cache/foleyrt/compile`; see
+`accel.process`):
 - `graphs/<key>/`: each block graph compiled ahead of time (`torch.compile(...).aot_compile`)
   and saved whole: Dynamo's bytecode and guards with Inductor's code. A later process loads
   them and runs without tracing or compiling anything. `<key>` hashes what the graphs depend
@@ -26,7 +27,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import threading
 import time
 import uuid
@@ -38,13 +38,12 @@ import torch
 from torch import nn
 
 import foleyrt
-from foleyrt.accel import kernels
-from foleyrt.accel.fused import FusedSingleBlock, FusedTripleBlock, fuse_blocks
+from foleyrt.accel.fused import FusedSingleBlock, FusedTripleBlock
+from foleyrt.accel.process import compile_cache_dir, compile_settings
 from foleyrt.models.dit import FoleyDiT, SingleBlock, TripleBlock
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path.home() / ".cache" / "foleyrt" / "compile"
 COMPILED_BLOCKS = (TripleBlock, SingleBlock, FusedTripleBlock, FusedSingleBlock)
 GRAPH_FORMAT = "1"  # bump when the saved-graph layout of this module changes
 TRACED_PACKAGES = ("models", "accel")  # the code inside the compiled graphs
@@ -53,47 +52,22 @@ TRACED_PACKAGES = ("models", "accel")  # the code inside the compiled graphs
 _AOT_DYNAMO_CONFIG = {"enable_aot_compile": True, "specialize_float": True}
 
 
-def cache_dir(path: str | Path | None = None) -> Path:
-    return Path(path or os.environ.get("FOLEYRT_CACHE") or DEFAULT_CACHE).expanduser()
-
-
-def configure_caches(path: str | Path | None = None) -> Path:
-    """Point Inductor and Triton at a persistent directory (env vars are read lazily by
-    both, so this must run before the first compile)."""
-    root = cache_dir(path)
-    root.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    return root
-
-
-def compile_blocks(dit: FoleyDiT, mode: str | None = None,
-                   cache: str | Path | None = None, fuse: bool = True) -> FoleyDiT:
-    """Compile every transformer block in place (idempotent): through saved graphs where
-    PyTorch supports them, else `nn.Module.compile`. On CUDA with Triton, the blocks first
-    take the hand-fused kernels (`accel.fused`; `fuse=False` keeps Inductor's own)."""
-    if getattr(dit, "_foleyrt_compiled", False):
-        return dit
-    if fuse and next(dit.parameters()).device.type == "cuda" and kernels.triton_available():
-        fuse_blocks(dit)
-    root = configure_caches(cache)
-    import torch._dynamo.config as dynamo_config
-
-    # Without saved graphs (in-process compile), the blocks share 2 code objects: recompiles
-    # for new shapes or flags must not hit Dynamo's default limit.
-    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
+def compile_blocks(dit: FoleyDiT, store: BlockGraphs | None = None, mode: str | None = None
+                   ) -> FoleyDiT:
+    """Compile every transformer block of `dit` in place: through `store`'s saved graphs where
+    PyTorch supports them (a store for `dit`'s device under the default cache when None),
+    else `nn.Module.compile`."""
     device = next(dit.parameters()).device
-    store = block_graphs(device, mode, root) if saved_graphs_supported() else None
+    if store is None and saved_graphs_supported():
+        store = block_graphs(device, mode)
+    if store is None:
+        compile_settings(compile_cache_dir())
     for module in dit.modules():
         if isinstance(module, COMPILED_BLOCKS):
             if store is not None:
                 store.attach(module)
             else:
                 module.compile(dynamic=True, mode=mode, fullgraph=True)
-    dit._foleyrt_compiled = True  # type: ignore[attr-defined]
     return dit
 
 
@@ -101,23 +75,15 @@ def saved_graphs_supported() -> bool:
     return hasattr(torch.compiler, "load_compiled_function")
 
 
-_STORES: dict[Path, BlockGraphs] = {}  # one per directory: graphs serve every model of a process
-
-
-def block_graphs(device: torch.device, mode: str | None, root: Path) -> BlockGraphs:
-    directory = root / "graphs" / graph_key(device, mode)
-    if directory not in _STORES:
-        _STORES[directory] = BlockGraphs(directory, mode)
-    return _STORES[directory]
-
-
-def preload_block_graphs(device: torch.device, mode: str | None = None,
-                         cache: str | Path | None = None) -> None:
-    """Start loading the saved graphs for `device` on a background thread, for callers that
-    run in inference mode (the pipeline): where models load, so that weight loading hides the
-    load (seconds, most of it starting Inductor's and Triton's runtimes)."""
-    if saved_graphs_supported():
-        block_graphs(device, mode, configure_caches(cache)).load_in_background()
+def block_graphs(device: torch.device, mode: str | None = None,
+                 cache: str | Path | None = None) -> BlockGraphs | None:
+    """The saved block graphs for `device` under the compile cache (None where this PyTorch
+    cannot save compiled graphs)."""
+    if not saved_graphs_supported():
+        return None
+    root = compile_cache_dir(cache)
+    compile_settings(root)
+    return BlockGraphs(root / "graphs" / graph_key(device, mode), mode)
 
 
 @functools.cache
@@ -150,7 +116,8 @@ class BlockGraphs:
     types, input shapes' symbolic constraints, flags such as `update_visual`); when none does,
     the call is compiled ahead of time with its inputs as the example, saved (atomically; names
     are unique, so concurrent processes never clash) and kept. Graphs saved by other processes
-    are loaded at the first call, or ahead of it by `load_in_background`. If a PyTorch build
+    are loaded at the first call, or ahead of it by `load_in_background` (the pipeline starts that
+    while the weights load, and hands the same store to the compile recipe). If a PyTorch build
     cannot trace or save a block this way, that block class falls back to an in-process
     `torch.compile`, with a warning."""
 
@@ -244,8 +211,3 @@ class BlockGraphs:
             return
         self._graphs.setdefault(cls, []).append(graph)
         self.loaded += 1
-
-
-def compile_supported(device: torch.device) -> bool:
-    """Inductor + CUDA graphs are the GPU path; elsewhere `compile` falls back to eager."""
-    return device.type == "cuda"

@@ -20,6 +20,9 @@ import torch
 from torch import Tensor
 
 from foleyrt.models.dit import FoleyDiT, PreparedConditions, TimeConditioning
+from foleyrt.sampling.conditions import ConditionRows
+from foleyrt.sampling.denoiser import Velocity
+from foleyrt.sampling.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class GraphedVelocity:
             return dit.velocity(self.static_x, None, cond, time.select(self.static_step, rows))
 
         self.graph, self.static_out = capture(run, pool)
+        self.owner: object = None  # set by `GraphedDenoiser` when it loads its conditions
 
     def load(self, prepared: PreparedConditions, table: TimeConditioning) -> None:
         """Copy a request's conditions and time table into the graph's static buffers."""
@@ -108,40 +112,44 @@ class GraphedVelocity:
         return self.static_out.clone()
 
 
-class GraphCache:
-    """Captured graphs of one model, least recently used evicted, one shared memory pool."""
+class GraphedDenoiser:
+    """The compiled transformer with each forward captured in a CUDA graph, per request shape
+    (rows, audio/visual/text lengths), least recently used evicted, one shared memory pool.
+    Forwards of the same shape share a graph: each copies its conditions into the graph's
+    static buffers when the graph last ran another's (a few MB per step)."""
 
-    def __init__(self, dit: FoleyDiT, max_graphs: int = MAX_GRAPHS) -> None:
-        self.dit = dit
+    def __init__(self, model: FoleyDiT, max_graphs: int = MAX_GRAPHS) -> None:
+        self.model = model
         self.max_graphs = max_graphs
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: OrderedDict[tuple, GraphedVelocity] = OrderedDict()
 
-    def model_fn(
-        self, prepared: PreparedConditions, timesteps: Tensor
-    ) -> Callable[[Tensor, Tensor, int], Tensor]:
-        """A velocity function for this request (schedule `timesteps`): captures on first use
-        of a shape, else re-uses the captured graph with this request's inputs copied in."""
-        graphs = self.graphs
-        table = self.dit.time_conditioning(timesteps)
-        state: dict[str, GraphedVelocity] = {}
+    def prepare(self, rows: ConditionRows, schedule: Schedule) -> Velocity:
+        prepared = self.model.prepare(rows.clip, rows.text, rows.sync, rows.audio_len)
+        table = self.model.time_conditioning(schedule.timesteps.to(rows.clip.device))
+        owner = object()  # which forward's conditions a shared graph holds
 
-        def fn(x: Tensor, t: Tensor, step: int) -> Tensor:
-            graph = state.get("graph")
-            if graph is None:
-                key = shape_key(x, (prepared, table))
-                graph = graphs.get(key)
-                if graph is None:
-                    start = time.perf_counter()
-                    graph = GraphedVelocity(self.dit, x, prepared, table, self.pool)
-                    log.info("captured a CUDA graph for shape %s in %.1f s (warm-up calls "
-                             "included)", key[0], time.perf_counter() - start)
-                    graphs[key] = graph
-                    while len(graphs) > self.max_graphs:
-                        graphs.popitem(last=False)
-                graphs.move_to_end(key)
+        def velocity(x: Tensor, step: int) -> Tensor:
+            graph = self._graph(x, prepared, table)
+            if graph.owner is not owner:
                 graph.load(prepared, table)
-                state["graph"] = graph
+                graph.owner = owner
             return graph(x, step)
 
-        return fn
+        return velocity
+
+    def _graph(self, x: Tensor, prepared: PreparedConditions,
+               table: TimeConditioning) -> GraphedVelocity:
+        """The captured graph of this shape (captured now if there is none)."""
+        key = shape_key(x, (prepared, table))
+        graph = self.graphs.get(key)
+        if graph is None:
+            start = time.perf_counter()
+            graph = GraphedVelocity(self.model, x, prepared, table, self.pool)
+            log.info("captured a CUDA graph for shape %s in %.1f s (warm-up calls included)",
+                     key[0], time.perf_counter() - start)
+            self.graphs[key] = graph
+            while len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(key)
+        return graph

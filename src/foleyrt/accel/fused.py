@@ -22,6 +22,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from foleyrt.accel import kernels
+from foleyrt.accel.formats import GemmInput, input_format
 from foleyrt.models.dit import (
     LN_EPS,
     MLP,
@@ -32,7 +33,6 @@ from foleyrt.models.dit import (
     TripleBlock,
     attention,
 )
-from foleyrt.models.layers import GemmInput
 
 # Chunks of the single blocks' modulation table, in `Modulation(h, 6)` order.
 SHIFT_MSA, SCALE_MSA, GATE_MSA, SHIFT_MLP, SCALE_MLP, GATE_MLP = range(6)
@@ -47,9 +47,19 @@ def _rows_gemm(layer: nn.Module, rows: Tensor, bias: Tensor | None) -> Tensor:
     return layer.gemm(rows.flatten(0, 1), bias).unflatten(0, rows.shape[:2])
 
 
-class FusedSingleBlock(SingleBlock):
+class _Adopting(nn.Module):
+    @classmethod
+    def adopt(cls, block: nn.Module) -> nn.Module:
+        """This class's block over `block`'s own submodules, parameters and hooks (nothing is
+        copied: `fuse_blocks` puts it in `block`'s place)."""
+        fused = cls.__new__(cls)
+        fused.__dict__.update(block.__dict__)
+        return fused
+
+
+class FusedSingleBlock(_Adopting, SingleBlock):
     """`SingleBlock` with the fused kernels (same parameters, state dict and numbers up to
-    rounding order; `fuse_blocks` swaps the class of a built block)."""
+    rounding order)."""
 
     def forward(self, x: Tensor, activated_cond: Tensor, rope: RopePair,
                 cond_index: Tensor | None = None) -> Tensor:
@@ -58,7 +68,7 @@ class FusedSingleBlock(SingleBlock):
         qkv_layer, conv, w13 = self.linear_qkv, self.linear1, self.linear2.w13
         h = kernels.norm_modulate(
             x, table, cond_index, SHIFT_MSA * c, SCALE_MSA * c, SINGLE_LN_EPS,
-            *_format_args(qkv_layer.input_format()))
+            *_format_args(input_format(qkv_layer)))
         qkv = _from_rows(qkv_layer, h)
         heads, d = self.heads, c // self.heads
         q = kernels.rms_rope(qkv, 0, heads, d, self.q_norm.weight, *rope)
@@ -71,10 +81,10 @@ class FusedSingleBlock(SingleBlock):
             y, taps, bias = conv(out), 1, None
         x, h = kernels.residual_norm_modulate(
             x, y, taps, bias, table, cond_index, GATE_MSA * c, SHIFT_MLP * c, SCALE_MLP * c,
-            SINGLE_LN_EPS, *_format_args(w13.input_format()))
+            SINGLE_LN_EPS, *_format_args(input_format(w13)))
         hidden = w13.conv_rows(h, w13.gemm, w13.bias)
         w2 = self.linear2.w2
-        act = kernels.swiglu(hidden, *_format_args(w2.input_format()))
+        act = kernels.swiglu(hidden, *_format_args(input_format(w2)))
         rows = table if cond_index is None else table[:, cond_index]
         gate_mlp = rows[..., GATE_MLP * c:(GATE_MLP + 1) * c]
         return x + w2.conv_rows(act, w2.gemm, w2.bias) * gate_mlp
@@ -86,20 +96,20 @@ def _first_gemm(layer: nn.Module) -> nn.Module:
 
 
 def _from_rows(layer: nn.Module, rows: Tensor) -> Tensor:
-    """`layer` on input rows in its first GEMM's `input_format`."""
+    """`layer` on input rows in its first GEMM's input format."""
     first = _first_gemm(layer)
     y = _rows_gemm(first, rows, first.bias)
     return layer.fc2(layer.act(y)) if isinstance(layer, MLP) else y
 
 
-class FusedTripleBlock(TripleBlock):
+class FusedTripleBlock(_Adopting, TripleBlock):
     """`TripleBlock` whose LayerNorm + modulation steps (and the gated residuals before them)
     run on `accel.kernels` (same parameters, state dict and numbers up to rounding order)."""
 
     def _norm_gemm(self, x: Tensor, mods: Tensor, i: int, layer: nn.Module) -> Tensor:
         c = x.shape[-1]
         h = kernels.norm_modulate(x, mods, None, 3 * i * c, (3 * i + 1) * c, LN_EPS,
-                                  *_format_args(_first_gemm(layer).input_format()))
+                                  *_format_args(input_format(_first_gemm(layer))))
         return _from_rows(layer, h)
 
     def _residual_norm_gemm(self, x: Tensor, update: Tensor, mods: Tensor, i: int,
@@ -107,7 +117,7 @@ class FusedTripleBlock(TripleBlock):
         c = x.shape[-1]
         x, h = kernels.residual_norm_modulate(
             x, update, 1, None, mods, None, (3 * i - 1) * c, 3 * i * c, (3 * i + 1) * c, LN_EPS,
-            *_format_args(_first_gemm(layer).input_format()))
+            *_format_args(input_format(_first_gemm(layer))))
         return x, _from_rows(layer, h)
 
 
@@ -115,11 +125,12 @@ FUSED = {SingleBlock: FusedSingleBlock, TripleBlock: FusedTripleBlock}
 
 
 def fuse_blocks(dit: FoleyDiT) -> int:
-    """Swap every block of `dit` to its fused class in place (after quantisation: the kernels
-    write the quantised GEMMs' input formats); returns how many were swapped."""
+    """Put a fused block in the place of every block of `dit` (after quantisation: the kernels
+    write the quantised GEMMs' input formats); returns how many were replaced."""
     swapped = 0
-    for block in (*dit.triple_blocks, *dit.single_blocks):
-        if type(block) in FUSED:
-            block.__class__ = FUSED[type(block)]
-            swapped += 1
+    for blocks in (dit.triple_blocks, dit.single_blocks):
+        for i, block in enumerate(blocks):
+            if type(block) in FUSED:
+                blocks[i] = FUSED[type(block)].adopt(block)
+                swapped += 1
     return swapped

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from foleyrt.models.dit import FoleyDiT
+from foleyrt.sampling.denoiser import ModuleDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +218,13 @@ def stream_blocks(dit: nn.Module, slots: int, device: torch.device) -> BlockStre
     the transformer stays where it is: the caller offloads it per stage (see `ModelOffloader`)."""
     blocks = [*dit.triple_blocks, *dit.single_blocks]  # type: ignore[attr-defined]
     return BlockStreamer(blocks, slots, device, resident=RESIDENT)
+
+
+class StreamedDenoiser(ModuleDenoiser):
+    """The module as written with its blocks streamed (`--offload blocks:N`): the streamer's
+    hooks move each block's weights in before it runs. No CUDA graphs: the weights live at
+    other addresses on every pass."""
+
+    def __init__(self, model: FoleyDiT, streamer: BlockStreamer) -> None:
+        super().__init__(model)
+        self.streamer = streamer

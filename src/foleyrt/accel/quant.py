@@ -41,32 +41,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foleyrt.config import QUANTIZED_PRECISIONS, DiTConfig, RuntimeConfig
+from foleyrt.accel.calibration import Calibration
+from foleyrt.accel.formats import GemmInput
+from foleyrt.config import DiTConfig
 from foleyrt.errors import ConfigError, WeightsError
 from foleyrt.models.dit import FoleyDiT
-from foleyrt.models.layers import (
-    GemmInput,
-    Linear,
-    TapLayout,
-    TemporalConv,
-    add_bias,
-    release_weight_keys,
-)
+from foleyrt.models.layers import Linear, TapLayout, TemporalConv, add_bias, release_weight_keys
 from foleyrt.weights import Checkpoint
-
-if TYPE_CHECKING:
-    from foleyrt.accel.calibrate import Calibration
 
 AMAX_FLOOR = 1e-12  # a zero range (dead channel, padded row) must not become a zero scale
 SMOOTH_ALPHA = 0.5  # SmoothQuant's migration strength: the range split evenly between x and W
-CALIBRATED_PRECISIONS = ("int8", "fp8")  # int8 needs a calibration; fp8 may use one
 INT_MM_MIN_ROWS = 17  # `torch._int_mm` on CUDA wants more than 16 rows
 # Hopper's fast FP8 accumulation (no periodic promotion to fp32): faster; what it costs in
 # accuracy is measured by `scripts/quant_check.py --fp8-precise-accum` against this default.
@@ -342,20 +331,6 @@ def stored_fp8_modules(ckpt: Checkpoint, cfg: DiTConfig) -> frozenset[str]:
                      if stored.issuperset(release_weight_keys(name)))
 
 
-def _check_options(precision: str, calibration: object, stored: Collection[str]) -> None:
-    if precision not in QUANTIZED_PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not a quantised one "
-                          f"({', '.join(QUANTIZED_PRECISIONS)})")
-    if precision == "int8" and calibration is None:
-        raise ConfigError("--precision int8 needs --calibration (a file from `foleyrt "
-                          "calibrate`)")
-    if calibration is not None and precision not in CALIBRATED_PRECISIONS:
-        users = " or ".join(CALIBRATED_PRECISIONS)
-        raise ConfigError(f"--calibration is used by --precision {users}, not {precision}")
-    if stored and precision != "fp8":
-        raise ConfigError("fp8-stored weights are used as they are only by precision fp8")
-
-
 # Formats whose matmul is a special kernel: what to build to try it, and what it needs.
 _KERNELS: dict[str, tuple[Callable[[GemmLayer], QuantizedGemm], str]] = {
     "fp8": (Fp8Gemm, "FP8 matmuls need an NVIDIA GPU of compute capability 8.9 or newer (Ada, "
@@ -390,85 +365,46 @@ def quantize_(
     dit: FoleyDiT,
     precision: str,
     *,
-    calibration: Calibration | str | Path | None = None,
+    calibration: Calibration | None = None,
     prequantized: Collection[str] = frozenset(),
-    kernel_device: torch.device | None = None,
 ) -> FoleyDiT:
-    """Swap `dit`'s per-step GEMMs for `precision`'s modules, in place, on `dit`'s device and
-    compute dtype (place the model first). `kernel_device` is where the modules will run
-    (default: where the weights are; the offload modes quantise on the host for the GPU).
-    `calibration` (a file or a loaded `Calibration`): int8's ranges, or fp8's static scales;
-    `prequantized` names modules whose weights were stored as float8_e4m3fn (fp8 only,
-    see `stored_fp8_modules`). Idempotent; a model quantised to another precision is an error."""
-    done = getattr(dit, "_foleyrt_precision", None)
-    if done == precision:
-        return dit
-    if done is not None:
-        raise ConfigError(f"the transformer is already quantised to {done}; load a fresh model "
-                          f"for {precision}")
-    _check_options(precision, calibration, prequantized)
+    """Swap `dit`'s per-step GEMMs for `precision`'s modules (fp8, int8-weight, int8), in
+    place, on `dit`'s device and compute dtype (place the model first; the offload modes
+    quantise on the host for the GPU; `RuntimeConfig.build` has tried the kernels on the
+    device that will run them). `calibration`: int8's ranges, or fp8's static scales;
+    `prequantized` names modules whose weights were stored as float8_e4m3fn (fp8 only, see
+    `stored_fp8_modules`). A model quantised already is refused."""
     modules = quantizable_modules(dit)
+    if any(isinstance(m, QuantizedGemm) for m in modules.values()):
+        raise ConfigError("the transformer is quantised already; load a fresh model")
     unknown = sorted(set(prequantized) - set(modules))
     if unknown:
         raise ConfigError(f"not quantisable modules marked as fp8-stored: {', '.join(unknown[:3])}")
-    anchor = next(iter(modules.values())).weight
-    require_kernels(precision, kernel_device or anchor.device, anchor.dtype)
-    build = _builder(precision, dit, calibration, prequantized)
+    if prequantized and precision != "fp8":
+        raise ConfigError("fp8-stored weights are used as they are only by precision fp8")
+    if calibration is not None:
+        calibration.check(dit, modules)
+    build = _builder(precision, calibration, prequantized)
     with torch.no_grad():
         for name, module in modules.items():
             parent, _, attr = name.rpartition(".")
             setattr(dit.get_submodule(parent), attr, build(name, module))
-    dit._foleyrt_precision = precision  # type: ignore[assignment]
     return dit
 
 
 def _builder(
-    precision: str, dit: FoleyDiT, calibration: Calibration | str | Path | None,
-    prequantized: Collection[str],
+    precision: str, calib: Calibration | None, prequantized: Collection[str]
 ) -> Callable[[str, GemmLayer], QuantizedGemm]:
     if precision == "int8-weight":
         return lambda name, layer: Int8WeightGemm(layer)
-    if precision == "fp8" and calibration is None:
-        return lambda name, layer: Fp8Gemm(layer, stored=name in prequantized)
-    from foleyrt.accel.calibrate import Calibration, load_calibration
-
-    assert calibration is not None
-    calib = (calibration.check(dit, "the calibration") if isinstance(calibration, Calibration)
-             else load_calibration(calibration, dit))
     if precision == "fp8":
+        if calib is None:
+            return lambda name, layer: Fp8Gemm(layer, stored=name in prequantized)
         return lambda name, layer: Fp8Gemm(layer, stored=name in prequantized,
                                            amax=calib.amax[name])
+    if precision != "int8":
+        raise ConfigError(f"precision {precision!r} is not a quantised one "
+                          "(fp8, int8-weight, int8)")
+    if calib is None:
+        raise ConfigError("precision int8 needs a calibration (`foleyrt calibrate`)")
     return lambda name, layer: Int8Gemm(layer, calib.amax[name], calib.channel_amax.get(name))
-
-
-def _quantized_runtime(runtime: RuntimeConfig) -> bool:
-    """TensorRT engines carry their own quantised weights: the PyTorch model stays as loaded."""
-    return runtime.precision in QUANTIZED_PRECISIONS and runtime.accel != "tensorrt"
-
-
-def check_precision(runtime: RuntimeConfig, dit: FoleyDiT) -> None:
-    """Everything about `runtime.precision` that can fail, checked before a long weight load:
-    the options, the kernels on the device, the calibration file against `dit` (may be on
-    meta)."""
-    if not _quantized_runtime(runtime):
-        return
-    assert runtime.precision is not None
-    _check_options(runtime.precision, runtime.calibration, ())
-    require_kernels(runtime.precision, runtime.device, runtime.dtype)
-    if runtime.calibration is not None:
-        from foleyrt.accel.calibrate import load_calibration
-
-        load_calibration(runtime.calibration, dit)
-
-
-def apply_precision(
-    dit: FoleyDiT, runtime: RuntimeConfig, prequantized: Collection[str] = frozenset()
-) -> FoleyDiT:
-    """The runtime's precision recipe over the placed transformer: quantised modules for fp8,
-    int8-weight and int8; nothing for bf16/fp16 (a compute dtype, applied by placement)."""
-    if not _quantized_runtime(runtime):
-        return dit
-    assert runtime.precision is not None
-    return quantize_(dit, runtime.precision, calibration=runtime.calibration,
-                     prequantized=prequantized, kernel_device=runtime.device)
-

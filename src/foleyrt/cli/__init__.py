@@ -14,11 +14,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from foleyrt import __version__
-from foleyrt.config import configure_cuda_libraries
 from foleyrt.cli import batch, bench, calibrate, export, generate, serve, verify
 from foleyrt.cli.options import Parser
 from foleyrt.errors import FoleyError
+from foleyrt.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -64,7 +63,9 @@ def _configure_logging(quiet: bool, verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_cuda_libraries()
+    from foleyrt.accel.process import configure_process
+
+    configure_process()  # before anything touches the GPU
     args = build_parser().parse_args(argv)
     _configure_logging(args.quiet, args.verbose)
     handler: Handler = args.handler

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from foleyrt.cli.options import add_model_options, runtime
+from foleyrt.cli.options import add_model_options, add_request_options, request, runtime
 from foleyrt.cli.progress import progress_bar
 
 log = logging.getLogger("foleyrt")
@@ -27,20 +27,12 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "or a folder of videos; or video files")
     p.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUTDIR",
                    help="folder for the results; created if its parent exists")
-    p.add_argument("-p", "--prompt", default="", metavar="TEXT",
-                   help="what the sound should be, for items without a CSV prompt")
-    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
-                   help="what to steer away from, for items without a CSV one "
-                        "(default: 'noisy, harsh')")
+    add_request_options(p, prompt_help="what the sound should be, for items without a CSV "
+                                       "prompt (a CSV negative_prompt likewise wins)",
+                        seed_help="item i (from 0) uses SEED+i; a CSV seed wins (default: "
+                                  "random, recorded in the report)")
     p.add_argument("--format", choices=("mp4", "wav", "both"), default="mp4",
                    help="mp4 (the video with its new sound), wav, or both (default: mp4)")
-    p.add_argument("--samples", type=int, default=1, metavar="N",
-                   help="sound tracks per clip, numbered NAME_1, NAME_2, ... (default: 1)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
-    p.add_argument("--guidance", type=float, default=4.5, help="CFG scale (default: 4.5)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="item i (from 0) uses SEED+i; a CSV seed wins (default: random, "
-                        "recorded in the report)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo items whose outputs exist (default: skip them)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed item")
@@ -67,8 +59,7 @@ def _batch(args: argparse.Namespace) -> int:
     from foleyrt.pipeline.pipeline import FoleyPipeline
 
     # Everything cheap first: a bad CSV or name must not cost a model load.
-    settings = BatchSettings(formats=FORMATS[args.format], samples=args.samples,
-                             steps=args.steps, guidance=args.guidance, seed=args.seed,
+    settings = BatchSettings(formats=FORMATS[args.format], request=request(args),
                              overwrite=args.overwrite, fail_fast=args.fail_fast)
     config = runtime(args)
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from foleyrt.cli.options import add_weight_options
-from foleyrt.config import RuntimeConfig
+from foleyrt.cli.options import add_request_options, add_weight_options, request, runtime
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -21,24 +20,22 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "videos, or video files")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="calibration file to write (.safetensors)")
-    p.add_argument("-p", "--prompt", default="", help="prompt of clips without a CSV one")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps per clip (default: 50)")
-    p.add_argument("--guidance", type=float, default=4.5, help="CFG scale (default: 4.5)")
-    p.add_argument("--seed", type=int, default=0, help="clip i uses SEED+i (default: 0)")
+    add_request_options(p, prompt_help="prompt of clips without a CSV one", samples=False,
+                        seed_help="clip i uses SEED+i (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     add_weight_options(p)
     p.set_defaults(handler=_calibrate)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from foleyrt.accel.calibrate import calibrate, check_output, read_clips, save_calibration
+    from foleyrt.accel.calibration import check_output, save_calibration
+    from foleyrt.calibrate import calibrate, read_clips
     from foleyrt.pipeline.pipeline import FoleyPipeline
 
     check_output(args.output, overwrite=args.overwrite)
+    settings = request(args)
     clips = read_clips(args.inputs, prompt=args.prompt)
-    pipe = FoleyPipeline.from_pretrained(args.model, args.size,
-                                         RuntimeConfig.auto(args.device, args.dtype))
-    calib = calibrate(pipe, clips, steps=args.steps, guidance_scale=args.guidance,
-                      seed=args.seed)
+    pipe = FoleyPipeline.from_pretrained(args.model, args.size, runtime(args))
+    calib = calibrate(pipe, clips, settings, seed=0 if args.seed is None else args.seed)
     print(save_calibration(calib, args.output, overwrite=args.overwrite))
     return 0

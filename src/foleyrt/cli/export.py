@@ -59,7 +59,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    from foleyrt.config import RuntimeConfig
+    from foleyrt.accel.runtime import RuntimeConfig
     from foleyrt.export.onnx import (
         VALIDATION_SECONDS,
         ExportConfig,
@@ -93,7 +93,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 def _export_tensorrt(args: argparse.Namespace) -> int:
     from foleyrt.export.build_config import BuildConfig, ProfileSpec
-    from foleyrt.export.engine_cache import EngineCache
+    from foleyrt.accel.engines import EngineCache
     from foleyrt.export.tensorrt import build_engine
 
     ranges = {"seconds": args.durations, "rows": args.rows}

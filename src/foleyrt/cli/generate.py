@@ -7,7 +7,7 @@ import logging
 import secrets
 from pathlib import Path
 
-from foleyrt.cli.options import add_model_options, runtime
+from foleyrt.cli.options import add_model_options, add_request_options, request, runtime
 from foleyrt.cli.progress import progress_bar
 from foleyrt.errors import UsageError
 
@@ -18,16 +18,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="make the sound track of a video (or text-only audio)",
                        description="Generate Foley audio for VIDEO (or from text alone).")
     p.add_argument("video", nargs="?", type=Path, help="input video (omit for text-only)")
-    p.add_argument("-p", "--prompt", default="", help="what the sound should be")
-    p.add_argument("--negative-prompt", default=None,
-                   help="what to steer away from (default: 'noisy, harsh')")
+    add_request_options(p, prompt_help="what the sound should be")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output .mp4 (video with the new sound) or .wav; several samples are "
                         "numbered out_1.mp4, out_2.mp4, ...")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
-    p.add_argument("--guidance", type=float, default=4.5, help="CFG scale (default: 4.5)")
-    p.add_argument("--seed", type=int, default=None, help="noise seed (default: random, printed)")
-    p.add_argument("--samples", type=int, default=1, help="number of sound tracks (default: 1)")
     p.add_argument("--text-only", action="store_true", help="ignore any video; needs --duration")
     p.add_argument("--duration", type=float, default=None, help="seconds, for text-only")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -45,21 +39,20 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError("give a VIDEO, or --text-only/no video with --duration SECONDS")
     if video is None and args.output.suffix.lower() == ".mp4":
         raise UsageError("an .mp4 output needs a source video; use a .wav for text-only")
-    # Cheap checks first: a bad path must not cost a model load.
-    for path in numbered_paths(args.output, args.samples):
+    # Everything that can fail without a model first: a bad value or path must not cost a load.
+    wanted = request(args, duration=args.duration if video is None else None)
+    wanted.check_source(video is not None)
+    for path in numbered_paths(args.output, wanted.samples):
         check_output_path(path, overwrite=args.overwrite, inputs=[video] if video else [])
     if video is not None:
         probe_video(video)
     config = runtime(args)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    log.info("seed %d", seed)
+    wanted = wanted.with_seed(wanted.seed if wanted.seed is not None
+                              else secrets.randbelow(2**31))
+    log.info("seed %d", wanted.seed)
     pipe = FoleyPipeline.from_pretrained(args.model, args.size, config)
     with progress_bar(args.quiet) as progress:
-        result = pipe.generate(
-            video, prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
-            guidance_scale=args.guidance, num_samples=args.samples, seed=seed,
-            duration=args.duration if video is None else None, progress=progress,
-        )
+        result = pipe.generate(video, wanted, progress=progress)
     for path in result.save(args.output, overwrite=args.overwrite):
         print(path)
     log.info("timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))

@@ -1,13 +1,21 @@
-"""What the commands share on their command lines: the one-line-error parser and the model and
-runtime options, with the `RuntimeConfig` they read into (so every command that loads the
-model spells and validates those flags the same way)."""
+"""What the commands share on their command lines: the one-line-error parser, the model and
+runtime options with the `RuntimeConfig` they build, and the generation options with the
+`GenerationRequest` they build (so every command spells, defaults and validates those flags
+the same way, before any model loads)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from foleyrt.config import HUB_REPO, PRECISIONS, PRESETS, TINY, TINY_RANDOM, RuntimeConfig
+from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM
+from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_NEGATIVE_PROMPT, DEFAULT_STEPS, GenerationRequest
+
+if TYPE_CHECKING:
+    from foleyrt.accel.runtime import RuntimeConfig
+
+ACCEL_CHOICES = ("eager", "compile", "tensorrt", "auto")
+PRECISION_CHOICES = ("bf16", "fp16", "fp8", "int8-weight", "int8")
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,11 +42,14 @@ def add_weight_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """`add_weight_options` plus how the transformer runs; `runtime` reads them all."""
     g = add_weight_options(p)
-    g.add_argument("--accel", default="eager", help="eager, compile or tensorrt (default: eager)")
+    g.add_argument("--accel", default="eager", choices=ACCEL_CHOICES,
+                   help="eager; compile (CUDA: compiled blocks, fused kernels, CUDA graphs); "
+                        "tensorrt (an engine from 'foleyrt export tensorrt'); auto (compile "
+                        "on CUDA, eager elsewhere) (default: eager)")
     g.add_argument("--engine", default=None,
                    help="TensorRT plan for --accel tensorrt (default: newest matching engine "
                         "in the cache)")
-    g.add_argument("--precision", default=None, choices=PRECISIONS,
+    g.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
                    help="transformer precision: bf16, fp16, or quantised fp8 (Ada/Hopper GPUs), "
                         "int8-weight, int8 (needs --calibration) (default: the --dtype)")
     g.add_argument("--calibration", default=None, metavar="FILE",
@@ -48,11 +59,38 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--offload", default="none", metavar="MODE",
                    help="GPU memory mode: none, model (networks in pinned host memory, brought "
                         "in per stage) or blocks:N (transformer blocks streamed through N GPU "
-                        "slots; slower) (default: none)")
+                        "slots; slower, eager only) (default: none)")
 
 
 def runtime(args: argparse.Namespace) -> RuntimeConfig:
-    """The runtime of `add_model_options`' flags."""
-    return RuntimeConfig.auto(args.device, args.dtype, accel=args.accel, engine=args.engine,
-                              precision=args.precision, calibration=args.calibration,
-                              offload=args.offload)
+    """The runtime of `add_model_options`' flags (or only `add_weight_options`')."""
+    from foleyrt.accel.runtime import RuntimeConfig
+
+    return RuntimeConfig.build(
+        args.device, args.dtype, accel=getattr(args, "accel", "eager"),
+        precision=getattr(args, "precision", None), offload=getattr(args, "offload", "none"),
+        calibration=getattr(args, "calibration", None), engine=getattr(args, "engine", None))
+
+
+def add_request_options(p: argparse.ArgumentParser, *, prompt_help: str, samples: bool = True,
+                        seed_help: str = "noise seed (default: random, printed)") -> None:
+    """The generation parameters; `request` reads them."""
+    p.add_argument("-p", "--prompt", default="", metavar="TEXT", help=prompt_help)
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help=f"what to steer away from (default: {DEFAULT_NEGATIVE_PROMPT!r})")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"sampler steps (default: {DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                   help=f"CFG scale (default: {DEFAULT_GUIDANCE})")
+    p.add_argument("--seed", type=int, default=None, help=seed_help)
+    if samples:
+        p.add_argument("--samples", type=int, default=1,
+                       help="sound tracks per input, numbered NAME_1, NAME_2, ... (default: 1)")
+
+
+def request(args: argparse.Namespace, duration: float | None = None) -> GenerationRequest:
+    """The request of `add_request_options`' flags, validated (one line on a bad value)."""
+    return GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+        guidance=args.guidance, samples=getattr(args, "samples", 1), seed=args.seed,
+        duration=duration)

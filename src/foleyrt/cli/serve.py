@@ -9,6 +9,7 @@ from pathlib import Path
 
 from foleyrt.cli.options import add_model_options, runtime
 from foleyrt.errors import UsageError
+from foleyrt.request import DEFAULT_STEPS
 
 log = logging.getLogger("foleyrt")
 
@@ -35,7 +36,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="time limit of one job, e.g. 90s, 10m (default: 10m)")
     p.add_argument("--result-ttl", default="24h",
                    help="how long results are kept after a job ends, e.g. 2h, 7d (default: 24h)")
-    p.add_argument("--steps", type=int, default=50, help="default sampler steps (default: 50)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"default sampler steps (default: {DEFAULT_STEPS})")
     p.add_argument("--access-log", action="store_true", help="log every HTTP request")
     add_model_options(p)
     p.set_defaults(handler=_serve)

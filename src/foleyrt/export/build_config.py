@@ -2,7 +2,7 @@
 Plain values and functions, checked and tested without TensorRT or a GPU.
 
 Profiles. Users think in seconds: `ProfileSpec` takes min/opt/max durations and CFG rows, and
-the axes of the graph follow from the pipeline's own length rules (`request_lengths`):
+the axes of the graph follow from the pipeline's own length rules (`foleyrt.lengths`):
 `audio_len` (latent frames), `visual_len` (SigLIP2 frames), `text_len` (the CLAP length, fixed),
 `batch` (rows: two per sample with guidance). Sync tokens are not an engine axis: `prepare`
 resamples them to the audio frames before the loop.
@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
+from foleyrt.accel.engine_io import AUDIO_LEN, BATCH, TEXT_LEN, VELOCITY, VISUAL_LEN, GraphInput
+from foleyrt.accel.engines import DimRange
 from foleyrt.errors import ConfigError
-from foleyrt.export.graph import AUDIO_LEN, BATCH, TEXT_LEN, VELOCITY, VISUAL_LEN, GraphInput
-from foleyrt.export.onnx import request_lengths
+from foleyrt.lengths import SequenceLengths
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8")
 QUANTIZED = ("fp8", "int8")
@@ -32,15 +32,6 @@ BUILDER_FLAGS: dict[str, tuple[str, ...]] = {
     "fp32": (), "fp16": ("FP16",), "bf16": ("BF16",),
     "fp8": ("FP8", "BF16"), "int8": ("INT8", "BF16"),
 }
-
-
-class DimRange(NamedTuple):
-    min: int
-    opt: int
-    max: int
-
-    def covers(self, value: int) -> bool:
-        return self.min <= value <= self.max
 
 
 def _ordered(name: str, values: Sequence[float]) -> None:
@@ -63,10 +54,10 @@ class ProfileSpec:
 
 def dim_ranges(kind: str, spec: ProfileSpec, text_length: int) -> dict[str, DimRange]:
     """Range of every dynamic axis of a `kind` graph (velocity or decoder) for `spec`."""
-    lengths = [request_lengths(s) for s in spec.seconds]  # (Nv, Ns, Na) per duration
-    ranges = {BATCH: DimRange(*spec.rows), AUDIO_LEN: DimRange(*(n[2] for n in lengths))}
+    lengths = [SequenceLengths.of_duration(s) for s in spec.seconds]
+    ranges = {BATCH: DimRange(*spec.rows), AUDIO_LEN: DimRange(*(n.latent_frames for n in lengths))}
     if kind == VELOCITY:
-        ranges[VISUAL_LEN] = DimRange(*(n[0] for n in lengths))
+        ranges[VISUAL_LEN] = DimRange(*(n.clip_frames for n in lengths))
         ranges[TEXT_LEN] = DimRange(text_length, text_length, text_length)
     return ranges
 

@@ -2,7 +2,7 @@
 validation against PyTorch.
 
 What the graphs take and return, and why the velocity graph is the per-step call, is
-`export.graph`'s docstring. Exporter: the torch.export-based one (the TorchScript exporter
+`accel.engine_io`'s docstring. Exporter: the torch.export-based one (the TorchScript exporter
 cannot export the shape-dependent LayerNorm). The tracing example has 2 rows and distinct
 lengths, so that no axis is specialised to 1 or unified with another. Weights above
 `external_data_threshold` bytes (2 GB by default: protobuf cannot serialise 2 GiB) go to
@@ -24,12 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from foleyrt import __version__
 from foleyrt.errors import ConfigError, DependencyError
 
-# condition_feeds and the Q/DQ names are re-exported: callers import them from here, where they
-# lived before `graph` and `qdq` were split off.
-from foleyrt.export.graph import (  # noqa: F401
+from foleyrt.accel.engine_io import (
     AUDIO_LEN,
     BATCH,
     DECODER,
@@ -40,20 +37,14 @@ from foleyrt.export.graph import (  # noqa: F401
     DecoderGraph,
     GraphInput,
     VelocityGraph,
-    condition_feeds,
     decoder_signature,
     velocity_feeds,
     velocity_signature,
 )
-from foleyrt.export.qdq import (  # noqa: F401
-    AMAX_FORMAT,
-    AMAX_VERSION,
-    SCOPES_KEY,
-    insert_qdq,
-    read_amax,
-)
+from foleyrt.lengths import SequenceLengths
 from foleyrt.models.dac_vae import DACVAE
 from foleyrt.models.dit import FoleyDiT
+from foleyrt.version import __version__
 
 MIN_OPSET = 17  # LayerNormalization
 DEFAULT_OPSET = 19  # float8 Q/DQ: one exported graph serves every engine precision
@@ -83,16 +74,6 @@ def require_onnx(packages: Sequence[str] = EXPORT_PACKAGES) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def request_lengths(duration_s: float) -> tuple[int, int, int]:
-    """(visual frames Nv, sync tokens Ns, latent frames Na) of a `duration_s` request, by the
-    pipeline's own rules."""
-    from foleyrt.media.video import audio_latent_frames
-    from foleyrt.pipeline.features import text_only_lengths
-
-    n_visual, n_sync, audio_s = text_only_lengths(duration_s)
-    return n_visual, n_sync, audio_latent_frames(audio_s)
-
-
 @torch.no_grad()
 def velocity_example(
     dit: FoleyDiT, duration_s: float, rows: int = EXAMPLE_ROWS, seed: int = 0
@@ -105,11 +86,12 @@ def velocity_example(
     def randn(*shape: int) -> Tensor:
         return torch.randn(shape, generator=gen).to(param.device, param.dtype)
 
-    n_visual, n_sync, n_audio = request_lengths(duration_s)
-    prepared = dit.prepare(randn(rows, n_visual, cfg.clip_dim),
+    lengths = SequenceLengths.of_duration(duration_s)
+    prepared = dit.prepare(randn(rows, lengths.clip_frames, cfg.clip_dim),
                            randn(rows, cfg.text_length, cfg.text_dim),
-                           randn(rows, n_sync, cfg.sync_feat_dim), n_audio)
-    x = randn(rows, cfg.audio_vae_latent_dim, n_audio)
+                           randn(rows, lengths.sync_tokens, cfg.sync_feat_dim),
+                           lengths.latent_frames)
+    x = randn(rows, cfg.audio_vae_latent_dim, lengths.latent_frames)
     t = (torch.rand(rows, generator=gen) * 1000).to(param.device)
     return velocity_feeds(prepared, x, t)
 
@@ -119,7 +101,8 @@ def decoder_example(
 ) -> dict[str, Tensor]:
     param = next(vae.parameters())
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(rows, vae.latent_dim, request_lengths(duration_s)[2], generator=gen)
+    n_latent = SequenceLengths.of_duration(duration_s).latent_frames
+    z = torch.randn(rows, vae.latent_dim, n_latent, generator=gen)
     return {"z": z.to(param.device, param.dtype)}
 
 

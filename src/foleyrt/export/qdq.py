@@ -1,27 +1,19 @@
-"""Calibration files and the Q/DQ rewrite that turns an exported graph into an INT8/FP8 one.
+"""The Q/DQ rewrite that turns an exported graph into an INT8/FP8 one.
 
 Quantised graphs (`insert_qdq`) follow TensorRT's explicit quantisation: a Quantize/Dequantize
 pair on the activation and on the weight of every GEMM named in a calibration file, nothing
 else changed; onnxruntime runs them too, so the rewrite is checked without a GPU.
 
-Calibration file (written by `foleyrt calibrate`, read by `--precision int8|fp8`):
-    a safetensors file whose header metadata holds `{"format": "foleyrt.amax", "version": "1"}`
-    (other metadata keys are free, e.g. the number of calibration samples), and one tensor per
-    calibrated GEMM module, keyed by the module's name in `FoleyDiT.named_modules()` (e.g.
-    `triple_blocks.0.audio_self_attn_qkv`, `single_blocks.3.linear2.w13`): float32, shape `[]`
-    (or `[1]`), positive: the max |x| over the calibration set of the module's input as the
-    GEMM sees it (after the module's own cast to its weight dtype). Modules are `Linear`s and
-    `TemporalConv`s (a temporal conv's unfolded window has the same range: padding only adds
-    zeros). Entries for modules that `prepare` runs once per request (text K/V, visual and
-    sync projections) are allowed and ignored: they are not in the step graph. Weights need no
-    entry: their scales come from the weights (INT8 per output channel, FP8 per tensor).
-    Modules without an entry stay bf16.
+The activation ranges come from a calibration file (`accel.calibration` owns its format).
+Entries for modules that `prepare` runs once per request (text K/V, visual and sync
+projections) are allowed and ignored: they are not in the step graph. Weights need no entry:
+their scales come from the weights (INT8 per output channel, FP8 per tensor). Modules without
+an entry stay bf16.
 """
 
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from foleyrt.accel.engine_io import META, WRAPPED
 from foleyrt.errors import ConfigError
-from foleyrt.export.graph import META, WRAPPED
 
-AMAX_FORMAT = "foleyrt.amax"
-AMAX_VERSION = "1"
 FP8_MIN_OPSET = 19
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # module path the exporter records on every node
 
@@ -54,31 +44,6 @@ def quant_formats() -> dict[str, QuantFormat]:
 
     return {"int8": QuantFormat(TensorProto.INT8, 127.0, True, 13),
             "fp8": QuantFormat(TensorProto.FLOAT8E4M3FN, 448.0, False, FP8_MIN_OPSET)}
-
-
-def read_amax(path: str | Path) -> dict[str, float]:
-    """Activation ranges of a calibration file (format: see this module's docstring)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), "np") as f:
-            meta = f.metadata() or {}
-            values = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"{path}: not a readable calibration file ({exc})") from None
-    if meta.get("format") != AMAX_FORMAT or meta.get("version") != AMAX_VERSION:
-        raise ConfigError(f"{path}: not a foleyrt calibration file "
-                          f"(metadata format={AMAX_FORMAT!r}, version={AMAX_VERSION!r} expected)")
-    amax = {}
-    for name, value in values.items():
-        number = float(value.reshape(())) if value.size == 1 else math.nan
-        if not (math.isfinite(number) and number > 0):
-            raise ConfigError(f"{path}: amax of {name!r} must be one positive finite number")
-        amax[name] = number
-    if not amax:
-        raise ConfigError(f"{path}: the calibration file holds no ranges")
-    return amax
 
 
 def insert_qdq(

@@ -1,83 +1,74 @@
-"""TensorRT engines from the exported graphs, and the engine behind `--accel tensorrt`.
+"""TensorRT engines from the exported graphs (the engine behind `--accel tensorrt` is
+`accel.tensorrt`, which reads what this writes).
 
 Build: exported ONNX (`export.onnx`) -> [Q/DQ copy for int8/fp8, `export.qdq`] -> parse -> one
 optimisation profile + precision flags + timing cache -> `build_serialized_network` -> plan +
-JSON sidecar in the engine cache. Only the last steps need TensorRT (and a GPU); what to build
-(`export.build_config`: profiles, precision flags) and which engine that is (`export.engine_cache`:
-cache key, sidecar, lookups) are plain functions, tested without it, as is `network_inputs`.
-
-Runtime. `TensorRTDenoiser.model_fn(prepared)` is the eager `(x, t) -> v` call on an engine:
-the prepared conditions are flattened by the same function that defines the graph's inputs
-(`condition_feeds`), cast to the engine's input types and bound per step; the output is a
-fresh tensor per step. No TensorRT number has been measured in this repository.
+JSON sidecar in the engine cache (`accel.engines`). Only the last steps need TensorRT (and a
+GPU); what to build (`export.build_config`: profiles, precision flags) and which engine that is
+(`engine_key`) are plain functions, tested without it, as is `network_inputs`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
+import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from foleyrt.errors import ConfigError, DependencyError
-
-# DimRange, ProfileSpec and dim_ranges are re-exported: callers import them from here, where
-# they lived before `build_config` was split off.
-from foleyrt.export.build_config import (  # noqa: F401
+from foleyrt.accel.calibration import read_calibration
+from foleyrt.accel.engine_io import VELOCITY
+from foleyrt.accel.engines import BuildEnv, EngineCache, EngineKey, EngineSidecar
+from foleyrt.accel.tensorrt import current_env, require_tensorrt
+from foleyrt.atomic import write_atomic
+from foleyrt.config import config_digest
+from foleyrt.errors import ConfigError
+from foleyrt.export.build_config import (
     BUILDER_FLAGS,
     QUANTIZED,
     BuildConfig,
-    DimRange,
-    ProfileSpec,
     Shapes,
     dim_ranges,
     profile_shapes,
 )
-from foleyrt.export.engine_cache import (
-    BuildEnv,
-    EngineCache,
-    EngineKey,
-    EngineSidecar,
-    atomic_write,
-    config_sha256,
-    engine_key,
-    select_engine,
-    uncovered,
-)
-from foleyrt.export.graph import AUDIO_LEN, BATCH, TEXT_LEN, VELOCITY, VISUAL_LEN, condition_feeds
 from foleyrt.export.onnx import GraphInfo, read_graph
-from foleyrt.export.qdq import insert_qdq, read_amax
-from foleyrt.models.dit import FoleyDiT, PreparedConditions
-from foleyrt.pipeline.sampling import ModelFn
+from foleyrt.export.qdq import insert_qdq
 
 log = logging.getLogger(__name__)
 
-OUTPUT = "velocity"
+
+def file_sha256(paths: Iterable[Path]) -> str:
+    """sha256 over the names and bytes of `paths`, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
-def require_tensorrt() -> Any:
-    """The `tensorrt` module, or a one-line error saying how to get it."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise DependencyError(
-            "TensorRT is not installed: pip install 'foleyrt[tensorrt]' on a machine with an "
-            "NVIDIA GPU (the engine is built for, and runs on, that GPU)"
-        ) from None
-    return tensorrt
-
-
-def current_env(trt: Any) -> BuildEnv:
-    if not torch.cuda.is_available():
-        raise ConfigError("TensorRT engines are built for and run on a CUDA GPU; none is visible")
-    major, minor = torch.cuda.get_device_capability()
-    return BuildEnv(f"sm_{major}{minor}", torch.cuda.get_device_name(), trt.__version__)
+def engine_key(info: GraphInfo, build: BuildConfig, env: BuildEnv) -> EngineKey:
+    """The key of the engine `build` makes from `info` on `env`. Reads every byte of the graph
+    (tens of seconds for an XXL export): the file's name alone would not see a re-export."""
+    if info.metadata.get("quantized"):
+        raise ConfigError(f"{info.path} is already quantised; give the exported graph, "
+                          "--precision int8/fp8 quantises it")
+    if build.calibration is not None and not build.calibration.is_file():
+        raise ConfigError(f"calibration file not found: {build.calibration}")
+    text_length = info.config.get("text_length", 0)
+    ranges = dim_ranges(info.kind, build.profile, text_length)
+    calibration = file_sha256([build.calibration]) if build.calibration else None
+    return EngineKey(
+        graph=info.kind, onnx_sha256=file_sha256(info.files),
+        weights_sha256=info.metadata.get("weights_sha256", ""), precision=build.precision,
+        calibration_sha256=calibration, profile=dict(sorted(ranges.items())),
+        gpu_arch=env.gpu_arch, tensorrt_version=env.tensorrt_version,
+        optimization_level=build.optimization_level,
+    )
 
 
 @dataclass(frozen=True)
@@ -99,7 +90,8 @@ def network_inputs(info: GraphInfo, build: BuildConfig, key: EngineKey) -> Netwo
         assert build.calibration is not None and key.calibration_sha256 is not None
         onnx = info.path.with_name(
             f"{info.path.stem}.{build.precision}-{key.calibration_sha256[:12]}.onnx")
-        modules = insert_qdq(info.path, onnx, read_amax(build.calibration), build.precision)
+        modules = insert_qdq(info.path, onnx, read_calibration(build.calibration).amax,
+                             build.precision)
         log.info("%s: %d GEMMs quantised to %s", onnx.name, len(modules), build.precision)
     shapes = profile_shapes(info.inputs, key.profile)
     return NetworkInputs(onnx, shapes, BUILDER_FLAGS[build.precision])
@@ -128,7 +120,7 @@ def build_engine(
     start = time.perf_counter()
     plan = serialize_network(trt, network, build, timing_cache)
     sidecar = EngineSidecar(
-        key=key, config_sha256=config_sha256(info.config), source=info.metadata.get("source", ""),
+        key=key, config_sha256=config_digest(info.config), source=info.metadata.get("source", ""),
         gpu_name=env.gpu_name, built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
         build_seconds=round(time.perf_counter() - start, 1),
     )
@@ -163,93 +155,5 @@ def serialize_network(trt: Any, network: NetworkInputs, build: BuildConfig,
         raise ConfigError(f"TensorRT could not build an engine from {network.onnx} "
                           "(its log above says why)")
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(timing_cache, bytes(cache.serialize()))
+    write_atomic(timing_cache, bytes(cache.serialize()))
     return bytes(plan)
-
-
-# --------------------------------------------------------------------------------------------
-# Runtime: the denoiser call on an engine
-# --------------------------------------------------------------------------------------------
-
-
-def request_dims(prepared: PreparedConditions) -> dict[str, int]:
-    """The velocity graph's axes for one request's prepared conditions."""
-    return {BATCH: prepared.visual.shape[0], AUDIO_LEN: prepared.audio_len,
-            VISUAL_LEN: prepared.visual.shape[1], TEXT_LEN: prepared.text_k[0].shape[2]}
-
-
-class TensorRTDenoiser:
-    """A velocity engine with the eager module's per-step call (`model_fn`)."""
-
-    def __init__(self, plan: str | Path, device: torch.device | str = "cuda") -> None:
-        trt = require_tensorrt()
-        self.plan = Path(plan)
-        self.sidecar = EngineSidecar.read(self.plan.with_suffix(".json"))
-        env = current_env(trt)
-        key = self.sidecar.key
-        if (key.gpu_arch, key.tensorrt_version) != (env.gpu_arch, env.tensorrt_version):
-            raise ConfigError(f"{self.plan} was built for {key.gpu_arch} with TensorRT "
-                              f"{key.tensorrt_version}, this is {env.gpu_arch} with "
-                              f"{env.tensorrt_version}: rebuild it with 'foleyrt export tensorrt'")
-        self.device = torch.device(device)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(self.plan.read_bytes())
-        if self.engine is None:
-            raise ConfigError(f"{self.plan}: TensorRT could not load this engine")
-        self.context = self.engine.create_execution_context()
-        to_torch = {trt.float32: torch.float32, trt.float16: torch.float16,
-                    trt.bfloat16: torch.bfloat16, trt.int32: torch.int32, trt.int64: torch.int64}
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.dtypes = {n: to_torch[self.engine.get_tensor_dtype(n)] for n in names}
-
-    def model_fn(self, prepared: PreparedConditions) -> ModelFn:
-        """The sampler's step function for one request: conditions cast once, bound every
-        step (the engine computes the timestep work itself, so `step` is not needed)."""
-        bad = uncovered(self.sidecar.key, request_dims(prepared))
-        if bad:
-            raise ConfigError(f"request outside the engine's profile ({', '.join(bad)}): build "
-                              "an engine for these lengths with 'foleyrt export tensorrt'")
-        conds = {name: t.to(self.device, self.dtypes[name]).contiguous()
-                 for name, t in condition_feeds(prepared).items()}
-        ctx = self.context
-
-        def fn(x: Tensor, t: Tensor, step: int) -> Tensor:
-            feeds = {"x": x.to(self.dtypes["x"]).contiguous(),
-                     "t": t.to(self.dtypes["t"]).contiguous(), **conds}
-            for name, tensor in feeds.items():
-                ctx.set_input_shape(name, tuple(tensor.shape))
-                ctx.set_tensor_address(name, tensor.data_ptr())
-            out = torch.empty(tuple(ctx.get_tensor_shape(OUTPUT)), dtype=self.dtypes[OUTPUT],
-                              device=self.device)
-            ctx.set_tensor_address(OUTPUT, out.data_ptr())
-            if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-                raise RuntimeError(f"TensorRT failed to run {self.plan.name}")
-            return out
-
-        return fn
-
-
-_denoisers: dict[Path, TensorRTDenoiser] = {}
-
-
-def engine_model_fn(
-    dit: FoleyDiT, prepared: PreparedConditions, *, plan: str | Path | None = None,
-    precision: str | None = None, cache: EngineCache | None = None,
-) -> ModelFn:
-    """`--accel tensorrt`: the step function on `plan`, or on the newest cached engine for
-    `dit`'s configuration and this request. Loaded engines are kept for the process (an XXL
-    engine takes seconds to deserialise). The engine carries its own copy of the weights:
-    the sidecar's `key.weights_sha256` names them."""
-    config = config_sha256(dataclasses.asdict(dit.config))
-    if plan is None:
-        env = current_env(require_tensorrt())
-        plan = select_engine(cache or EngineCache(), env, config, request_dims(prepared),
-                             precision)
-    path = Path(plan).resolve()
-    denoiser = _denoisers.get(path)
-    if denoiser is None:
-        denoiser = _denoisers[path] = TensorRTDenoiser(path, prepared.visual.device)
-    if denoiser.sidecar.config_sha256 != config:
-        raise ConfigError(f"{path} was exported from another model configuration than the "
-                          "loaded transformer's")
-    return denoiser.model_fn(prepared)

@@ -29,12 +29,11 @@ from av.stream import Disposition
 from PIL import Image
 from torch import Tensor
 
-from foleyrt.config import SIGLIP_FPS, SYNC_FPS, SYNC_WINDOW
 from foleyrt.errors import InputError, MediaError
+from foleyrt.lengths import SIGLIP_FPS, SYNC_FPS, SYNC_WINDOW
 from foleyrt.media.resize import pil_bilinear_resize, torch_bicubic_aa_resize
+from foleyrt.request import MAX_SECONDS, MIN_SECONDS
 
-MIN_SECONDS = 1.0
-MAX_SECONDS = 15.0
 # Containers round durations (e.g. to the audio packet grid): a clip this close to a limit is
 # treated as being at it.
 DURATION_SLACK_S = 0.05
@@ -391,13 +390,6 @@ def to_model_range(u8: Tensor) -> Tensor:
     """uint8 pixels -> float32 in [-1, 1] (`/255`, then mean 0.5 / std 0.5), on u8's device:
     the pipeline ships uint8 to the GPU (4x less traffic) and converts there."""
     return u8.to(torch.float32).div(255).sub(0.5).div(0.5)
-
-
-def audio_latent_frames(duration_s: float, rate: int = 50) -> int:
-    """The release's latent length `int(duration_s * rate)`: a float product truncated, so
-    some frame counts give one latent frame fewer than 2·T25 (spec/pipeline.md §2.3); kept
-    for parity."""
-    return int(duration_s * rate)
 
 
 # --------------------------------------------------------------------------------------------

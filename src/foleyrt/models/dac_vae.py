@@ -8,21 +8,17 @@ valid official checkpoint. The pipeline only decodes, so the usual build is deco
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foleyrt.config import RELEASED_DAC, DACConfig
-from foleyrt.errors import ConfigError, InputError, UsageError, WeightsError
-from foleyrt.weights import Checkpoint, load_into, read_checkpoint
+from foleyrt.config import DACConfig
+from foleyrt.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -354,83 +350,3 @@ class DACVAE(nn.Module):
             if isinstance(module, _WeightNormConv):
                 module.fold_()
         return self
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-def load_dac(
-    path: str | Path,
-    *,
-    config: DACConfig | None = None,
-    decoder_only: bool = True,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    overrides: Mapping[str, Any] | None = None,
-    fold: bool = True,
-) -> DACVAE:
-    """Load a DAC-VAE checkpoint for inference (eval mode, no grads).
-
-    The architecture comes, in order of precedence, from `overrides` (constructor kwargs, as
-    `DAC.load(path, **kwargs)` takes them), `config`, the file's `metadata["kwargs"]` (the
-    official container), and finally `RELEASED_DAC` (a flat state dict, e.g. a safetensors
-    conversion, carries no kwargs). Unknown kwarg names are dropped like the release does.
-
-    The model is built on `meta` and the checkpoint assigned strictly; a decoder-only build
-    ignores (and reports) the encoder keys. Weight norm is folded in float32 before the cast
-    to `dtype` (`fold=False` keeps it live, e.g. for training).
-    """
-    ckpt = read_checkpoint(path)
-    cfg = _resolve_config(ckpt, config, overrides)
-    with torch.device("meta"):
-        model = DACVAE(cfg, decoder_only=decoder_only)
-    load_into(
-        model,
-        ckpt.state_dict,
-        file=ckpt.path,
-        ignore_prefixes=ENCODER_PREFIXES if decoder_only else (),
-    )
-    if fold:
-        model.fold_weight_norm()
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def _resolve_config(
-    ckpt: Checkpoint, config: DACConfig | None, overrides: Mapping[str, Any] | None
-) -> DACConfig:
-    stored = _metadata_kwargs(ckpt)
-    if config is not None:
-        kwargs = asdict(config)
-        if stored is not None and _try_config(stored) != config:
-            log.warning("%s: its metadata kwargs differ from the given DAC config; "
-                        "using the given config", ckpt.path)
-    else:
-        kwargs = dict(stored) if stored is not None else asdict(RELEASED_DAC)
-    kwargs.update(overrides or {})
-    try:
-        return DACConfig.from_kwargs(kwargs)
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise WeightsError(f"{ckpt.path}: unusable DAC configuration ({exc})") from None
-
-
-def _metadata_kwargs(ckpt: Checkpoint) -> Mapping[str, Any] | None:
-    """`metadata["kwargs"]` of the official container, or of a safetensors header (whose
-    metadata values can only be strings, so there it must be JSON)."""
-    kwargs = ckpt.metadata.get("kwargs")
-    if isinstance(kwargs, str):
-        try:
-            kwargs = json.loads(kwargs)
-        except json.JSONDecodeError:
-            raise WeightsError(f"{ckpt.path}: metadata 'kwargs' is not valid JSON") from None
-    if kwargs is not None and not isinstance(kwargs, Mapping):
-        raise WeightsError(f"{ckpt.path}: metadata 'kwargs' is not a mapping")
-    return kwargs
-
-
-def _try_config(kwargs: Mapping[str, Any]) -> DACConfig | None:
-    try:
-        return DACConfig.from_kwargs(kwargs)
-    except (ConfigError, TypeError, ValueError):
-        return None

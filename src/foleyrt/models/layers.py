@@ -11,26 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 FP32_EPS = torch.finfo(torch.float32).eps
-
-
-@dataclass(frozen=True)
-class GemmInput:
-    """The input rows a GEMM layer's `gemm` reads, for a producer that writes them directly
-    (`accel.kernels`): values rounded to `round_dtype`, then (`scale` given) divided by that
-    static per-tensor scale and stored as `dtype`; `taps` consecutive tokens per row (a temporal
-    conv with its taps on the input: `TapLayout.gemm_input`'s unfold), else 1."""
-
-    dtype: torch.dtype
-    round_dtype: torch.dtype
-    scale: Tensor | None = None
-    taps: int = 1
 
 
 class Linear(nn.Linear):
@@ -41,9 +27,6 @@ class Linear(nn.Linear):
 
     def gemm(self, rows: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(rows, self.weight, bias)
-
-    def input_format(self) -> GemmInput:
-        return GemmInput(self.weight.dtype, self.weight.dtype)
 
 
 def add_bias(y: Tensor, bias: Tensor | None) -> Tensor:
@@ -188,9 +171,6 @@ class TemporalConv(TapLayout, nn.Module):
 
     def gemm(self, rows: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(rows, self.gemm_weight(self.weight), bias)
-
-    def input_format(self) -> GemmInput:
-        return GemmInput(self.weight.dtype, self.weight.dtype, taps=self.input_taps)
 
 
 def _gemm_order(weight: Tensor, taps_on_output: bool) -> Tensor:

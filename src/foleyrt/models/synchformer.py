@@ -16,15 +16,14 @@ tokens are a handful of kernel launches per block, not Python loops.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foleyrt.config import SYNC_FPS, SYNC_STRIDE, SYNC_WINDOW, SynchformerConfig
+from foleyrt.config import SynchformerConfig
+from foleyrt.lengths import SYNC_FPS, SYNC_STRIDE, SYNC_WINDOW
 from foleyrt.errors import InputError
-from foleyrt.weights import load_into, read_checkpoint
 
 LN_EPS = 1e-6
 # Parts of the released file that the Foley pipeline never runs (spec §2, §8).
@@ -371,28 +370,8 @@ class FullSynchformer(Synchformer):
 
 
 # --------------------------------------------------------------------------------------------
-# Loading and pipeline helpers
+# Pipeline helpers
 # --------------------------------------------------------------------------------------------
-
-
-def load_synchformer(
-    path: str | Path,
-    config: SynchformerConfig = SynchformerConfig(),
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> Synchformer:
-    """The visual branch from a full released file or a `vfeat_extractor.*`-only file.
-
-    All visual keys must be present; the released audio/offset parts are ignored (and
-    reported). Built on `meta`, so the weights are assigned, never initialised or copied twice.
-    """
-    with torch.device("meta"):
-        model = Synchformer(config)
-    ckpt = read_checkpoint(path)
-    load_into(model, ckpt.state_dict, file=ckpt.path, ignore_prefixes=UNUSED_PREFIXES,
-              dtype=dtype)
-    return model.to(device).eval().requires_grad_(False)
 
 
 def segment_windows(
@@ -408,16 +387,6 @@ def segment_windows(
             f"needs at least {window} ({window / SYNC_FPS:.2f} s)"
         )
     return frames.unfold(0, window, stride).permute(0, 4, 1, 2, 3).unsqueeze(1)
-
-
-def sync_window_count(n_frames: int) -> int:
-    """Complete windows in `n_frames` 25 fps frames (not positive below one window)."""
-    return (n_frames - SYNC_WINDOW) // SYNC_STRIDE + 1
-
-
-def sync_token_count(n_frames: int) -> int:
-    """Sync tokens for `n_frames` 25 fps frames: 8 per complete window."""
-    return 8 * sync_window_count(n_frames)
 
 
 def sync_features(model: Synchformer, frames: Tensor, batch_size: int | None = None) -> Tensor:

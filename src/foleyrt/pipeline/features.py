@@ -24,7 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from foleyrt.config import SIGLIP_FPS, SYNC_FPS, SYNC_STRIDE, SYNC_WINDOW
+from foleyrt.accel.process import encoder_matmul_precision
+from foleyrt.lengths import (
+    SIGLIP_FPS,
+    SYNC_FPS,
+    SYNC_STRIDE,
+    SYNC_WINDOW,
+    SequenceLengths,
+    sync_window_count,
+)
 from foleyrt.media.video import (
     DecodedClip,
     FrameBranch,
@@ -36,14 +44,9 @@ from foleyrt.media.video import (
     probe_video,
     to_model_range,
 )
-from foleyrt.models.synchformer import (
-    Synchformer,
-    sync_features,
-    sync_token_count,
-    sync_window_count,
-)
-from foleyrt.pipeline.conditions import Conditions
+from foleyrt.models.synchformer import Synchformer, sync_features
 from foleyrt.pipeline.models import FoleyModels
+from foleyrt.sampling.conditions import Conditions
 
 SIGLIP_CHUNK = 16  # frames per streamed SigLIP2 call
 SYNC_GROUP = 6  # windows per streamed Synchformer call
@@ -58,28 +61,15 @@ def sync_autocast(device: torch.device):  # type: ignore[no-untyped-def]
     return nullcontext()
 
 
-@contextmanager
-def encoder_matmul_precision(fast: bool) -> Iterator[None]:
-    """TF32 matmuls for the fp32 encoders when `fast` (the accelerated modes: ~4x faster
-    SigLIP2; the bench reports the resulting audio-level distance). The eager mode keeps the
-    release's full fp32 matmuls."""
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if fast else saved)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved)
-
-
 @dataclass
 class EncodedClip:
-    """A clip's conditions. `duration_s` is the audio length the model is asked for (T25 /
-    25), `info.duration_s` the length the audio is fitted to; `decode_s`: wall time until the
-    last frame was decoded (features computed after it: the rest of the stage)."""
+    """A clip's conditions. `lengths` are what the model sees (its audio is the span of the
+    25 fps frames), `info.duration_s` the length the audio is fitted to; `decode_s`: wall time
+    until the last frame was decoded (features computed after it: the rest of the stage)."""
 
     info: VideoInfo
     conditions: Conditions
-    duration_s: float
+    lengths: SequenceLengths
     decode_s: float
 
 
@@ -94,7 +84,8 @@ def encode_video(
         clip = decode_clip(path)
         decode_s = time.perf_counter() - t0
         cond = video_conditions(models, clip, prompt, negative_prompt, device, fast)
-        return EncodedClip(clip.info, cond, clip.duration_s, decode_s)
+        lengths = SequenceLengths(clip.siglip_u8.shape[0], clip.sync_u8.shape[0])
+        return EncodedClip(clip.info, cond, lengths, decode_s)
     return _stream_video(models, probe_video(path), prompt, negative_prompt, device, fast)
 
 
@@ -142,7 +133,7 @@ def _stream_video(
         windows.encode_ready(final=True)
         sync_feat = windows.tokens()
     cond = Conditions(clip_feat, sync_feat, text, uncond)
-    return EncodedClip(info, cond, len(sync) / SYNC_FPS, decode_s)
+    return EncodedClip(info, cond, SequenceLengths(len(siglip), len(sync)), decode_s)
 
 
 @contextmanager
@@ -213,21 +204,13 @@ class _SyncWindows:
         return torch.cat(self.outputs, dim=1)
 
 
-def text_only_lengths(duration_s: float) -> tuple[int, int, float]:
-    """(SigLIP2 frames, Synchformer tokens, audio seconds) for a text-only request: the lengths
-    a constant-frame-rate video of `duration_s` would give."""
-    n_sync_frames = int(duration_s * SYNC_FPS)
-    return int(duration_s * SIGLIP_FPS), sync_token_count(n_sync_frames), n_sync_frames / SYNC_FPS
-
-
 def text_only_conditions(
-    models: FoleyModels, duration_s: float, prompt: str, negative_prompt: str
-) -> tuple[Conditions, float]:
-    """Without a video both CFG branches see the learnt "no video" features; guidance then
-    acts on the text alone. Returns the conditions and the audio duration they describe."""
-    n_clip, n_sync, audio_s = text_only_lengths(duration_s)
+    models: FoleyModels, lengths: SequenceLengths, prompt: str, negative_prompt: str
+) -> Conditions:
+    """Without a video both CFG branches see the learnt "no video" features (as long as a clip
+    of the requested duration would have); guidance then acts on the text alone."""
     dit = models.dit
     text, uncond = models.clap(prompt, negative_prompt)
-    clip_feat = dit.empty_clip(1, n_clip).float()
-    sync_feat = dit.empty_sync(1, n_sync).float()
-    return Conditions(clip_feat, sync_feat, text, uncond), audio_s
+    clip_feat = dit.empty_clip(1, lengths.clip_frames).float()
+    sync_feat = dit.empty_sync(1, lengths.sync_tokens).float()
+    return Conditions(clip_feat, sync_feat, text, uncond)

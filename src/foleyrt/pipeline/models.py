@@ -2,8 +2,9 @@
 
 `load_models` resolves the released files (local directory or hub), builds every network on the
 `meta` device and assigns the checkpoint tensors (no random init of billions of parameters),
-then places them with the runtime's device and dtypes. `random_models` builds the tiny config of
-every component with deterministic random weights: the whole pipeline runs anywhere without a
+then places them with the runtime's device, dtypes and memory mode, and makes the transformer
+the sampler's denoiser (`accel.recipes.apply`). `random_models` builds the tiny config of every
+component with deterministic random weights: the whole pipeline runs anywhere without a
 download, and everything it makes is labelled as random.
 """
 
@@ -16,26 +17,26 @@ from pathlib import Path
 
 import torch
 
-from foleyrt.accel import preload_compiled
-from foleyrt.accel.offload import BlockStreamer, ModelOffloader, stream_blocks
-from foleyrt.accel.quant import apply_precision, check_precision, stored_fp8_modules
-from foleyrt.config import (
-    HUB_REPO,
-    PRESETS,
-    TINY,
-    TINY_RANDOM,
-    DiTConfig,
-    ModelSpec,
-    OffloadPlan,
-    RuntimeConfig,
-)
-from foleyrt.errors import ConfigError, UsageError
-from foleyrt.models.dac_vae import DACVAE, load_dac
+from foleyrt.accel.compile import BlockGraphs
+from foleyrt.accel.offload import ModelOffloader, StreamedDenoiser
+from foleyrt.accel.quant import quantizable_modules, stored_fp8_modules
+from foleyrt.accel.recipes import apply, preload
+from foleyrt.accel.runtime import OffloadKind, Precision, RuntimeConfig
+from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM, DiTConfig, ModelSpec
+from foleyrt.errors import UsageError
+from foleyrt.models.dac_vae import DACVAE
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.encoders import ClapTextEncoder, SigLIP2Encoder
 from foleyrt.models.random_init import randomize_
-from foleyrt.models.synchformer import Synchformer, load_synchformer
-from foleyrt.weights import load_into, read_checkpoint, resolve_files
+from foleyrt.models.synchformer import Synchformer
+from foleyrt.sampling.denoiser import Denoiser
+from foleyrt.weights import (
+    load_dac,
+    load_into,
+    load_synchformer,
+    read_checkpoint,
+    resolve_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +52,26 @@ class FoleyModels:
     source: str  # where the weights came from (directory, repo id, or "tiny-random")
     random_weights: bool = False  # outputs must then be labelled as noise
     stored_fp8: frozenset[str] = frozenset()  # transformer GEMMs whose file stores e4m3 weights
-    offloader: ModelOffloader | None = None  # --offload model
-    streamer: BlockStreamer | None = None  # --offload blocks:N
+    denoiser: Denoiser | None = None  # the transformer as the sampler runs it (`place`)
+    offloader: ModelOffloader | None = None  # --offload model / blocks:N
 
-    def place(self, runtime: RuntimeConfig) -> FoleyModels:
+    def place(self, runtime: RuntimeConfig, graphs: BlockGraphs | None = None) -> FoleyModels:
         """Put every network where the runtime's memory mode wants it, in its dtype and eval
-        mode. The transformer is quantised where its weights then are: the GPU normally, the
-        host for the offload modes (whose point is never holding it whole on the GPU)."""
-        plan = OffloadPlan.parse(runtime.offload)
-        dev = runtime.device
-        if plan.kind != "none" and dev.type != "cuda":
-            raise ConfigError("--offload moves weights between host and GPU memory: it needs "
-                              "a CUDA device")
-        home = dev if plan.kind == "none" else torch.device("cpu")
+        mode, and build the transformer's denoiser (`graphs`: compiled block graphs being
+        preloaded). The transformer is transformed where its weights then are: the GPU
+        normally, the host for the offload modes (whose point is never holding it whole on
+        the GPU)."""
+        offload = runtime.offload.kind is not OffloadKind.NONE
+        home = torch.device("cpu") if offload else runtime.device
         self.dit.to(home, runtime.dtype).eval().requires_grad_(False)
-        apply_precision(self.dit, runtime, self.stored_fp8)
         self.vae.to(home, runtime.vae_dtype).eval().requires_grad_(False)
         for enc in (self.synchformer, self.siglip, self.clap):
             enc.to(home, runtime.encoder_dtype).eval().requires_grad_(False)
-        if plan.kind == "blocks":
-            self.streamer = stream_blocks(self.dit, plan.slots, dev)
-        if plan.kind != "none":
-            streamed = self.streamer.tensor_ids if self.streamer else frozenset()
-            self.offloader = ModelOffloader(self.networks, dev, exclude=streamed)
+        self.denoiser = apply(self.dit, runtime, stored_fp8=self.stored_fp8, graphs=graphs)
+        if offload:
+            streamed = (self.denoiser.streamer.tensor_ids
+                        if isinstance(self.denoiser, StreamedDenoiser) else frozenset())
+            self.offloader = ModelOffloader(self.networks, runtime.device, exclude=streamed)
         return self
 
     @property
@@ -101,7 +99,7 @@ def load_models(model: str = HUB_REPO, size: str = "xxl", *, runtime: RuntimeCon
         return random_models().place(runtime)
     spec = model_spec(size)
     files = resolve_files(model, [spec.dit_file, spec.vae_file, spec.synchformer_file])
-    preload_compiled(runtime)  # on a thread, while the weights load
+    graphs = preload(runtime)  # on a thread, while the weights load
     dit, stored_fp8 = load_dit(files[spec.dit_file], spec.dit, runtime)
     vae = load_dac(files[spec.vae_file], decoder_only=True, dtype=runtime.vae_dtype)
     synchformer = load_synchformer(files[spec.synchformer_file], spec.synchformer,
@@ -109,7 +107,7 @@ def load_models(model: str = HUB_REPO, size: str = "xxl", *, runtime: RuntimeCon
     siglip = SigLIP2Encoder.from_pretrained(spec.siglip_repo)
     clap = ClapTextEncoder.from_pretrained(spec.clap_repo, text_length=spec.dit.text_length)
     return FoleyModels(spec, dit, vae, synchformer, siglip, clap, model,
-                       stored_fp8=stored_fp8).place(runtime)
+                       stored_fp8=stored_fp8).place(runtime, graphs)
 
 
 def load_dit(
@@ -117,14 +115,16 @@ def load_dit(
 ) -> tuple[FoleyDiT, frozenset[str]]:
     """The transformer built on meta with `path`'s tensors assigned in the compute dtype (fp8
     ones upcast, exactly), and, for precision fp8, the GEMMs whose float8_e4m3fn weights
-    `place` then uses as stored. The precision's options are checked before the file is read."""
+    `place` then uses as stored. A calibration is checked against the model before the file
+    is read."""
     with torch.device("meta"):
         dit = FoleyDiT(cfg)
-    check_precision(runtime, dit)
+    if runtime.quantized and runtime.calibration is not None:
+        runtime.calibration.check(dit, quantizable_modules(dit))
     ckpt = read_checkpoint(path)
     stored = stored_fp8_modules(ckpt, cfg)
     load_into(dit, ckpt.state_dict, file=ckpt.path, dtype=runtime.dtype)
-    return dit, stored if runtime.precision == "fp8" else frozenset()
+    return dit, stored if runtime.precision is Precision.FP8 else frozenset()
 
 
 def random_models(

@@ -1,33 +1,39 @@
 """`FoleyPipeline`: video (or text) in, 48 kHz audio out. The one entry point that the CLI,
-batch mode and the server share."""
+batch mode and the server share.
+
+A generation is three stages, which batch mode also runs apart: `encode` (decode the clip,
+compute its SigLIP2, Synchformer and CLAP features), `denoise` (the sampler over the
+transformer's `Denoiser`, for any number of encoded requests at once) and `finish` (VAE decode,
+audio fitted to the clip's length).
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from foleyrt import __version__
-from foleyrt.config import HUB_REPO, RuntimeConfig
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.config import HUB_REPO
 from foleyrt.errors import Cancelled, InputError, UsageError
+from foleyrt.lengths import SequenceLengths
 from foleyrt.media.audio import check_output_path, fit_length, mux_video, numbered_paths, write_wav
-from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS, audio_latent_frames
-from foleyrt.pipeline.conditions import Conditions, prepare_rows
 from foleyrt.pipeline.features import encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_models
-from foleyrt.pipeline.sampling import StepEvent, denoise, flow_schedule, guidance_active
+from foleyrt.request import GenerationRequest
+from foleyrt.sampling.conditions import Conditions
+from foleyrt.sampling.denoiser import Denoiser
+from foleyrt.sampling.loop import StepEvent, Task, denoise
+from foleyrt.sampling.schedule import flow_schedule
+from foleyrt.version import __version__
 
 log = logging.getLogger(__name__)
-
-DEFAULT_NEGATIVE_PROMPT = "noisy, harsh"
-MAX_SAMPLES = 16
-MAX_STEPS = 500
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ ProgressFn = Callable[[Progress], bool | None]
 
 @dataclass
 class FoleyResult:
-    audio: Tensor  # [num_samples, channels, n] float32 on the CPU, fitted to the video length
+    audio: Tensor  # [samples, channels, n] float32 on the CPU, fitted to the video length
     sample_rate: int
     duration_s: float  # the duration the audio was fitted to
     latent_frames: int
@@ -52,7 +58,7 @@ class FoleyResult:
     seed: int | None
     random_weights: bool
     timings: dict[str, float] = field(default_factory=dict)
-    latents: Tensor | None = None  # the final latents [num_samples, 128, Na], fp32 on the CPU
+    latents: Tensor | None = None  # the final latents [samples, 128, Na], fp32 on the CPU
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -73,7 +79,7 @@ class FoleyResult:
             check_output_path(p, overwrite=overwrite, inputs=inputs)
         if paths[0].suffix.lower() == ".mp4" and self.video is None:
             raise UsageError("an .mp4 output needs a source video; use a .wav for text-only")
-        for p, track in zip(paths, self.audio):
+        for p, track in zip(paths, self.audio, strict=True):
             if p.suffix.lower() == ".mp4":
                 assert self.video is not None
                 mux_video(self.video, p, track, self.sample_rate, metadata=self.metadata,
@@ -83,21 +89,51 @@ class FoleyResult:
         return paths
 
 
-def _check_progress(progress: ProgressFn | None, stage: str, step: int, total: int) -> None:
+@dataclass
+class Encoded:
+    """A request with its conditions, ready to denoise: `lengths` the token counts the model
+    sees, `fit_s` the duration the audio is fitted to (the clip's own)."""
+
+    video: Path | None
+    request: GenerationRequest
+    conditions: Conditions
+    lengths: SequenceLengths
+    fit_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def report(progress: ProgressFn | None, stage: str, step: int = 0, total: int = 1) -> None:
+    """Tell `progress` where the work is; raise `Cancelled` when it asks to stop."""
     if progress is not None and progress(Progress(stage, step, total)):
         raise Cancelled("generation cancelled")
 
 
+def initial_noise(shape: tuple[int, ...], seed: int | None,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """The request's starting latent: from `generator` if given, else from a CPU generator
+    seeded with `seed` (fresh when None), so a seed gives the same noise on any device."""
+    if generator is None:
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+    return torch.randn(shape, generator=generator, device=generator.device)
+
+
 class FoleyPipeline:
     def __init__(self, models: FoleyModels, runtime: RuntimeConfig) -> None:
+        if models.denoiser is None:
+            raise UsageError("place the models first: FoleyModels.place(runtime)")
         self.models = models
         self.runtime = runtime
+        self.denoiser: Denoiser = models.denoiser
 
     @classmethod
     def from_pretrained(
         cls, model: str = HUB_REPO, size: str = "xxl", runtime: RuntimeConfig | None = None
     ) -> FoleyPipeline:
-        runtime = runtime or RuntimeConfig.auto()
+        runtime = runtime or RuntimeConfig.build()
         return cls(load_models(model, size, runtime=runtime), runtime)
 
     @property
@@ -108,101 +144,105 @@ class FoleyPipeline:
     def generate(
         self,
         video: str | Path | None = None,
+        request: GenerationRequest | None = None,
         *,
-        prompt: str = "",
-        negative_prompt: str | None = DEFAULT_NEGATIVE_PROMPT,
-        steps: int = 50,
-        guidance_scale: float = 4.5,
-        num_samples: int = 1,
-        seed: int | None = None,
         generator: torch.Generator | None = None,
-        duration: float | None = None,
         noise: Tensor | None = None,
         progress: ProgressFn | None = None,
     ) -> FoleyResult:
-        """Generate `num_samples` sound tracks for `video` (or, without one, `duration`
+        """`request.samples` sound tracks for `video` (or, without one, `request.duration`
         seconds of text-to-audio). Noise comes from `noise` if given, else from `generator`,
-        else from a CPU generator seeded with `seed` (fresh when None): the same seed gives
-        the same noise on any device."""
-        validate_request(steps, guidance_scale, num_samples, video, duration)
-        negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
-        timings: dict[str, float] = {}
+        else from the request's seed (see `initial_noise`)."""
+        request = (request or GenerationRequest()).check_source(video is not None)
         t0 = time.perf_counter()
+        encoded = self.encode(video, request, progress)
+        self._sync()
+        t1 = time.perf_counter()
+        (latents,) = self.denoise([encoded], generators=[generator],
+                                  noises=None if noise is None else [noise], progress=progress)
+        self._sync()
+        encoded.timings["denoise"] = time.perf_counter() - t1
+        result = self.finish(encoded, latents, progress)
+        result.timings["total"] = time.perf_counter() - t0
+        return result
 
-        models = self.models
+    def encode(self, video: str | Path | None, request: GenerationRequest,
+               progress: ProgressFn | None = None) -> Encoded:
+        """Decode `video` and compute its features (or, text-only, the empty visual ones)."""
+        models, device = self.models, self.runtime.device
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        negative = request.negative_prompt
         if video is not None:
-            _check_progress(progress, "video", 0, 1)
+            report(progress, "video")
             with models.stage(models.siglip, models.synchformer, models.clap):
-                clip = encode_video(models, video, prompt, negative, self.runtime.device,
-                                    fast=self.runtime.accel != "eager")
-            cond, audio_s, fit_s = clip.conditions, clip.duration_s, clip.info.duration_s
+                clip = encode_video(models, video, request.prompt, negative, device,
+                                    fast=self.runtime.fast_encoders)
+            cond, lengths, fit_s = clip.conditions, clip.lengths, clip.info.duration_s
             timings["video"] = clip.decode_s
-            _check_progress(progress, "features", 0, 1)
+            report(progress, "features")
         else:
-            assert duration is not None
-            _check_progress(progress, "features", 0, 1)
+            assert request.duration is not None
+            report(progress, "features")
+            lengths = SequenceLengths.of_duration(request.duration)
             with models.stage(models.clap):
-                cond, audio_s = text_only_conditions(models, duration, prompt, negative)
-            fit_s = duration
+                cond = text_only_conditions(models, lengths, request.prompt, negative)
+            fit_s = request.duration
         self._sync()
         timings["features"] = time.perf_counter() - t0 - timings.get("video", 0.0)
+        return Encoded(None if video is None else Path(video), request, cond, lengths, fit_s,
+                       timings)
 
-        t1 = time.perf_counter()
-        latents = self.sample(cond, audio_s, steps=steps, guidance_scale=guidance_scale,
-                              num_samples=num_samples, seed=seed, generator=generator,
-                              noise=noise, progress=progress)
-        self._sync()
-        timings["denoise"] = time.perf_counter() - t1
-
-        t2 = time.perf_counter()
-        _check_progress(progress, "decode", 0, 1)
-        audio = self.decode(latents)
-        target = round(fit_s * self.sample_rate)
-        audio = fit_length(audio, target)
-        timings["decode"] = time.perf_counter() - t2
-        timings["total"] = time.perf_counter() - t0
-        return FoleyResult(audio, self.sample_rate, fit_s, latents.shape[-1],
-                           Path(video) if video is not None else None, seed,
-                           self.models.random_weights, timings, latents.cpu())
-
-    def sample(
+    def denoise(
         self,
-        cond: Conditions,
-        audio_s: float,
+        encoded: Sequence[Encoded],
         *,
-        steps: int,
-        guidance_scale: float,
-        num_samples: int = 1,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
+        generators: Sequence[torch.Generator | None] | None = None,
+        noises: Sequence[Tensor] | None = None,
+        max_rows: int | None = None,
         progress: ProgressFn | None = None,
-    ) -> Tensor:
-        """The guided flow-matching loop on prepared conditions -> fp32 latents."""
+    ) -> list[Tensor]:
+        """The guided flow-matching loop for every encoded request at once (they share each
+        forward when their shapes allow, at most `max_rows` rows per forward) -> fp32 latents.
+        The requests must agree on the number of steps."""
+        steps = {e.request.steps for e in encoded}
+        if len(steps) != 1:
+            raise InputError(f"requests denoised together need one step count, got {sorted(steps)}")
         dit = self.models.dit
-        cfg = dit.config
-        n_latent = audio_latent_frames(audio_s, cfg.audio_frame_rate)
-        shape = (num_samples, cfg.audio_vae_latent_dim, n_latent)
-        noise = self._noise(shape, seed, generator) if noise is None else noise
-        if tuple(noise.shape) != shape:
-            raise InputError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
-        device = self.runtime.device
-        # The release draws its first latent in the transformer's dtype: round likewise.
-        x0 = noise.to(device=device, dtype=self.runtime.dtype)
-        guided = guidance_active(guidance_scale)
-        schedule = flow_schedule(steps, self.models.spec.diffusion, n_tokens=n_latent)
+        cfg, device = dit.config, self.runtime.device
+        tasks = []
+        for k, e in enumerate(encoded):
+            shape = (e.request.samples, cfg.audio_vae_latent_dim, e.lengths.latent_frames)
+            noise = None if noises is None else noises[k]
+            if noise is None:
+                gen = None if generators is None else generators[k]
+                noise = initial_noise(shape, e.request.seed, gen)
+            if tuple(noise.shape) != shape:
+                raise InputError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+            # The release draws its first latent in the transformer's dtype: round likewise.
+            x0 = noise.to(device=device, dtype=self.runtime.dtype)
+            tasks.append(Task.whole(x0, e.request.guidance, e.conditions.to(device)))
+        schedule = flow_schedule(steps.pop(), self.models.spec.diffusion,
+                                 n_tokens=encoded[0].lengths.latent_frames)
 
         def on_step(event: StepEvent) -> bool:
             assert progress is not None
             return bool(progress(Progress("denoise", event.index + 1, event.total)))
 
-        from foleyrt.accel import model_fn  # local: keeps acceleration machinery optional
-
         with self.models.stage(dit):
-            prepared = prepare_rows(dit, cond.to(device), num_samples, guided, n_latent)
-            fn = model_fn(dit, prepared, self.runtime, schedule)
-            return denoise(fn, x0, schedule, guidance_scale,
+            return denoise(self.denoiser, tasks, schedule, max_rows=max_rows,
                            on_step=on_step if progress else None)
+
+    def finish(self, encoded: Encoded, latents: Tensor,
+               progress: ProgressFn | None = None) -> FoleyResult:
+        """Decode `latents` and fit the audio to the clip's duration."""
+        t0 = time.perf_counter()
+        report(progress, "decode")
+        audio = fit_length(self.decode(latents), round(encoded.fit_s * self.sample_rate))
+        timings = {**encoded.timings, "decode": time.perf_counter() - t0}
+        return FoleyResult(audio, self.sample_rate, encoded.fit_s, latents.shape[-1],
+                           encoded.video, encoded.request.seed, self.models.random_weights,
+                           timings, latents.cpu())
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents `[n, 128, Na]` -> audio `[n, 1, 960 Na]` float32 on the CPU."""
@@ -210,17 +250,6 @@ class FoleyPipeline:
         with self.models.stage(vae):
             dtype = next(vae.parameters()).dtype
             return vae.decode(latents.to(self.runtime.device, dtype)).float().cpu()
-
-    def _noise(
-        self, shape: tuple[int, ...], seed: int | None, generator: torch.Generator | None
-    ) -> Tensor:
-        if generator is None:
-            generator = torch.Generator()
-            if seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(seed)
-        return torch.randn(shape, generator=generator, device=generator.device)
 
     def _sync(self) -> None:
         if self.runtime.device.type == "cuda":
@@ -234,25 +263,3 @@ def release_cuda_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def validate_request(
-    steps: int, guidance: float, samples: int, video: object, duration: float | None
-) -> None:
-    """The generation parameters' bounds, checked before any work (callers that queue requests
-    check them up front too)."""
-    if not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
-    if not 0.0 <= guidance <= 100.0:
-        raise InputError(f"guidance scale must be between 0 and 100, got {guidance}")
-    if not 1 <= samples <= MAX_SAMPLES:
-        raise InputError(f"samples must be between 1 and {MAX_SAMPLES}, got {samples}")
-    if video is None:
-        if duration is None:
-            raise InputError("text-only generation needs a duration (seconds)")
-        if not MIN_SECONDS <= duration <= MAX_SECONDS:
-            raise InputError(
-                f"duration must be between {MIN_SECONDS:g} and {MAX_SECONDS:g} s, got {duration:g}"
-            )
-    elif duration is not None:
-        raise InputError("duration is only for text-only generation; a video sets its own")

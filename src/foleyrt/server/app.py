@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from foleyrt import __version__
+from foleyrt.version import __version__
 from foleyrt.errors import FoleyError
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.errors import QueueFull

@@ -23,17 +23,8 @@ def generate(
 ) -> FoleyResult:
     """Run the pipeline with the job's stored parameters (and its upload, if any)."""
     params = JobParams.model_validate(job.params)
-    return pipeline.generate(
-        None if params.text_only else files.input_path(job.id),
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        steps=params.steps,
-        guidance_scale=params.guidance,
-        num_samples=params.samples,
-        seed=params.seed,
-        duration=params.duration,
-        progress=progress,
-    )
+    video = None if params.text_only else files.input_path(job.id)
+    return pipeline.generate(video, params.generation_request(), progress=progress)
 
 
 def write_outputs(result: FoleyResult, job_dir: Path) -> tuple[OutputFiles, ...]:

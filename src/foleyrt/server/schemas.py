@@ -9,14 +9,21 @@ from typing import Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS
-from foleyrt.pipeline.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_SAMPLES, MAX_STEPS
+from foleyrt.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SAMPLES,
+    MAX_SECONDS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_SECONDS,
+    GenerationRequest,
+)
 from foleyrt.server.store import JobRecord, JobState
 
 API_PREFIX = "/v1"
-MAX_PROMPT_CHARS = 1000
-MAX_SEED = 2**32 - 1
-DEFAULT_GUIDANCE = 4.5  # the release's default
 OutputFormat = Literal["wav", "mp4", "png"]
 
 
@@ -35,7 +42,7 @@ class JobRequest(BaseModel):
         description=f"what to steer away from (default {DEFAULT_NEGATIVE_PROMPT!r})")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                               description="sampler steps (default: the server's)")
-    guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=100.0,
+    guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE,
                             description="classifier-free guidance scale")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="noise seed (default: random)")
     samples: int = Field(1, ge=1, le=MAX_SAMPLES, description="number of sound tracks")
@@ -62,6 +69,11 @@ class JobParams(BaseModel):
     @property
     def text_only(self) -> bool:
         return self.video_name is None
+
+    def generation_request(self) -> GenerationRequest:
+        return GenerationRequest(prompt=self.prompt, negative_prompt=self.negative_prompt,
+                                 steps=self.steps, guidance=self.guidance,
+                                 samples=self.samples, seed=self.seed, duration=self.duration)
 
 
 class ProgressOut(BaseModel):

@@ -18,7 +18,8 @@ from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.cleanup import Janitor, expire_results
 from foleyrt.server.errors import JobConflict, JobNotFound, QueueFull, ResultsExpired
 from foleyrt.server.files import DataDir, new_job_id
-from foleyrt.server.schemas import MAX_SEED, JobParams, JobRequest, OutputFormat
+from foleyrt.request import MAX_SEED
+from foleyrt.server.schemas import JobParams, JobRequest, OutputFormat
 from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobRecord, JobState, JobStore
 from foleyrt.server.worker import Worker

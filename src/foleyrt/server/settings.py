@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foleyrt.config import HUB_REPO, RuntimeConfig
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.config import HUB_REPO
 from foleyrt.errors import ConfigError
-from foleyrt.pipeline.pipeline import MAX_SAMPLES, MAX_STEPS
+from foleyrt.request import DEFAULT_STEPS, MAX_SAMPLES, MAX_STEPS
 
 TOKEN_ENV = "FOLEYRT_API_TOKEN"
 MIB = 1024 * 1024
@@ -54,7 +55,7 @@ class ServerSettings:
     job_timeout_s: float = 600.0
     result_ttl_s: float = 24 * 3600.0
     cleanup_interval_s: float = 60.0
-    default_steps: int = 50
+    default_steps: int = DEFAULT_STEPS
     max_samples: int = 6  # the release's UI offers 1-6
     api_token: str | None = None
 

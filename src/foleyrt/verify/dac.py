@@ -12,9 +12,9 @@ from typing import Any
 from torch import Tensor
 
 from foleyrt.config import DACConfig
-from foleyrt.models.dac_vae import DACVAE, load_dac
+from foleyrt.models.dac_vae import DACVAE
 from foleyrt.verify.fixtures import Check, Fixtures, compare
-from foleyrt.weights import read_checkpoint
+from foleyrt.weights import load_dac, read_checkpoint
 
 
 def dac_model(fx: Fixtures, name: str = "dac") -> DACVAE:

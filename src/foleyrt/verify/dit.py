@@ -4,26 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from foleyrt.accel.recipes import apply
 from foleyrt.config import DiffusionConfig, DiTConfig
 from foleyrt.models.dit import FoleyDiT
+from foleyrt.sampling.denoiser import Denoiser
 from foleyrt.verify.fixtures import Check, Fixtures, compare
 from foleyrt.weights import load_checkpoint_into
 
 
-def dit_model(fx: Fixtures, name: str = "dit") -> FoleyDiT:
-    """The fixture's DiT, built from the manifest's official config, loaded strictly."""
+def dit_model(fx: Fixtures, name: str = "dit") -> tuple[FoleyDiT, Denoiser]:
+    """The fixture's DiT, built from the manifest's official config, loaded strictly, and the
+    denoiser the runtime under test makes of it (its blocks transformed in place)."""
 
-    def build() -> FoleyDiT:
+    def build() -> tuple[FoleyDiT, Denoiser]:
         entry = fx.weights_entry(name)
         cfg = DiTConfig.from_official(entry["config"]["model_config"]["model_kwargs"])
         model = FoleyDiT(cfg)
         load_checkpoint_into(model, fx.path(entry["file"]))
         model = model.to(fx.device).eval()
-        from foleyrt.accel import apply_accel  # local: accel pulls optional machinery
+        return model, apply(model, fx.runtime)
 
-        return apply_accel(model, fx.accel)
-
-    return fx.cached(f"dit:{name}:{fx.device}:{fx.accel}", build)
+    return fx.cached(f"dit:{name}:{fx.device}:{fx.runtime.accel.value}", build)
 
 
 def diffusion_config(fx: Fixtures, name: str = "dit") -> DiffusionConfig:
@@ -31,7 +32,7 @@ def diffusion_config(fx: Fixtures, name: str = "dit") -> DiffusionConfig:
 
 
 def run(case: dict[str, Any], fx: Fixtures) -> list[Check]:
-    model = dit_model(fx, case.get("weights", "dit"))
+    model, _ = dit_model(fx, case.get("weights", "dit"))
     tensors = fx.tensors(case["file"])
     args = {k: tensors[v["key"]].to(fx.device) for k, v in case["inputs"].items()}
     out = model(**args, drop_visual=case.get("drop_visual"))

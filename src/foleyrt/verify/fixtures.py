@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.errors import InputError
 
 # component -> "module:function"; each runner takes (case, Fixtures) and returns list[Check].
@@ -109,7 +110,7 @@ class Fixtures:
         float32: every mode must still meet their tolerances)."""
         self.root = Path(root)
         self.device = torch.device(device)
-        self.accel = accel
+        self.runtime = RuntimeConfig(device=self.device, accel=accel)
         manifest = self.root / "manifest.json"
         if not manifest.is_file():
             raise InputError(f"no manifest.json in {self.root}")

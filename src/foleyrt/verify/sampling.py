@@ -6,10 +6,11 @@ from typing import Any
 
 import torch
 
-from foleyrt.accel import model_fn
-from foleyrt.config import DiffusionConfig, RuntimeConfig
-from foleyrt.pipeline.conditions import Conditions, prepare_rows
-from foleyrt.pipeline.sampling import StepEvent, denoise, flow_schedule, guidance_active
+from foleyrt.config import DiffusionConfig
+from foleyrt.lengths import latent_frames
+from foleyrt.sampling.conditions import Conditions
+from foleyrt.sampling.loop import StepEvent, Task, denoise
+from foleyrt.sampling.schedule import flow_schedule
 from foleyrt.verify.dac import dac_model
 from foleyrt.verify.dit import diffusion_config, dit_model
 from foleyrt.verify.fixtures import Check, Fixtures, compare
@@ -46,43 +47,43 @@ def _diffusion_from_scheduler_kwargs(kwargs: dict[str, Any]) -> DiffusionConfig:
 
 def run_loop(case: dict[str, Any], fx: Fixtures) -> list[Check]:
     weights = case["weights"]
-    dit = dit_model(fx, weights["dit"])
+    _, denoiser = dit_model(fx, weights["dit"])
     dac = dac_model(fx, weights["dac"])
     params = case["params"]
     tensors = fx.tensors(case["file"])
     inp = {k: tensors[v["key"]].to(fx.device) for k, v in case["inputs"].items()}
     exp = {k: tensors[v["key"]] for k, v in case["expected"].items()}
     tol = case["tolerance"]
-    n = params["batch_size"]
     guidance = params["guidance_scale"]
-    latent_frames = params.get("latent_frames", int(params["audio_len_in_s"] * 50))
+    n_latent = params.get("latent_frames", latent_frames(params["audio_len_in_s"]))
 
     schedule = flow_schedule(params["num_inference_steps"], diffusion_config(fx, weights["dit"]),
-                             n_tokens=latent_frames)
+                             n_tokens=n_latent)
     checks = [
         compare("sigmas", schedule.sigmas, exp["sigmas"], tol["sigmas"]),
         compare("timesteps", schedule.timesteps, exp["timesteps"], tol["timesteps"]),
     ]
     cond = Conditions(inp["siglip2_feat"], inp["syncformer_feat"], inp["text_feat"],
                       inp["uncond_text_feat"])
-    prepared = prepare_rows(dit, cond, n, guidance_active(guidance), latent_frames)
+    noise = inp["initial_noise"]
+    if noise.shape[0] != params["batch_size"] or noise.shape[-1] != n_latent:
+        raise ValueError(f"initial noise {tuple(noise.shape)} does not match the case's params")
     events: list[StepEvent] = []
 
     def record(event: StepEvent) -> None:
         events.append(event)
 
-    runtime = RuntimeConfig(device=fx.device, accel=fx.accel)
-    final = denoise(model_fn(dit, prepared, runtime, schedule), inp["initial_noise"], schedule,
-                    guidance, on_step=record)
+    (final,) = denoise(denoiser, [Task.whole(noise, guidance, cond)], schedule, on_step=record)
     ltol = tol["latents"]
     if "latents" in exp:
-        got = torch.stack([inp["initial_noise"].float()] + [e.latent for e in events])
+        got = torch.stack([noise.float()] + [e.latents[0] for e in events])
         checks.append(compare("latents", got, exp["latents"], ltol))
     if "model_out" in exp:
-        checks.append(compare("model_out", torch.stack([e.model_out for e in events]),
+        outs = [e.model_out[0] for e in events]
+        checks.append(compare("model_out", torch.stack([o for o in outs if o is not None]),
                               exp["model_out"], ltol))
     if "velocity_guided" in exp:
-        checks.append(compare("velocity_guided", torch.stack([e.guided for e in events]),
+        checks.append(compare("velocity_guided", torch.stack([e.guided[0] for e in events]),
                               exp["velocity_guided"], ltol))
     if "step_t" in exp:
         checks.append(compare("step_t", torch.stack([e.timestep for e in events]),

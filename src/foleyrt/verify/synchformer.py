@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from foleyrt.config import SynchformerConfig
-from foleyrt.models.synchformer import Synchformer, load_synchformer
+from foleyrt.models.synchformer import Synchformer
+from foleyrt.weights import load_synchformer
 from foleyrt.verify.fixtures import Check, Fixtures, compare
 
 

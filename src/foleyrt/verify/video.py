@@ -20,11 +20,11 @@ from foleyrt.media.video import (
     FramePrep,
     Tick,
     assemble_clip,
-    audio_latent_frames,
     iter_ticks,
     probe_video,
     to_model_range,
 )
+from foleyrt.lengths import latent_frames
 from foleyrt.models.synchformer import sync_features
 from foleyrt.verify.fixtures import Check, Fixtures, compare
 from foleyrt.verify.synchformer import synchformer_model
@@ -51,7 +51,7 @@ def run(case: dict[str, Any], fx: Fixtures) -> list[Check]:
             checks += _raw_checks(name, branch, tap, fps, tensors, tol)
     if "audio_latent_frames" in case:
         checks.append(
-            _exact("audio_latent_frames", audio_latent_frames(clip.duration_s),
+            _exact("audio_latent_frames", latent_frames(clip.duration_s),
                    case["audio_latent_frames"])
         )
     if "encode_video_features" in case:

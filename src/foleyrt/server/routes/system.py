@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from foleyrt import __version__
-from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS
-from foleyrt.pipeline.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_STEPS
+from foleyrt.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_SECONDS,
+    MAX_STEPS,
+    MIN_SECONDS,
+)
 from foleyrt.server.deps import ServiceDep, require_token
 from foleyrt.server.schemas import (
-    DEFAULT_GUIDANCE,
     Defaults,
     ErrorOut,
     HealthOut,
@@ -17,6 +20,7 @@ from foleyrt.server.schemas import (
     ModelOut,
     ModelsOut,
 )
+from foleyrt.version import __version__
 
 router = APIRouter(tags=["service"])
 

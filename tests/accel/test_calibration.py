@@ -1,6 +1,6 @@
-"""`foleyrt calibrate` end to end on the example clip with the tiny random model, the file it
-writes (read back by int8 and by the TensorRT reader), and the one-line errors of a missing or
-mismatched file."""
+"""Calibration files (`accel.calibration`): what `foleyrt calibrate` writes on the example clip
+with the tiny random model, read back by int8 and by the engine builder, the one-line errors
+of a missing or mismatched file, and the recorder's hooks."""
 
 from __future__ import annotations
 
@@ -13,24 +13,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from foleyrt.accel.calibrate import (
+from foleyrt.accel.calibration import (
     CHANNEL_KEY,
     CONFIG_KEY,
     ActivationRecorder,
-    calibrate,
-    load_calibration,
+    Calibration,
     read_calibration,
     save_calibration,
 )
-from foleyrt.accel.quant import Int8Gemm, quantizable_names
+from foleyrt.accel.quant import Int8Gemm, quantizable_modules, quantizable_names
 from foleyrt.cli import main
-from foleyrt.config import TINY, RuntimeConfig
+from foleyrt.config import TINY
 from foleyrt.errors import ConfigError
-from foleyrt.export.onnx import read_amax
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.layers import Linear, TemporalConv
-from foleyrt.pipeline.models import random_models
-from foleyrt.pipeline.pipeline import FoleyPipeline
 
 REPO = Path(__file__).resolve().parents[2]
 CLIP = REPO / "examples" / "clip.mp4"
@@ -50,17 +46,21 @@ def calib_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_dit() -> FoleyDiT:
+def meta_dit() -> FoleyDiT:
     with torch.device("meta"):
         return FoleyDiT(TINY.dit)
 
 
-def test_calibration_file_is_valid_for_int8_and_tensorrt(calib_file, tiny_dit) -> None:
+def load_calibration(path: Path, dit: FoleyDiT) -> Calibration:
+    """As the pipeline checks a file before loading the weights."""
+    return read_calibration(path).check(dit, quantizable_modules(dit))
+
+
+def test_calibration_file_is_valid_for_int8_and_tensorrt(calib_file, meta_dit) -> None:
     names = set(quantizable_names(TINY.dit))
-    amax = read_amax(calib_file)  # the TensorRT engine builder's reader
+    calib = load_calibration(calib_file, meta_dit)
+    amax = calib.amax  # what the TensorRT engine builder reads too
     assert set(amax) == names and all(v > 0 for v in amax.values())
-    calib = load_calibration(calib_file, tiny_dit)
-    assert calib.amax == pytest.approx(amax)
     assert set(calib.channel_amax) == names
     for name, ranges in calib.channel_amax.items():
         assert float(ranges.max()) == pytest.approx(amax[name])
@@ -102,7 +102,7 @@ def _rewrite(src: Path, dst: Path, *, drop: str = "", **metadata: str) -> Path:
     return dst
 
 
-def test_mismatched_calibration_files_are_one_line_errors(calib_file, tiny_dit, tmp_path) -> None:
+def test_mismatched_calibration_files_are_one_line_errors(calib_file, meta_dit, tmp_path) -> None:
     cases = [
         (_rewrite(calib_file, tmp_path / "other.safetensors", **{CONFIG_KEY: "0" * 64}),
          "calibrated on another model configuration"),
@@ -117,17 +117,17 @@ def test_mismatched_calibration_files_are_one_line_errors(calib_file, tiny_dit, 
     ]
     for path, message in cases:
         with pytest.raises(ConfigError, match="^" + re.escape(str(path))) as info:
-            load_calibration(path, tiny_dit)
+            load_calibration(path, meta_dit)
         assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_channel_ranges_must_fit_the_modules(calib_file, tiny_dit, tmp_path) -> None:
+def test_channel_ranges_must_fit_the_modules(calib_file, meta_dit, tmp_path) -> None:
     calib = read_calibration(calib_file)
     wrong = dict(calib.channel_amax, **{"triple_blocks.0.audio_mlp.fc2": torch.ones(3)})
     path = save_calibration(dataclasses.replace(calib, channel_amax=wrong),
                             tmp_path / "wrong.safetensors")
     with pytest.raises(ConfigError, match="input channels"):
-        load_calibration(path, tiny_dit)
+        load_calibration(path, meta_dit)
 
 
 def test_recorder_keeps_the_range_of_each_input_channel() -> None:
@@ -142,13 +142,6 @@ def test_recorder_keeps_the_range_of_each_input_channel() -> None:
     assert torch.equal(rec.channel_amax["b"], expected)
     linear(xs[0])  # hooks removed on exit: nothing more recorded
     assert torch.equal(rec.channel_amax["a"], expected)
-
-
-def test_calibration_needs_the_unquantised_eager_model() -> None:
-    runtime = RuntimeConfig(precision="int8-weight")
-    pipe = FoleyPipeline(random_models().place(runtime), runtime)
-    with pytest.raises(ConfigError, match="unquantised model run eagerly"):
-        calibrate(pipe, [])
 
 
 def test_existing_output_is_kept_without_overwrite(tmp_path, capsys) -> None:

@@ -1,7 +1,7 @@
 """The exported graphs' interface: axis names, graph kinds, metadata keys, inputs and the
 wrapper modules that are traced. The exporter (`export.onnx`), the Q/DQ rewrite
-(`export.qdq`) and the engines (`export.tensorrt`) all speak it; it needs neither onnx nor
-TensorRT.
+(`export.qdq`), the engine builder (`export.tensorrt`) and the engine denoiser
+(`accel.tensorrt`) all speak it; it needs neither onnx nor TensorRT.
 
 What is exported, and why
 -------------------------

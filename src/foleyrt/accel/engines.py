@@ -1,5 +1,6 @@
-"""Which engine a build makes, and where it is kept: the cache key, the JSON sidecar beside a
-plan, and the engine cache with its lookups (by key for a build, by request for a run).
+"""Where TensorRT engines are kept: the cache key, the JSON sidecar beside a plan, and the
+engine cache with its lookups (by key for a build, by request for a run). The builder
+(`export.tensorrt`) writes it, the engine denoiser (`accel.tensorrt`) reads it.
 
 An engine is valid for one graph file, precision, calibration, profile, GPU architecture,
 TensorRT version and optimisation level: `EngineKey`, whose digest names the files
@@ -17,20 +18,30 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from foleyrt import __version__
+from foleyrt.accel.engine_io import VELOCITY
+from foleyrt.atomic import write_atomic
 from foleyrt.errors import ConfigError
-from foleyrt.export.build_config import BuildConfig, DimRange, dim_ranges
-from foleyrt.export.graph import VELOCITY
-from foleyrt.export.onnx import GraphInfo
+from foleyrt.version import __version__
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = Path.home() / ".cache" / "foleyrt" / "engines"
+
+
+class DimRange(NamedTuple):
+    """min / opt / max of one dynamic axis in an engine's optimisation profile."""
+
+    min: int
+    opt: int
+    max: int
+
+    def covers(self, value: int) -> bool:
+        return self.min <= value <= self.max
 
 
 @dataclass(frozen=True)
@@ -99,50 +110,6 @@ class EngineSidecar:
             raise ConfigError(f"{path}: not a valid engine sidecar ({exc})") from None
 
 
-def file_sha256(paths: Iterable[Path]) -> str:
-    """sha256 over the names and bytes of `paths`, in order."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def config_sha256(config: Mapping[str, Any]) -> str:
-    """Digest of a model configuration (as the exported graph's metadata stores it)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-
-
-def engine_key(info: GraphInfo, build: BuildConfig, env: BuildEnv) -> EngineKey:
-    """The key of the engine `build` makes from `info` on `env`. Reads every byte of the graph
-    (tens of seconds for an XXL export): the file's name alone would not see a re-export."""
-    if info.metadata.get("quantized"):
-        raise ConfigError(f"{info.path} is already quantised; give the exported graph, "
-                          "--precision int8/fp8 quantises it")
-    if build.calibration is not None and not build.calibration.is_file():
-        raise ConfigError(f"calibration file not found: {build.calibration}")
-    text_length = info.config.get("text_length", 0)
-    ranges = dim_ranges(info.kind, build.profile, text_length)
-    calibration = file_sha256([build.calibration]) if build.calibration else None
-    return EngineKey(
-        graph=info.kind, onnx_sha256=file_sha256(info.files),
-        weights_sha256=info.metadata.get("weights_sha256", ""), precision=build.precision,
-        calibration_sha256=calibration, profile=dict(sorted(ranges.items())),
-        gpu_arch=env.gpu_arch, tensorrt_version=env.tensorrt_version,
-        optimization_level=build.optimization_level,
-    )
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write through a temporary file and a rename: a crashed or concurrent build never
-    leaves half a plan or timing cache under the real name."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 class EngineCache:
     """Plans and sidecars in one directory, named by their key's digest."""
 
@@ -173,8 +140,8 @@ class EngineCache:
         """Write the plan, then its sidecar (a plan without one is never used)."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.plan_path(sidecar.key)
-        atomic_write(path, plan)
-        atomic_write(path.with_suffix(".json"), sidecar.to_json())
+        write_atomic(path, plan)
+        write_atomic(path.with_suffix(".json"), sidecar.to_json())
         return path
 
     def find(self, match: Callable[[EngineSidecar], bool]) -> Path | None:
@@ -202,8 +169,8 @@ def select_engine(
     cache: EngineCache, env: BuildEnv, config_digest: str, dims: Mapping[str, int],
     precision: str | None = None,
 ) -> Path:
-    """The newest velocity plan for this GPU, TensorRT, model configuration (`config_sha256`)
-    and request."""
+    """The newest velocity plan for this GPU, TensorRT, model configuration
+    (`config.config_digest`) and request."""
 
     def match(s: EngineSidecar) -> bool:
         k = s.key

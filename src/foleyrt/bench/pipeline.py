@@ -1,0 +1,153 @@
+"""The whole pipeline, warm: video file -> features -> 50 steps -> VAE -> written MP4, with
+real-size random-weight encoders, VAE and transformer, per runtime variant (acceleration,
+precision, memory mode). Each variant gets freshly built networks (its recipes transform them
+in place) with the same random weights and seed; its final latents and audio are compared with
+the first variant's (random-weight VAEs amplify small latent differences: the latent figures
+are the meaningful ones)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.bench.loop import distance
+from foleyrt.bench.models import random_dit
+from foleyrt.config import PRESETS
+from foleyrt.errors import UsageError
+from foleyrt.media.synthetic import write_test_clip
+from foleyrt.pipeline.models import random_models
+from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, release_cuda_memory
+from foleyrt.request import GenerationRequest
+
+PROMPT = "footsteps on gravel"
+
+
+@dataclass
+class PipelineRow:
+    size: str
+    duration_s: float
+    variant: str
+    runs_s: list[float]
+    peak_mem_gb: float
+    latent_cos_vs_first: float
+    latent_snr_db_vs_first: float
+    audio_cos_vs_first: float
+    audio_snr_db_vs_first: float
+    stages: dict[str, float] = field(default_factory=dict)  # of the median run
+    stage_peak_mem_gb: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.runs_s)
+
+
+def parse_variant(text: str) -> tuple[str, str | None, str]:
+    """`ACCEL[/PRECISION[/OFFLOAD]]`, e.g. `compile`, `compile/fp8`, `eager/bf16/blocks:4`."""
+    parts = text.split("/")
+    if not 1 <= len(parts) <= 3:
+        raise UsageError(f"pipeline variant {text!r} is not ACCEL[/PRECISION[/OFFLOAD]]")
+    accel, precision, offload = (parts + [None, "none"][len(parts) - 1:])[:3]
+    return accel, precision, offload or "none"
+
+
+def snr_db(got: Tensor, ref: Tensor) -> float:
+    noise = (got.double() - ref.double()).pow(2).sum().item()
+    return math.inf if noise == 0 else 10 * math.log10(ref.double().pow(2).sum().item() / noise)
+
+
+def bench_pipeline(size: str, durations: list[float], variants: list[str], runs: int,
+                   steps: int, device: torch.device, video_dir: Path | None = None
+                   ) -> Iterator[PipelineRow]:
+    """A row per variant and duration (720p 30 fps synthetic clips)."""
+    spec = PRESETS[size]
+    workdir = Path(video_dir or tempfile.mkdtemp(prefix="foleyrt-bench-"))
+    clips = {d: write_test_clip(workdir / f"clip_{d:g}s.mp4", d, width=1280, height=720, fps=30)
+             for d in durations}
+    request = GenerationRequest(prompt=PROMPT, steps=steps, seed=0)
+    first: dict[float, tuple[Tensor, Tensor]] = {}  # the first variant's audio and latents
+    for n, variant in enumerate(variants):
+        accel, precision, offload = parse_variant(variant)
+        runtime = RuntimeConfig.build(str(device), accel=accel, precision=precision,
+                                      offload=offload)
+        models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
+        pipe = FoleyPipeline(models.place(runtime), runtime)
+        for duration, video in clips.items():
+            runs_s, stages, peak, outputs = _time_pipeline(
+                pipe, video, workdir / f"out_{n}.mp4", runs, request)
+            ref_audio, ref_latent = first.setdefault(duration, outputs)
+            yield PipelineRow(
+                size, duration, variant, runs_s, peak,
+                distance(outputs[1], ref_latent)[0], snr_db(outputs[1], ref_latent),
+                distance(outputs[0], ref_audio)[0], snr_db(outputs[0], ref_audio),
+                stages, _stage_peaks(pipe, video, request))
+        del pipe, models
+        release_cuda_memory()
+
+
+def _time_pipeline(pipe: FoleyPipeline, video: Path, out: Path, runs: int,
+                   request: GenerationRequest
+                   ) -> tuple[list[float], dict[str, float], float, tuple[Tensor, Tensor]]:
+    """One warm-up and `runs` timed generations of `video` written to `out`: their times, the
+    median run's stages, the peak GPU memory, and the (audio, latents) made."""
+    device = pipe.runtime.device
+    outputs: tuple[Tensor, Tensor] | None = None
+
+    def run() -> dict[str, float]:
+        nonlocal outputs
+        res = pipe.generate(video, request)
+        t = time.perf_counter()
+        res.save(out, overwrite=True)
+        assert res.latents is not None
+        outputs = (res.audio, res.latents)
+        return {**res.timings, "mux": time.perf_counter() - t}
+
+    run()  # warm-up: compile, capture, cudnn autotune
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    stages, times = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        stages.append(run())
+        times.append(time.perf_counter() - t)
+    assert outputs is not None
+    peak = (torch.cuda.max_memory_allocated(device) / 2**30
+            if device.type == "cuda" else math.nan)
+    mid = stages[times.index(statistics.median_low(times))]
+    return times, {k: round(v, 3) for k, v in mid.items()}, peak, outputs
+
+
+def _stage_peaks(pipe: FoleyPipeline, video: Path, request: GenerationRequest
+                 ) -> dict[str, float]:
+    """Peak GPU memory (GiB) of each stage of one more, untimed generation: which stage sets
+    the whole pipeline's peak, and so what a memory saving has to shrink."""
+    device = pipe.runtime.device
+    if device.type != "cuda":
+        return {}
+    peaks: dict[str, float] = {}
+    current = "start"
+
+    def close_stage(name: str) -> None:
+        nonlocal current
+        torch.cuda.synchronize(device)
+        peaks[current] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats(device)
+        current = name
+
+    def on_progress(p: Progress) -> None:
+        if p.stage != current:
+            close_stage(p.stage)
+
+    torch.cuda.reset_peak_memory_stats(device)
+    pipe.generate(video, request, progress=on_progress)
+    close_stage("end")
+    peaks.pop("start", None)
+    return peaks

@@ -1,0 +1,86 @@
+"""What a user asks for in one generation, with its defaults and bounds written once.
+
+The CLI, batch items, the server's form and the Python API all build a `GenerationRequest`;
+its constructor is the one place that checks the values, so every front end refuses the
+same things with the same one-line message, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from foleyrt.errors import InputError
+
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 4.5  # the release's default CFG scale
+DEFAULT_NEGATIVE_PROMPT = "noisy, harsh"
+MAX_STEPS = 500
+MAX_GUIDANCE = 100.0
+MAX_SAMPLES = 16
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 1000
+MIN_SECONDS = 1.0  # shortest clip or text-only duration
+MAX_SECONDS = 15.0  # longest clip or text-only duration
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation's parameters (the video, if any, is passed beside it). `seed` None
+    draws fresh noise; `duration` (seconds) is for text-only requests, a video sets its own
+    length."""
+
+    prompt: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    samples: int = 1
+    seed: int | None = None
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.negative_prompt is None:  # "the default", as the front ends spell it
+            object.__setattr__(self, "negative_prompt", DEFAULT_NEGATIVE_PROMPT)
+        for name in ("prompt", "negative_prompt"):
+            if len(getattr(self, name)) > MAX_PROMPT_CHARS:
+                raise InputError(f"{name.replace('_', ' ')} is longer than {MAX_PROMPT_CHARS} "
+                                 "characters")
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_int("samples", self.samples, 1, MAX_SAMPLES)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, MAX_SEED)
+        if not (math.isfinite(self.guidance) and 0.0 <= self.guidance <= MAX_GUIDANCE):
+            raise InputError(f"guidance scale must be between 0 and {MAX_GUIDANCE:g}, "
+                             f"got {self.guidance}")
+        if self.duration is not None:
+            check_duration(self.duration)
+
+    @property
+    def text_only(self) -> bool:
+        return self.duration is not None
+
+    def with_seed(self, seed: int) -> GenerationRequest:
+        return replace(self, seed=seed)
+
+    def check_source(self, has_video: bool) -> GenerationRequest:
+        """Exactly one of a video and a duration says how long the audio is."""
+        if has_video and self.duration is not None:
+            raise InputError("duration is only for text-only generation; a video sets its own")
+        if not has_video and self.duration is None:
+            raise InputError("text-only generation needs a duration (seconds)")
+        return self
+
+
+def check_duration(seconds: float, maximum: float = MAX_SECONDS) -> float:
+    """A requested audio length within the model's bounds."""
+    if not (math.isfinite(seconds) and MIN_SECONDS <= seconds <= maximum):
+        raise InputError(f"duration must be between {MIN_SECONDS:g} and {maximum:g} s, "
+                         f"got {seconds:g}")
+    return seconds
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be between {low} and {high}, got {value}")

@@ -1,0 +1,79 @@
+"""A clip's conditions and the transformer rows they become under classifier-free guidance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from foleyrt.models.dit import FoleyDiT
+
+
+@dataclass
+class Conditions:
+    """Encoder outputs for one clip (or one window of a long clip): one row each, shared by
+    the request's samples."""
+
+    clip_feat: Tensor  # [1, Nv, clip_dim] SigLIP2 per-frame features
+    sync_feat: Tensor  # [1, Ns, sync_dim] Synchformer tokens
+    text_feat: Tensor  # [1, L, text_dim] CLAP hidden states of the prompt
+    uncond_text_feat: Tensor  # [1, L, text_dim] CLAP hidden states of the negative prompt
+
+    def to(self, device: torch.device | str) -> Conditions:
+        return Conditions(*(t.to(device) for t in (
+            self.clip_feat, self.sync_feat, self.text_feat, self.uncond_text_feat)))
+
+
+@dataclass
+class ConditionRows:
+    """The conditions of every row of one forward: `clip [B, Nv, D]`, `text [B, L, D]`,
+    `sync [B, Ns, D]`, for latents of `audio_len` frames. `guided`: the rows are two equal
+    halves, unconditional rows first (what a CFG-parallel denoiser splits)."""
+
+    clip: Tensor
+    text: Tensor
+    sync: Tensor
+    audio_len: int
+    guided: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.clip.shape[0]
+
+    @classmethod
+    def cat(cls, parts: list[ConditionRows]) -> ConditionRows:
+        """Several blocks of rows as one forward's; guided blocks keep the halves layout
+        (every block's unconditional rows, then every block's conditional rows)."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        if any((p.audio_len, p.guided) != (first.audio_len, first.guided) for p in parts):
+            raise ValueError("rows of one forward need one latent length and one CFG layout")
+
+        def stack(name: str) -> Tensor:
+            tensors = [getattr(p, name) for p in parts]
+            if not first.guided:
+                return torch.cat(tensors)
+            halves = [t.chunk(2) for t in tensors]
+            return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+
+        return cls(stack("clip"), stack("text"), stack("sync"), first.audio_len, first.guided)
+
+
+def cfg_rows(
+    dit: FoleyDiT, cond: Conditions, n_samples: int, guidance: bool, audio_len: int
+) -> ConditionRows:
+    """The rows of `n_samples` samples of one clip: with guidance `[uncond x n; cond x n]`,
+    where the unconditional rows see the learnt empty visual features and the negative prompt
+    (the release's order and contents), else just `cond x n`."""
+
+    def rows(t: Tensor) -> Tensor:
+        return t.expand(n_samples, *t.shape[1:])
+
+    clip, sync, text = rows(cond.clip_feat), rows(cond.sync_feat), rows(cond.text_feat)
+    if guidance:
+        clip = torch.cat([dit.empty_clip(n_samples, clip.shape[1]).to(clip.dtype), clip])
+        sync = torch.cat([dit.empty_sync(n_samples, sync.shape[1]).to(sync.dtype), sync])
+        text = torch.cat([rows(cond.uncond_text_feat), text])
+    return ConditionRows(clip, text, sync, audio_len, guidance)

@@ -1,0 +1,34 @@
+"""`foleyrt bench` end to end on the CPU with the tiny config: the library yields rows of
+numbers, the CLI prints them and writes the JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from foleyrt.cli import main
+
+
+def test_bench_loop_and_pipeline_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "tiny", "--durations", "2", "--runs", "1", "--steps", "2",
+                 "--device", "cpu", "--modes", "release-pattern", "eager",
+                 "eager:int8-weight", "--pipeline", "eager", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "release-pattern" in printed and "pipeline tiny 2s eager" in printed
+    data = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in data["loop"]}
+    assert set(rows) == {"release-pattern", "eager", "eager:int8-weight"}
+    assert rows["eager"]["latent_frames"] == 100 and rows["eager"]["gflop_per_forward"] > 0
+    assert rows["eager"]["cos_vs_fp32"] > 0.9999  # bf16 against the fp32 run
+    assert 0.99 < rows["eager:int8-weight"]["cos_vs_fp32"] < 1
+    (pipeline,) = data["pipeline"]
+    assert pipeline["latent_cos_vs_first"] == pytest.approx(1.0) and pipeline["median_s"] > 0
+    assert {"video", "features", "denoise", "decode", "mux"} <= set(pipeline["stages"])
+
+
+def test_unknown_mode_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "--sizes", "tiny", "--modes", "turbo", "--device", "cpu"]) == 2
+    assert "unknown bench mode" in capsys.readouterr().err

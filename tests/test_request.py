@@ -1,0 +1,49 @@
+"""A generation's parameters (`foleyrt.request`): defaults and bounds in one place, refused
+with one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from foleyrt.errors import InputError
+from foleyrt.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_STEPS,
+    MAX_SAMPLES,
+    GenerationRequest,
+)
+
+
+def test_defaults_are_the_release_s() -> None:
+    r = GenerationRequest()
+    assert (r.steps, r.guidance, r.samples, r.negative_prompt) == (
+        DEFAULT_STEPS, DEFAULT_GUIDANCE, 1, DEFAULT_NEGATIVE_PROMPT) == (50, 4.5, 1, "noisy, harsh")
+    assert GenerationRequest(negative_prompt=None).negative_prompt == DEFAULT_NEGATIVE_PROMPT
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"steps": 0}, "steps must be between 1 and 500, got 0"),
+    ({"steps": 2.5}, "steps must be a whole number"),
+    ({"samples": 0}, "samples must be between 1 and 16"),
+    ({"samples": -1}, "samples must be between 1 and 16"),
+    ({"samples": MAX_SAMPLES + 1}, "samples must be between 1 and 16"),
+    ({"seed": -1}, "seed must be between 0 and 4294967295"),
+    ({"guidance": -0.5}, "guidance scale must be between 0 and 100"),
+    ({"guidance": float("nan")}, "guidance scale must be between 0 and 100"),
+    ({"duration": 0.5}, "duration must be between 1 and 15 s"),
+    ({"prompt": "x" * 1001}, "prompt is longer than 1000 characters"),
+])
+def test_out_of_bounds_values_are_one_line_errors(fields: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        GenerationRequest(**fields)
+    assert "\n" not in str(info.value)
+
+
+def test_a_video_or_a_duration_sets_the_length() -> None:
+    GenerationRequest().check_source(has_video=True)
+    GenerationRequest(duration=5).check_source(has_video=False)
+    with pytest.raises(InputError, match="needs a duration"):
+        GenerationRequest().check_source(has_video=False)
+    with pytest.raises(InputError, match="only for text-only"):
+        GenerationRequest(duration=5).check_source(has_video=True)
