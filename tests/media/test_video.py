@@ -138,6 +138,7 @@ def test_reference_fixture_e(fixtures_dir: Path) -> None:
         ("h264_3s_30_audio", "h264", 30.0, (64, 48), True),
         ("vp9_2s_24", "vp9", 24.0, (64, 48), False),
         ("mpeg4_3s_2997", "mpeg4", 30000 / 1001, (64, 48), False),
+        ("av1_2s_24", "av1", 24.0, (64, 64), False),  # the codec, not its decoder (libdav1d)
     ],
 )
 def test_probe(media: Media, clip: str, codec: str, fps: float, size: tuple[int, int],

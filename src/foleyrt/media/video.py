@@ -119,6 +119,12 @@ def first_video_stream(
     return videos[0]
 
 
+def codec_name(stream: av.video.VideoStream) -> str:
+    """The codec of `stream` (`av1`), not the name of the decoder FFmpeg picked for it
+    (`libdav1d`)."""
+    return stream.codec_context.codec.canonical_name
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Read the header (and the packet timestamps only when it stores no duration) and check
     the clip is one we can use: a video stream lasting MIN_SECONDS to MAX_SECONDS."""
@@ -134,7 +140,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             fps=float(rate) if rate else None,
             width=ctx.width,
             height=ctx.height,
-            codec=ctx.name,
+            codec=codec_name(stream),
             n_frames=stream.frames or None,
             has_audio=bool(container.streams.audio),
         )
