@@ -175,6 +175,14 @@ def test_bad_inputs(media: Media, tmp_path: Path, name: str, error: type, words:
         assert not isinstance(info.value, MediaError)
 
 
+def test_slow_clip_is_not_truncated(media: Media) -> None:
+    """Issue 19: a 3 s clip at 1 fps ends one second after its last frame starts; it was
+    refused as truncated. Its frames are all used, each held for 25 sync ticks."""
+    clip = decode_clip(media["h264_3s_1"])
+    assert sorted(set(clip.sync_source_time)) == [0.0, 1.0, 2.0]
+    assert clip.info.duration_s == 3.0
+
+
 def test_too_long_message_names_the_limit(media: Media) -> None:
     with pytest.raises(InputError, match=f"{MAX_SECONDS:g} s is the current limit"):
         probe_video(media["h264_16s_30"])
