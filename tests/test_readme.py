@@ -38,13 +38,15 @@ def test_quick_start_generate_can_be_rerun(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_quick_start_installs_pytorch_for_the_cpu() -> None:
-    """Issue 19: PyPI's default PyTorch on Linux is the CUDA build (a 5.8 GB venv); the
-    quick start, for machines without a GPU, takes PyTorch's CPU-only build with the pins."""
-    install = next(step for step in _quick_start() if "install" in step)
-    assert install[:2] == [".venv/bin/pip", "install"]
-    assert "-c" in install and "constraints.txt" in install
-    index = install[install.index("--extra-index-url") + 1]
-    assert index == "https://download.pytorch.org/whl/cpu"
+    """Issue 19: PyPI's default PyTorch on Linux is the CUDA build (a 5.8 GB venv); the quick
+    start, for machines without a GPU, first takes PyTorch's CPU-only build of the pinned
+    version, then the rest with the pins."""
+    torch_step, rest = [step for step in _quick_start() if step[1:2] == ["install"]]
+    pinned = next(line for line in (REPO / "constraints.txt").read_text().splitlines()
+                  if line.startswith("torch=="))
+    assert pinned in torch_step and "--no-deps" in torch_step
+    assert torch_step[torch_step.index("--index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    assert rest[rest.index("-c") + 1] == "constraints.txt"
 
 
 def test_readme_says_where_the_parity_fixtures_are() -> None:
