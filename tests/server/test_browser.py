@@ -42,6 +42,19 @@ if not CHROMIUM.is_file():
     _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FOLEYRT_CHROMIUM)")
 
 
+def _generate_from_the_example(page: sync_api.Page, prompt: str, **advanced: str) -> None:
+    """Upload the example clip, describe it, fill the `advanced` fields, press Generate and
+    wait until the job is done."""
+    page.set_input_files("#video", REPO / "examples" / "clip.mp4")
+    page.fill("#prompt", prompt)
+    page.click("#advanced summary")
+    for field, value in advanced.items():
+        page.fill(f"#{field}", value)
+    page.click("#generate")
+    sync_api.expect(page.locator("#status-text")).to_have_text(re.compile(r"^Done in"),
+                                                              timeout=120_000)
+
+
 def test_generate_from_a_video_in_the_browser(
     tmp_path: Path, make_settings: MakeSettings, tiny_pipeline: FoleyPipeline
 ) -> None:
@@ -52,15 +65,8 @@ def test_generate_from_a_video_in_the_browser(
         page.goto(url)
         expect(page.locator("#model-badge")).to_contain_text("tiny-random")
 
-        page.set_input_files("#video", REPO / "examples" / "clip.mp4")
-        page.fill("#prompt", "a rubber ball bouncing on a wooden floor")
-        page.click("#advanced summary")
-        page.fill("#steps", "4")
-        page.fill("#seed", "1234")
-        page.click("#generate")
-
-        expect(page.locator("#status-text")).to_have_text(re.compile(r"^Done in"),
-                                                         timeout=120_000)
+        _generate_from_the_example(page, "a rubber ball bouncing on a wooden floor",
+                                   steps="4", seed="1234")
         expect(page.locator(".sample video")).to_be_visible()
         # The players really loaded their media (decodable data, not just a src).
         page.wait_for_function(
@@ -118,13 +124,7 @@ def test_every_sample_loads_its_players(
         page = browser.new_page(viewport=VIEWPORT)
         page.goto(url)
         expect(page.locator("#model-badge")).to_contain_text("tiny-random")
-        page.set_input_files("#video", REPO / "examples" / "clip.mp4")
-        page.fill("#prompt", "footsteps on gravel")
-        page.click("#advanced summary")
-        page.fill("#samples", "3")
-        page.click("#generate")
-        expect(page.locator("#status-text")).to_have_text(re.compile(r"^Done in"),
-                                                         timeout=120_000)
+        _generate_from_the_example(page, "footsteps on gravel", samples="3")
         expect(page.locator(".sample")).to_have_count(3)
         expect(page.locator(".sample video")).to_have_count(3)
         expect(page.locator(".sample audio")).to_have_count(3)
