@@ -62,7 +62,7 @@ def add_video_track(
                  codec)
         stream, packets = _reencode(out, source, path)
     if not packets:
-        raise MediaError(f"{path}: has no video packets to copy")
+        raise MediaError(f"{path}: has no video to write")
     if any(p.pts is None for p in packets):
         raise MediaError(f"{path}: video packets carry no timestamps; remux the file into MP4")
     for packet in packets:
