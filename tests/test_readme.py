@@ -19,7 +19,7 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 def _quick_start() -> list[list[str]]:
     """The first command block of the quick start, as argument lists per `&&` step."""
     section = README.split("## Quick start", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
     assert block is not None
     return [shlex.split(step) for step in block.group(1).strip().split(" && ")]
 

@@ -10,6 +10,7 @@ from huggingface_hub import constants
 
 from foleyrt.config import HUB_REPO
 from foleyrt.errors import WeightsError
+from foleyrt.models.encoders import SigLIP2Encoder
 from foleyrt.weights import resolve_files
 
 FILES = ["hunyuanvideo_foley.pth", "vae_128d_48k.pth", "synchformer_state_dict.pth"]
@@ -49,3 +50,13 @@ def test_hub_offline_names_every_uncached_file(tmp_path: Path,
     message = str(info.value)
     assert str(tmp_path) in message and "\n" not in message
     assert f"`hf download someone/weights {' '.join(FILES)}`" in message
+
+
+def test_encoder_offline_names_the_hf_command(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SigLIP2 / CLAP repos: the same command, `hf download`, not `huggingface-cli`."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsError) as info:
+        SigLIP2Encoder.from_pretrained("someone/siglip")
+    assert "`hf download someone/siglip` once" in str(info.value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,10 +194,11 @@ def resolve_files(model: str, filenames: list[str], *, hub_repo: str = HUB_REPO)
     return _hub_download(model, filenames)
 
 
-def _fetch_command(repo: str, filenames: list[str], directory: Path | None = None) -> str:
-    """The pinned huggingface_hub's command (`hf`; `huggingface-cli` is gone) for `filenames`."""
+def fetch_command(repo: str, filenames: Sequence[str] = (), directory: Path | None = None) -> str:
+    """The pinned huggingface_hub's command (`hf`; `huggingface-cli` is gone) for `filenames`
+    of `repo` (none: the whole repository)."""
     target = "" if directory is None else f" --local-dir {directory}"
-    return f"`hf download {repo} {' '.join(filenames)}{target}`"
+    return f"`{' '.join(['hf', 'download', repo, *filenames])}{target}`"
 
 
 def _find_in_dir(directory: Path, filenames: list[str], repo: str) -> dict[str, Path]:
@@ -211,7 +212,7 @@ def _find_in_dir(directory: Path, filenames: list[str], repo: str) -> dict[str, 
     if missing:
         raise WeightsError(
             f"{directory} lacks {', '.join(missing)} (or .safetensors files of the same "
-            f"names); fetch them with {_fetch_command(repo, missing, directory)}"
+            f"names); fetch them with {fetch_command(repo, missing, directory)}"
         )
     return found
 
@@ -234,6 +235,6 @@ def _hub_download(repo: str, filenames: list[str]) -> dict[str, Path]:
         raise WeightsError(
             f"the hub cannot be reached and the Hugging Face cache ({constants.HF_HUB_CACHE}) "
             f"lacks {', '.join(missing)} of {repo}; on a machine with network run "
-            f"{_fetch_command(repo, missing)}, or pass --model DIR with the files"
+            f"{fetch_command(repo, missing)}, or pass --model DIR with the files"
         )
     return found

@@ -17,6 +17,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import pairwise
 from pathlib import Path
 
 import av
@@ -80,7 +81,7 @@ def retime(packets: Sequence[av.Packet]) -> int:
     long as the source says, else as long as the typical frame."""
     shown = sorted(packets, key=lambda p: p.pts)
     times = [p.pts for p in shown]
-    steps = [b - a for a, b in zip(times, times[1:])]
+    steps = [b - a for a, b in pairwise(times)]
     last = shown[-1].duration or (round(statistics.median(steps)) if steps else 0)
     first = packets[0]
     lead = first.pts - first.dts if first.dts is not None else 0
