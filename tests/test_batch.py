@@ -110,6 +110,27 @@ def test_csv_errors(tmp_path: Path, text: str, message: str) -> None:
     assert message in str(info.value)
 
 
+def test_release_csv_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19: the release's own CSV (`index,video,prompt`, paths from the folder the
+    command runs in) reads unchanged; a path that exists beside the CSV still wins."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("assets/clips/a.mp4", "assets/clips/b.mp4", "assets/assets/clips/b.mp4"):
+        write_csv(tmp_path / name, "")
+    csv = write_csv(tmp_path / "assets/test.csv",
+                    "index,video,prompt\n"
+                    "0,assets/clips/a.mp4,rain\n"
+                    "1,assets/clips/b.mp4,steps\n"
+                    "2,assets/clips/missing.mp4,wind\n")
+    a, b, missing = read_csv(Path("assets/test.csv"))
+    assert (a.video, a.prompt, a.output) == (Path("assets/clips/a.mp4"), "rain", None)
+    assert b.video == Path("assets/assets/clips/b.mp4")  # beside the CSV: found there first
+    assert missing.video == Path("assets/assets/clips/missing.mp4")  # fails naming this
+    numbered = read_inputs([csv], release_names=True)
+    assert [item.output for item in numbered] == ["0000", "0001", "0002"]
+    with pytest.raises(UsageError, match="--release-names numbers the rows of a CSV"):
+        read_inputs([tmp_path / "assets/clips"], release_names=True)
+
+
 def test_csv_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "shots.csv").write_bytes("video,prompt\nx.mp4,caf\xe9\n".encode("latin-1"))
     with pytest.raises(InputError, match="not UTF-8"):
@@ -314,6 +335,22 @@ def test_csv_batch_bad_clip_report_and_resume(
     code, stdout, stderr = run_cli(capsys, *args)  # resume: only the bad clip is retried
     assert code == 1 and stdout.splitlines()[-1] == "0 done, 2 skipped (existing), 1 failed"
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_release_csv_runs_unchanged_with_release_names(
+    library: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The release's layout: run from the folder its CSV's paths start from, outputs named
+    by row like its infer.py's."""
+    monkeypatch.chdir(library)
+    csv = write_csv(library / "assets" / "test.csv",
+                    "index,video,prompt\n0,clips/a.mp4,door slam\n1,other/b.mp4,rain\n")
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(capsys, csv, "-o", out, "--release-names", "--format", "wav",
+                              "--model", TINY_RANDOM, quiet=True)
+    assert code == 0, stdout
+    assert sorted(p.name for p in out.iterdir()) == ["0000.wav", "0001.wav"]
 
 
 def test_files_with_duplicate_stems_then_rerun_without_loading(

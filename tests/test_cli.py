@@ -62,6 +62,20 @@ def test_generate_mp4_copies_the_video_and_adds_matching_48k_audio(
     assert abs(audio_s - _video_seconds(src)) <= LATENT_FRAME_S
 
 
+def test_generate_mp4_from_a_gif_reencodes_the_picture_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 19: MP4 has no place for GIF (nor VP8): this was a muxer traceback."""
+    src = encode_clip(tmp_path / "anim.gif",
+                      ClipSpec("gif", ".gif", Fraction(25), 2.0, pix_fmt="rgb8"))
+    out = tmp_path / "out.mp4"
+    assert main(["generate", str(src), "-p", "x", "-o", str(out), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.count("re-encoding the picture to H.264") == 1 and "Traceback" not in err
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+
+
 def test_generate_wav_matches_the_video_length(sources: dict[str, Path], tmp_path: Path) -> None:
     src = sources["vp9.webm"]
     out = tmp_path / "out.wav"

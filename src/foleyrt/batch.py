@@ -69,9 +69,13 @@ log = logging.getLogger(__name__)
 # Containers FFmpeg reads that people keep clips in; other files in a folder are ignored.
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg",
                             ".ts", ".mts", ".m2ts", ".mxf", ".wmv", ".flv", ".3gp", ".ogv"})
-CSV_COLUMNS = ("video", "prompt", "negative_prompt", "seed", "output")
+# `index`: the release's CSVs number their rows with it; the release names its outputs by
+# row position (pandas' own index) whatever the column says, so it is accepted and unused.
+CSV_COLUMNS = ("video", "prompt", "negative_prompt", "seed", "output", "index")
 # The release's help text calls the description column `text`.
 CSV_SYNONYMS = {"text": "prompt"}
+# `--release-names`: the release's output names, the row position from 0 on four digits.
+RELEASE_NAME = "{:04d}"
 FORMATS = {"mp4": (".mp4",), "wav": (".wav",), "both": (".mp4", ".wav")}
 
 # Characters Windows/SMB shares refuse in a file name, plus control characters.
@@ -105,16 +109,21 @@ class BatchItem:
 
 
 def read_inputs(
-    inputs: Sequence[Path], *, prompt: str = "", negative_prompt: str | None = None
+    inputs: Sequence[Path], *, prompt: str = "", negative_prompt: str | None = None,
+    release_names: bool = False,
 ) -> list[BatchItem]:
     """INPUT as given on the command line: one CSV, one folder, or video files. `prompt`
-    and `negative_prompt` fill in for items (and empty CSV cells) that have none."""
+    and `negative_prompt` fill in for items (and empty CSV cells) that have none;
+    `release_names` names a CSV's outputs as the release does (see `read_csv`)."""
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise InputError(f"no such file or folder: {', '.join(missing)}")
     defaults = {"prompt": prompt, "negative_prompt": negative_prompt}
-    if len(inputs) == 1 and inputs[0].is_file() and inputs[0].suffix.lower() == ".csv":
-        items = read_csv(inputs[0], **defaults)
+    is_csv = len(inputs) == 1 and inputs[0].is_file() and inputs[0].suffix.lower() == ".csv"
+    if release_names and not is_csv:
+        raise UsageError("--release-names numbers the rows of a CSV; give one CSV")
+    if is_csv:
+        items = read_csv(inputs[0], release_names=release_names, **defaults)
     elif len(inputs) == 1 and inputs[0].is_dir():
         items = [BatchItem(video, **defaults) for video in scan_folder(inputs[0])]
         if not items:
@@ -138,11 +147,16 @@ def scan_folder(folder: Path) -> list[Path]:
 
 
 def read_csv(
-    path: Path, *, prompt: str = "", negative_prompt: str | None = None
+    path: Path, *, prompt: str = "", negative_prompt: str | None = None,
+    release_names: bool = False,
 ) -> list[BatchItem]:
-    """A batch CSV with a header row: `video` (required; relative paths are relative to the
-    CSV's folder), `prompt` (or `text`), `negative_prompt`, `seed`, `output`. Column names
-    are case-insensitive; blank rows are skipped; an empty cell means "the default"."""
+    """A batch CSV with a header row: `video` (required), `prompt` (or `text`),
+    `negative_prompt`, `seed`, `output`, and the release's `index` (accepted, unused).
+    Column names are case-insensitive; blank rows are skipped; an empty cell means "the
+    default". A relative video path is looked for in the CSV's folder, then in the working
+    directory (where the release looks): the first that exists is used. `release_names`
+    names each row's outputs as the release does, `0000`, `0001`, ... by position among
+    the rows (a row's own `output` cell still wins)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
             reader = csv.reader(f)
@@ -160,7 +174,11 @@ def read_csv(
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
     if not rows:
         raise InputError(f"{path}: the CSV has a header but no rows")
-    return [_csv_item(path, line, columns, row, prompt, negative_prompt) for line, row in rows]
+    return [
+        _csv_item(path, line, columns, row, prompt, negative_prompt,
+                  RELEASE_NAME.format(position) if release_names else None)
+        for position, (line, row) in enumerate(rows)
+    ]
 
 
 def _csv_columns(path: Path, header: list[str]) -> list[str]:
@@ -185,7 +203,7 @@ def _csv_columns(path: Path, header: list[str]) -> list[str]:
 
 def _csv_item(
     path: Path, line: int, columns: list[str], row: list[str], prompt: str,
-    negative_prompt: str | None,
+    negative_prompt: str | None, default_output: str | None,
 ) -> BatchItem:
     where = f"{path.name}:{line}"
     if len(row) > len(columns):
@@ -203,17 +221,29 @@ def _csv_item(
         raise InputError(f"{where}: seed {seed_text!r} is not a whole number") from None
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError(f"{where}: seed {seed} is not between 0 and {MAX_SEED}")
-    output = cells.get("output") or None
+    output = cells.get("output") or default_output
     if output is not None:
         check_name(output, where)
     return BatchItem(
-        video=path.parent / Path(video).expanduser(),
+        video=_csv_video_path(path, video),
         prompt=cells.get("prompt") or prompt,
         negative_prompt=cells.get("negative_prompt") or negative_prompt,
         seed=seed,
         output=output,
         source=where,
     )
+
+
+def _csv_video_path(csv_path: Path, cell: str) -> Path:
+    """A CSV's video cell as a path: absolute as it is; relative, the first of the CSV's
+    folder and the working directory that has it (a CSV beside its clips, or the release's
+    layout, where paths start from the folder the command runs in), else the CSV's folder
+    (where the item then fails, naming that path)."""
+    video = Path(cell).expanduser()
+    beside = csv_path.parent / video
+    if video.is_absolute() or beside.exists() or not video.exists():
+        return beside
+    return video
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foleyrt.config import RELEASED_DAC, DACConfig, SynchformerConfig
+from foleyrt.config import HUB_REPO, RELEASED_DAC, DACConfig, SynchformerConfig
 from foleyrt.errors import ConfigError, WeightsError
 from foleyrt.models.dac_vae import ENCODER_PREFIXES, DACVAE
 from foleyrt.models.synchformer import UNUSED_PREFIXES, Synchformer
@@ -179,50 +179,69 @@ def _looks_like_repo_id(model: str) -> bool:
     return len(parts) == 2 and all(parts) and not model.startswith((".", "~", "/"))
 
 
-def resolve_files(model: str, filenames: list[str]) -> dict[str, Path]:
+def resolve_files(model: str, filenames: list[str], *, hub_repo: str = HUB_REPO) -> dict[str, Path]:
     """Paths of `filenames` for `--model` = a local directory or a hub repo id.
 
-    In a directory a `.safetensors` twin of a file (same stem) is accepted too. From the hub,
-    `huggingface_hub` downloads with its cache and progress bar, and uses the cache offline.
-    A file that cannot be found is one error naming what is missing, where it was looked for
-    and the command that fetches it.
+    In a directory a `.safetensors` twin of a file (same stem) is accepted too; `hub_repo` is
+    where a directory's files come from. From the hub, `huggingface_hub` downloads with its
+    cache and progress bar, and uses the cache offline. Files that cannot be found are one
+    error naming every one of them, where they were looked for and the command that fetches
+    them.
     """
     local = Path(model).expanduser()
     if local.is_dir():
-        return {name: _find_in_dir(local, name) for name in filenames}
+        return _find_in_dir(local, filenames, hub_repo)
     if local.exists():
         raise WeightsError(f"--model {model}: expected a directory of weights or a hub repo id")
     if not _looks_like_repo_id(model):
         raise WeightsError(f"--model {model}: no such directory, and not a hub repo id")
-    return {name: _hub_download(model, name) for name in filenames}
+    return _hub_download(model, filenames)
 
 
-def _find_in_dir(directory: Path, name: str) -> Path:
-    candidates = [directory / name, directory / (Path(name).stem + ".safetensors")]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise WeightsError(
-        f"{directory} has no {name} (nor {candidates[1].name}); fetch it with "
-        f"`huggingface-cli download <repo> {name} --local-dir {directory}`"
-    )
+def fetch_command(repo: str, filenames: Sequence[str] = (), directory: Path | None = None) -> str:
+    """The pinned huggingface_hub's command (`hf`; `huggingface-cli` is gone) for `filenames`
+    of `repo` (none: the whole repository)."""
+    target = "" if directory is None else f" --local-dir {directory}"
+    return f"`{' '.join(['hf', 'download', repo, *filenames])}{target}`"
 
 
-def _hub_download(repo: str, name: str) -> Path:
+def _find_in_dir(directory: Path, filenames: list[str], repo: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for name in filenames:
+        twin = Path(name).stem + ".safetensors"
+        path = next((p for p in (directory / name, directory / twin) if p.is_file()), None)
+        if path is not None:
+            found[name] = path
+    missing = [name for name in filenames if name not in found]
+    if missing:
+        raise WeightsError(
+            f"{directory} lacks {', '.join(missing)} (or .safetensors files of the same "
+            f"names); fetch them with {fetch_command(repo, missing, directory)}"
+        )
+    return found
+
+
+def _hub_download(repo: str, filenames: list[str]) -> dict[str, Path]:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    try:
-        return Path(hf_hub_download(repo, name))
-    except LocalEntryNotFoundError:
+    found: dict[str, Path] = {}
+    for name in filenames:
+        try:
+            found[name] = Path(hf_hub_download(repo, name))
+        except LocalEntryNotFoundError:
+            continue  # offline and not cached: named with the others below
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WeightsError(f"cannot download {name} from {repo}: {first}") from None
+    missing = [name for name in filenames if name not in found]
+    if missing:
         raise WeightsError(
-            f"{name} of {repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            f"the hub cannot be reached; on a machine with network run "
-            f"`huggingface-cli download {repo} {name}`, or pass --model DIR with the files"
-        ) from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"cannot download {name} from {repo}: {first}") from None
+            f"the hub cannot be reached and the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"lacks {', '.join(missing)} of {repo}; on a machine with network run "
+            f"{fetch_command(repo, missing)}, or pass --model DIR with the files"
+        )
+    return found
 
 
 # --------------------------------------------------------------------------------------------

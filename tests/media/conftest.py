@@ -17,6 +17,20 @@ from PIL import Image
 from foleyrt.media.synthetic import AUDIO_RATE, ClipSpec, encode_clip, encode_tone, picture
 
 _VP9 = {"deadline": "realtime", "cpu-used": "8"}
+_X265 = {"x265-params": "log-level=error"}
+
+
+def _dropped_frames(seconds: float) -> tuple[Fraction, ...]:
+    """Frames every 40 ms with every fifth held for 160 ms, as a phone dropping frames
+    stamps them: x264's decode times for these leave the track's sample durations 120 ms
+    short of its presentation span."""
+    times, t = [], Fraction(0)
+    while t < seconds:
+        times.append(t)
+        t += Fraction(160 if len(times) % 5 == 0 else 40, 1000)
+    return tuple(times)
+
+
 CLIPS: dict[str, ClipSpec] = {
     "h264_8s_30": ClipSpec("libx264", ".mp4", Fraction(30), 8),
     "h264_8s_25": ClipSpec("libx264", ".mp4", Fraction(25), 8),
@@ -24,7 +38,7 @@ CLIPS: dict[str, ClipSpec] = {
     "h264_10s_24": ClipSpec("libx264", ".mp4", Fraction(24), 10),
     "h264_5s_25": ClipSpec("libx264", ".mp4", Fraction(25), 5),
     "h264_2s_60": ClipSpec("libx264", ".mp4", Fraction(60), 2),
-    "h264_3s_30_audio": ClipSpec("libx264", ".mp4", Fraction(30), 3, audio=True),
+    "h264_3s_30_audio": ClipSpec("libx264", ".mp4", Fraction(30), 3, audio_tracks=1),
     "h264_2s_30_portrait": ClipSpec("libx264", ".mp4", Fraction(30), 2, size=(48, 64)),
     "h264_16s_30": ClipSpec("libx264", ".mp4", Fraction(30), 16),
     "h264_0p5s_30": ClipSpec("libx264", ".mp4", Fraction(30), 0.5),
@@ -33,6 +47,24 @@ CLIPS: dict[str, ClipSpec] = {
     ),
     "vp9_2s_24": ClipSpec("libvpx-vp9", ".webm", Fraction(24), 2, options=_VP9),
     "mpeg4_3s_2997": ClipSpec("mpeg4", ".mov", Fraction(30000, 1001), 3),
+    # What users bring besides: codecs MP4 cannot carry, codecs whose decoder has another
+    # name, pixel formats, containers, sizes, rates and streams of every kind.
+    "gif_2s_25": ClipSpec("gif", ".gif", Fraction(25), 2, pix_fmt="rgb8"),
+    "gif_2s_25_odd": ClipSpec("gif", ".gif", Fraction(25), 2, size=(65, 49), pix_fmt="rgb8"),
+    "vp8_2s_24": ClipSpec("libvpx", ".webm", Fraction(24), 2),
+    "vp9_2s_24_odd": ClipSpec("libvpx-vp9", ".webm", Fraction(24), 2, size=(65, 49),
+                              options=_VP9),
+    "av1_2s_24": ClipSpec("libsvtav1", ".mp4", Fraction(24), 2, size=(64, 64)),
+    "hevc_2s_25": ClipSpec("libx265", ".mkv", Fraction(25), 2, options=_X265),
+    "h264_2s_25_10bit": ClipSpec("libx264", ".mp4", Fraction(25), 2, pix_fmt="yuv420p10le"),
+    "h264_2s_25_444": ClipSpec("libx264", ".mp4", Fraction(25), 2, pix_fmt="yuv444p"),
+    "mjpeg_2s_25": ClipSpec("mjpeg", ".avi", Fraction(25), 2, pix_fmt="yuvj420p"),
+    "h264_3s_1": ClipSpec("libx264", ".mp4", Fraction(1), 3),
+    "h264_1p5s_120": ClipSpec("libx264", ".mp4", Fraction(120), 1.5),
+    "h264_2s_vfr": ClipSpec("libx264", ".mp4", Fraction(25), 2, frame_times=_dropped_frames(2)),
+    "h264_2s_25_two_audio": ClipSpec("libx264", ".mp4", Fraction(25), 2, audio_tracks=2),
+    "h264_2s_30_rotated": ClipSpec("libx264", ".mp4", Fraction(30), 2, size=(48, 64),
+                                   rotation=90),
 }
 
 
@@ -106,6 +138,8 @@ class Media:
         if name not in self._made:
             if name in CLIPS:
                 spec = CLIPS[name]
+                if spec.codec not in av.codecs_available:
+                    pytest.skip(f"this FFmpeg has no {spec.codec} encoder")
                 self._made[name] = encode_clip(self.root / f"{name}{spec.suffix}", spec)
             else:
                 self._made[name] = self._bad[name](self.root / name)

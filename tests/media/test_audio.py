@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from foleyrt.media.audio import (
     numbered_paths,
     write_wav,
 )
-from tests.media.conftest import Media
+from tests.media.conftest import CLIPS, Media
 
 RATE = 48_000
 META = {"comment": "made by a test", "software": "foleyrt-test", "seed": "7"}
@@ -41,6 +42,27 @@ def _video_packets(path: Path) -> list[tuple[bytes, float, float | None]]:
         ]
 
 
+def _assert_copied(out: Path, source: Path) -> None:
+    """Same bytes, count and presentation times; the same decode times where the source
+    has its own (Matroska stores none: the MP4 gets them from the presentation times)."""
+    copied, original = _video_packets(out), _video_packets(source)
+    assert [p[:2] for p in copied] == [p[:2] for p in original]
+    if all(p[2] is not None for p in original):
+        assert copied == original
+
+
+def _frame_times(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        return sorted(float(f.time) for f in c.decode(video=0))
+
+
+def _durations(path: Path) -> tuple[float, float]:
+    """(video, audio) stream durations as FFmpeg reports them."""
+    with av.open(str(path)) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        return (float(video.duration * video.time_base), float(audio.duration * audio.time_base))
+
+
 def _listing(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir()}
 
@@ -50,14 +72,19 @@ def _listing(directory: Path) -> set[str]:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("clip", ["h264_3s_30_audio", "vp9_2s_24", "mpeg4_3s_2997"])
+# AV1 is decoded by libdav1d: MP4 takes the codec, whatever the decoder is called.
+COPIED = ["h264_3s_30_audio", "vp9_2s_24", "mpeg4_3s_2997", "av1_2s_24", "hevc_2s_25",
+          "mjpeg_2s_25", "h264_2s_25_10bit", "h264_2s_25_444"]
+
+
+@pytest.mark.parametrize("clip", COPIED)
 def test_mux_copies_video_and_adds_one_aac_track(media: Media, tmp_path: Path, clip: str) -> None:
     source = media[clip]
     out = tmp_path / "out.mp4"
     # a track ~40 ms short, like the model's: it must come out as long as the picture
     mux_video(source, out, torch.from_numpy(_track(1.96)), RATE, metadata=META)
 
-    assert _video_packets(out) == _video_packets(source)  # same bytes, count, pts and dts
+    _assert_copied(out, source)
     with av.open(str(out)) as c:
         assert c.format.name.startswith("mov,mp4")
         assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
@@ -74,6 +101,40 @@ def test_mux_copies_video_and_adds_one_aac_track(media: Media, tmp_path: Path, c
         assert "seed=7" in c.metadata.get("comment", "")
         decoded = np.concatenate([f.to_ndarray() for f in c.decode(audio)], axis=1)
     assert abs(decoded.shape[1] / RATE - v_s) < 0.030  # decoder-visible length, priming hidden
+
+
+@pytest.mark.parametrize("clip", ["gif_2s_25", "gif_2s_25_odd", "vp8_2s_24"])
+def test_mux_reencodes_what_mp4_cannot_carry(media: Media, tmp_path: Path, clip: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """GIF and VP8 have no place in MP4: the picture is re-encoded to H.264, frame for frame
+    at the same times (odd sizes stretched to even), and one log line says so."""
+    source = media[clip]
+    with caplog.at_level(logging.INFO, logger="foleyrt"):
+        out = mux_video(source, tmp_path / "out.mp4", _track(2.0), RATE)
+    notes = [r.getMessage() for r in caplog.records if "re-encod" in r.getMessage()]
+    assert len(notes) == 1 and str(source) in notes[0], notes
+    assert _frame_times(out) == pytest.approx(_frame_times(source), abs=1e-6)
+    with av.open(str(out)) as c:
+        video = c.streams.video[0]
+        assert video.codec_context.name == "h264" and video.format.name == "yuv420p"
+        width, height = CLIPS[clip].size
+        assert (video.width, video.height) == (width + width % 2, height + height % 2)
+    v_s, a_s = _durations(out)
+    assert abs(v_s - a_s) <= 0.020, (v_s, a_s)
+
+
+def test_mux_variable_frame_rate_audio_ends_with_the_video(media: Media, tmp_path: Path) -> None:
+    """Issue 19: a phone-style VFR clip's MP4 had audio lasting longer than FFmpeg said the
+    video did (its decode times cover less than its presentation span). The decode times
+    are rebuilt: every measure of the video's length then agrees with the audio."""
+    source = media["h264_2s_vfr"]
+    out = mux_video(source, tmp_path / "out.mp4", _track(2.0), RATE)
+    v_s, a_s = _durations(out)
+    with av.open(str(out)) as c:
+        assert c.duration / av.time_base == pytest.approx(v_s, abs=0.001)  # the edit lists
+    assert abs(v_s - a_s) <= 0.020, (v_s, a_s)
+    assert _frame_times(out)[-1] < v_s
+    assert [p[:2] for p in _video_packets(out)] == [p[:2] for p in _video_packets(source)]
 
 
 def test_mux_duplicates_mono_and_keeps_timing(media: Media, tmp_path: Path) -> None:

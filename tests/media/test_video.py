@@ -127,6 +127,7 @@ def test_reference_fixture_e(fixtures_dir: Path) -> None:
         ("h264_3s_30_audio", "h264", 30.0, (64, 48), True),
         ("vp9_2s_24", "vp9", 24.0, (64, 48), False),
         ("mpeg4_3s_2997", "mpeg4", 30000 / 1001, (64, 48), False),
+        ("av1_2s_24", "av1", 24.0, (64, 64), False),  # the codec, not its decoder (libdav1d)
     ],
 )
 def test_probe(media: Media, clip: str, codec: str, fps: float, size: tuple[int, int],
@@ -161,6 +162,14 @@ def test_bad_inputs(media: Media, tmp_path: Path, name: str, error: type, words:
     assert "\n" not in message and str(path) in message and words in message
     if error is InputError:  # a usable file of the wrong length is not a media problem
         assert not isinstance(info.value, MediaError)
+
+
+def test_slow_clip_is_not_truncated(media: Media) -> None:
+    """Issue 19: a 3 s clip at 1 fps ends one second after its last frame starts; it was
+    refused as truncated. Its frames are all used, each held for 25 sync ticks."""
+    clip = decode_clip(media["h264_3s_1"])
+    assert sorted(set(clip.sync_source_time)) == [0.0, 1.0, 2.0]
+    assert clip.info.duration_s == 3.0
 
 
 def test_too_long_message_names_the_limit(media: Media) -> None:

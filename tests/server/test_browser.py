@@ -42,6 +42,19 @@ if not CHROMIUM.is_file():
     _unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FOLEYRT_CHROMIUM)")
 
 
+def _generate_from_the_example(page: sync_api.Page, prompt: str, **advanced: str) -> None:
+    """Upload the example clip, describe it, fill the `advanced` fields, press Generate and
+    wait until the job is done."""
+    page.set_input_files("#video", REPO / "examples" / "clip.mp4")
+    page.fill("#prompt", prompt)
+    page.click("#advanced summary")
+    for field, value in advanced.items():
+        page.fill(f"#{field}", value)
+    page.click("#generate")
+    sync_api.expect(page.locator("#status-text")).to_have_text(re.compile(r"^Done in"),
+                                                              timeout=120_000)
+
+
 def test_generate_from_a_video_in_the_browser(
     tmp_path: Path, make_settings: MakeSettings, tiny_pipeline: FoleyPipeline
 ) -> None:
@@ -52,15 +65,8 @@ def test_generate_from_a_video_in_the_browser(
         page.goto(url)
         expect(page.locator("#model-badge")).to_contain_text("tiny-random")
 
-        page.set_input_files("#video", REPO / "examples" / "clip.mp4")
-        page.fill("#prompt", "a rubber ball bouncing on a wooden floor")
-        page.click("#advanced summary")
-        page.fill("#steps", "4")
-        page.fill("#seed", "1234")
-        page.click("#generate")
-
-        expect(page.locator("#status-text")).to_have_text(re.compile(r"^Done in"),
-                                                         timeout=120_000)
+        _generate_from_the_example(page, "a rubber ball bouncing on a wooden floor",
+                                   steps="4", seed="1234")
         expect(page.locator(".sample video")).to_be_visible()
         # The players really loaded their media (decodable data, not just a src).
         page.wait_for_function(
@@ -93,6 +99,39 @@ def test_generate_from_a_video_in_the_browser(
         })""")
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT))
+        browser.close()
+
+
+# Per player: loaded media of some duration (a player left at 0:00 has NaN or 0), no error.
+PLAYERS_LOADED = """() => {
+    const players = [...document.querySelectorAll('.sample video, .sample audio')];
+    const loaded = (p) => p.readyState >= 1 && p.duration > 0 && p.error === null;
+    return players.length > 0 && players.every(loaded);
+}"""
+PLAYERS_STATE = """() => [...document.querySelectorAll('.sample video, .sample audio')].map(
+    (p) => `${p.tagName} readyState=${p.readyState} duration=${p.duration} `
+           + `error=${p.error && p.error.code}`)"""
+
+
+def test_every_sample_loads_its_players(
+    make_settings: MakeSettings, tiny_pipeline: FoleyPipeline
+) -> None:
+    """Issue 19: with several samples some players stayed at 0:00 with media error 4 (cards
+    cloned from the template got their sources outside the document)."""
+    expect = sync_api.expect
+    with live_server(make_settings(), tiny_pipeline) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.goto(url)
+        expect(page.locator("#model-badge")).to_contain_text("tiny-random")
+        _generate_from_the_example(page, "footsteps on gravel", samples="3")
+        expect(page.locator(".sample")).to_have_count(3)
+        expect(page.locator(".sample video")).to_have_count(3)
+        expect(page.locator(".sample audio")).to_have_count(3)
+        try:
+            page.wait_for_function(PLAYERS_LOADED, timeout=20_000)
+        except sync_api.TimeoutError:
+            pytest.fail(f"players not loaded: {page.evaluate(PLAYERS_STATE)}", pytrace=False)
         browser.close()
 
 

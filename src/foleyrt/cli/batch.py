@@ -23,14 +23,19 @@ def add(sub: argparse._SubParsersAction) -> None:
                     "exit status 1 if any item failed.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                    help="a CSV with columns video,prompt (or text) and optionally "
-                        "negative_prompt, seed, output (paths relative to the CSV's folder); "
-                        "or a folder of videos; or video files")
+                        "negative_prompt, seed, output, index (the release's, accepted and "
+                        "unused); a relative video path is looked for in the CSV's folder, "
+                        "then in the working directory (the release's layout), the first "
+                        "that exists is used; or a folder of videos; or video files")
     p.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUTDIR",
                    help="folder for the results; created if its parent exists")
     add_request_options(p, prompt_help="what the sound should be, for items without a CSV "
                                        "prompt (a CSV negative_prompt likewise wins)",
                         seed_help="item i (from 0) uses SEED+i; a CSV seed wins (default: "
                                   "random, recorded in the report)")
+    p.add_argument("--release-names", action="store_true",
+                   help="name a CSV's outputs 0000, 0001, ... by row (from 0), as the "
+                        "release's infer.py does; a row's output cell still wins")
     p.add_argument("--format", choices=("mp4", "wav", "both"), default="mp4",
                    help="mp4 (the video with its new sound), wav, or both (default: mp4)")
     p.add_argument("--overwrite", action="store_true",
@@ -62,7 +67,8 @@ def _batch(args: argparse.Namespace) -> int:
     settings = BatchSettings(formats=FORMATS[args.format], request=request(args),
                              overwrite=args.overwrite, fail_fast=args.fail_fast)
     config = runtime(args)
-    items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt)
+    items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                        release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)
     if args.report is not None:
         check_report_path(args.report)

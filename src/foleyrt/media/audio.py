@@ -23,6 +23,7 @@ import torch
 
 from foleyrt.errors import MediaError, OutputError, UsageError
 from foleyrt.media.video import first_video_stream, open_media
+from foleyrt.media.video_track import add_video_track
 
 OUTPUT_SUFFIXES = (".wav", ".mp4")
 AAC_FRAME = 1024  # samples per AAC frame
@@ -185,12 +186,13 @@ def mux_video(
     overwrite: bool = False,
     bitrate: int = 192_000,
 ) -> Path:
-    """MP4 with the first video stream of `video_path` copied packet for packet (no
-    re-encode) and `audio` as the only audio track: AAC, stereo (a mono track is duplicated
-    to both channels like the release's `pan=stereo|c0=c0|c1=c0`), `bitrate` bit/s.
+    """MP4 with the first video stream of `video_path` (copied packet for packet where MP4
+    carries its codec, else re-encoded to H.264: see `foleyrt.media.video_track`) and `audio`
+    as the only audio track: AAC, stereo (a mono track is duplicated to both channels like
+    the release's `pan=stereo|c0=c0|c1=c0`), `bitrate` bit/s.
 
-    The track is padded or trimmed to the copied video's duration (see `fit_length`) so the
-    two streams end together; the source's own audio is dropped.
+    The track is padded or trimmed to the video's duration (see `fit_length`) so the two
+    streams end together; the source's own audio is dropped.
     """
     video_path, out_path = Path(video_path), Path(out_path)
     if out_path.suffix.lower() != ".mp4":
@@ -203,55 +205,43 @@ def mux_video(
     with open_media(video_path) as source, _atomic(out_path, overwrite, [video_path]) as tmp:
         in_video = first_video_stream(source, video_path)
         try:
-            _mux(in_video, tmp, samples, sample_rate, _tags(metadata, _MP4_TAGS), bitrate)
+            _mux(in_video, video_path, tmp, samples, sample_rate, _tags(metadata, _MP4_TAGS),
+                 bitrate)
         except OSError:
             raise  # a full disk or the like: reported by `_atomic` as an output error
         except av.error.FFmpegError as exc:
             raise MediaError(
-                f"{video_path}: its video stream cannot be copied into MP4 ({exc}); "
-                "write a .wav instead, or convert the video to H.264 first"
+                f"{video_path}: its video cannot be written into MP4 ({exc}); write a .wav "
+                "instead, or convert the video to H.264 first"
             ) from None
     return out_path
 
 
 def _mux(
     in_video: av.video.VideoStream,
+    video_path: Path,
     tmp: Path,
     samples: np.ndarray,
     sample_rate: int,
     tags: dict[str, str],
     bitrate: int,
 ) -> None:
-    # Read the packets first: the audio length depends on the video's, and both streams are
-    # then written interleaved by time (players and streaming want an interleaved file).
-    packets = [p for p in in_video.container.demux(in_video) if p.size]
-    if not packets:
-        raise MediaError(f"{in_video.container.name}: has no video packets to copy")
+    # The picture first: the audio length depends on the video's, and both streams are then
+    # written interleaved by time (players and streaming want an interleaved file).
     with av.open(str(tmp), mode="w", format="mp4") as out:
         out.metadata.update(tags)
-        video = out.add_stream_from_template(in_video)
+        video = add_video_track(out, in_video, video_path)
         audio = out.add_stream("aac", rate=sample_rate, layout="stereo")
         audio.bit_rate = bitrate
         audio.codec_context.options = {"aac_coder": AAC_CODER}
-        n_samples = round(_video_seconds(packets) * sample_rate)
+        n_samples = round(video.seconds * sample_rate)
         encoded = _encode_audio(audio, fit_length(samples, n_samples), sample_rate)
-        for packet in packets:
-            packet.stream = video
-        for packet in heapq.merge(packets, encoded, key=_decode_time):
+        for packet in heapq.merge(video.packets, encoded, key=_decode_time):
             out.mux(packet)
 
 
-def _video_seconds(packets: Sequence[av.Packet]) -> float:
-    """Presentation span of the copied packets (first pts to the end of the last frame),
-    which is what players show as the video's length."""
-    start = min(p.pts for p in packets if p.pts is not None)
-    end = max(p.pts + (p.duration or 0) for p in packets if p.pts is not None)
-    return float((end - start) * packets[0].time_base)
-
-
 def _decode_time(packet: av.Packet) -> float:
-    stamp = packet.dts if packet.dts is not None else packet.pts
-    return float(stamp * packet.time_base)
+    return float(packet.dts * packet.time_base)
 
 
 def _encode_audio(stream: av.AudioStream, samples: np.ndarray, rate: int) -> list[av.Packet]:

@@ -11,6 +11,8 @@ import av
 import numpy as np
 
 AUDIO_RATE = 48_000
+# Variable-rate clips are stamped in milliseconds, like most phone recordings.
+VFR_TIME_BASE = Fraction(1, 1000)
 
 
 @dataclass(frozen=True)
@@ -20,12 +22,18 @@ class ClipSpec:
     rate: Fraction
     seconds: float
     size: tuple[int, int] = (64, 48)  # width, height
-    audio: bool = False
+    audio_tracks: int = 0
     options: dict[str, str] = field(default_factory=dict)
     container_options: dict[str, str] = field(default_factory=dict)
+    pix_fmt: str = "yuv420p"
+    rotation: int = 0  # display rotation, degrees counter-clockwise (a phone held upright)
+    # Presentation times in seconds for a variable frame rate; None: frame i at i / rate.
+    frame_times: tuple[Fraction, ...] | None = None
 
     @property
     def n_frames(self) -> int:
+        if self.frame_times is not None:
+            return len(self.frame_times)
         return round(self.seconds * self.rate)
 
 
@@ -42,15 +50,25 @@ def encode_clip(path: Path, spec: ClipSpec) -> Path:
     with av.open(str(path), "w", options=spec.container_options) as out:
         video = out.add_stream(spec.codec, rate=spec.rate, options=spec.options)
         video.width, video.height = spec.size
-        video.pix_fmt = "yuv420p"
-        audio = out.add_stream("aac", rate=AUDIO_RATE, layout="mono") if spec.audio else None
+        video.pix_fmt = spec.pix_fmt
+        if spec.rotation:
+            video.set_display_rotation(spec.rotation)
+        time_base = None
+        if spec.frame_times is not None:
+            time_base = video.time_base = video.codec_context.time_base = VFR_TIME_BASE
+        audio = [out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+                 for _ in range(spec.audio_tracks)]
         for i in range(spec.n_frames):
             frame = av.VideoFrame.from_ndarray(picture(i, *spec.size), format="rgb24")
-            frame.pts = i
+            if time_base is None:
+                frame.pts = i
+            else:
+                assert spec.frame_times is not None
+                frame.pts, frame.time_base = round(spec.frame_times[i] / time_base), time_base
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
-        if audio is not None:
-            encode_tone(out, audio, spec.seconds)
+        for stream in audio:
+            encode_tone(out, stream, spec.seconds)
     return path
 
 

@@ -118,6 +118,12 @@ def first_video_stream(
     return videos[0]
 
 
+def codec_name(stream: av.video.VideoStream) -> str:
+    """The codec of `stream` (`av1`), not the name of the decoder FFmpeg picked for it
+    (`libdav1d`)."""
+    return stream.codec_context.codec.canonical_name
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Read the header (and the packet timestamps only when it stores no duration) and check
     the clip is one we can use: a video stream lasting MIN_SECONDS to MAX_SECONDS."""
@@ -133,7 +139,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             fps=float(rate) if rate else None,
             width=ctx.width,
             height=ctx.height,
-            codec=ctx.name,
+            codec=codec_name(stream),
             n_frames=stream.frames or None,
             has_audio=bool(container.streams.audio),
         )
@@ -215,7 +221,7 @@ def iter_ticks(
     """
     path = Path(path)
     schedules = [_Schedule(rate) for rate in rates]
-    last_time: float | None = None
+    last_end: float | None = None  # when the last frame used stops being shown
     with open_media(path) as container:
         stream = first_video_stream(container, path)
         stream.thread_type = "AUTO"
@@ -236,8 +242,8 @@ def iter_ticks(
                     rgb = frame.to_ndarray(format="rgb24")
                     for rate, n in due:
                         yield Tick(rate, n, frame_index, tau, rgb)
-                last_time = tau
-        _check_complete(path, stream, last_time, end_s)
+                last_end = tau + _shown_for(frame, stream)
+        _check_complete(path, stream, last_end, end_s)
 
 
 class _Schedule:
@@ -272,17 +278,27 @@ def _decoded(
         ) from None
 
 
+def _shown_for(frame: av.VideoFrame, stream: av.video.VideoStream) -> float:
+    """Seconds `frame` stays on screen: its own duration, else the stream's frame interval."""
+    if frame.duration and frame.time_base is not None:
+        return float(frame.duration * frame.time_base)
+    rate = stream.average_rate or stream.guessed_rate
+    return 1 / float(rate) if rate else 0.0
+
+
 def _check_complete(
-    path: Path, stream: av.video.VideoStream, last: float | None, end_s: float
+    path: Path, stream: av.video.VideoStream, last_end: float | None, end_s: float
 ) -> None:
     """A file cut short keeps its header, so it decodes "successfully" to fewer frames:
-    compare the last frame used with the header's end (when the video stream records one)."""
-    if last is None:
+    compare the end of the last frame used (its start plus its duration: a 1 fps clip's last
+    frame starts a whole second before the end) with the header's end, when the video
+    stream records one."""
+    if last_end is None:
         raise MediaError(f"{path}: contains no decodable video frames")
     header_end = _header_end(stream)
-    if header_end is not None and last < min(header_end, end_s) - _TRUNCATION_SLACK_S:
+    if header_end is not None and last_end < min(header_end, end_s) - _TRUNCATION_SLACK_S:
         raise MediaError(
-            f"{path}: video stops at {last:.2f} s but its header says {header_end:.2f} s; "
+            f"{path}: video stops at {last_end:.2f} s but its header says {header_end:.2f} s; "
             "the file looks truncated"
         )
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from foleyrt.errors import InputError, WeightsError
+from foleyrt.weights import fetch_command
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def _from_pretrained(cls: type, repo: str, **kwargs: object) -> object:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(
             f"cannot load {repo!r} ({first}); on a machine with network run "
-            f"`huggingface-cli download {repo}` once (it is cached), or pass a local directory"
+            f"{fetch_command(repo)} once (it is cached), or pass a local directory"
         ) from None
 
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from foleyrt.config import DACConfig
+from foleyrt.models.dac_vae import DACVAE, ResidualUnit, WNConv1d, WNConvTranspose1d
 
 
 @torch.no_grad()
@@ -42,3 +45,41 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
         values[name] = value.to(param.dtype)
     module.load_state_dict(values, strict=True)
     return module
+
+
+# Output std per weight-normalised conv of the decoder on the probe: the fixture generator's
+# rule for the reference VAE (manifest `weights.dac.init`), with a quieter last conv so the
+# tanh output is speech-level (RMS ~0.2, few samples near +-1) rather than a square wave.
+CONV_STD = 1.0
+RESIDUAL_BRANCH_STD = 0.25  # the last conv of each residual unit: the skip path dominates
+OUTPUT_STD = 0.1  # before the final tanh
+PROBE_FRAMES = 4
+
+
+def random_vae(cfg: DACConfig, seed: int) -> DACVAE:
+    """A decoder-only DAC-VAE with `randomize_`'s weights, then well conditioned by
+    construction: raw random gains grow the signal ~3x per block (pre-tanh values ~500, 97 %
+    of samples at +-1, fp32 1e-2 from fp64), so each weight-norm gain is rescaled in
+    execution order until its conv's output has the std above on a seeded N(0, 1) latent."""
+    vae = randomize_(DACVAE(cfg, decoder_only=True), seed)
+    targets = {unit.block[-1]: RESIDUAL_BRANCH_STD
+               for unit in vae.decoder.modules() if isinstance(unit, ResidualUnit)}
+    targets[vae.decoder.model[-2]] = OUTPUT_STD
+
+    def rescale(conv: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        bias = conv.bias.view(1, -1, 1)
+        scale = targets.get(conv, CONV_STD) / (output - bias).std()
+        conv.weight_g.mul_(scale)
+        return (output - bias) * scale + bias
+
+    convs = [m for m in vae.decoder.modules() if isinstance(m, WNConv1d | WNConvTranspose1d)]
+    hooks = [conv.register_forward_hook(rescale) for conv in convs]
+    probe = torch.randn(1, vae.latent_dim, PROBE_FRAMES,
+                        generator=torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            vae.decode(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return vae

@@ -27,7 +27,7 @@ from foleyrt.errors import UsageError
 from foleyrt.models.dac_vae import DACVAE
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.encoders import ClapTextEncoder, SigLIP2Encoder
-from foleyrt.models.random_init import randomize_
+from foleyrt.models.random_init import random_vae, randomize_
 from foleyrt.models.synchformer import Synchformer
 from foleyrt.sampling.denoiser import Denoiser
 from foleyrt.weights import (
@@ -137,7 +137,7 @@ def random_models(
                 spec.name)
     full = not spec.random_only
     dit = dit if dit is not None else randomize_(FoleyDiT(spec.dit), seed)
-    vae = randomize_(DACVAE(spec.dac, decoder_only=True), seed + 1)
+    vae = random_vae(spec.dac, seed + 1)
     synchformer = randomize_(Synchformer(spec.synchformer), seed + 2)
     siglip = SigLIP2Encoder.random(spec.dit.clip_dim, seed + 3, full_size=full)
     clap = ClapTextEncoder.random(spec.dit.text_dim, seed + 4, text_length=spec.dit.text_length,

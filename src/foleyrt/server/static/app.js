@@ -262,7 +262,9 @@ async function renderSamples(job) {
   const template = $("sample-template");
   const short = job.id.slice(0, 8);
   const cards = await Promise.all(job.outputs.map(async (output) => {
-    const card = template.content.firstElementChild.cloneNode(true);
+    // Imported, not cloned: a clone belongs to the template's inert document, where media
+    // elements given a source fail to load (error 4) and stay so once moved into the page.
+    const card = document.importNode(template.content.firstElementChild, true);
     const n = output.index + 1;
     card.querySelector(".sample-title").textContent = job.outputs.length > 1 ? `Sample ${n}` : "Your sound";
     const [wav, png, mp4] = await Promise.all([

@@ -1,0 +1,132 @@
+"""The picture of an MP4 result: the source's video stream copied packet for packet when MP4
+can carry its codec, otherwise re-encoded to H.264 with the same frames and timestamps.
+
+Either way the packets' decode timestamps are rebuilt from their presentation times (the
+n-th packet in decode order gets the n-th earliest presentation time, less one constant
+delay) and the last frame gets its own duration. A variable-frame-rate source's own decode
+times often leave the track's sample durations adding up to less than its presentation
+span (FFmpeg then reports the video 40-120 ms shorter than it plays, and a sound track cut
+to the span looks too long); rebuilt, the two agree. A constant-rate source's decode times
+already follow that rule and come out unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from itertools import pairwise
+from pathlib import Path
+
+import av
+import av.container
+
+from foleyrt.errors import MediaError
+from foleyrt.media.video import codec_name
+
+log = logging.getLogger(__name__)
+
+# Codecs (by codec, not decoder: libdav1d decodes av1, libvpx vp8) that MP4 carries and
+# common players play; the others (GIF, VP8, ProRes, ...) are re-encoded.
+MP4_VIDEO_CODECS = frozenset(
+    {"h264", "hevc", "av1", "vp9", "mpeg4", "mjpeg", "mpeg1video", "mpeg2video"}
+)
+REENCODE_CODEC = "libx264"
+# Visually transparent for a sound-design preview, and fast on a CPU.
+REENCODE_OPTIONS = {"crf": "18", "preset": "veryfast"}
+REENCODE_PIX_FMT = "yuv420p"  # what every player decodes; it needs even dimensions
+
+
+@dataclass
+class VideoTrack:
+    """The output's video packets, in decode order, and what they span."""
+
+    packets: list[av.Packet]
+    seconds: float  # first frame shown to the end of the last one
+
+
+def add_video_track(
+    out: av.container.OutputContainer, source: av.video.VideoStream, path: Path
+) -> VideoTrack:
+    """Add `source`'s picture to `out`: copied if MP4 carries its codec, else re-encoded to
+    H.264 (said in one log line). Every packet is read before returning."""
+    codec = codec_name(source)
+    if codec in MP4_VIDEO_CODECS:
+        stream = out.add_stream_from_template(source, opaque=True)
+        if codec == "hevc":  # Apple's players want `hvc1`, FFmpeg's MP4 default is `hev1`
+            stream.codec_context.codec_tag = "hvc1"
+        packets = [p for p in source.container.demux(source) if p.size]
+    else:
+        log.info("%s: MP4 cannot carry its %s video; re-encoding the picture to H.264", path,
+                 codec)
+        stream, packets = _reencode(out, source, path)
+    if not packets:
+        raise MediaError(f"{path}: has no video to write")
+    if any(p.pts is None for p in packets):
+        raise MediaError(f"{path}: video packets carry no timestamps; remux the file into MP4")
+    for packet in packets:
+        packet.stream = stream
+    return VideoTrack(packets, float(retime(packets) * packets[0].time_base))
+
+
+def retime(packets: Sequence[av.Packet]) -> int:
+    """Rebuild the decode timestamps of `packets` (one stream, in decode order) and give each
+    packet its presentation duration; return the span from the first frame shown to the end
+    of the last one, in the packets' time base. See the module docstring for why.
+
+    The delay is the source's own first-packet offset where that keeps every decode time at
+    or before its presentation time, else the smallest that does. The last frame lasts as
+    long as the source says, else as long as the typical frame."""
+    shown = sorted(packets, key=lambda p: p.pts)
+    times = [p.pts for p in shown]
+    steps = [b - a for a, b in pairwise(times)]
+    last = shown[-1].duration or (round(statistics.median(steps)) if steps else 0)
+    first = packets[0]
+    lead = first.pts - first.dts if first.dts is not None else 0
+    delay = max(lead, *(t - p.pts for t, p in zip(times, packets)))
+    for packet, t in zip(packets, times):
+        packet.dts = t - delay
+    for packet, step in zip(shown, steps):
+        packet.duration = step
+    # The muxer writes the track's length as the decode span plus the last decoded packet's
+    # duration: that packet gets the last frame's.
+    shown[-1].duration = packets[-1].duration = last
+    return times[-1] + last - times[0]
+
+
+def _even(n: int) -> int:
+    return n + n % 2
+
+
+def _reencode(
+    out: av.container.OutputContainer, source: av.video.VideoStream, path: Path
+) -> tuple[av.video.VideoStream, list[av.Packet]]:
+    """Decode `source` and encode every frame at its own timestamp, with its own duration;
+    odd sizes are stretched by a pixel to the even size 4:2:0 needs, and the source's
+    display rotation is kept."""
+    time_base = source.time_base or Fraction(1, 90_000)
+    stream = out.add_stream(REENCODE_CODEC, rate=source.average_rate or source.guessed_rate,
+                            options=REENCODE_OPTIONS)
+    ctx = source.codec_context
+    stream.width, stream.height = _even(ctx.width), _even(ctx.height)
+    stream.pix_fmt = REENCODE_PIX_FMT
+    stream.time_base = stream.codec_context.time_base = time_base
+    durations: dict[int, int] = {}
+    packets: list[av.Packet] = []
+    source.thread_type = "AUTO"
+    for frame in source.container.decode(source):
+        if frame.pts is None:
+            raise MediaError(f"{path}: video frames carry no timestamps; remux the file into MP4")
+        if not durations and frame.rotation:
+            stream.set_display_rotation(frame.rotation)
+        durations[frame.pts] = frame.duration
+        picture = frame.reformat(width=stream.width, height=stream.height,
+                                 format=REENCODE_PIX_FMT)
+        picture.pts, picture.time_base = frame.pts, time_base
+        packets.extend(stream.encode(picture))
+    packets.extend(stream.encode(None))
+    for packet in packets:
+        packet.duration = durations.get(packet.pts, 0)
+    return stream, packets

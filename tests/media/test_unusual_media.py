@@ -1,0 +1,85 @@
+"""Issue 19's done-when: every kind of clip users bring gives a valid 48 kHz WAV and a playable
+MP4 whose audio ends with the picture, through the whole pipeline (tiny random model, 2
+steps, one pipeline for all clips as the server and batch hold it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+import soundfile
+
+from foleyrt.config import TINY_RANDOM, RuntimeConfig
+from foleyrt.media.video import probe_video
+from foleyrt.pipeline.pipeline import FoleyPipeline
+from tests.media.conftest import Media
+
+RATE = 48_000
+TOLERANCE_S = 0.020
+COPY, REENCODE = "copy", "re-encode"
+# clip -> how its MP4 gets the picture
+UNUSUAL = {
+    "gif_2s_25": REENCODE,
+    "gif_2s_25_odd": REENCODE,
+    "vp8_2s_24": REENCODE,
+    "vp9_2s_24": COPY,
+    "vp9_2s_24_odd": COPY,
+    "av1_2s_24": COPY,
+    "hevc_2s_25": COPY,
+    "h264_2s_25_10bit": COPY,
+    "h264_2s_25_444": COPY,
+    "mjpeg_2s_25": COPY,
+    "h264_3s_1": COPY,
+    "h264_1p5s_120": COPY,
+    "h264_2s_vfr": COPY,
+    "h264_2s_25_two_audio": COPY,
+    "h264_2s_30_rotated": COPY,
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> FoleyPipeline:
+    return FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.auto("cpu"))
+
+
+def _picture(path: Path) -> tuple[str, list[bytes], list[float], int]:
+    """(codec, packet bytes, sorted frame times, display rotation) of the first video."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        packets = [bytes(p) for p in c.demux(stream) if p.size]
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    return (stream.codec_context.codec.canonical_name, packets,
+            sorted(float(f.time) for f in frames), frames[0].rotation)
+
+
+@pytest.mark.parametrize("clip", list(UNUSUAL))
+def test_unusual_clip_gives_a_wav_and_a_playable_mp4(
+    pipeline: FoleyPipeline, media: Media, tmp_path: Path, clip: str
+) -> None:
+    source = media[clip]
+    result = pipeline.generate(source, prompt="footsteps", steps=2, seed=7)
+    (wav,) = result.save(tmp_path / "out.wav")
+    (mp4,) = result.save(tmp_path / "out.mp4")
+
+    info = soundfile.info(str(wav))
+    assert (info.samplerate, info.subtype) == (RATE, "FLOAT")
+    assert abs(info.duration - probe_video(source).duration_s) <= TOLERANCE_S
+
+    with av.open(str(mp4)) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 1
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert (audio.codec_context.name, audio.sample_rate, audio.channels) == ("aac", RATE, 2)
+        video_s = float(video.duration * video.time_base)
+        audio_s = float(audio.duration * audio.time_base)
+        assert sum(f.samples for f in c.decode(audio)) > 0  # the sound track decodes
+    assert abs(video_s - audio_s) <= TOLERANCE_S, (video_s, audio_s)
+
+    codec, packets, times, rotation = _picture(mp4)  # the picture decodes, every frame
+    src_codec, src_packets, src_times, src_rotation = _picture(source)
+    assert times == pytest.approx(src_times, abs=1e-6) and rotation == src_rotation
+    if UNUSUAL[clip] == COPY:
+        assert (codec, packets) == (src_codec, src_packets)
+    else:
+        assert codec == "h264"
