@@ -51,7 +51,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
@@ -439,7 +439,7 @@ class BatchReport:
     """Per-item outcomes, in input order; filled in as the batch runs."""
 
     items: list[ItemResult]
-    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
     def start(cls, jobs: Sequence[Job], *, overwrite: bool) -> BatchReport:
@@ -471,7 +471,7 @@ class BatchReport:
         return {
             "foleyrt": __version__, **context, "settings": asdict(settings),
             "started": self.started.isoformat(timespec="seconds"),
-            "seconds": round((datetime.now(timezone.utc) - self.started).total_seconds(), 3),
+            "seconds": round((datetime.now(UTC) - self.started).total_seconds(), 3),
             "summary": {s.value: self.count(s) for s in Status},
             "items": [r.to_dict() for r in self.items],
         }

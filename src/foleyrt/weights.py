@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from foleyrt.config import HUB_REPO, RELEASED_DAC, DACConfig, SynchformerConfig
 from foleyrt.errors import ConfigError, WeightsError
-from foleyrt.models.dac_vae import ENCODER_PREFIXES, DACVAE
+from foleyrt.models.dac_vae import DACVAE, ENCODER_PREFIXES
 from foleyrt.models.synchformer import UNUSED_PREFIXES, Synchformer
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _read_pickle(path: Path) -> Checkpoint:
             )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises many types for corrupt/foreign files
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):

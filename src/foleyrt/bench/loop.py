@@ -178,8 +178,9 @@ def bench_loop(sizes: list[str], durations: list[float], modes: list[str], runs:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
 
-                def loop(d: Denoiser = denoiser, c: Conditions = cond, x: Tensor = x0) -> Tensor:
-                    return run_loop(d, c, x, steps, guidance, spec)
+                def loop(d: Denoiser = denoiser, c: Conditions = cond, x: Tensor = x0,
+                         s: ModelSpec = spec) -> Tensor:
+                    return run_loop(d, c, x, steps, guidance, s)
 
                 first, out = timed(loop, device)
                 times = [timed(loop, device)[0] for _ in range(runs)]

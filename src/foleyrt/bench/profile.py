@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from foleyrt.sampling.denoiser import Denoiser
-from foleyrt.sampling.loop import plan_forwards, Task
 from foleyrt.sampling.conditions import ConditionRows
+from foleyrt.sampling.denoiser import Denoiser
+from foleyrt.sampling.loop import Task, plan_forwards
 from foleyrt.sampling.schedule import Schedule
 
 # First match wins: cuDNN's attention kernels also carry "sm90_" in their names.

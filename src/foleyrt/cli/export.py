@@ -92,8 +92,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _export_tensorrt(args: argparse.Namespace) -> int:
-    from foleyrt.export.build_config import BuildConfig, ProfileSpec
     from foleyrt.accel.engines import EngineCache
+    from foleyrt.export.build_config import BuildConfig, ProfileSpec
     from foleyrt.export.tensorrt import build_engine
 
     ranges = {"seconds": args.durations, "rows": args.rows}

@@ -9,7 +9,12 @@ import argparse
 from typing import TYPE_CHECKING, NoReturn
 
 from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM
-from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_NEGATIVE_PROMPT, DEFAULT_STEPS, GenerationRequest
+from foleyrt.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_STEPS,
+    GenerationRequest,
+)
 
 if TYPE_CHECKING:
     from foleyrt.accel.runtime import RuntimeConfig

@@ -24,8 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from foleyrt.errors import ConfigError, DependencyError
-
 from foleyrt.accel.engine_io import (
     AUDIO_LEN,
     BATCH,
@@ -41,6 +39,7 @@ from foleyrt.accel.engine_io import (
     velocity_feeds,
     velocity_signature,
 )
+from foleyrt.errors import ConfigError, DependencyError
 from foleyrt.lengths import SequenceLengths
 from foleyrt.models.dac_vae import DACVAE
 from foleyrt.models.dit import FoleyDiT
@@ -238,7 +237,7 @@ def read_graph(path: str | Path) -> GraphInfo:
         raise ConfigError(f"ONNX file not found: {path}")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several types on foreign files
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on foreign files
         raise ConfigError(f"{path}: not a readable ONNX file ({exc})") from None
     meta = {p.key[len(META):]: p.value for p in model.metadata_props if p.key.startswith(META)}
     if meta.get("graph") not in (VELOCITY, DECODER):

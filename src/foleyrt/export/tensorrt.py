@@ -121,7 +121,7 @@ def build_engine(
     plan = serialize_network(trt, network, build, timing_cache)
     sidecar = EngineSidecar(
         key=key, config_sha256=config_digest(info.config), source=info.metadata.get("source", ""),
-        gpu_name=env.gpu_name, built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        gpu_name=env.gpu_name, built_at=datetime.datetime.now(datetime.UTC).isoformat(),
         build_seconds=round(time.perf_counter() - start, 1),
     )
     return cache.store(plan, sidecar)

@@ -165,14 +165,13 @@ def write_wav(
     if path.suffix.lower() != ".wav":
         raise UsageError(f"{path}: a WAV output must end in .wav")
     samples = _channels_first(audio)
-    with _atomic(path, overwrite) as tmp:
-        with soundfile.SoundFile(
-            tmp, "w", samplerate=sample_rate, channels=samples.shape[0],
-            format="WAV", subtype="FLOAT",
-        ) as out:
-            for key, value in _tags(metadata, _WAV_TAGS).items():
-                setattr(out, key, value)
-            out.write(samples.T)
+    with _atomic(path, overwrite) as tmp, soundfile.SoundFile(
+        tmp, "w", samplerate=sample_rate, channels=samples.shape[0],
+        format="WAV", subtype="FLOAT",
+    ) as out:
+        for key, value in _tags(metadata, _WAV_TAGS).items():
+            setattr(out, key, value)
+        out.write(samples.T)
     return path
 
 

@@ -85,10 +85,10 @@ def retime(packets: Sequence[av.Packet]) -> int:
     last = shown[-1].duration or (round(statistics.median(steps)) if steps else 0)
     first = packets[0]
     lead = first.pts - first.dts if first.dts is not None else 0
-    delay = max(lead, *(t - p.pts for t, p in zip(times, packets)))
-    for packet, t in zip(packets, times):
+    delay = max(lead, *(t - p.pts for t, p in zip(times, packets, strict=True)))
+    for packet, t in zip(packets, times, strict=True):
         packet.dts = t - delay
-    for packet, step in zip(shown, steps):
+    for packet, step in zip(shown, steps, strict=False):  # the last has no step
         packet.duration = step
     # The muxer writes the track's length as the decode span plus the last decoded packet's
     # duration: that packet gets the last frame's.

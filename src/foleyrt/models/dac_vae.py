@@ -203,7 +203,7 @@ class Encoder(Stage):
         assert cfg.latent_dim is not None  # resolved by DACConfig
         super().__init__(
             WNConv1d(1, dims[0], 7, padding=3),
-            *(EncoderBlock(dim, s) for dim, s in zip(dims[1:], cfg.encoder_rates)),
+            *(EncoderBlock(dim, s) for dim, s in zip(dims[1:], cfg.encoder_rates, strict=True)),
             Snake1d(dims[-1]),
             WNConv1d(dims[-1], cfg.latent_dim, 3, padding=1),
         )
@@ -221,7 +221,7 @@ class Decoder(nn.Module):
             WNConv1d(cfg.latent_dim, dims[0], 7, padding=3),
             *(
                 DecoderBlock(i, o, s)
-                for i, o, s in zip(dims[:-1], dims[1:], cfg.decoder_rates)
+                for i, o, s in zip(dims[:-1], dims[1:], cfg.decoder_rates, strict=True)
             ),
             Snake1d(dims[-1]),
             WNConv1d(dims[-1], 1, 7, padding=3),

@@ -454,7 +454,8 @@ class FoleyDiT(nn.Module):
         ctx = self.cond_in(cond)
         text_rope = rope_table(torch.arange(ctx.shape[1], device=device, dtype=torch.float32),
                                cfg.head_dim)
-        text_k, text_v = zip(*(blk.text_kv(ctx, text_rope) for blk in self.triple_blocks))
+        text_k, text_v = zip(*(blk.text_kv(ctx, text_rope) for blk in self.triple_blocks),
+                                strict=True)
         visual = self.visual_proj(clip_feat)
         sync_add = sync_rows = sync_index = None
         if cfg.has_sync_path:

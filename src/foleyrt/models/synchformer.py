@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from foleyrt.config import SynchformerConfig
-from foleyrt.lengths import SYNC_FPS, SYNC_STRIDE, SYNC_WINDOW
 from foleyrt.errors import InputError
+from foleyrt.lengths import SYNC_FPS, SYNC_STRIDE, SYNC_WINDOW
 
 LN_EPS = 1e-6
 # Parts of the released file that the Foley pipeline never runs (spec §2, §8).

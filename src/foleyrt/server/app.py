@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from foleyrt.version import __version__
 from foleyrt.errors import FoleyError
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.errors import QueueFull
@@ -21,6 +20,7 @@ from foleyrt.server.routes import jobs, system
 from foleyrt.server.schemas import API_PREFIX
 from foleyrt.server.service import JobService
 from foleyrt.server.settings import ServerSettings
+from foleyrt.version import __version__
 
 STATIC_DIR = Path(__file__).parent / "static"
 

@@ -3,7 +3,7 @@ Pure data: the service decides, these only describe (and /docs shows them)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import UploadFile
@@ -116,7 +116,7 @@ class JobOut(BaseModel):
             id=job.id, state=job.state, params=JobParams.model_validate(job.params),
             progress=ProgressOut(stage=job.stage, step=job.step, total=job.total),
             queue_position=job.queue_position, error=job.error,
-            created_at=datetime.fromtimestamp(job.created_at, timezone.utc),
+            created_at=datetime.fromtimestamp(job.created_at, UTC),
             started_at=_utc(job.started_at),
             finished_at=_utc(job.finished_at), expires_at=_utc(expires), outputs=outputs,
         )
@@ -169,4 +169,4 @@ class ErrorOut(BaseModel):
 
 
 def _utc(stamp: float | None) -> datetime | None:
-    return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc)
+    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)

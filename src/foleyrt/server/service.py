@@ -15,10 +15,10 @@ from typing import BinaryIO
 from foleyrt.errors import FoleyError, InputError
 from foleyrt.media.video import probe_video
 from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.request import MAX_SEED
 from foleyrt.server.cleanup import Janitor, expire_results
 from foleyrt.server.errors import JobConflict, JobNotFound, QueueFull, ResultsExpired
 from foleyrt.server.files import DataDir, new_job_id
-from foleyrt.request import MAX_SEED
 from foleyrt.server.schemas import JobParams, JobRequest, OutputFormat
 from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobRecord, JobState, JobStore

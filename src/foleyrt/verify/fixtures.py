@@ -157,7 +157,7 @@ def run_case(case: dict[str, Any], fx: Fixtures) -> CaseResult:
     try:
         with torch.inference_mode():
             result.checks = _runner(result.component)(case, fx)
-    except Exception as exc:  # a crash is a FAIL line for that case, not the end of the run
+    except Exception as exc:  # noqa: BLE001 - a crash is that case's FAIL line, not the end
         result.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return result
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from foleyrt.config import SynchformerConfig
 from foleyrt.models.synchformer import Synchformer
-from foleyrt.weights import load_synchformer
 from foleyrt.verify.fixtures import Check, Fixtures, compare
+from foleyrt.weights import load_synchformer
 
 
 def synchformer_model(fx: Fixtures, name: str = "synchformer") -> Synchformer:

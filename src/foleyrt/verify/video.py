@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from foleyrt.lengths import latent_frames
 from foleyrt.media.video import (
     DecodedClip,
     FramePrep,
@@ -24,7 +25,6 @@ from foleyrt.media.video import (
     probe_video,
     to_model_range,
 )
-from foleyrt.lengths import latent_frames
 from foleyrt.models.synchformer import sync_features
 from foleyrt.verify.fixtures import Check, Fixtures, compare
 from foleyrt.verify.synchformer import synchformer_model
@@ -171,7 +171,7 @@ def _exact(name: str, got: Any, expected: Any) -> Check:
     if got == expected:
         return Check(name, True)
     if isinstance(got, list) and isinstance(expected, list):
-        first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b),
+        first = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
                      min(len(got), len(expected)))
         return Check(name, False, detail=f"(first difference at {first}; lengths "
                                          f"{len(got)} vs {len(expected)})")
