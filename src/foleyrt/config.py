@@ -13,8 +13,9 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from foleyrt.errors import ConfigError
@@ -320,6 +321,14 @@ RELEASED_DAC = DACConfig(
 HUB_REPO = "tencent/HunyuanVideo-Foley"
 SIGLIP2_REPO = "google/siglip2-base-patch16-512"
 CLAP_REPO = "laion/larger_clap_general"
+
+
+def fetch_command(repo: str, filenames: Sequence[str] = (),
+                  directory: Path | str | None = None) -> str:
+    """The pinned huggingface_hub's command (`hf`; `huggingface-cli` is gone) for `filenames`
+    of `repo` (none: the whole repository)."""
+    target = "" if directory is None else f" --local-dir {directory}"
+    return f"`{' '.join(['hf', 'download', repo, *filenames])}{target}`"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foleyrt.config import HUB_REPO, RELEASED_DAC, DACConfig, SynchformerConfig
+from foleyrt.config import (
+    HUB_REPO,
+    RELEASED_DAC,
+    DACConfig,
+    SynchformerConfig,
+    fetch_command,
+)
 from foleyrt.errors import ConfigError, WeightsError
 from foleyrt.models.dac_vae import DACVAE, ENCODER_PREFIXES
 from foleyrt.models.synchformer import UNUSED_PREFIXES, Synchformer
@@ -196,13 +202,6 @@ def resolve_files(model: str, filenames: list[str], *, hub_repo: str = HUB_REPO)
     if not _looks_like_repo_id(model):
         raise WeightsError(f"--model {model}: no such directory, and not a hub repo id")
     return _hub_download(model, filenames)
-
-
-def fetch_command(repo: str, filenames: Sequence[str] = (), directory: Path | None = None) -> str:
-    """The pinned huggingface_hub's command (`hf`; `huggingface-cli` is gone) for `filenames`
-    of `repo` (none: the whole repository)."""
-    target = "" if directory is None else f" --local-dir {directory}"
-    return f"`{' '.join(['hf', 'download', repo, *filenames])}{target}`"
 
 
 def _find_in_dir(directory: Path, filenames: list[str], repo: str) -> dict[str, Path]:

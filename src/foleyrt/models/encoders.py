@@ -14,8 +14,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from foleyrt.config import fetch_command
 from foleyrt.errors import InputError, WeightsError
-from foleyrt.weights import fetch_command
 
 log = logging.getLogger(__name__)
 
