@@ -17,7 +17,7 @@ from foleyrt import __version__
 from foleyrt.config import HUB_REPO, RuntimeConfig
 from foleyrt.errors import Cancelled, InputError, UsageError
 from foleyrt.media.audio import check_output_path, fit_length, mux_video, numbered_paths, write_wav
-from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS, audio_latent_frames
+from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS, VideoLimits, audio_latent_frames
 from foleyrt.pipeline.conditions import Conditions, prepare_rows
 from foleyrt.pipeline.features import encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_models
@@ -119,11 +119,14 @@ class FoleyPipeline:
         duration: float | None = None,
         noise: Tensor | None = None,
         progress: ProgressFn | None = None,
+        video_limits: VideoLimits | None = None,
     ) -> FoleyResult:
         """Generate `num_samples` sound tracks for `video` (or, without one, `duration`
         seconds of text-to-audio). Noise comes from `noise` if given, else from `generator`,
         else from a CPU generator seeded with `seed` (fresh when None): the same seed gives
-        the same noise on any device."""
+        the same noise on any device. `progress` also hears of every decoded frame (stage
+        "video"), so a cancel or a time limit stops decoding too; `video_limits` bounds what
+        the clip may decode to (the server's; None: unbounded)."""
         validate_request(steps, guidance_scale, num_samples, video, duration)
         negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
         timings: dict[str, float] = {}
@@ -133,8 +136,10 @@ class FoleyPipeline:
         if video is not None:
             _check_progress(progress, "video", 0, 1)
             with models.stage(models.siglip, models.synchformer, models.clap):
-                clip = encode_video(models, video, prompt, negative, self.runtime.device,
-                                    fast=self.runtime.accel != "eager")
+                clip = encode_video(
+                    models, video, prompt, negative, self.runtime.device,
+                    fast=self.runtime.accel != "eager", limits=video_limits,
+                    on_frame=lambda n: _check_progress(progress, "video", n, 0))
             cond, audio_s, fit_s = clip.conditions, clip.duration_s, clip.info.duration_s
             timings["video"] = clip.decode_s
             _check_progress(progress, "features", 0, 1)
