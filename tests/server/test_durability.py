@@ -53,16 +53,22 @@ def test_after_a_crash_running_jobs_fail_and_queued_ones_run(
         assert not files.job_dir(cut_off).exists()
 
 
-def test_a_graceful_stop_requeues_the_running_job(
-    make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
+@pytest.mark.parametrize("shutdown_timeout_s, state", [
+    (0.2, JobState.QUEUED),  # past the timeout: stopped at its next step, back in the queue
+    (30.0, JobState.SUCCEEDED),  # within it: finished before the stop
+])
+def test_a_graceful_stop_finishes_or_requeues_the_running_job(
+    make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path,
+    shutdown_timeout_s: float, state: JobState,
 ) -> None:
-    with TestClient(make_app(SlowPipeline(tiny_pipeline, 0.5))) as client:
+    slow = SlowPipeline(tiny_pipeline, 0.3)
+    with TestClient(make_app(slow, shutdown_timeout_s=shutdown_timeout_s)) as client:
         job_id = submit_text(client).json()["id"]
         wait_for(client, job_id, {"running"})
     store = JobStore(data_dir / "jobs.sqlite3")
     stopped = store.get(job_id)
     store.close()
-    assert stopped is not None and stopped.state is JobState.QUEUED
+    assert stopped is not None and stopped.state is state
     with TestClient(make_app()) as client:
         assert wait_for(client, job_id)["state"] == "succeeded"
 
