@@ -66,15 +66,18 @@ def wait_for(client: Any, job_id: str, states: set[str] = FINAL,
         time.sleep(0.05)
 
 
-def submit_text(client: Any, **fields: Any) -> Any:
+def submit_text(client: Any, headers: dict[str, str] | None = None, **fields: Any) -> Any:
     return client.post("/v1/jobs", data={"prompt": "rain on a tin roof", "duration": "1",
-                                         **{k: str(v) for k, v in fields.items()}})
+                                         **{k: str(v) for k, v in fields.items()}},
+                       headers=headers)
 
 
-def submit_video(client: Any, path: Path, name: str | None = None, **fields: Any) -> Any:
+def submit_video(client: Any, path: Path, name: str | None = None,
+                 headers: dict[str, str] | None = None, **fields: Any) -> Any:
     with path.open("rb") as f:
         return client.post("/v1/jobs", data={"prompt": "footsteps", **fields},
-                           files={"video": (name or path.name, f, "video/mp4")})
+                           files={"video": (name or path.name, f, "video/mp4")},
+                           headers=headers)
 
 
 @contextmanager

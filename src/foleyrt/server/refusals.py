@@ -10,13 +10,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 
 from foleyrt.errors import FoleyError
 
 MAX_SHOWN_FIELD = 40  # characters of a client's field name shown back
 MAX_LISTED_ERRORS = 3
 STATIC_METHODS = ("GET", "HEAD")
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 def error_response(exc: FoleyError) -> JSONResponse:
@@ -68,7 +70,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        allowed = allowed_methods(request.app, request.url.path)
+        allowed = allowed_methods(request.app, request.scope)
         headers["Allow"] = ", ".join(allowed)
         if request.method == "OPTIONS":
             return Response(status_code=204, headers=headers)
@@ -78,11 +80,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
 
-def allowed_methods(app: FastAPI, path: str) -> list[str]:
-    """The methods of the routes whose pattern matches `path` (the static files' when none
-    does), OPTIONS included."""
-    methods: set[str] = set()
-    for route in app.routes:
-        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
-            methods |= route.methods
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods some route (not the static files) fully matches for this request's path,
+    found by asking each route with each method; the static files' when none does. OPTIONS
+    is always answered."""
+    methods = {
+        method for method in PROBED_METHODS
+        if any(not isinstance(route, Mount) and route.matches({**scope, "method": method})[0]
+               is Match.FULL for route in app.routes)
+    }
     return sorted((methods or set(STATIC_METHODS)) | {"OPTIONS"})

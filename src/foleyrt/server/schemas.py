@@ -1,21 +1,26 @@
 """Shapes of what goes over the wire: the job form in, job / health / model documents out.
-Pure data: the service decides, these only describe (and /docs shows them)."""
+Pure data: the service decides, these only describe (and /docs shows them); `openapi_for`
+writes the server's own limits into the published schema."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from foleyrt.media.video import MAX_SECONDS, MIN_SECONDS
-from foleyrt.pipeline.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_SAMPLES, MAX_STEPS
+from foleyrt.media.video import MIN_SECONDS
+from foleyrt.pipeline.pipeline import DEFAULT_NEGATIVE_PROMPT, MAX_STEPS
+from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobRecord, JobState
 
 API_PREFIX = "/v1"
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
+MAX_PAGE = 100
+MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
+IDEMPOTENCY_KEY_CHARS = 255
 DEFAULT_GUIDANCE = 4.5  # the release's default
 OutputFormat = Literal["wav", "mp4", "png"]
 
@@ -27,8 +32,8 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     video: UploadFile | None = Field(
-        None, description="the clip (1-15 s; any container/codec FFmpeg reads); omit for "
-                          "text-only, then `duration` is required")
+        None, description="the clip (any container/codec FFmpeg reads, within the limits of "
+                          "GET /v1/models); omit for text-only, then `duration` is required")
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="what the sound should be")
     negative_prompt: str | None = Field(
         None, max_length=MAX_PROMPT_CHARS,
@@ -38,8 +43,10 @@ class JobRequest(BaseModel):
     guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=100.0,
                             description="classifier-free guidance scale")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="noise seed (default: random)")
-    samples: int = Field(1, ge=1, le=MAX_SAMPLES, description="number of sound tracks")
-    duration: float | None = Field(None, ge=MIN_SECONDS, le=MAX_SECONDS,
+    # The upper bounds are the server's (GET /v1/models), checked by the service and written
+    # into the published schema by `openapi_for`.
+    samples: int = Field(1, ge=1, description="number of sound tracks")
+    duration: float | None = Field(None, ge=MIN_SECONDS,
                                    description="seconds of audio, text-only jobs only")
 
 
@@ -110,6 +117,19 @@ class JobOut(BaseModel):
         )
 
 
+class JobList(BaseModel):
+    jobs: list[JobOut] = Field(description="newest first")
+    next_cursor: int | None = Field(
+        description="pass as `cursor` for the next (older) page; null on the last page")
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    checks: dict[str, bool] = Field(
+        description="models_loaded, worker_alive, accepting (not shutting down), "
+                    "queue_has_room, disk_space: all true when ready")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
@@ -142,6 +162,9 @@ class Limits(BaseModel):
     min_seconds: float
     max_seconds: float
     max_upload_bytes: int
+    max_pixels: int = Field(description="per video frame")
+    max_fps: float
+    max_frames: int = Field(description="decoded frames per video")
     job_timeout_s: float
     result_ttl_s: float
 
@@ -154,6 +177,17 @@ class ModelsOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+def openapi_for(schema: dict[str, Any], settings: ServerSettings) -> dict[str, Any]:
+    """The generated schema with this server's limits where the form's static bounds are
+    wider (samples, duration), so generated clients and fuzzers see the real ones."""
+    fields = schema["components"]["schemas"][JobRequest.__name__]["properties"]
+    fields["samples"]["maximum"] = settings.max_samples
+    for option in fields["duration"].get("anyOf", [fields["duration"]]):
+        if option.get("type") == "number":
+            option["maximum"] = settings.video_limits.max_seconds
+    return schema
 
 
 def _utc(stamp: float | None) -> datetime | None:

@@ -126,6 +126,7 @@ class JobService:
         if stored != job_id:
             self.files.remove_job(job_id)  # a retry: the first request's job stands
             return self.get(stored)
+        log.info("job %s queued", job_id)
         self.worker.wake()
         return self.get(job_id)
 
