@@ -134,6 +134,8 @@ def _add_loadtest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", type=Path, default=None, help="clip to upload (default: text-only)")
     p.add_argument("--duration", type=float, default=2.0,
                    help="seconds of audio of text-only jobs (default: 2)")
+    p.add_argument("--slow-clients", type=int, default=0,
+                   help="connections that trickle their headers meanwhile (default: 0)")
     p.add_argument("--deadline", default="10m", help="time limit of the whole run (default: 10m)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     p.set_defaults(handler=_loadtest)
@@ -143,13 +145,14 @@ def _loadtest(args: argparse.Namespace) -> int:
     from foleyrt.server.loadtest import LoadSpec, run_loadtest
     from foleyrt.server.settings import parse_duration, token_from_env
 
-    if args.jobs < 1 or args.clients < 1:
-        raise UsageError("--jobs and --clients must be at least 1")
+    if args.jobs < 1 or args.clients < 1 or args.slow_clients < 0:
+        raise UsageError("--jobs and --clients must be at least 1, --slow-clients at least 0")
     if args.video is not None and not args.video.is_file():
         raise UsageError(f"{args.video}: no such file")
     report = run_loadtest(LoadSpec(
         url=args.url, jobs=args.jobs, clients=args.clients, steps=args.steps, video=args.video,
         duration=args.duration, token=token_from_env(), deadline_s=parse_duration(args.deadline),
+        slow_clients=args.slow_clients,
     ))
     for line in report.errors:
         log.warning("%s", line)
