@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-
 from fastapi.testclient import TestClient
 
 from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, ProgressFn

@@ -115,9 +115,8 @@ def test_a_lost_database_never_deletes_results(
         leftover.unlink()
     damage(database)
     before = sorted(p.relative_to(data_dir) for p in (data_dir / "jobs").rglob("*"))
-    with pytest.raises(ConfigError, match=found) as refused:
-        with TestClient(make_app()):
-            pass
+    with pytest.raises(ConfigError, match=found) as refused, TestClient(make_app()):
+        pass
     assert "nothing was deleted" in str(refused.value) or "not touched" in str(refused.value)
     after = sorted(p.relative_to(data_dir) for p in (data_dir / "jobs").rglob("*"))
     assert after == before and {j["id"] for j in jobs} <= {p.name for p in after}
@@ -129,9 +128,9 @@ def test_result_folders_without_rows_stop_the_start(make_app: MakeApp, data_dir:
     with store._transaction() as db:  # an older copy of the database, restored
         db.execute("DELETE FROM jobs")
     store.close()
-    with pytest.raises(ConfigError, match="2 job folder.* has no row for them"):
-        with TestClient(make_app()):
-            pass
+    with pytest.raises(ConfigError, match="2 job folder.* has no row for them"), \
+            TestClient(make_app()):
+        pass
     assert (data_dir / "jobs" / job["id"]).is_dir()
 
 

@@ -16,7 +16,13 @@ from foleyrt.media.synthetic import ClipSpec, encode_clip
 from foleyrt.media.video import VideoLimits, iter_ticks
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from tests.server.conftest import Clips, MakeApp
-from tests.server.support import SlowPipeline, png_movie, service_of, submit_video, wait_for
+from tests.server.support import (
+    SlowPipeline,
+    png_movie,
+    service_of,
+    submit_video,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")

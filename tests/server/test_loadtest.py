@@ -153,7 +153,7 @@ def test_faults_lose_nothing(served: Served, tmp_path: Path, env: dict[str, str]
     database.write_bytes(b"")
     refused = subprocess.run(
         _cli("serve", *SERVE, "--port", str(served.port), "--data-dir", str(served.data_dir)),
-        env=env, capture_output=True, text=True, timeout=120)
+        env=env, capture_output=True, text=True, timeout=120, check=False)
     assert refused.returncode != 0
     assert "Traceback" not in refused.stderr
     (line,) = [ln for ln in refused.stderr.splitlines() if ln.startswith("foleyrt: error:")]
@@ -168,7 +168,9 @@ def test_a_full_disk_is_refused_and_recovered(tmp_path: Path, env: dict[str, str
         pytest.skip("mounting a small tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)]).returncode:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)],
+                             check=False)
+    if mounted.returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
         served = Served(disk / "data", env)
@@ -208,7 +210,7 @@ def test_startup_failures_are_one_line(served: Served, tmp_path: Path,
         }
         for expected, args in cases.items():
             run = subprocess.run(_cli("serve", *SERVE, *args), env=env, capture_output=True,
-                                 text=True, timeout=120)
+                                 text=True, timeout=120, check=False)
             assert run.returncode != 0, expected
             lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
             assert len(lines) == 1 and lines[0].startswith("foleyrt: error:"), run.stderr

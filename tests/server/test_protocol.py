@@ -13,7 +13,13 @@ from fastapi.testclient import TestClient
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.logs import RequestIdFilter
 from tests.server.conftest import Clips, MakeApp
-from tests.server.support import SlowPipeline, service_of, submit_text, submit_video, wait_for
+from tests.server.support import (
+    SlowPipeline,
+    service_of,
+    submit_text,
+    submit_video,
+    wait_for,
+)
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -22,8 +28,8 @@ MISSING = "00000000-0000-4000-8000-000000000000"
 
 
 @pytest.mark.parametrize("fields, files, expected", [
-    ({"steps": "abc"}, None, "steps: input should be a valid integer, unable to parse string "
-                             "as an integer"),
+    ({"steps": "abc"}, None, ("steps: input should be a valid integer, unable to parse "
+                              "string as an integer")),
     ({"seed": "-1"}, None, "seed: input should be greater than or equal to 0"),
     ({"guidance": "1e9"}, None, "guidance: input should be less than or equal to 100"),
     ({"prompt": "x" * 100_000}, None, "prompt: string should have at most 1000 characters"),
@@ -130,7 +136,7 @@ def test_schema_states_the_servers_limits_and_error_shape(client: TestClient) ->
 def test_docs_page_needs_nothing_from_outside(client: TestClient) -> None:
     page = client.get("/docs").text
     scripts = re.findall(r'(?:src|href)="([^"]+)"', page)
-    assert all(s.startswith("/") or s.startswith("data:") for s in scripts), scripts
+    assert all(s.startswith(("/", "data:")) for s in scripts), scripts
     assert "<script>" not in page  # nothing inline: the CSP would block it
     for asset in scripts:
         if asset.startswith("/"):

@@ -101,17 +101,17 @@ def test_a_full_queue_is_told_before_the_upload(make_settings: MakeSettings,
     import httpx
 
     settings = make_settings(max_queue=1)
-    with live_server(settings, SlowPipeline(tiny_pipeline, 0.3)) as url:
-        with httpx.Client(base_url=url) as client:
-            running = submit_text(client).json()["id"]
-            wait_for(client, running, {"running"})
-            queued = submit_text(client).json()["id"]
-            with _connect(url) as sock:  # announces 50 MB, sends none of it
-                sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                             b"Content-Length: 50000000\r\n"
-                             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
-                status, body = _response(sock)
-            assert status == 429 and "queue is full" in json.loads(body)["detail"]
-            for job_id in (queued, running):
-                client.delete(f"/v1/jobs/{job_id}")
-                wait_for(client, job_id)
+    with live_server(settings, SlowPipeline(tiny_pipeline, 0.3)) as url, \
+            httpx.Client(base_url=url) as client:
+        running = submit_text(client).json()["id"]
+        wait_for(client, running, {"running"})
+        queued = submit_text(client).json()["id"]
+        with _connect(url) as sock:  # announces 50 MB, sends none of it
+            sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Length: 50000000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+            status, body = _response(sock)
+        assert status == 429 and "queue is full" in json.loads(body)["detail"]
+        for job_id in (queued, running):
+            client.delete(f"/v1/jobs/{job_id}")
+            wait_for(client, job_id)

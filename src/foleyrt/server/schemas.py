@@ -181,12 +181,19 @@ class ErrorOut(BaseModel):
 
 def openapi_for(schema: dict[str, Any], settings: ServerSettings) -> dict[str, Any]:
     """The generated schema with this server's limits where the form's static bounds are
-    wider (samples, duration), so generated clients and fuzzers see the real ones."""
+    wider (samples, duration), so generated clients and fuzzers see the real ones; and the
+    bearer token required only when this server has one."""
     fields = schema["components"]["schemas"][JobRequest.__name__]["properties"]
     fields["samples"]["maximum"] = settings.max_samples
     for option in fields["duration"].get("anyOf", [fields["duration"]]):
         if option.get("type") == "number":
             option["maximum"] = settings.video_limits.max_seconds
+    if settings.api_token is None:
+        schema["components"].pop("securitySchemes", None)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
+                operation["responses"].pop("401", None)
     return schema
 
 

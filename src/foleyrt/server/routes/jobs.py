@@ -46,22 +46,16 @@ async def single_fields(request: Request) -> None:
                              "send each field once")
 
 
-def idempotency_key(
-    key: Annotated[str | None, Header(
-        alias="Idempotency-Key",
-        description="retry-safe submission: the same key with the same request gives the same "
-                    "job; with another request, 409")] = None,
-) -> str | None:
-    if key is not None and not (1 <= len(key) <= IDEMPOTENCY_KEY_CHARS
-                                and key.isascii() and key.isprintable()):
-        raise InputError(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_CHARS} printable "
-                         "ASCII characters")
-    return key
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=IDEMPOTENCY_KEY_CHARS,
+    pattern=r"^[\x21-\x7e]+$",
+    description="retry-safe submission: the same key with the same request gives the same job; "
+                "with another request, 409 (1-255 visible ASCII characters)")]
 
 
 @router.post(
     "", status_code=202,
-    responses=_errors(408, 409, 413, 415, 429, 503, 507),
+    responses=_errors(400, 408, 409, 413, 415, 429, 503, 507),
     summary="Submit a job (multipart: a video and parameters, or parameters alone)",
     dependencies=[Depends(single_fields)],
 )
@@ -69,9 +63,10 @@ def create_job(
     request: Annotated[JobRequest, Form(media_type="multipart/form-data")],
     service: ServiceDep,
     response: Response,
-    key: Annotated[str | None, Depends(idempotency_key)],
+    key: IdempotencyKey = None,
 ) -> JobOut:
-    """Queued at once and answered 202 with the job's id; follow it with GET. 408: the upload
+    """Queued at once and answered 202 with the job's id; follow it with GET. 400: the body
+    is not a multipart form; 408: the upload
     stalled; 409: the Idempotency-Key came with another request; 413: the upload is over the
     size limit; 415: it is not a video, or one over the decoding limits; 422: a video the model
     cannot use (too short, too long) or bad parameters; 429: the queue is full (see
