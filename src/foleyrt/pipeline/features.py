@@ -118,8 +118,8 @@ def video_conditions(
 
 def _stream_video(
     models: FoleyModels, info: VideoInfo, prompt: str, negative_prompt: str,
-    device: torch.device, fast: bool, limits: VideoLimits | None,
-    on_frame: Callable[[int], None] | None,
+    device: torch.device, fast: bool, limits: VideoLimits | None = None,
+    on_frame: Callable[[int], None] | None = None,
 ) -> EncodedClip:
     t0 = time.perf_counter()
     prep = FramePrep.for_device(device)

@@ -36,7 +36,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-LOOPBACK_NAMES = {"localhost"}
+LOOPBACK_NAMES = frozenset({"localhost"})
 
 
 class RequestContext:
