@@ -168,6 +168,22 @@ def test_store_rejects_a_newer_schema(tmp_path: Path) -> None:
         JobStore(path)
 
 
+def test_a_version_1_database_gains_idempotency_keys(tmp_path: Path) -> None:
+    import sqlite3
+
+    from foleyrt.server.store import _SCHEMA, Idempotency
+
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as db:  # what the previous release made
+        db.executescript(f"{_SCHEMA} PRAGMA user_version = 1;")
+    store = JobStore(path)
+    first = new_job_id()
+    key = Idempotency("k", "digest")
+    assert store.add(first, _text_params("x"), max_queued=2, idempotency=key) == first
+    assert store.add(new_job_id(), _text_params("x"), max_queued=2, idempotency=key) == first
+    store.close()
+
+
 def test_queue_positions_follow_submission_order(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
     ids = [new_job_id() for _ in range(3)]

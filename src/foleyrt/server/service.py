@@ -5,7 +5,6 @@ about HTTP beyond the status each error carries.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import math
@@ -33,7 +32,7 @@ from foleyrt.server.metrics import Metrics
 from foleyrt.server.schemas import MAX_SEED, JobParams, JobRequest, OutputFormat
 from foleyrt.server.settings import ServerSettings, format_duration
 from foleyrt.server.store import Idempotency, JobRecord, JobState, JobStore, KeyReused
-from foleyrt.server.worker import DISK_FULL_MESSAGE, Worker
+from foleyrt.server.worker import DISK_FULL_ERRNOS, DISK_FULL_MESSAGE, Worker
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ PROBE_WORKERS = 2  # uploads checked at once: probing reads headers and packet i
 MAX_SHOWN_ID = 36  # a job id (a UUID) is this long; longer "ids" are not echoed back
 _COPY_CHUNK = 1024 * 1024
 _OUTPUT_FIELDS: dict[str, str] = {"wav": "wav", "mp4": "mp4", "png": "spectrogram"}
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class JobService:
@@ -117,7 +115,7 @@ class JobService:
                               f"{exc.job_id}); use a new key for a new job") from None
         except OSError as exc:
             self.files.remove_job(job_id)
-            if exc.errno in _DISK_ERRNOS:
+            if exc.errno in DISK_FULL_ERRNOS:
                 raise DiskFull(DISK_FULL_MESSAGE) from None
             raise
         except BaseException:

@@ -39,6 +39,7 @@ OOM_MESSAGE = (
     "when the server is less busy"
 )
 DISK_FULL_MESSAGE = "the server's disk is full; retry later, when results have expired"
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # Below this much free space (the failed job's partial files still on it), a job that failed
 # is taken to have met a full disk.
 _DISK_FULL_BYTES = 1024 * 1024
@@ -205,7 +206,7 @@ class Worker:
     def _disk_full(self, exc: BaseException) -> bool:
         """Writers report a full disk in their own words (libsndfile: "System error"), so
         the free space says what happened when the error does not."""
-        if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        if any(isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS
                for e in (exc, exc.__cause__, exc.__context__)):
             return True
         return shutil.disk_usage(self.files.jobs).free < _DISK_FULL_BYTES
