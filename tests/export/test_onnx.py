@@ -8,7 +8,6 @@ so it happens once per module.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,9 +21,6 @@ pytest.importorskip("onnxscript")
 import onnx  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from foleyrt.cli import main  # noqa: E402
-from foleyrt.config import TINY  # noqa: E402
-from foleyrt.errors import ConfigError, DependencyError  # noqa: E402
 from foleyrt.accel.calibration import AMAX_FORMAT, AMAX_VERSION, read_calibration  # noqa: E402
 from foleyrt.accel.engine_io import (  # noqa: E402
     DECODER,
@@ -33,7 +29,12 @@ from foleyrt.accel.engine_io import (  # noqa: E402
     velocity_feeds,
     velocity_signature,
 )
-from foleyrt.config import config_digest  # noqa: E402
+from foleyrt.cli import main  # noqa: E402
+from foleyrt.config import (
+    TINY,  # noqa: E402
+    config_digest,  # noqa: E402
+)
+from foleyrt.errors import ConfigError, DependencyError  # noqa: E402
 from foleyrt.export.onnx import (  # noqa: E402
     DEFAULT_OPSET,
     MIN_OPSET,

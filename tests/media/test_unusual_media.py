@@ -10,9 +10,11 @@ import av
 import pytest
 import soundfile
 
-from foleyrt.config import TINY_RANDOM, RuntimeConfig
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.config import TINY_RANDOM
 from foleyrt.media.video import probe_video
 from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.request import GenerationRequest
 from tests.media.conftest import Media
 
 RATE = 48_000
@@ -40,7 +42,7 @@ UNUSUAL = {
 
 @pytest.fixture(scope="module")
 def pipeline() -> FoleyPipeline:
-    return FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.auto("cpu"))
+    return FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.build("cpu"))
 
 
 def _picture(path: Path) -> tuple[str, list[bytes], list[float], int]:
@@ -59,7 +61,7 @@ def test_unusual_clip_gives_a_wav_and_a_playable_mp4(
     pipeline: FoleyPipeline, media: Media, tmp_path: Path, clip: str
 ) -> None:
     source = media[clip]
-    result = pipeline.generate(source, prompt="footsteps", steps=2, seed=7)
+    result = pipeline.generate(source, GenerationRequest(prompt="footsteps", steps=2, seed=7))
     (wav,) = result.save(tmp_path / "out.wav")
     (mp4,) = result.save(tmp_path / "out.mp4")
 

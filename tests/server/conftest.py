@@ -24,7 +24,7 @@ from foleyrt.config import TINY_RANDOM
 from foleyrt.media.synthetic import ClipSpec, encode_clip
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.app import create_app
-from foleyrt.server.settings import ServerSettings
+from foleyrt.server.settings import MIB, ServerSettings
 from tests.server.support import STEPS
 
 
@@ -73,7 +73,8 @@ def make_settings(data_dir: Path) -> MakeSettings:
 
     def make(**overrides: Any) -> ServerSettings:
         return ServerSettings(**{"data_dir": data_dir, "model": TINY_RANDOM,
-                                 "default_steps": STEPS, **overrides})
+                                 "default_steps": STEPS, "allowed_hosts": ("testserver",),
+                                 "min_free_bytes": 16 * MIB, **overrides})
 
     return make
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import uvicorn
+import av
 from fastapi.testclient import TestClient
 
 from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, ProgressFn
 from foleyrt.server.app import create_app
+from foleyrt.server.runner import server_for
 from foleyrt.server.service import JobService
 from foleyrt.server.settings import ServerSettings
 
@@ -61,15 +65,18 @@ def wait_for(client: Any, job_id: str, states: set[str] = FINAL,
         time.sleep(0.05)
 
 
-def submit_text(client: Any, **fields: Any) -> Any:
+def submit_text(client: Any, headers: dict[str, str] | None = None, **fields: Any) -> Any:
     return client.post("/v1/jobs", data={"prompt": "rain on a tin roof", "duration": "1",
-                                         **{k: str(v) for k, v in fields.items()}})
+                                         **{k: str(v) for k, v in fields.items()}},
+                       headers=headers)
 
 
-def submit_video(client: Any, path: Path, name: str | None = None, **fields: Any) -> Any:
+def submit_video(client: Any, path: Path, name: str | None = None,
+                 headers: dict[str, str] | None = None, **fields: Any) -> Any:
     with path.open("rb") as f:
         return client.post("/v1/jobs", data={"prompt": "footsteps", **fields},
-                           files={"video": (name or path.name, f, "video/mp4")})
+                           files={"video": (name or path.name, f, "video/mp4")},
+                           headers=headers)
 
 
 @contextmanager
@@ -78,8 +85,7 @@ def live_server(settings: ServerSettings, pipeline: Any) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, pipeline), log_config=None,
-                                           access_log=False))
+    server = server_for(create_app(settings, pipeline), settings)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -93,3 +99,36 @@ def live_server(settings: ServerSettings, pipeline: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def png_frame(width: int, height: int) -> bytes:
+    """A black RGB PNG, compressed row by row: a 8192x8192 picture (200 MB decoded) is a few
+    hundred kB, the stuff of media bombs."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * width)  # filter byte + pixels
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+def png_movie(path: Path, sizes: list[tuple[int, int]], fps: int = 2) -> Path:
+    """A QuickTime file of PNG frames of the given sizes, muxed without decoding them; its
+    header states the first frame's size."""
+    frames = {size: png_frame(*size) for size in set(sizes)}
+    with av.open(str(path), "w", format="mov") as out:
+        stream = out.add_stream("png", rate=fps)
+        stream.width, stream.height = sizes[0]
+        stream.pix_fmt = "rgb24"
+        for k, size in enumerate(sizes):
+            packet = av.Packet(frames[size])
+            packet.stream = stream
+            packet.pts = packet.dts = k
+            packet.duration = 1
+            packet.time_base = Fraction(1, fps)
+            out.mux(packet)
+    return path

@@ -10,7 +10,7 @@ import torch
 from foleyrt.errors import ConfigError
 from foleyrt.server.files import DataDir, new_job_id
 from foleyrt.server.service import _display_name
-from foleyrt.server.settings import ServerSettings, parse_duration
+from foleyrt.server.settings import ServerSettings, format_duration, parse_duration
 from foleyrt.server.spectrogram import F_MIN, spectrogram_image, spectrogram_levels
 
 
@@ -71,3 +71,29 @@ def test_spectrogram_puts_a_tone_at_its_frequency() -> None:
 def test_spectrogram_image_of_silence_and_of_a_short_track() -> None:
     image = spectrogram_image(torch.zeros(1, 100), 48000)
     assert (image.size, image.mode) == ((800, 240), "RGB")
+
+
+@pytest.mark.parametrize("seconds, shown", [
+    (86400, "24 h"), (300, "5 min"), (5, "5 s"), (5400, "1.5 h"), (7 * 86400, "7 d"),
+    (0.3, "0.3 s"),
+])
+def test_durations_read_as_people_write_them(seconds: float, shown: str) -> None:
+    assert format_duration(seconds) == shown
+
+
+def test_json_log_lines_carry_the_request_id() -> None:
+    import json
+    import logging
+
+    from foleyrt.server.logs import JsonFormatter, RequestIdFilter, request_id
+
+    record = logging.LogRecord("foleyrt.server", logging.INFO, __file__, 1, "job %s queued",
+                               ("abc",), None)
+    token = request_id.set("req-1")
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        request_id.reset(token)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "job abc queued" and entry["request_id"] == "req-1"
+    assert entry["level"] == "info" and entry["logger"] == "foleyrt.server"

@@ -29,7 +29,7 @@ from av.stream import Disposition
 from PIL import Image
 from torch import Tensor
 
-from foleyrt.errors import InputError, MediaError
+from foleyrt.errors import ConfigError, InputError, MediaError
 from foleyrt.lengths import SIGLIP_FPS, SYNC_FPS, SYNC_WINDOW
 from foleyrt.media.resize import pil_bilinear_resize, torch_bicubic_aa_resize
 from foleyrt.request import MAX_SECONDS, MIN_SECONDS
@@ -44,6 +44,8 @@ SIGLIP_SIZE = 512
 SYNC_SIZE = 224
 PREPROCESS_WORKERS = 8
 
+# Frame rates are stored as rounded fractions (60000/1001, 60.02): this close to a limit is at it.
+_FPS_SLACK = 1.01
 # Decoding may stop this much before the header's end without the file being called truncated
 # (variable frame rates, a last frame shorter than its neighbours).
 _TRUNCATION_SLACK_S = 0.5
@@ -71,10 +73,42 @@ class VideoInfo:
     has_audio: bool
 
 
+@dataclass(frozen=True)
+class VideoLimits:
+    """What a clip may decode to, so that a small file cannot expand into gigabytes of frames
+    (a few MB of PNG frames can hold 16000x16000 pictures). Checked from the header and the
+    packet index before anything is decoded, and on every decoded frame, where FFmpeg's own
+    `max_pixels` stops a picture larger than allowed before it is allocated (headers can lie).
+    The defaults take real uploads: DCI 4K, 60 fps, the longest clip the model takes."""
+
+    max_pixels: int = 4096 * 2160
+    max_fps: float = 60.0
+    max_seconds: float = MAX_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.max_fps <= 0:
+            raise ConfigError("video limits must be positive")
+        if not MIN_SECONDS <= self.max_seconds <= MAX_SECONDS:
+            raise ConfigError(f"the longest video must be between {MIN_SECONDS:g} and "
+                              f"{MAX_SECONDS:g} s, got {self.max_seconds:g}")
+
+    @property
+    def max_frames(self) -> int:
+        """Frames decoded at most: the highest rate over the longest clip, a second spare."""
+        return math.ceil(self.max_fps * (self.max_seconds + 1))
+
+    @property
+    def codec_options(self) -> dict[str, str]:
+        return {"max_pixels": str(self.max_pixels)}
+
+
 @contextmanager
-def open_media(path: Path) -> Iterator[av.container.InputContainer]:
+def open_media(
+    path: Path, limits: VideoLimits | None = None
+) -> Iterator[av.container.InputContainer]:
     """Open a media file for reading (clips here, mux sources in `audio`), turning every way
-    it can fail to open into a one-line MediaError naming it."""
+    it can fail to open into a one-line MediaError naming it. With `limits`, the frames FFmpeg
+    decodes to fill in stream parameters are held to them too."""
     if not path.exists():
         raise MediaError(f"{path}: no such file")
     if path.is_dir():
@@ -82,7 +116,8 @@ def open_media(path: Path) -> Iterator[av.container.InputContainer]:
     try:
         if path.stat().st_size == 0:
             raise MediaError(f"{path}: file is empty")
-        container = av.open(str(path), mode="r")
+        options = [limits.codec_options] if limits is not None else None
+        container = av.open(str(path), mode="r", stream_options=options)
     except PermissionError:
         raise MediaError(f"{path}: cannot be read (permission denied)") from None
     except (av.error.FFmpegError, OSError) as exc:
@@ -124,11 +159,12 @@ def codec_name(stream: av.video.VideoStream) -> str:
     return stream.codec_context.codec.canonical_name
 
 
-def probe_video(path: str | Path) -> VideoInfo:
+def probe_video(path: str | Path, limits: VideoLimits | None = None) -> VideoInfo:
     """Read the header (and the packet timestamps only when it stores no duration) and check
-    the clip is one we can use: a video stream lasting MIN_SECONDS to MAX_SECONDS."""
+    the clip is one we can use: a video stream lasting MIN_SECONDS to MAX_SECONDS, and within
+    `limits` when given."""
     path = Path(path)
-    with open_media(path) as container:
+    with open_media(path, limits) as container:
         stream = first_video_stream(container, path)
         duration = _duration(container, stream, path)
         rate = stream.average_rate or stream.guessed_rate
@@ -152,6 +188,55 @@ def probe_video(path: str | Path) -> VideoInfo:
             f"{path}: video is {duration:.2f} s long; {MAX_SECONDS:g} s is the current limit "
             f"until long-video support lands, trim the clip to at most {MAX_SECONDS:g} s"
         )
+    if limits is not None:
+        _check_header(info, limits)
+    return info
+
+
+def _check_header(info: VideoInfo, limits: VideoLimits) -> None:
+    if info.duration_s > limits.max_seconds + DURATION_SLACK_S:
+        raise InputError(f"{info.path}: video is {info.duration_s:.2f} s long; the limit is "
+                         f"{limits.max_seconds:g} s, trim the clip")
+    if info.width * info.height == 0:  # FFmpeg could not decode one within `max_pixels`
+        raise MediaError(f"{info.path}: frames cannot be read within the limit of "
+                         f"{limits.max_pixels:,} pixels per frame")
+    if info.width * info.height > limits.max_pixels:
+        raise MediaError(f"{info.path}: frames are {info.width}x{info.height}; the limit is "
+                         f"{limits.max_pixels:,} pixels per frame, scale the video down")
+    if info.fps is not None and info.fps > limits.max_fps * _FPS_SLACK:
+        raise MediaError(f"{info.path}: video runs at {info.fps:.4g} fps; the limit is "
+                         f"{limits.max_fps:g} fps, convert it to a lower frame rate")
+
+
+def scan_video(path: str | Path, limits: VideoLimits) -> VideoInfo:
+    """`probe_video` within `limits`, then a pass over the packet index (no decoding): more
+    frames than the limit, or packets ending well before the header's end (a file cut short
+    whose index survived at the front), are refused before any decoding is queued."""
+    info = probe_video(path, limits)
+    count, end = 0, -math.inf
+    with open_media(info.path, limits) as container:
+        stream = first_video_stream(container, info.path)
+        header_end = _header_end(stream)
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                count += 1
+                if count > limits.max_frames:
+                    raise MediaError(
+                        f"{info.path}: video has more than {limits.max_frames} frames; the "
+                        f"limit is {limits.max_fps:g} fps over {limits.max_seconds:g} s")
+                if packet.pts is not None and packet.time_base is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0))
+                                         * packet.time_base))
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"{info.path}: video stream cannot be read ({_reason(exc)}); "
+                             "the file looks corrupt or truncated") from None
+    if count == 0:
+        raise MediaError(f"{info.path}: contains no video frames")
+    if header_end is not None and end < header_end - _TRUNCATION_SLACK_S:
+        raise MediaError(f"{info.path}: video data stops at {max(end, 0):.2f} s but its header "
+                         f"says {header_end:.2f} s; the file looks truncated")
     return info
 
 
@@ -210,8 +295,13 @@ def iter_ticks(
     rates: Sequence[int] = (SIGLIP_FPS, SYNC_FPS),
     *,
     end_s: float = FRAME_CAP_S,
+    limits: VideoLimits | None = None,
+    on_frame: Callable[[int], None] | None = None,
 ) -> Iterator[Tick]:
     """Sample the first video stream at every rate in `rates` from a single decode pass.
+    `limits`: frames larger or more numerous than allowed stop the decode with a MediaError;
+    `on_frame(frames decoded so far)` runs after every frame and may raise to stop it (a
+    cancelled or timed-out job).
 
     The release's rule, per rate: `t_next` starts at 0.0 and grows by repeated float
     addition of 1/rate (so it drifts exactly like the release's and, like it, can miss a
@@ -222,12 +312,18 @@ def iter_ticks(
     path = Path(path)
     schedules = [_Schedule(rate) for rate in rates]
     last_end: float | None = None  # when the last frame used stops being shown
-    with open_media(path) as container:
+    with open_media(path, limits) as container:
         stream = first_video_stream(container, path)
         stream.thread_type = "AUTO"
+        if limits is not None:
+            stream.codec_context.options = limits.codec_options
         # closed explicitly on an early stop, before the container it reads from
         with closing(_decoded(container, stream, path)) as frames:
             for frame_index, frame in enumerate(frames):
+                if limits is not None:
+                    _check_frame(path, frame, frame_index, limits)
+                if on_frame is not None:
+                    on_frame(frame_index + 1)
                 tau = frame.time
                 if tau is None:
                     raise MediaError(
@@ -244,6 +340,16 @@ def iter_ticks(
                         yield Tick(rate, n, frame_index, tau, rgb)
                 last_end = tau + _shown_for(frame, stream)
         _check_complete(path, stream, last_end, end_s)
+
+
+def _check_frame(path: Path, frame: av.VideoFrame, index: int, limits: VideoLimits) -> None:
+    """The limits again on what was really decoded (a header may understate either)."""
+    if index >= limits.max_frames:
+        raise MediaError(f"{path}: video decodes to more than {limits.max_frames} frames; the "
+                         f"limit is {limits.max_fps:g} fps over {limits.max_seconds:g} s")
+    if frame.width * frame.height > limits.max_pixels:
+        raise MediaError(f"{path}: a frame is {frame.width}x{frame.height}; the limit is "
+                         f"{limits.max_pixels:,} pixels per frame")
 
 
 class _Schedule:
@@ -536,11 +642,12 @@ def assemble_clip(
 
 def decode_clip(
     path: str | Path, *, siglip_fps: int = SIGLIP_FPS, sync_fps: int = SYNC_FPS,
-    device: torch.device | None = None,
+    device: torch.device | None = None, limits: VideoLimits | None = None,
+    on_frame: Callable[[int], None] | None = None,
 ) -> DecodedClip:
     """Validate `path` and decode it once into the SigLIP2 frames (siglip_fps, 512², uint8)
     and the Synchformer frames (sync_fps, 224², uint8), resized on `device` (default: the
-    CPU)."""
-    info = probe_video(path)
-    ticks = iter_ticks(info.path, (siglip_fps, sync_fps))
+    CPU); `limits` and `on_frame` as in `iter_ticks`."""
+    info = probe_video(path, limits)
+    ticks = iter_ticks(info.path, (siglip_fps, sync_fps), limits=limits, on_frame=on_frame)
     return assemble_clip(info, ticks, siglip_fps, sync_fps, FramePrep.for_device(device))

@@ -38,6 +38,7 @@ from foleyrt.media.video import (
     FrameBranch,
     FramePrep,
     VideoInfo,
+    VideoLimits,
     check_sync_length,
     decode_clip,
     iter_ticks,
@@ -75,18 +76,20 @@ class EncodedClip:
 
 def encode_video(
     models: FoleyModels, path: str | Path, prompt: str, negative_prompt: str,
-    device: torch.device, fast: bool = False,
+    device: torch.device, fast: bool = False, limits: VideoLimits | None = None,
+    on_frame: Callable[[int], None] | None = None,
 ) -> EncodedClip:
     """Decode `path` once and compute its SigLIP2, Synchformer and CLAP features on `device`
-    (`fast`: see `encoder_matmul_precision`)."""
+    (`fast`: see `encoder_matmul_precision`; `limits`, `on_frame`: see `iter_ticks`)."""
     if device.type == "cpu":
         t0 = time.perf_counter()
-        clip = decode_clip(path)
+        clip = decode_clip(path, limits=limits, on_frame=on_frame)
         decode_s = time.perf_counter() - t0
         cond = video_conditions(models, clip, prompt, negative_prompt, device, fast)
         lengths = SequenceLengths(clip.siglip_u8.shape[0], clip.sync_u8.shape[0])
         return EncodedClip(clip.info, cond, lengths, decode_s)
-    return _stream_video(models, probe_video(path), prompt, negative_prompt, device, fast)
+    return _stream_video(models, probe_video(path, limits), prompt, negative_prompt, device,
+                         fast, limits, on_frame)
 
 
 def video_conditions(
@@ -106,7 +109,8 @@ def video_conditions(
 
 def _stream_video(
     models: FoleyModels, info: VideoInfo, prompt: str, negative_prompt: str,
-    device: torch.device, fast: bool,
+    device: torch.device, fast: bool, limits: VideoLimits | None = None,
+    on_frame: Callable[[int], None] | None = None,
 ) -> EncodedClip:
     t0 = time.perf_counter()
     prep = FramePrep.for_device(device)
@@ -124,7 +128,8 @@ def _stream_video(
 
         siglip = FrameBranch(_in_inference(siglip_rows), SIGLIP_CHUNK, feeder,
                              max_pending=STREAM_PENDING)
-        for tick in iter_ticks(info.path, (SIGLIP_FPS, SYNC_FPS)):
+        for tick in iter_ticks(info.path, (SIGLIP_FPS, SYNC_FPS), limits=limits,
+                               on_frame=on_frame):
             (siglip if tick.rate == SIGLIP_FPS else sync).add(tick)
         decode_s = time.perf_counter() - t0
         check_sync_length(info, len(sync))

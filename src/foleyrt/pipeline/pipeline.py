@@ -24,6 +24,7 @@ from foleyrt.config import HUB_REPO
 from foleyrt.errors import Cancelled, InputError, UsageError
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.audio import check_output_path, fit_length, mux_video, numbered_paths, write_wav
+from foleyrt.media.video import VideoLimits
 from foleyrt.pipeline.features import encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_models
 from foleyrt.request import GenerationRequest
@@ -149,13 +150,16 @@ class FoleyPipeline:
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
         progress: ProgressFn | None = None,
+        video_limits: VideoLimits | None = None,
     ) -> FoleyResult:
         """`request.samples` sound tracks for `video` (or, without one, `request.duration`
         seconds of text-to-audio). Noise comes from `noise` if given, else from `generator`,
-        else from the request's seed (see `initial_noise`)."""
+        else from the request's seed (see `initial_noise`). `progress` also hears of every
+        decoded frame (stage "video"), so a cancel or a time limit stops decoding too;
+        `video_limits` bounds what the clip may decode to (the server's; None: unbounded)."""
         request = (request or GenerationRequest()).check_source(video is not None)
         t0 = time.perf_counter()
-        encoded = self.encode(video, request, progress)
+        encoded = self.encode(video, request, progress, video_limits)
         self._sync()
         t1 = time.perf_counter()
         (latents,) = self.denoise([encoded], generators=[generator],
@@ -167,7 +171,8 @@ class FoleyPipeline:
         return result
 
     def encode(self, video: str | Path | None, request: GenerationRequest,
-               progress: ProgressFn | None = None) -> Encoded:
+               progress: ProgressFn | None = None, video_limits: VideoLimits | None = None
+               ) -> Encoded:
         """Decode `video` and compute its features (or, text-only, the empty visual ones)."""
         models, device = self.models, self.runtime.device
         t0 = time.perf_counter()
@@ -177,7 +182,8 @@ class FoleyPipeline:
             report(progress, "video")
             with models.stage(models.siglip, models.synchformer, models.clap):
                 clip = encode_video(models, video, request.prompt, negative, device,
-                                    fast=self.runtime.fast_encoders)
+                                    fast=self.runtime.fast_encoders, limits=video_limits,
+                                    on_frame=lambda n: report(progress, "video", n, 0))
             cond, lengths, fit_s = clip.conditions, clip.lengths, clip.info.duration_s
             timings["video"] = clip.decode_s
             report(progress, "features")

@@ -1,5 +1,6 @@
-"""The application factory: routes, the upload limit, error mapping and the web UI, with the
-pipeline and the job service started in the lifespan (never at import)."""
+"""The application factory: routes, the middleware around them (request ids, security
+headers, same-site checks, the upload door), one-line refusals, the docs page and the web
+UI, with the pipeline and the job service started in the lifespan (never at import)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from foleyrt.errors import FoleyError
 from foleyrt.pipeline.pipeline import FoleyPipeline
-from foleyrt.server.errors import QueueFull
-from foleyrt.server.limits import UploadLimit
+from foleyrt.server import refusals
+from foleyrt.server.docs import add_docs
+from foleyrt.server.files import DataDir
+from foleyrt.server.http import RequestContext, SameSiteGuard
+from foleyrt.server.limits import SubmissionGate
+from foleyrt.server.metrics import Metrics
+from foleyrt.server.recovery import open_data
 from foleyrt.server.routes import jobs, system
-from foleyrt.server.schemas import API_PREFIX
+from foleyrt.server.schemas import API_PREFIX, openapi_for
 from foleyrt.server.service import JobService
 from foleyrt.server.settings import ServerSettings
+from foleyrt.server.store import JobStore
 from foleyrt.version import __version__
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -30,15 +35,21 @@ def load_pipeline(settings: ServerSettings) -> FoleyPipeline:
     return FoleyPipeline.from_pretrained(settings.model, settings.size, settings.runtime)
 
 
-def create_app(settings: ServerSettings, pipeline: FoleyPipeline | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, pipeline: FoleyPipeline | None = None,
+               data: tuple[DataDir, JobStore] | None = None) -> FastAPI:
     """`pipeline`: an already loaded one (the CLI loads it first, so a bad model path is a
-    one-line error rather than a failed start-up; tests share one); else loaded at start-up."""
+    one-line error rather than a failed start-up; tests share one); else loaded at start-up.
+    `data`: the data directory and job store, already opened and checked (the CLI does that
+    before loading the model); else opened at start-up."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pipe = pipeline if pipeline is not None else await run_in_threadpool(
             load_pipeline, settings)
-        service = await run_in_threadpool(JobService.start, settings, pipe)
+        files, store = data if data is not None else await run_in_threadpool(
+            open_data, settings)
+        service = JobService(settings, pipe, files, store, app.state.metrics)
+        service.start()
         app.state.service = service
         try:
             yield
@@ -46,21 +57,30 @@ def create_app(settings: ServerSettings, pipeline: FoleyPipeline | None = None) 
             await run_in_threadpool(service.stop)
 
     app = FastAPI(
-        title="foleyrt", version=__version__, lifespan=lifespan,
+        title="foleyrt", version=__version__, lifespan=lifespan, docs_url=None,
+        redoc_url=None,
         description="HunyuanVideo-Foley as a service: a video (or a text) in, a synchronised "
                     "48 kHz sound track out. Jobs run one at a time on the server's GPU.",
     )
     app.state.settings = settings
-    app.add_middleware(UploadLimit, path=f"{API_PREFIX}/jobs",
-                       max_bytes=settings.max_upload_bytes)
-    app.add_exception_handler(FoleyError, _foley_error)
+    app.state.metrics = Metrics()
+
+    def admit() -> None:
+        app.state.service.admit()
+
+    # Added innermost first: requests pass RequestContext, SameSiteGuard, SubmissionGate.
+    app.add_middleware(SubmissionGate, path=f"{API_PREFIX}/jobs",
+                       max_bytes=settings.max_upload_bytes,
+                       client_timeout_s=settings.client_timeout_s, admit=admit)
+    if settings.api_token is None:
+        app.add_middleware(SameSiteGuard, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
+    refusals.install(app)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
+    app.include_router(system.metrics_router)
+    add_docs(app)
+    base_openapi = app.openapi
+    app.openapi = lambda: openapi_for(base_openapi(), settings)  # type: ignore[method-assign]
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
     return app
-
-
-async def _foley_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, FoleyError)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, QueueFull) else None
-    return JSONResponse({"detail": str(exc)}, status_code=exc.http_status, headers=headers)

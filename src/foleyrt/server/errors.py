@@ -12,12 +12,14 @@ class JobNotFound(FoleyError):
 
 class JobConflict(FoleyError):
     """The job is in the wrong state for the request (cancel a finished job, fetch outputs of
-    one still running)."""
+    one still running), or an Idempotency-Key was reused with another request."""
 
     http_status = 409
 
 
-class ResultsExpired(FoleyError):
+class ResultsGone(FoleyError):
+    """Expired, or deleted from the disk by someone else."""
+
     http_status = 410
 
 
@@ -27,3 +29,13 @@ class QueueFull(FoleyError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NotAccepting(FoleyError):
+    """The server is shutting down (or its worker died): try another instance or later."""
+
+    http_status = 503
+
+
+class DiskFull(FoleyError):
+    http_status = 507

@@ -8,15 +8,12 @@ use) and fixed names; nothing a client sends (file names included) ever becomes 
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 from foleyrt.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"  # no suffix: uploads are sniffed by content, never by their name
 
@@ -88,13 +85,18 @@ class DataDir:
         """A finished job no longer needs its upload (the MP4s already hold the picture)."""
         self.input_path(job_id).unlink(missing_ok=True)
 
-    def remove_orphans(self, known: set[str]) -> None:
-        """Delete job folders without a database row: a crash between creating the folder
-        and recording the job would otherwise leak the upload forever."""
-        for path in self.jobs.iterdir():
-            if path.name not in known:
-                log.info("removing orphaned job folder %s", path.name)
-                shutil.rmtree(path, ignore_errors=True)
+    def folders(self) -> list[str]:
+        """Names of the job folders present (whatever made them)."""
+        return sorted(path.name for path in self.jobs.iterdir())
+
+    def holds_results(self, name: str) -> bool:
+        """Whether a job folder holds anything but an upload: a crash mid-submission leaves
+        only `input` (or nothing), a finished job its outputs."""
+        return any(path.name != INPUT_NAME for path in (self.jobs / name).iterdir())
+
+    def remove_folder(self, name: str) -> None:
+        """Remove a folder found under `jobs/` (its name need not be a job id)."""
+        shutil.rmtree(self.jobs / name, ignore_errors=True)
 
     def redact(self, message: str, job_id: str, upload_name: str | None = None) -> str:
         """A pipeline message with this job's server paths replaced by what the user knows

@@ -1,28 +1,40 @@
-"""The request body limit of the upload route (413 with a message that says the limit).
+"""The door of the upload route: what is refused before or while a body arrives.
 
-An announced `Content-Length` over the limit is refused before a byte is read; a body
-without one (chunked) is counted as it streams and refused once past the limit, so an
-oversized upload is never spooled to disk whole. (FastAPI's own `max_body_size` answers the
-first case with a plain-text body that cannot carry our message, hence this small one.)
+Before a byte is read: a submission the service could not queue (shutting down, queue full,
+disk nearly full) and an announced `Content-Length` over the limit. While it streams: a body
+past the limit (counted, so a chunked upload is never spooled to disk whole) and a client
+that goes quiet for `client_timeout_s` (a slow upload holds a connection and a temp file).
+(FastAPI's own `max_body_size` answers with a plain-text body that cannot carry our
+message, hence this small middleware.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import anyio
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from foleyrt.errors import FoleyError
+from foleyrt.server.refusals import error_response
 
 # Room for the form fields and multipart framing around the video itself.
 FORM_OVERHEAD_BYTES = 64 * 1024
 
 
-class UploadLimit:
-    """ASGI middleware limiting the body of `POST {path}` to `max_bytes` + form overhead."""
+class SubmissionGate:
+    """ASGI middleware in front of `POST {path}`. `admit()` raises the FoleyError that
+    refuses a submission now (it reads the service when called, once the app has started)."""
 
-    def __init__(self, app: ASGIApp, *, path: str, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, path: str, max_bytes: int, client_timeout_s: float,
+                 admit: Callable[[], None]) -> None:
         self.app = app
         self.path = path
         self.max_bytes = max_bytes
+        self.client_timeout_s = client_timeout_s
+        self.admit = admit
         self.message = (f"upload too large: the limit is {max_bytes / 1024 ** 2:g} MiB per "
                         "video; trim or re-encode the clip")
 
@@ -31,6 +43,11 @@ class UploadLimit:
                 and scope["path"].rstrip("/") == self.path):
             await self.app(scope, receive, send)
             return
+        try:
+            self.admit()
+        except FoleyError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
         limit = self.max_bytes + FORM_OVERHEAD_BYTES
         announced = _content_length(scope)
         if announced is not None and announced > limit:
@@ -38,17 +55,21 @@ class UploadLimit:
             return
         seen = 0
 
-        async def counted() -> Message:
+        async def guarded() -> Message:
+            # An HTTPException passes through FastAPI's form parsing untouched.
             nonlocal seen
-            message = await receive()
+            with anyio.move_on_after(self.client_timeout_s) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                raise HTTPException(408, f"the upload stalled: nothing arrived for "
+                                         f"{self.client_timeout_s:g} s")
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    # An HTTPException passes through FastAPI's form parsing untouched.
                     raise HTTPException(413, self.message)
             return message
 
-        await self.app(scope, counted, send)
+        await self.app(scope, guarded, send)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from foleyrt.media.video import VideoLimits
 from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult, ProgressFn
 from foleyrt.server.files import DataDir
 from foleyrt.server.schemas import JobParams
@@ -19,12 +20,15 @@ SAMPLE_STEM = "sample"  # FoleyResult.save numbers it: sample.wav, or sample_1.w
 
 
 def generate(
-    pipeline: FoleyPipeline, job: JobRecord, files: DataDir, progress: ProgressFn
+    pipeline: FoleyPipeline, job: JobRecord, files: DataDir, progress: ProgressFn,
+    video_limits: VideoLimits,
 ) -> FoleyResult:
-    """Run the pipeline with the job's stored parameters (and its upload, if any)."""
+    """Run the pipeline with the job's stored parameters (and its upload, if any, decoded
+    within the server's limits)."""
     params = JobParams.model_validate(job.params)
     video = None if params.text_only else files.input_path(job.id)
-    return pipeline.generate(video, params.generation_request(), progress=progress)
+    return pipeline.generate(video, params.generation_request(), progress=progress,
+                             video_limits=video_limits)
 
 
 def write_outputs(result: FoleyResult, job_dir: Path) -> tuple[OutputFiles, ...]:

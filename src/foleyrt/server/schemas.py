@@ -1,10 +1,11 @@
 """Shapes of what goes over the wire: the job form in, job / health / model documents out.
-Pure data: the service decides, these only describe (and /docs shows them)."""
+Pure data: the service decides, these only describe (and /docs shows them); `openapi_for`
+writes the server's own limits into the published schema."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,16 +15,18 @@ from foleyrt.request import (
     DEFAULT_NEGATIVE_PROMPT,
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
-    MAX_SAMPLES,
-    MAX_SECONDS,
     MAX_SEED,
     MAX_STEPS,
     MIN_SECONDS,
     GenerationRequest,
 )
+from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobRecord, JobState
 
 API_PREFIX = "/v1"
+MAX_PAGE = 100
+MAX_CURSOR = 2**63 - 1  # SQLite's largest integer
+IDEMPOTENCY_KEY_CHARS = 255
 OutputFormat = Literal["wav", "mp4", "png"]
 
 
@@ -34,8 +37,8 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     video: UploadFile | None = Field(
-        None, description="the clip (1-15 s; any container/codec FFmpeg reads); omit for "
-                          "text-only, then `duration` is required")
+        None, description="the clip (any container/codec FFmpeg reads, within the limits of "
+                          "GET /v1/models); omit for text-only, then `duration` is required")
     prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="what the sound should be")
     negative_prompt: str | None = Field(
         None, max_length=MAX_PROMPT_CHARS,
@@ -45,8 +48,10 @@ class JobRequest(BaseModel):
     guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=MAX_GUIDANCE,
                             description="classifier-free guidance scale")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="noise seed (default: random)")
-    samples: int = Field(1, ge=1, le=MAX_SAMPLES, description="number of sound tracks")
-    duration: float | None = Field(None, ge=MIN_SECONDS, le=MAX_SECONDS,
+    # The upper bounds are the server's (GET /v1/models), checked by the service and written
+    # into the published schema by `openapi_for`.
+    samples: int = Field(1, ge=1, description="number of sound tracks")
+    duration: float | None = Field(None, ge=MIN_SECONDS,
                                    description="seconds of audio, text-only jobs only")
 
 
@@ -122,6 +127,19 @@ class JobOut(BaseModel):
         )
 
 
+class JobList(BaseModel):
+    jobs: list[JobOut] = Field(description="newest first")
+    next_cursor: int | None = Field(
+        description="pass as `cursor` for the next (older) page; null on the last page")
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    checks: dict[str, bool] = Field(
+        description="models_loaded, worker_alive, accepting (not shutting down), "
+                    "queue_has_room, disk_space: all true when ready")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
@@ -154,6 +172,9 @@ class Limits(BaseModel):
     min_seconds: float
     max_seconds: float
     max_upload_bytes: int
+    max_pixels: int = Field(description="per video frame")
+    max_fps: float
+    max_frames: int = Field(description="decoded frames per video")
     job_timeout_s: float
     result_ttl_s: float
 
@@ -166,6 +187,24 @@ class ModelsOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+def openapi_for(schema: dict[str, Any], settings: ServerSettings) -> dict[str, Any]:
+    """The generated schema with this server's limits where the form's static bounds are
+    wider (samples, duration), so generated clients and fuzzers see the real ones; and the
+    bearer token required only when this server has one."""
+    fields = schema["components"]["schemas"][JobRequest.__name__]["properties"]
+    fields["samples"]["maximum"] = settings.max_samples
+    for option in fields["duration"].get("anyOf", [fields["duration"]]):
+        if option.get("type") == "number":
+            option["maximum"] = settings.video_limits.max_seconds
+    if settings.api_token is None:
+        schema["components"].pop("securitySchemes", None)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                operation.pop("security", None)
+                operation["responses"].pop("401", None)
+    return schema
 
 
 def _utc(stamp: float | None) -> datetime | None:

@@ -14,12 +14,14 @@ from pathlib import Path
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.config import HUB_REPO
 from foleyrt.errors import ConfigError
+from foleyrt.media.video import VideoLimits
 from foleyrt.request import DEFAULT_STEPS, MAX_SAMPLES, MAX_STEPS
 
 TOKEN_ENV = "FOLEYRT_API_TOKEN"
 MIB = 1024 * 1024
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SHOWN_UNITS = (("d", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0))
 
 
 def default_data_dir() -> Path:
@@ -42,6 +44,15 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * _UNITS[match[2] or "s"]
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds for people: `86400` -> "24 h", `300` -> "5 min", `5400` -> "1.5 h",
+    `172800` -> "2 d" (days only from two on: "kept 24 h", not "kept 1 d")."""
+    for unit, size in _SHOWN_UNITS:
+        if seconds >= (2 * size if unit == "d" else size):
+            return f"{round(seconds / size, 1):g} {unit}"
+    return f"{seconds:.2g} s"
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Everything the service needs besides the host and port (those are uvicorn's)."""
@@ -52,12 +63,19 @@ class ServerSettings:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # device, dtype, accel, ...
     max_queue: int = 16  # jobs waiting; the running one is not counted
     max_upload_bytes: int = 200 * MIB
+    video_limits: VideoLimits = field(default_factory=VideoLimits)
     job_timeout_s: float = 600.0
     result_ttl_s: float = 24 * 3600.0
+    record_ttl_s: float = 30 * 86400.0  # expired rows, after their files went
     cleanup_interval_s: float = 60.0
+    min_free_bytes: int = 1024 * MIB  # below this, submissions get 507 and /v1/ready says no
+    shutdown_timeout_s: float = 30.0  # SIGTERM: finish or re-queue the running job by then
+    client_timeout_s: float = 30.0  # a client silent this long mid-request is dropped
+    max_connections: int = 64  # open HTTP connections; more get 503
     default_steps: int = DEFAULT_STEPS
     max_samples: int = 6  # the release's UI offers 1-6
     api_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()  # Host names taken without a token, besides localhost
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -65,7 +83,10 @@ class ServerSettings:
             raise ConfigError(f"max queue must be at least 1, got {self.max_queue}")
         if self.max_upload_bytes < 1:
             raise ConfigError("max upload size must be positive")
-        for name in ("job_timeout_s", "result_ttl_s", "cleanup_interval_s"):
+        if self.min_free_bytes < 0 or self.max_connections < 1:
+            raise ConfigError("free-space threshold and connection cap must be positive")
+        for name in ("job_timeout_s", "result_ttl_s", "record_ttl_s", "cleanup_interval_s",
+                     "shutdown_timeout_s", "client_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 1 <= self.default_steps <= MAX_STEPS:

@@ -22,7 +22,7 @@ from typing import Any
 
 from foleyrt.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- queue order
@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+"""
+# Version 2: a client's Idempotency-Key and a digest of what it sent with it.
+_IDEMPOTENCY = """
+ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+ALTER TABLE jobs ADD COLUMN request_digest TEXT;
+CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (idempotency_key);
 """
 RESTART_MESSAGE = (
     "the server stopped while this job was running (crash or kill); it was not retried in "
@@ -69,6 +75,22 @@ class OutputFiles:
 
 
 @dataclass(frozen=True)
+class Idempotency:
+    """A client's retry key and the digest of the request it came with."""
+
+    key: str
+    digest: str
+
+
+class KeyReused(Exception):
+    """The Idempotency-Key belongs to a job submitted with another request."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
 class JobRecord:
     id: str
     state: JobState
@@ -91,14 +113,15 @@ _SELECT = f"""
 SELECT {_COLUMNS},
        CASE WHEN state = 'queued' THEN
             (SELECT COUNT(*) FROM jobs AS q WHERE q.state = 'queued' AND q.seq <= jobs.seq)
-       END
+       END,
+       seq
 FROM jobs
 """
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
     (id_, state, params, stage, step, total, error, outputs, created, started, finished,
-     position) = row
+     position, _seq) = row
     return JobRecord(id_, JobState(state), json.loads(params), stage, step, total, error,
                      tuple(OutputFiles(**o) for o in json.loads(outputs)), created, started,
                      finished, position)
@@ -111,13 +134,18 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version > SCHEMA_VERSION:
             raise ConfigError(
                 f"{path}: job database version {version} is not supported "
                 f"(this foleyrt reads version {SCHEMA_VERSION}); use another --data-dir"
             )
-        with self._lock:  # idempotent DDL; executescript manages its own transaction
-            self._db.executescript(f"{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};")
+        # Each step brings a database from the version before up (0: a new file); each
+        # script runs in its own transaction.
+        with self._lock:
+            if version < 1:
+                self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = 1; COMMIT;")
+            if version < 2:
+                self._db.executescript(f"BEGIN; {_IDEMPOTENCY} PRAGMA user_version = 2; COMMIT;")
 
     def close(self) -> None:
         with self._lock:
@@ -152,9 +180,29 @@ class JobStore:
                 "SELECT COUNT(*) FROM jobs WHERE state = ?", (state.value,)
             ).fetchone()[0]
 
+    def counts(self) -> dict[JobState, int]:
+        """Jobs per state (every state, zeros included)."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        return {state: rows.get(state.value, 0) for state in JobState}
+
     def ids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT id FROM jobs")}
+
+    def page(self, limit: int, before: int | None = None) -> tuple[list[JobRecord], int | None]:
+        """Up to `limit` jobs, newest first, older than the cursor `before` if given; and the
+        cursor of the next page (None: this was the last)."""
+        where = "seq < ?" if before is not None else "1"
+        args = (before,) if before is not None else ()
+        with self._lock:
+            rows = self._db.execute(
+                f"{_SELECT} WHERE {where} ORDER BY seq DESC LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_record(r) for r in rows], rows[-1][-1] if more else None
 
     def mean_run_seconds(self, last: int = 20) -> float | None:
         """Mean run time of the last `last` successful jobs: what a client told to retry
@@ -168,17 +216,30 @@ class JobStore:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def add(self, job_id: str, params: dict[str, Any], *, max_queued: int) -> bool:
-        """Queue a job unless `max_queued` jobs already wait; False when full."""
+    def add(self, job_id: str, params: dict[str, Any], *, max_queued: int,
+            idempotency: Idempotency | None = None) -> str | None:
+        """Queue a job unless `max_queued` jobs already wait (None when full); the id of the
+        job that now stands for the request: `job_id`, or the one an earlier request with the
+        same idempotency key and digest made (`KeyReused` if the digest differs)."""
         with self._transaction() as db:
+            if idempotency is not None:
+                row = db.execute("SELECT id, request_digest FROM jobs WHERE idempotency_key = ?",
+                                 (idempotency.key,)).fetchone()
+                if row is not None:
+                    if row[1] != idempotency.digest:
+                        raise KeyReused(row[0])
+                    return str(row[0])
             queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
             if queued >= max_queued:
-                return False
+                return None
             db.execute(
-                "INSERT INTO jobs (id, state, params, created_at) VALUES (?, 'queued', ?, ?)",
-                (job_id, json.dumps(params), time.time()),
+                "INSERT INTO jobs (id, state, params, created_at, idempotency_key, "
+                "request_digest) VALUES (?, 'queued', ?, ?, ?, ?)",
+                (job_id, json.dumps(params), time.time(),
+                 idempotency.key if idempotency else None,
+                 idempotency.digest if idempotency else None),
             )
-        return True
+        return job_id
 
     def claim_next(self) -> JobRecord | None:
         """The oldest queued job, now marked running."""
@@ -212,11 +273,12 @@ class JobStore:
             )
 
     def requeue(self, job_id: str) -> None:
-        """Back to the queue in its old place (a graceful shutdown interrupted it)."""
+        """Back to the queue in its old place, if still running (a graceful shutdown
+        interrupted it)."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'queued', started_at = NULL, stage = NULL, step = 0, "
-                "total = 0 WHERE id = ?", (job_id,),
+                "total = 0 WHERE id = ? AND state = 'running'", (job_id,),
             )
 
     def cancel_if_queued(self, job_id: str) -> bool:
@@ -249,4 +311,14 @@ class JobStore:
             )]
             db.executemany("UPDATE jobs SET state = 'expired', outputs = '[]' WHERE id = ?",
                            [(i,) for i in ids])
+        return ids
+
+    def purge(self, finished_before: float) -> list[str]:
+        """Delete the rows of expired jobs that finished before the cut-off; their ids."""
+        with self._transaction() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM jobs WHERE state = 'expired' AND finished_at < ?",
+                (finished_before,),
+            )]
+            db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
         return ids

@@ -1,13 +1,14 @@
-"""`/v1/health` (open, for load balancers and start-up scripts) and `/v1/models`."""
+"""The service itself: `/v1/health` (liveness) and `/v1/ready` (readiness), both open for
+load balancers and orchestrators; `/v1/models`; and `/metrics` for Prometheus."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from foleyrt.request import (
     DEFAULT_GUIDANCE,
     DEFAULT_NEGATIVE_PROMPT,
-    MAX_SECONDS,
     MAX_STEPS,
     MIN_SECONDS,
 )
@@ -19,15 +20,18 @@ from foleyrt.server.schemas import (
     Limits,
     ModelOut,
     ModelsOut,
+    ReadyOut,
 )
 from foleyrt.version import __version__
 
 router = APIRouter(tags=["service"])
+metrics_router = APIRouter(tags=["service"], dependencies=[Depends(require_token)])
 
 
 @router.get("/health", responses={503: {"model": HealthOut, "description": "worker down"}})
 def health(service: ServiceDep, response: Response) -> HealthOut:
-    """Never needs the token. 503 when the worker thread is gone (jobs would queue forever)."""
+    """Liveness: the process answers. 503 when the worker thread is gone (jobs would queue
+    forever; a restart is the fix). Never needs the token."""
     queued, running = service.counts()
     alive = service.worker.alive
     if not alive:
@@ -39,12 +43,24 @@ def health(service: ServiceDep, response: Response) -> HealthOut:
     )
 
 
+@router.get("/ready", responses={503: {"model": ReadyOut, "description": "not ready"}})
+def ready(service: ServiceDep, response: Response) -> ReadyOut:
+    """Readiness: a new job would be taken and run now (models loaded, worker alive, not
+    shutting down, room in the queue, disk space above the threshold). 503 otherwise, with
+    the failing checks false; a load balancer sends work elsewhere meanwhile."""
+    checks = service.readiness()
+    ok = all(checks.values())
+    if not ok:
+        response.status_code = 503
+    return ReadyOut(ready=ok, checks=checks)
+
+
 @router.get("/models", dependencies=[Depends(require_token)],
             responses={401: {"model": ErrorOut}})
 def models(service: ServiceDep) -> ModelsOut:
     """The loaded model (one per server, kept warm), the defaults and the limits of a job."""
     pipe, settings = service.pipeline, service.settings
-    runtime = pipe.runtime
+    runtime, video = pipe.runtime, settings.video_limits
     return ModelsOut(
         models=[ModelOut(
             id=pipe.models.source, size=pipe.models.spec.name, sample_rate=pipe.sample_rate,
@@ -55,7 +71,17 @@ def models(service: ServiceDep) -> ModelsOut:
                           negative_prompt=DEFAULT_NEGATIVE_PROMPT),
         limits=Limits(
             max_steps=MAX_STEPS, max_samples=settings.max_samples, min_seconds=MIN_SECONDS,
-            max_seconds=MAX_SECONDS, max_upload_bytes=settings.max_upload_bytes,
+            max_seconds=video.max_seconds, max_upload_bytes=settings.max_upload_bytes,
+            max_pixels=video.max_pixels, max_fps=video.max_fps, max_frames=video.max_frames,
             job_timeout_s=settings.job_timeout_s, result_ttl_s=settings.result_ttl_s,
         ),
     )
+
+
+@metrics_router.get("/metrics", response_class=Response,
+                    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+def metrics(request: Request) -> Response:
+    """Prometheus text format: jobs by state, queue depth, job and stage latency histograms,
+    GPU memory, refused requests by reason. Needs the token when the server has one."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

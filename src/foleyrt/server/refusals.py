@@ -1,0 +1,92 @@
+"""Every refusal is `{"detail": "<one line>"}` with its status: the service's own errors,
+FastAPI's parameter validation (reworded: one line, field names shortened, no input echoed,
+so neither a huge value nor an upload's temporary file shows), and Starlette's HTTP errors,
+with the methods a path really allows on 405 and in the answer to OPTIONS.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
+from starlette.types import Scope
+
+from foleyrt.errors import FoleyError
+
+MAX_SHOWN_FIELD = 40  # characters of a client's field name shown back
+MAX_LISTED_ERRORS = 3
+STATIC_METHODS = ("GET", "HEAD")
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def error_response(exc: FoleyError) -> JSONResponse:
+    retry = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    return JSONResponse({"detail": str(exc)}, status_code=exc.http_status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(FoleyError, _foley_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+async def _foley_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FoleyError)
+    return error_response(exc)
+
+
+async def _invalid(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
+
+
+def validation_message(errors: list[dict[str, object]]) -> str:
+    """`steps: must be >= 1; stepz: unknown field` from pydantic's error list."""
+    parts = [_one_error(e) for e in errors[:MAX_LISTED_ERRORS]]
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
+    return "; ".join(parts) or "invalid request"
+
+
+def _one_error(error: dict[str, object]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "header",
+                                                                         "path")]
+    field = ".".join(loc) if loc else "request"
+    if len(field) > MAX_SHOWN_FIELD or not field.isprintable():
+        field = "".join(c for c in field if c.isprintable())[:MAX_SHOWN_FIELD] + "..."
+    kind = error.get("type")
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r}"
+    if kind == "missing":
+        return f"{field}: required"
+    message = str(error.get("msg", "invalid"))
+    return f"{field}: {message[0].lower()}{message[1:]}" if message else field
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.app, request.scope)
+        headers["Allow"] = ", ".join(allowed)
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=headers)
+        detail = f"{request.method[:16]} is not allowed here; use {', '.join(allowed)}"
+    else:
+        detail = " ".join(str(exc.detail).split())
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods some route (not the static files) fully matches for this request's path,
+    found by asking each route with each method; the static files' when none does. OPTIONS
+    is always answered."""
+    methods = {
+        method for method in PROBED_METHODS
+        if any(not isinstance(route, Mount) and route.matches({**scope, "method": method})[0]
+               is Match.FULL for route in app.routes)
+    }
+    return sorted((methods or set(STATIC_METHODS)) | {"OPTIONS"})
