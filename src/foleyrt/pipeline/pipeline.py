@@ -25,6 +25,7 @@ from foleyrt.errors import Cancelled, InputError, UsageError
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.audio import check_output_path, fit_length, mux_video, numbered_paths, write_wav
 from foleyrt.media.video import VideoLimits
+from foleyrt.pipeline.budget import RowBudget
 from foleyrt.pipeline.features import encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_models
 from foleyrt.request import GenerationRequest
@@ -129,6 +130,7 @@ class FoleyPipeline:
         self.models = models
         self.runtime = runtime
         self.denoiser: Denoiser = models.denoiser
+        self.row_budget = RowBudget(models.dit)
 
     @classmethod
     def from_pretrained(
@@ -209,8 +211,9 @@ class FoleyPipeline:
         progress: ProgressFn | None = None,
     ) -> list[Tensor]:
         """The guided flow-matching loop for every encoded request at once (they share each
-        forward when their shapes allow, at most `max_rows` rows per forward) -> fp32 latents.
-        The requests must agree on the number of steps."""
+        forward when their shapes allow, at most `max_rows` rows per forward; None: what
+        `row_budget` allows for the longest) -> fp32 latents. The requests must agree on the
+        number of steps."""
         steps = {e.request.steps for e in encoded}
         if len(steps) != 1:
             raise InputError(f"requests denoised together need one step count, got {sorted(steps)}")
@@ -236,6 +239,9 @@ class FoleyPipeline:
             return bool(progress(Progress("denoise", event.index + 1, event.total)))
 
         with self.models.stage(dit):
+            if max_rows is None:
+                max_rows = min(self.row_budget.rows(e.lengths, e.conditions.text_feat.shape[1])
+                               for e in encoded)
             return denoise(self.denoiser, tasks, schedule, max_rows=max_rows,
                            on_step=on_step if progress else None)
 
