@@ -3,11 +3,11 @@
 Why: with dynamic shapes Inductor computes every element's token position with 64-bit integer
 divisions, and the chains that need a position (modulation rows gathered from the sync rate,
 the temporal convs' shifted taps, RoPE tables) ran at about half of the memory bandwidth
-(`scripts/inductor_lab.py`: 45-86 us kernels for 20-50 us of traffic per XXL single block at
-16 rows). These kernels run one program per token row, positions computed once per program.
+(`scripts/inductor_lab.py`; figures in docs/benchmarks.md, "Why the fused kernels"). These
+kernels run one program per token row, positions computed once per program.
 
 Two ops (`torch.ops.foleyrt.*`), each with a Triton kernel for CUDA and a PyTorch reference
-for every other device (the semantics; `tests/test_fused_blocks.py` checks the fused block
+for every other device (the semantics; `tests/accel/test_fused.py` checks the fused block
 against the model's own code through it):
 
 - `norm_modulate` / `residual_norm_modulate`: `LayerNorm(x) * (1 + scale) + shift` with the
@@ -20,8 +20,8 @@ against the model's own code through it):
   run it) and the interleaved RoPE of `layers.apply_rope`, from a strided q or k slice of the
   fused QKV output to contiguous `[B, N, heads, D]`.
 - `swiglu`: `SiLU(gate) * value` of the fused `w13` output, in the next GEMM's input format
-  (Inductor's own kernel for it ran at 46-63 us per XXL single block depending on the launch
-  configuration its autotuning picked; this one has a fixed, bandwidth-bound one).
+  (Inductor's own kernel for it varied with the launch configuration its autotuning picked;
+  this one has a fixed, bandwidth-bound one).
 
 Rounding follows the eager model (the release's bf16 autocast run): the compute dtype is
 rounded to where an eager op would round (tap sums, bias, gate, `1 + scale`, the norm output),

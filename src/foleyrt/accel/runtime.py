@@ -176,7 +176,7 @@ class RuntimeConfig:
     @property
     def fast_encoders(self) -> bool:
         """TF32 matmuls for the fp32 encoders: the accelerated modes trade the release's full
-        fp32 for ~4x faster SigLIP2 (the bench reports the audio-level distance)."""
+        fp32 for a faster SigLIP2 (the bench reports the audio-level distance)."""
         return self.accel is not AccelMode.EAGER
 
     @classmethod

@@ -5,7 +5,7 @@ Either way the packets' decode timestamps are rebuilt from their presentation ti
 n-th packet in decode order gets the n-th earliest presentation time, less one constant
 delay) and the last frame gets its own duration. A variable-frame-rate source's own decode
 times often leave the track's sample durations adding up to less than its presentation
-span (FFmpeg then reports the video 40-120 ms shorter than it plays, and a sound track cut
+span (FFmpeg then reports the video shorter than it plays, and a sound track cut
 to the span looks too long); rebuilt, the two agree. A constant-rate source's decode times
 already follow that rule and come out unchanged.
 """

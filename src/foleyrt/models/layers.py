@@ -38,9 +38,8 @@ def taps_on_output(in_channels: int, out_channels: int, kernel_size: int) -> boo
     tap's output, `k` times the output's size) or on the input (an unfolded copy, `k` times the
     input's size): the output for a conv that does not widen. Quantised GEMMs keep this rule
     although their 1-byte inputs would favour unfolding: the unfolded copy costs more than its
-    bytes (with dynamic shapes its kernel divides every index by the token count). Measured for
-    FP8 `linear1` (1536 -> 1536): 1148 vs 1200 us per XXL single block at 16 rows with the taps
-    on the output; the whole 50-step loop, equal within run-to-run spread."""
+    bytes (with dynamic shapes its kernel divides every index by the token count; the FP8
+    `linear1` timings are in docs/benchmarks.md, "Why the fused kernels")."""
     return kernel_size > 1 and in_channels >= out_channels
 
 
@@ -96,7 +95,7 @@ class TapLayout:
         or None -> `[M, rows]`); `bias` goes into the GEMM unless the taps are summed after it.
         The GEMM reads flattened rows: an unfolded window is then copied once by a kernel of
         the compiled graph (a 3-D view of overlapping windows makes the matmul copy it itself,
-        slower, and pick a slower GEMM: about 60 us less per XXL bf16 single block at 16 rows)."""
+        slower, and pick a slower GEMM)."""
         return self.conv_rows(self.gemm_input(x), gemm, bias)
 
     def conv_rows(self, rows: Tensor, gemm: Callable[[Tensor, Tensor | None], Tensor],

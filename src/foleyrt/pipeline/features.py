@@ -145,8 +145,8 @@ def _stream_video(
 def _quick_gil_handover() -> Iterator[None]:
     """A 0.2 ms GIL switch interval while streaming (the default is 5 ms). The decoding thread
     drops the GIL at every FFmpeg call and then waits for it while the feeding thread queues
-    encoder kernels; with the default interval that waiting cost 0.15-0.3 s per 8 s clip on
-    the H100 host (`scripts/profile_media.py`). Process-wide, hence restored right after."""
+    encoder kernels, a wait the default interval makes long (`scripts/profile_media.py`;
+    docs/benchmarks.md). Process-wide, hence restored right after."""
     saved = sys.getswitchinterval()
     sys.setswitchinterval(STREAM_SWITCH_INTERVAL_S)
     try:
