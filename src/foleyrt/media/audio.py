@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
@@ -21,6 +20,7 @@ import numpy as np
 import soundfile
 import torch
 
+from foleyrt.atomic import atomic_path
 from foleyrt.errors import MediaError, OutputError, UsageError
 from foleyrt.media.video import first_video_stream, open_media
 from foleyrt.media.video_track import add_video_track
@@ -81,24 +81,11 @@ def numbered_paths(path: str | Path, n: int) -> list[Path]:
 
 @contextmanager
 def _atomic(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; move it into place if the body succeeds, delete
-    it otherwise. Created with O_EXCL (no clobbering a stranger's file) and the default
-    permissions (the umask applies, unlike tempfile's private 0600)."""
+    """`atomic_path` for an output file, after the output checks (never an input, never an
+    existing file without `overwrite`)."""
     check_output_path(path, overwrite=overwrite, inputs=inputs)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot be written ({exc.strerror})") from None
-    try:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         yield tmp
-        if not overwrite and path.exists():  # appeared while we were writing
-            raise OutputError(f"{path}: exists; pass --overwrite to replace it")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
