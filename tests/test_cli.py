@@ -151,3 +151,22 @@ def test_cuda_library_settings_are_defaults_the_environment_overrides(monkeypatc
     with pytest.raises(SystemExit):
         main(["--version"])
     assert os.environ[name] == "4096"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["generate", "CLIP", "-o", "a.wav", "--samples", "0"], "samples must be between 1 and 16"),
+    (["generate", "CLIP", "-o", "a.wav", "--samples", "-1"], "samples must be between 1 and 16"),
+    (["generate", "CLIP", "-o", "a.wav", "--steps", "0"], "steps must be between 1 and 500"),
+    (["generate", "--duration", "99", "-o", "a.wav"], "duration must be between 1 and 15 s"),
+    (["batch", "missing.mp4", "-o", "out"], "no such file or folder: missing.mp4"),
+    (["batch", "CLIP", "-o", "out", "--guidance", "-1"], "guidance scale must be between"),
+])
+def test_checks_that_need_no_model_run_before_it_loads(
+    args: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, sources: dict[str, Path],
+) -> None:
+    """A weights folder that does not exist proves nothing was loaded: its error would come
+    after these."""
+    monkeypatch.chdir(tmp_path)
+    args = [str(sources["h264.mp4"]) if a == "CLIP" else a for a in args]
+    _fails(["-q", *args, "--model", str(tmp_path / "no-weights")], capsys, words)
