@@ -16,12 +16,11 @@ TEXT_TOKENS = 16  # a short prompt, padded like the release pads [negative, prom
 
 @torch.no_grad()
 def random_dit(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int) -> FoleyDiT:
-    """Built on meta, materialised on `device` in `dtype` and filled there by the one random
-    rule (`randomize_`): billions of parameters in seconds on a GPU."""
+    """Built on meta and given values drawn on `device` in `dtype` by the one random rule
+    (`randomize_`): billions of parameters in seconds on a GPU, allocated once."""
     with torch.device("meta"):
         dit = FoleyDiT(spec.dit).to(dtype)
-    dit = randomize_(dit.to_empty(device=device), seed)
-    return dit.eval().requires_grad_(False)
+    return randomize_(dit, seed, device=device).eval().requires_grad_(False)
 
 
 def random_conditions(spec: ModelSpec, duration_s: float, device: torch.device,

@@ -20,11 +20,14 @@ from foleyrt.models.dac_vae import DACVAE, ResidualUnit, WNConv1d, WNConvTranspo
 
 
 @torch.no_grad()
-def randomize_(module: nn.Module, seed: int) -> nn.Module:
+def randomize_(module: nn.Module, seed: int, device: torch.device | None = None) -> nn.Module:
     """Fill every parameter in sorted order of its state-dict name (the release's, which a
-    module's hooks may map from its own layout) from a generator on the module's device seeded
-    with `seed`."""
-    device = next(module.parameters()).device
+    module's hooks may map from its own layout) from a generator seeded with `seed` on the
+    module's device; a module built on `meta` gets its values drawn on `device` and assigned
+    (a real-size model is then never allocated twice)."""
+    on_meta = next(module.parameters()).device.type == "meta"
+    if device is None:
+        device = next(module.parameters()).device
     draw = {"generator": torch.Generator(device).manual_seed(seed), "device": device}
     values = {}
     for name, param in sorted(module.state_dict(keep_vars=True).items()):
@@ -43,7 +46,7 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
         else:
             value = 0.5 * torch.randn(shape, **draw)
         values[name] = value.to(param.dtype)
-    module.load_state_dict(values, strict=True)
+    module.load_state_dict(values, strict=True, assign=on_meta)
     return module
 
 
