@@ -7,10 +7,14 @@ import argparse
 import logging
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from foleyrt.cli.options import add_model_options, runtime
 from foleyrt.errors import UsageError
 from foleyrt.request import DEFAULT_STEPS
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("foleyrt")
 
@@ -58,6 +62,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "localhost (only checked when no token is set; repeatable)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help=f"default sampler steps (default: {DEFAULT_STEPS})")
+    p.add_argument("--gpus", default=None, metavar="LIST",
+                   help="one worker per GPU, e.g. 0,1,2,3: each loads the model and runs "
+                        "batches from the one queue (default: one worker on --device)")
+    p.add_argument("--batch-rows", type=int, default=None, metavar="N",
+                   help="transformer rows a batch of queued jobs may fill (a job fills one row "
+                        "per sample, two with guidance) (default: auto, from the GPU's free "
+                        "memory)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, metavar="MS",
+                   help="how long a batch's first job waits for more jobs to share its "
+                        "forwards (default: 0, take those already queued)")
     p.add_argument("--access-log", action="store_true", help="log every HTTP request")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="json: one JSON object per log line, with request ids (default: text)")
@@ -68,8 +82,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from foleyrt.errors import DependencyError
 
+    devices = _gpus(args)
     try:
-        from foleyrt.server.app import create_app, load_pipeline
+        from foleyrt.server.app import create_app, load_pipelines
         from foleyrt.server.recovery import open_data
         from foleyrt.server.runner import bind, server_for
     except ImportError as exc:
@@ -106,7 +121,8 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_timeout_s=parse_duration(args.shutdown_timeout),
         client_timeout_s=parse_duration(args.client_timeout),
         max_connections=args.max_connections, default_steps=args.steps,
-        api_token=token_from_env(), allowed_hosts=tuple(args.allowed_host),
+        api_token=token_from_env(), allowed_hosts=tuple(args.allowed_host), devices=devices,
+        batch_rows=args.batch_rows, batch_wait_s=args.batch_wait_ms / 1000,
     )
     # Everything that can fail without the model is checked before it loads: the data
     # directory (another server on it, a damaged database) and the port. (Closing twice is
@@ -116,12 +132,29 @@ def _serve(args: argparse.Namespace) -> int:
         stack.callback(files.close)
         stack.callback(store.close)
         sock = stack.enter_context(bind(args.host, args.port))
-        pipeline = load_pipeline(settings)
+        pipelines = load_pipelines(settings)
         log.info("data directory %s; results kept %s", settings.data_dir, args.result_ttl)
+        log.info("%d worker(s) on %s", len(pipelines),
+                 ", ".join(str(p.runtime.device) for p in pipelines))
         log.info("listening on http://%s:%d", args.host, args.port)
-        app = create_app(settings, pipeline, (files, store))
+        app = create_app(settings, pipelines, (files, store))
         server_for(app, settings, access_log=args.access_log).run(sockets=[sock])
     return 0
+
+
+def _gpus(args: argparse.Namespace) -> tuple[torch.device, ...]:
+    """`--gpus 0,1` -> the CUDA devices, each checked to exist; () without the option."""
+    if args.gpus is None:
+        return ()
+    from foleyrt.accel.runtime import parse_device
+
+    if args.device not in ("auto", "cuda"):
+        raise UsageError(f"--gpus puts a worker on each listed GPU; drop --device {args.device}")
+    indices = [part.strip() for part in args.gpus.split(",")]
+    if not all(index.isdigit() for index in indices):
+        raise UsageError(f"--gpus takes GPU numbers separated by commas, e.g. 0,1; got "
+                         f"{args.gpus!r}")
+    return tuple(parse_device(f"cuda:{int(index)}") for index in indices)
 
 
 def _add_loadtest(sub: argparse._SubParsersAction) -> None:
