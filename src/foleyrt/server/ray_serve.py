@@ -261,6 +261,7 @@ def deploy(config: RayServeConfig, *, replicas: int, gpus_per_replica: float,
 
 
 def shutdown() -> None:
-    """Remove the deployment, stop Serve and leave the cluster."""
-    serve.shutdown()
+    """Remove the application and leave the cluster (a local one stops with it; on a shared
+    cluster Serve and its other applications stay)."""
+    serve.delete(APP_NAME)
     ray.shutdown()
