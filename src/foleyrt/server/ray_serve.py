@@ -44,7 +44,7 @@ from foleyrt.errors import FoleyError, InputError
 from foleyrt.media.video import VideoLimits, scan_video
 from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, release_cuda_memory
-from foleyrt.request import DEFAULT_STEPS, MAX_SEED, GenerationRequest
+from foleyrt.request import DEFAULT_NEGATIVE_PROMPT, DEFAULT_STEPS, MAX_SEED, GenerationRequest
 from foleyrt.sampling.schedule import guidance_active
 from foleyrt.server import refusals
 from foleyrt.server.errors import NotAccepting
@@ -128,8 +128,9 @@ class FoleyReplica:
         self.config = config
         self.pipeline = FoleyPipeline.from_pretrained(config.model, config.size,
                                                       config.runtime())
-        self.generate.set_max_batch_size(config.batch_rows)
-        self.generate.set_batch_wait_timeout_s(config.batch_wait_s)
+        # Ray's batch wrapper carries its setters as attributes.
+        self.generate.set_max_batch_size(config.batch_rows)  # type: ignore[attr-defined]
+        self.generate.set_batch_wait_timeout_s(config.batch_wait_s)  # type: ignore[attr-defined]
         log.info("replica ready on %s", self.pipeline.runtime.device)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -216,7 +217,9 @@ def build_api(replica: FoleyReplica) -> FastAPI:
             raise InputError("format mp4 needs a video; text-only requests get a wav")
         seed = form.seed if form.seed is not None else secrets.randbelow(MAX_SEED + 1)
         request = GenerationRequest(
-            prompt=form.prompt.strip(), negative_prompt=form.negative_prompt,
+            prompt=form.prompt.strip(),
+            negative_prompt=(DEFAULT_NEGATIVE_PROMPT if form.negative_prompt is None
+                             else form.negative_prompt),
             steps=form.steps or config.default_steps, guidance=form.guidance, seed=seed,
             duration=form.duration).check_source(form.video is not None)
         with tempfile.TemporaryDirectory(prefix="foleyrt-") as tmp:
@@ -251,7 +254,7 @@ def deploy(config: RayServeConfig, *, replicas: int, gpus_per_replica: float,
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
-    deployment = FoleyReplica.options(
+    deployment = FoleyReplica.options(  # type: ignore[attr-defined]
         num_replicas=replicas,
         ray_actor_options={"num_gpus": gpus_per_replica},
         # Requests a replica holds at once: room for a full batch waiting behind the running one.

@@ -268,7 +268,7 @@ class Worker:
                     self._stopped(job)  # now; its rows run on to the batch's end
             return all(job.ended or job.reason is not None for job in jobs)
 
-        encoded = [job.encoded for job in jobs]
+        encoded = [job.encoded for job in jobs if job.encoded is not None]
         try:
             latents = self._timed(jobs, lambda: self.pipeline.denoise(
                 encoded, max_rows=self.settings.batch_rows, progress=progress))
