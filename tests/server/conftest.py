@@ -85,7 +85,7 @@ def make_app(make_settings: MakeSettings, tiny_pipeline: FoleyPipeline) -> MakeA
     with `with TestClient(app) as client:` (the lifespan runs then)."""
 
     def make(pipeline: Any = None, **overrides: Any) -> FastAPI:
-        return create_app(make_settings(**overrides), pipeline or tiny_pipeline)
+        return create_app(make_settings(**overrides), [pipeline or tiny_pipeline])
 
     return make
 

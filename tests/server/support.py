@@ -34,13 +34,22 @@ class SlowPipeline:
         self._pipeline = pipeline
         self.delay_s = delay_s
 
-    def generate(self, video: Any = None, *args: Any, progress: ProgressFn | None = None,
-                 **kwargs: Any) -> Any:
+    def _slowed(self, progress: ProgressFn | None) -> ProgressFn:
         def slowed(event: Progress) -> bool | None:
             time.sleep(self.delay_s)
             return progress(event) if progress is not None else None
 
-        return self._pipeline.generate(video, *args, progress=slowed, **kwargs)
+        return slowed
+
+    def encode(self, video: Any, request: Any, progress: ProgressFn | None = None,
+               video_limits: Any = None) -> Any:
+        return self._pipeline.encode(video, request, self._slowed(progress), video_limits)
+
+    def denoise(self, encoded: Any, *, progress: ProgressFn | None = None, **kwargs: Any) -> Any:
+        return self._pipeline.denoise(encoded, progress=self._slowed(progress), **kwargs)
+
+    def finish(self, encoded: Any, latents: Any, progress: ProgressFn | None = None) -> Any:
+        return self._pipeline.finish(encoded, latents, self._slowed(progress))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pipeline, name)
@@ -85,7 +94,7 @@ def live_server(settings: ServerSettings, pipeline: Any) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = server_for(create_app(settings, pipeline), settings)
+    server = server_for(create_app(settings, [pipeline]), settings)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

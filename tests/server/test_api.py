@@ -243,7 +243,7 @@ def test_a_failing_job_fails_alone_and_the_worker_carries_on(
     client: TestClient, tiny_pipeline: FoleyPipeline, monkeypatch: pytest.MonkeyPatch,
     error: Exception, message: str,
 ) -> None:
-    real = type(tiny_pipeline).generate
+    real = type(tiny_pipeline).denoise
     calls = []
 
     def fails_once(self: FoleyPipeline, *args: Any, **kwargs: Any) -> Any:
@@ -252,7 +252,7 @@ def test_a_failing_job_fails_alone_and_the_worker_carries_on(
             raise error
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(tiny_pipeline), "generate", fails_once)
+    monkeypatch.setattr(type(tiny_pipeline), "denoise", fails_once)
     first = wait_for(client, submit_text(client).json()["id"])
     second = wait_for(client, submit_text(client).json()["id"])
     assert first["state"] == "failed" and message in first["error"]

@@ -97,3 +97,18 @@ def test_json_log_lines_carry_the_request_id() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "job abc queued" and entry["request_id"] == "req-1"
     assert entry["level"] == "info" and entry["logger"] == "foleyrt.server"
+
+
+def test_ray_serve_without_ray_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from foleyrt.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails
+    monkeypatch.delitem(sys.modules, "foleyrt.server.ray_serve", raising=False)
+    assert main(["-q", "ray-serve", "--model", "tiny-random", "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == ("foleyrt: error: ray-serve needs the 'ray-serve' extra (ray is missing): "
+                   "pip install 'foleyrt[ray-serve]'")

@@ -3,7 +3,7 @@
 Why: with dynamic shapes Inductor computes every element's token position with 64-bit integer
 divisions, and the chains that need a position (modulation rows gathered from the sync rate,
 the temporal convs' shifted taps, RoPE tables) ran at about half of the memory bandwidth
-(`scripts/inductor_lab.py`; figures in docs/benchmarks.md §6). These
+(`scripts/inductor_lab.py`; figures in docs/benchmarks.md, "Figures behind design choices"). These
 kernels run one program per token row, positions computed once per program.
 
 Two ops (`torch.ops.foleyrt.*`), each with a Triton kernel for CUDA and a PyTorch reference

@@ -1,5 +1,5 @@
-"""`foleyrt serve` (the web UI and HTTP API) and `foleyrt loadtest` (many jobs against a
-running server)."""
+"""`foleyrt serve` (the web UI and HTTP API), `foleyrt ray-serve` (the pipeline as a Ray Serve
+deployment) and `foleyrt loadtest` (many jobs against a running server)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,21 @@ import argparse
 import logging
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from foleyrt.cli.options import add_model_options, runtime
 from foleyrt.errors import UsageError
 from foleyrt.request import DEFAULT_STEPS
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("foleyrt")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     _add_serve(sub)
+    _add_ray_serve(sub)
     _add_loadtest(sub)
 
 
@@ -58,6 +63,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         "localhost (only checked when no token is set; repeatable)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help=f"default sampler steps (default: {DEFAULT_STEPS})")
+    p.add_argument("--gpus", default=None, metavar="LIST",
+                   help="one worker per GPU, e.g. 0,1,2,3: each loads the model and runs "
+                        "batches from the one queue (default: one worker on --device)")
+    p.add_argument("--batch-rows", type=int, default=None, metavar="N",
+                   help="transformer rows a batch of queued jobs may fill (a job fills one row "
+                        "per sample, two with guidance) (default: auto, from the GPU's free "
+                        "memory)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, metavar="MS",
+                   help="how long a batch's first job waits for more jobs to share its "
+                        "forwards (default: 0, take those already queued)")
     p.add_argument("--access-log", action="store_true", help="log every HTTP request")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="json: one JSON object per log line, with request ids (default: text)")
@@ -68,8 +83,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from foleyrt.errors import DependencyError
 
+    devices = _gpus(args)
     try:
-        from foleyrt.server.app import create_app, load_pipeline
+        from foleyrt.server.app import create_app, load_pipelines
         from foleyrt.server.recovery import open_data
         from foleyrt.server.runner import bind, server_for
     except ImportError as exc:
@@ -106,7 +122,8 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_timeout_s=parse_duration(args.shutdown_timeout),
         client_timeout_s=parse_duration(args.client_timeout),
         max_connections=args.max_connections, default_steps=args.steps,
-        api_token=token_from_env(), allowed_hosts=tuple(args.allowed_host),
+        api_token=token_from_env(), allowed_hosts=tuple(args.allowed_host), devices=devices,
+        batch_rows=args.batch_rows, batch_wait_s=args.batch_wait_ms / 1000,
     )
     # Everything that can fail without the model is checked before it loads: the data
     # directory (another server on it, a damaged database) and the port. (Closing twice is
@@ -116,12 +133,106 @@ def _serve(args: argparse.Namespace) -> int:
         stack.callback(files.close)
         stack.callback(store.close)
         sock = stack.enter_context(bind(args.host, args.port))
-        pipeline = load_pipeline(settings)
+        pipelines = load_pipelines(settings)
         log.info("data directory %s; results kept %s", settings.data_dir, args.result_ttl)
+        log.info("%d worker(s) on %s", len(pipelines),
+                 ", ".join(str(p.runtime.device) for p in pipelines))
         log.info("listening on http://%s:%d", args.host, args.port)
-        app = create_app(settings, pipeline, (files, store))
+        app = create_app(settings, pipelines, (files, store))
         server_for(app, settings, access_log=args.access_log).run(sockets=[sock])
     return 0
+
+
+def _gpus(args: argparse.Namespace) -> tuple[torch.device, ...]:
+    """`--gpus 0,1` -> the CUDA devices, each checked to exist; () without the option."""
+    if args.gpus is None:
+        return ()
+    from foleyrt.accel.runtime import parse_device
+
+    if args.device not in ("auto", "cuda"):
+        raise UsageError(f"--gpus puts a worker on each listed GPU; drop --device {args.device}")
+    indices = [part.strip() for part in args.gpus.split(",")]
+    if not all(index.isdigit() for index in indices):
+        raise UsageError(f"--gpus takes GPU numbers separated by commas, e.g. 0,1; got "
+                         f"{args.gpus!r}")
+    return tuple(parse_device(f"cuda:{int(index)}") for index in indices)
+
+
+def _add_ray_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ray-serve", help="serve the pipeline from a Ray cluster (Ray Serve)",
+                       description="Deploy the pipeline on Ray Serve: REPLICAS replicas (a GPU "
+                                   "each by default) behind Ray's HTTP proxy, answering POST "
+                                   "/v1/generate with the sound itself; concurrent requests "
+                                   "are batched per replica. Runs until Ctrl-C or SIGTERM, "
+                                   "then removes the deployment. Needs the 'ray-serve' extra.")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing cluster (e.g. auto, or ray://head:10001) (default: start "
+                        "a local Ray for this run)")
+    p.add_argument("--replicas", type=int, default=1, help="model replicas (default: 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=1.0, metavar="N",
+                   help="GPUs Ray reserves for each replica; 0 for CPU replicas (default: 1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface of Ray's HTTP proxy (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="its port (default: %(default)s)")
+    p.add_argument("--batch-rows", type=int, default=None, metavar="N",
+                   help="transformer rows a replica's batch may fill (a request fills two with "
+                        "guidance, else one) (default: 32)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, metavar="MS",
+                   help="how long a batch's first request waits for more (default: 0)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"default sampler steps (default: {DEFAULT_STEPS})")
+    p.add_argument("--max-upload-mb", type=float, default=200,
+                   help="largest video upload in MiB (default: 200)")
+    add_model_options(p)
+    p.set_defaults(handler=_ray_serve)
+
+
+def _ray_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from foleyrt.errors import DependencyError, FoleyError
+
+    try:
+        from foleyrt.server.ray_serve import RayServeConfig, deploy, shutdown
+    except ImportError as exc:
+        raise DependencyError(
+            f"ray-serve needs the 'ray-serve' extra ({exc.name} is missing): "
+            "pip install 'foleyrt[ray-serve]'"
+        ) from None
+    from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
+    from foleyrt.server.settings import MIB
+
+    config = RayServeConfig(
+        model=args.model, size=args.size, device=args.device, dtype=args.dtype,
+        accel=args.accel, precision=args.precision, offload=args.offload,
+        calibration=args.calibration, engine=args.engine, default_steps=args.steps,
+        batch_rows=args.batch_rows or DEFAULT_MAX_ROWS, batch_wait_s=args.batch_wait_ms / 1000,
+        max_upload_bytes=round(args.max_upload_mb * MIB),
+    )
+    stop = threading.Event()
+    try:
+        try:
+            deploy(config, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
+                   host=args.host, port=args.port, address=args.ray_address)
+        except FoleyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Ray's errors carry whole remote tracebacks
+            raise FoleyError(f"the Ray Serve deployment failed: {_last_line(exc)}") from None
+        # After `ray.init`, which installs a SIGTERM handler of its own that aborts.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        log.info("%d replica(s) serving POST http://%s:%d/v1/generate (Ctrl-C stops)",
+                 args.replicas, args.host, args.port)
+        stop.wait()
+    finally:
+        shutdown()
+    return 0
+
+
+def _last_line(exc: Exception) -> str:
+    """The cause at the end of a (remote) traceback's text."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _add_loadtest(sub: argparse._SubParsersAction) -> None:

@@ -39,7 +39,7 @@ def taps_on_output(in_channels: int, out_channels: int, kernel_size: int) -> boo
     input's size): the output for a conv that does not widen. Quantised GEMMs keep this rule
     although their 1-byte inputs would favour unfolding: the unfolded copy costs more than its
     bytes (with dynamic shapes its kernel divides every index by the token count; the FP8
-    `linear1` timings are in docs/benchmarks.md §6)."""
+    `linear1` timings are in docs/benchmarks.md, "Figures behind design choices")."""
     return kernel_size > 1 and in_channels >= out_channels
 
 

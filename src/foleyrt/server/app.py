@@ -4,7 +4,7 @@ UI, with the pipeline and the job service started in the lifespan (never at impo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,25 +30,27 @@ from foleyrt.version import __version__
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def load_pipeline(settings: ServerSettings) -> FoleyPipeline:
-    """The one pipeline of the server, on the configured device, with its acceleration."""
-    return FoleyPipeline.from_pretrained(settings.model, settings.size, settings.runtime)
+def load_pipelines(settings: ServerSettings) -> list[FoleyPipeline]:
+    """The server's pipelines, one per worker's device, with their acceleration (loaded one
+    after the other: the weights are read from disk once per device)."""
+    return [FoleyPipeline.from_pretrained(settings.model, settings.size, runtime)
+            for runtime in settings.runtimes]
 
 
-def create_app(settings: ServerSettings, pipeline: FoleyPipeline | None = None,
+def create_app(settings: ServerSettings, pipelines: Sequence[FoleyPipeline] | None = None,
                data: tuple[DataDir, JobStore] | None = None) -> FastAPI:
-    """`pipeline`: an already loaded one (the CLI loads it first, so a bad model path is a
-    one-line error rather than a failed start-up; tests share one); else loaded at start-up.
-    `data`: the data directory and job store, already opened and checked (the CLI does that
-    before loading the model); else opened at start-up."""
+    """`pipelines`: already loaded ones, one per worker (the CLI loads them first, so a bad
+    model path is a one-line error rather than a failed start-up; tests share one); else
+    loaded at start-up. `data`: the data directory and job store, already opened and checked
+    (the CLI does that before loading the model); else opened at start-up."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pipe = pipeline if pipeline is not None else await run_in_threadpool(
-            load_pipeline, settings)
+        pipes = list(pipelines) if pipelines is not None else await run_in_threadpool(
+            load_pipelines, settings)
         files, store = data if data is not None else await run_in_threadpool(
             open_data, settings)
-        service = JobService(settings, pipe, files, store, app.state.metrics)
+        service = JobService(settings, pipes, files, store, app.state.metrics)
         service.start()
         app.state.service = service
         try:
@@ -60,7 +62,8 @@ def create_app(settings: ServerSettings, pipeline: FoleyPipeline | None = None,
         title="foleyrt", version=__version__, lifespan=lifespan, docs_url=None,
         redoc_url=None,
         description="HunyuanVideo-Foley as a service: a video (or a text) in, a synchronised "
-                    "48 kHz sound track out. Jobs run one at a time on the server's GPU.",
+                    "48 kHz sound track out. Queued jobs that fit together run as one batch on "
+                    "one of the server's GPUs.",
     )
     app.state.settings = settings
     app.state.metrics = Metrics()

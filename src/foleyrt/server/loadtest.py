@@ -68,7 +68,9 @@ class LoadReport:
         p50 = statistics.median(lat) if lat else float("nan")
         p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))] if lat else float("nan")
         counts = ", ".join(f"{o.value} {self.count(o)}" for o in Outcome)
-        return (f"{self.jobs} jobs from {self.clients} clients in {self.wall_s:.1f} s: {counts}; "
+        rate = self.count(Outcome.COMPLETED) / self.wall_s if self.wall_s else float("nan")
+        return (f"{self.jobs} jobs from {self.clients} clients in {self.wall_s:.1f} s: {counts} "
+                f"({rate:.2f} completed/s); "
                 f"latency p50 {p50:.2f} s, p95 {p95:.2f} s; outputs changed {self.changed}; "
                 f"slow clients cut off {self.slow_clients_cut_off}")
 

@@ -1,8 +1,9 @@
 """Prometheus metrics (`GET /metrics`) through `prometheus_client`, in a registry per app:
 several apps in one process (the tests) never share a counter, and nothing is module-global.
 
-Counters and histograms are updated where things happen (the worker times jobs and stages,
-the HTTP layer counts refusals); job states, the queue and GPU memory are read when scraped.
+Counters and histograms are updated where things happen (the workers time jobs and stages and
+count the jobs of each batch, the HTTP layer counts refusals); job states, the queue and GPU
+memory are read when scraped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from foleyrt.server.store import JobState
 # From a two-step tiny job to a long clip at 50 steps on a busy GPU.
 JOB_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # jobs; 32 rows hold at most 32 jobs
 
 # The reason a refusal is counted under, by its status.
 REFUSAL_REASONS: dict[int, str] = {
@@ -38,6 +40,9 @@ class Metrics:
         self.stage_seconds = Histogram(
             "foleyrt_stage_duration_seconds", "Stages of successful jobs",
             ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
+        self.batch_jobs = Histogram(
+            "foleyrt_batch_jobs", "Jobs denoised together in one batch",
+            buckets=BATCH_BUCKETS, registry=self.registry)
         self.refused = Counter(
             "foleyrt_rejected_requests", "Requests answered with an error status, by reason",
             ["reason"], registry=self.registry)
@@ -47,16 +52,16 @@ class Metrics:
             self.refused.labels(REFUSAL_REASONS.get(status, str(status))).inc()
 
     def watch(self, job_counts: Callable[[], dict[JobState, int]],
-              device: torch.device) -> None:
-        """Report jobs by state, the queue and the GPU's memory at every scrape."""
-        self.registry.register(_StateCollector(job_counts, device))
+              devices: list[torch.device]) -> None:
+        """Report jobs by state, the queue and each worker's GPU memory at every scrape."""
+        self.registry.register(_StateCollector(job_counts, devices))
 
 
 class _StateCollector(Collector):
     def __init__(self, job_counts: Callable[[], dict[JobState, int]],
-                 device: torch.device) -> None:
+                 devices: list[torch.device]) -> None:
         self.job_counts = job_counts
-        self.device = device
+        self.devices = [d for d in dict.fromkeys(devices) if d.type == "cuda"]
 
     def collect(self) -> Iterator[Metric]:
         counts = self.job_counts()
@@ -68,10 +73,11 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("foleyrt_queue_depth", "Jobs waiting to run",
                                 value=counts[JobState.QUEUED])
         gpu = GaugeMetricFamily("foleyrt_gpu_memory_bytes",
-                                "GPU memory of this process (none on a CPU server)",
-                                labels=["kind"])
-        if self.device.type == "cuda":
-            gpu.add_metric(["allocated"], torch.cuda.memory_allocated(self.device))
-            gpu.add_metric(["reserved"], torch.cuda.memory_reserved(self.device))
-            gpu.add_metric(["peak"], torch.cuda.max_memory_allocated(self.device))
+                                "GPU memory of this process per worker's GPU (none on a CPU "
+                                "server)", labels=["device", "kind"])
+        for device in self.devices:
+            name = str(device)
+            gpu.add_metric([name, "allocated"], torch.cuda.memory_allocated(device))
+            gpu.add_metric([name, "reserved"], torch.cuda.memory_reserved(device))
+            gpu.add_metric([name, "peak"], torch.cuda.max_memory_allocated(device))
         yield gpu

@@ -1,4 +1,4 @@
-"""What one job makes: the pipeline run for a job's parameters, and its files.
+"""What one job makes: the encoded request of its parameters, and its files.
 
 Per sample: a WAV, a spectrogram PNG and, when the job has a video, the MP4 with the new
 sound. Files go into the job's own folder under server-made names; the record lists them
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from foleyrt.media.video import VideoLimits
-from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult, ProgressFn
+from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult, ProgressFn
 from foleyrt.server.files import DataDir
 from foleyrt.server.schemas import JobParams
 from foleyrt.server.spectrogram import write_spectrogram
@@ -19,16 +19,16 @@ from foleyrt.server.store import JobRecord, OutputFiles
 SAMPLE_STEM = "sample"  # FoleyResult.save numbers it: sample.wav, or sample_1.wav ...
 
 
-def generate(
+def encode_job(
     pipeline: FoleyPipeline, job: JobRecord, files: DataDir, progress: ProgressFn,
     video_limits: VideoLimits,
-) -> FoleyResult:
-    """Run the pipeline with the job's stored parameters (and its upload, if any, decoded
-    within the server's limits)."""
+) -> Encoded:
+    """The first stage of a job: its upload (if any) decoded within the server's limits and
+    its features computed, from its stored parameters."""
     params = JobParams.model_validate(job.params)
     video = None if params.text_only else files.input_path(job.id)
-    return pipeline.generate(video, params.generation_request(), progress=progress,
-                             video_limits=video_limits)
+    request = params.generation_request().check_source(video is not None)
+    return pipeline.encode(video, request, progress, video_limits)
 
 
 def write_outputs(result: FoleyResult, job_dir: Path) -> tuple[OutputFiles, ...]:

@@ -143,7 +143,7 @@ class ReadyOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     version: str
-    worker_alive: bool
+    worker_alive: bool = Field(description="every worker thread runs")
     queued: int
     running: int
     max_queue: int
@@ -155,7 +155,8 @@ class ModelOut(BaseModel):
     size: str
     sample_rate: int
     random_weights: bool = Field(description="true: outputs are noise (test model)")
-    device: str
+    device: str = Field(description="the first worker's device")
+    devices: list[str] = Field(description="every worker's device: one worker per GPU")
     dtype: str
     accel: str
 

@@ -33,7 +33,7 @@ from foleyrt.server.metrics import Metrics
 from foleyrt.server.schemas import JobParams, JobRequest, OutputFormat
 from foleyrt.server.settings import ServerSettings, format_duration
 from foleyrt.server.store import Idempotency, JobRecord, JobState, JobStore, KeyReused
-from foleyrt.server.worker import DISK_FULL_ERRNOS, DISK_FULL_MESSAGE, Worker
+from foleyrt.server.worker import DISK_FULL_ERRNOS, DISK_FULL_MESSAGE, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +45,26 @@ _OUTPUT_FIELDS: dict[str, str] = {"wav": "wav", "mp4": "mp4", "png": "spectrogra
 
 
 class JobService:
-    def __init__(self, settings: ServerSettings, pipeline: FoleyPipeline, files: DataDir,
-                 store: JobStore, metrics: Metrics) -> None:
+    def __init__(self, settings: ServerSettings, pipelines: list[FoleyPipeline],
+                 files: DataDir, store: JobStore, metrics: Metrics) -> None:
         self.settings = settings
-        self.pipeline = pipeline
+        self.pipelines = pipelines  # one per worker, on its own device
         self.files = files
         self.store = store
-        self.worker = Worker(pipeline, store, files, settings, metrics)
+        self.worker = WorkerPool(pipelines, store, files, settings, metrics)
         self.janitor = Janitor(store, files, ttl_s=settings.result_ttl_s,
                                record_ttl_s=settings.record_ttl_s,
                                interval_s=settings.cleanup_interval_s)
         self._probes = ThreadPoolExecutor(PROBE_WORKERS, thread_name_prefix="foleyrt-probe")
         self._draining = threading.Event()
-        metrics.watch(store.counts, pipeline.runtime.device)
+        metrics.watch(store.counts, [p.runtime.device for p in pipelines])
 
     def start(self) -> None:
         self.worker.start()
         self.janitor.start()
 
     def drain(self) -> None:
-        """Take no more jobs; the running one finishes, or goes back to the queue when the
+        """Take no more jobs; the running ones finish, or go back to the queue when the
         shutdown timeout comes first."""
         if not self._draining.is_set():
             self._draining.set()
@@ -86,7 +86,7 @@ class JobService:
             raise NotAccepting("the server is shutting down and takes no new jobs; retry "
                                "in a moment or on another instance")
         if not self.worker.alive:
-            raise NotAccepting("the server's worker has stopped; it needs a restart")
+            raise NotAccepting("a worker of the server has stopped; it needs a restart")
         if self.store.count(JobState.QUEUED) >= self.settings.max_queue:
             raise self._queue_full()
         free = self.disk_free()
@@ -188,7 +188,7 @@ class JobService:
     def readiness(self) -> dict[str, bool]:
         """What `/v1/ready` checks: each must hold for a new job to be taken and run."""
         return {
-            "models_loaded": self.pipeline is not None,
+            "models_loaded": bool(self.pipelines),
             "worker_alive": self.worker.alive,
             "accepting": not self._draining.is_set(),
             "queue_has_room": self.store.count(JobState.QUEUED) < self.settings.max_queue,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import torch
 
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.config import HUB_REPO
@@ -19,6 +21,7 @@ from foleyrt.request import DEFAULT_STEPS, MAX_SAMPLES, MAX_STEPS
 
 TOKEN_ENV = "FOLEYRT_API_TOKEN"
 MIB = 1024 * 1024
+MAX_BATCH_WAIT_S = 10.0  # longer holds a lone job back for little gain
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SHOWN_UNITS = (("d", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0))
@@ -76,6 +79,10 @@ class ServerSettings:
     max_samples: int = 6  # the release's UI offers 1-6
     api_token: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names taken without a token, besides localhost
+    # One worker (a pipeline and its thread) per device; () : one, on the runtime's device.
+    devices: tuple[torch.device, ...] = ()
+    batch_rows: int | None = None  # transformer rows a batch may fill; None: the row budget
+    batch_wait_s: float = 0.0  # how long a batch's first job waits for companions
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -93,3 +100,18 @@ class ServerSettings:
             raise ConfigError(f"default steps must be between 1 and {MAX_STEPS}")
         if not 1 <= self.max_samples <= MAX_SAMPLES:
             raise ConfigError(f"max samples must be between 1 and {MAX_SAMPLES}")
+        if self.batch_rows is not None and self.batch_rows < 1:
+            raise ConfigError(f"batch rows must be at least 1, got {self.batch_rows}")
+        if not 0.0 <= self.batch_wait_s <= MAX_BATCH_WAIT_S:
+            raise ConfigError(f"batch wait must be between 0 and {MAX_BATCH_WAIT_S * 1000:g} ms, "
+                              f"got {self.batch_wait_s * 1000:g} ms")
+        gpus = [d for d in self.devices if d.type == "cuda"]
+        if len(set(gpus)) < len(gpus):
+            raise ConfigError("a GPU is listed twice: each runs one worker (list each once)")
+
+    @property
+    def runtimes(self) -> tuple[RuntimeConfig, ...]:
+        """The runtime of each worker: the configured one, on each device in turn."""
+        if not self.devices:
+            return (self.runtime,)
+        return tuple(replace(self.runtime, device=device) for device in self.devices)

@@ -46,6 +46,8 @@ ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
 ALTER TABLE jobs ADD COLUMN request_digest TEXT;
 CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (idempotency_key);
 """
+_CLAIM = ("UPDATE jobs SET state = 'running', started_at = ?, stage = NULL, step = 0, "
+          "total = 0 WHERE id = ? AND state = 'queued'")
 RESTART_MESSAGE = (
     "the server stopped while this job was running (crash or kill); it was not retried in "
     "case it caused the stop: submit it again"
@@ -190,6 +192,12 @@ class JobStore:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT id FROM jobs")}
 
+    def queued(self) -> list[JobRecord]:
+        """The queued jobs in queue order (at most the queue's limit: a short list)."""
+        with self._lock:
+            rows = self._db.execute(f"{_SELECT} WHERE state = 'queued' ORDER BY seq").fetchall()
+        return [_record(r) for r in rows]
+
     def page(self, limit: int, before: int | None = None) -> tuple[list[JobRecord], int | None]:
         """Up to `limit` jobs, newest first, older than the cursor `before` if given; and the
         cursor of the next page (None: this was the last)."""
@@ -249,11 +257,15 @@ class JobStore:
             ).fetchone()
             if row is None:
                 return None
-            db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?, stage = NULL, step = 0, "
-                "total = 0 WHERE id = ?", (time.time(), row[0]),
-            )
+            db.execute(_CLAIM, (time.time(), row[0]))
         return self.get(row[0])
+
+    def claim(self, job_id: str) -> JobRecord | None:
+        """`job_id`, now marked running, if it was still queued (no other worker took it and
+        no client cancelled it meanwhile); else None."""
+        with self._transaction() as db:
+            claimed = db.execute(_CLAIM, (time.time(), job_id)).rowcount == 1
+        return self.get(job_id) if claimed else None
 
     def set_progress(self, job_id: str, stage: str, step: int, total: int) -> None:
         with self._transaction() as db:

@@ -1,13 +1,27 @@
-"""The one worker thread in front of the GPU.
+"""The worker threads in front of the GPUs: one per pipeline (one per GPU), all taking jobs
+from the one store.
 
-It owns the pipeline: jobs run one at a time in queue order, so the weights, the CUDA
-context and the compiled graphs are only ever touched from one thread, and a job's memory
-peak is never stacked on another's. The HTTP threads only talk to it through the store
-(new jobs), `wake()`, `request_cancel()` and `drain()`.
+A worker owns its pipeline: the weights, the CUDA context and the compiled graphs of a GPU
+are only ever touched from its thread, and a batch's memory peak is never stacked on
+another's. It runs jobs in batches, as Triton's dynamic batcher does: it claims the oldest
+queued job and encodes it (decode, features), then claims the queued jobs that will share its
+forwards (`batching`) while their rows fit the row budget (`batch_rows`, else what
+`FoleyPipeline.row_budget` measures for the first job's shape), waiting at most
+`batch_wait_s` from its first claim for more to arrive. Each companion is encoded as it is
+claimed; the batch is denoised in one `FoleyPipeline.denoise` call; each job is then decoded
+and written on its own. The HTTP threads only talk to the workers through the store (new
+jobs) and the `WorkerPool`.
 
-Stopping a job is cooperative: the pipeline calls the progress callback after every decoded
-frame, between stages and after every denoising step, and the callback answers True to stop
-it (user cancel, time limit, server shutdown). A stage itself is never interrupted mid-kernel.
+Stopping is cooperative: the pipeline calls the progress callback after every decoded frame,
+between stages and after every denoising step, and the callback answers True to stop (user
+cancel, time limit, server shutdown). A stage itself is never interrupted mid-kernel. In a
+batch each job stops on its own: one cancelled or timed out while the batch denoises ends at
+once (its record says so, its files go) and its rows are dropped from the result, while the
+others run on; the denoising itself stops only when every job of the batch has stopped.
+
+Out of memory while a batch of several jobs denoises: each is retried alone (a smaller peak;
+the batch may have been more than the GPU held beside other work). A job out of memory alone,
+or in its own decoding or features or VAE, fails with a message that says so.
 """
 
 from __future__ import annotations
@@ -17,17 +31,22 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 import torch
+from torch import Tensor
 
 from foleyrt.errors import Cancelled, FoleyError
-from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, release_cuda_memory
+from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, Progress, release_cuda_memory
+from foleyrt.server.batching import BatchKey, LengthHints, companion, job_params, job_rows
 from foleyrt.server.files import DataDir
 from foleyrt.server.metrics import Metrics
-from foleyrt.server.outputs import generate, write_outputs
+from foleyrt.server.outputs import encode_job, write_outputs
 from foleyrt.server.settings import ServerSettings
-from foleyrt.server.store import JobRecord, JobState, JobStore
+from foleyrt.server.store import JobRecord, JobState, JobStore, OutputFiles
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +62,9 @@ DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # Below this much free space (the failed job's partial files still on it), a job that failed
 # is taken to have met a full disk.
 _DISK_FULL_BYTES = 1024 * 1024
+_STAGES = ("video", "features", "denoise", "decode", "saving")
+
+T = TypeVar("T")
 
 
 class StopReason(Enum):
@@ -51,21 +73,67 @@ class StopReason(Enum):
     SHUTDOWN = "shutdown"
 
 
+class Signals:
+    """What the HTTP side tells every worker: cancelled jobs, and the drain."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled: set[str] = set()
+        self.draining = threading.Event()
+        self.drain_deadline = 0.0  # monotonic; running jobs are re-queued past it
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            self._cancelled.add(job_id)
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._cancelled.discard(job_id)
+
+    def reason(self, job_id: str, deadline: float) -> StopReason | None:
+        """Why `job_id` (with its time limit at `deadline`) must stop now, if it must."""
+        with self._lock:
+            if job_id in self._cancelled:
+                return StopReason.CANCELLED
+        now = time.monotonic()
+        if self.draining.is_set() and now > self.drain_deadline:
+            return StopReason.SHUTDOWN
+        if now > deadline:
+            return StopReason.TIMED_OUT
+        return None
+
+
+@dataclass
+class _Job:
+    """A claimed job while its batch runs."""
+
+    record: JobRecord
+    started: float  # monotonic
+    deadline: float
+    encoded: Encoded | None = None
+    reason: StopReason | None = None
+    ended: bool = False  # its record is final or back in the queue: nothing more to do
+    last_write: tuple[str | None, float] = (None, 0.0)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
 class Worker:
     def __init__(self, pipeline: FoleyPipeline, store: JobStore, files: DataDir,
-                 settings: ServerSettings, metrics: Metrics) -> None:
+                 settings: ServerSettings, metrics: Metrics, signals: Signals,
+                 name: str = "foleyrt-worker") -> None:
         self.pipeline = pipeline
         self.store = store
         self.files = files
         self.settings = settings
         self.metrics = metrics
-        self._thread = threading.Thread(target=self._loop, name="foleyrt-worker", daemon=True)
+        self.signals = signals
+        self.hints = LengthHints(files, settings.video_limits)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._wake = threading.Event()
-        self._draining = threading.Event()
-        self._drain_deadline = 0.0  # monotonic; the running job is re-queued past it
-        self._cancel_lock = threading.Lock()
-        self._cancelled: set[str] = set()
-        self._running: str | None = None
+        self._batch: list[_Job] = []
 
     @property
     def alive(self) -> bool:
@@ -74,134 +142,251 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
-    def drain(self, timeout_s: float) -> None:
-        """Take no new job; let the running one finish within `timeout_s`, else stop it at
-        its next step and put it back in the queue (the next start runs it)."""
-        self._drain_deadline = time.monotonic() + timeout_s
-        self._draining.set()
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Wait for the drain to end. A job still running after its deadline and a grace
-        period (stuck inside one long stage) is re-queued here, so no accepted job is lost
-        when the process exits under it."""
-        if not self._draining.is_set():
-            self.drain(0.0)
-        wait_s = max(0.0, self._drain_deadline - time.monotonic()) + STOP_GRACE_S
-        self._thread.join(wait_s)
-        running = self._running
-        if self._thread.is_alive() and running is not None:
-            log.warning("job %s still running after the shutdown timeout; re-queued", running)
-            self.store.requeue(running)
-
     def wake(self) -> None:
-        """A job was queued."""
+        """A job was queued (or the drain began)."""
         self._wake.set()
 
-    def request_cancel(self, job_id: str) -> None:
-        """Stop `job_id` at its next step if it is (or is about to be) running."""
-        with self._cancel_lock:
-            self._cancelled.add(job_id)
+    def join(self, timeout_s: float) -> None:
+        """Wait for the thread to end. Past `timeout_s` (a batch stuck inside one long stage),
+        its unfinished jobs are re-queued here, so none is lost when the process exits."""
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            for job in list(self._batch):
+                if not job.ended:
+                    log.warning("job %s still running after the shutdown timeout; re-queued",
+                                job.id)
+                    self.store.requeue(job.id)
 
     # ---- the thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._draining.is_set():
+        device = self.pipeline.runtime.device
+        if device.type == "cuda":  # streams and graphs made without a device use this one
+            torch.cuda.set_device(device)
+        while not self.signals.draining.is_set():
             try:
-                job = self.store.claim_next()
-                if job is None:
+                head = self.store.claim_next()
+                if head is None:
                     self._wake.wait(IDLE_POLL_S)
                     self._wake.clear()
                     continue
-                self._running = job.id
-                self._execute(job)
+                with torch.inference_mode():
+                    self._run(head)
             except Exception:  # the worker must outlive any one failure, store errors too
                 log.exception("worker error; carrying on")
                 time.sleep(IDLE_POLL_S)
             finally:
-                self._running = None
+                self._batch = []
 
-    def _stop_reason(self, job_id: str, deadline: float) -> StopReason | None:
-        with self._cancel_lock:
-            if job_id in self._cancelled:
-                return StopReason.CANCELLED
+    def _run(self, head: JobRecord) -> None:
+        first = self._start(head)
+        self._encode(first)
+        if first.encoded is None:
+            return
+        self._gather(first)
+        ready = [job for job in self._batch if job.encoded is not None and not job.ended]
+        latents = self._denoise(ready)
+        for job, latent in zip(ready, latents, strict=True):
+            if latent is not None and not job.ended:
+                self._finish(job, latent)
+
+    def _start(self, record: JobRecord) -> _Job:
         now = time.monotonic()
-        if self._draining.is_set() and now > self._drain_deadline:
-            return StopReason.SHUTDOWN
-        if now > deadline:
-            return StopReason.TIMED_OUT
-        return None
+        job = _Job(record, now, now + self.settings.job_timeout_s)
+        self._batch.append(job)
+        log.info("job %s started", job.id)
+        return job
 
-    def _execute(self, job: JobRecord) -> None:
-        started = time.monotonic()
-        deadline = started + self.settings.job_timeout_s
-        reason: StopReason | None = None
-        last_write = (None, 0.0)
+    def _gather(self, first: _Job) -> None:
+        """Claim and encode the queued jobs that share `first`'s forwards, while rows are
+        left, waiting until `batch_wait_s` after its claim for more to be queued."""
+        assert first.encoded is not None
+        key = BatchKey.of_encoded(first.encoded)
+        room = self._row_budget(first.encoded) - job_rows(job_params(first.record))
+        wait_until = first.started + self.settings.batch_wait_s
+        while room > 0 and not self.signals.draining.is_set():
+            queued = self.store.queued()
+            found = companion(queued, self.hints.keys(queued), key, room)
+            record = None if found is None else self.store.claim(found.id)
+            if record is not None:
+                job = self._start(record)
+                self._encode(job)
+                if job.encoded is not None:
+                    room -= job_rows(job_params(record))
+                continue
+            if found is not None:
+                continue  # another worker or a cancel took it first: look again
+            remaining = wait_until - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.wait(remaining)
+            self._wake.clear()
+
+    def _row_budget(self, encoded: Encoded) -> int:
+        if self.settings.batch_rows is not None:
+            return self.settings.batch_rows
+        return self.pipeline.row_budget.rows(encoded.lengths,
+                                             encoded.conditions.text_feat.shape[1])
+
+    # ---- stages ----------------------------------------------------------------------------
+
+    def _encode(self, job: _Job) -> None:
+        job.encoded = self._guarded(job, lambda: encode_job(
+            self.pipeline, job.record, self.files, self._progress(job),
+            self.settings.video_limits))
+
+    def _denoise(self, jobs: list[_Job]) -> list[Tensor | None]:
+        """The latents of each job (None for a job that ended meanwhile)."""
+        self.metrics.batch_jobs.observe(len(jobs))
+        if len(jobs) > 1:
+            try:
+                return self._denoise_together(jobs)
+            except torch.cuda.OutOfMemoryError:
+                log.warning("a batch of %d jobs ran out of GPU memory; running them one at a "
+                            "time", len(jobs))
+            release_cuda_memory()
+        return [None if job.ended else self._denoise_alone(job) for job in jobs]
+
+    def _denoise_alone(self, job: _Job) -> Tensor | None:
+        assert job.encoded is not None
+        encoded, progress = job.encoded, self._progress(job)
+        latents = self._guarded(job, lambda: self._timed(
+            [job], lambda: self.pipeline.denoise([encoded], progress=progress)))
+        return None if latents is None else latents[0]
+
+    def _denoise_together(self, jobs: list[_Job]) -> list[Tensor | None]:
+        """One denoising for the batch; every job hears of each step. Raises only when it
+        runs out of memory."""
 
         def progress(event: Progress) -> bool:
-            nonlocal reason, last_write
-            now = time.monotonic()
-            if event.stage != last_write[0] or now - last_write[1] >= PROGRESS_WRITE_S:
-                self.store.set_progress(job.id, event.stage, event.step, event.total)
-                last_write = (event.stage, now)
-            reason = self._stop_reason(job.id, deadline)
-            return reason is not None
+            for job in jobs:
+                if job.ended:
+                    continue
+                self._report(job, event)
+                job.reason = self.signals.reason(job.id, job.deadline)
+                if job.reason in (StopReason.CANCELLED, StopReason.TIMED_OUT):
+                    self._stopped(job)  # now; its rows run on to the batch's end
+            return all(job.ended or job.reason is not None for job in jobs)
 
-        log.info("job %s started", job.id)
-        out_of_memory = False
-        outcome = "failed"
+        encoded = [job.encoded for job in jobs if job.encoded is not None]
         try:
-            result = generate(self.pipeline, job, self.files, progress,
-                              self.settings.video_limits)
+            latents = self._timed(jobs, lambda: self.pipeline.denoise(
+                encoded, max_rows=self.settings.batch_rows, progress=progress))
+        except Cancelled:
+            for job in jobs:
+                if not job.ended:
+                    self._stopped(job)
+            return [None] * len(jobs)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - each job fails with it; the worker goes on
+            for job in jobs:
+                if not job.ended:
+                    self._fail(job, self._message(job, exc))
+            return [None] * len(jobs)
+        return list(latents)
+
+    def _timed(self, jobs: list[_Job], denoise: Callable[[], list[Tensor]]) -> list[Tensor]:
+        """Run `denoise`; its time goes into each job's timings."""
+        started = time.perf_counter()
+        latents = denoise()
+        device = self.pipeline.runtime.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        for job in jobs:
+            assert job.encoded is not None
+            job.encoded.timings["denoise"] = time.perf_counter() - started
+        return latents
+
+    def _finish(self, job: _Job, latent: Tensor) -> None:
+        assert job.encoded is not None
+        encoded, progress = job.encoded, self._progress(job)
+
+        def finish() -> tuple[dict[str, float], tuple[OutputFiles, ...]]:
+            result = self.pipeline.finish(encoded, latent, progress)
             self.store.set_progress(job.id, "saving", 0, 1)
             saving = time.monotonic()
             outputs = write_outputs(result, self.files.job_dir(job.id))
-            result.timings["saving"] = time.monotonic() - saving
+            return {**result.timings, "saving": time.monotonic() - saving}, outputs
+
+        done = self._guarded(job, finish)
+        if done is None:
+            return
+        timings, outputs = done
+        self.files.remove_input(job.id)
+        self.store.finish(job.id, JobState.SUCCEEDED, outputs=outputs)
+        for stage in _STAGES:
+            if stage in timings:
+                self.metrics.stage_seconds.labels(stage).observe(timings[stage])
+        self._end(job, "succeeded")
+
+    # ---- one job's progress and end --------------------------------------------------------
+
+    def _progress(self, job: _Job) -> Callable[[Progress], bool]:
+        def progress(event: Progress) -> bool:
+            self._report(job, event)
+            job.reason = self.signals.reason(job.id, job.deadline)
+            return job.reason is not None
+
+        return progress
+
+    def _report(self, job: _Job, event: Progress) -> None:
+        now = time.monotonic()
+        if event.stage != job.last_write[0] or now - job.last_write[1] >= PROGRESS_WRITE_S:
+            self.store.set_progress(job.id, event.stage, event.step, event.total)
+            job.last_write = (event.stage, now)
+
+    def _guarded(self, job: _Job, stage: Callable[[], T]) -> T | None:
+        """`stage()` for one job; None when it failed or stopped (the job then has ended)."""
+        out_of_memory = False
+        try:
+            return stage()
         except Cancelled:
-            outcome = self._stopped(job, reason)
+            self._stopped(job)
         except torch.cuda.OutOfMemoryError:
             out_of_memory = True
             self._fail(job, OOM_MESSAGE)
-        except FoleyError as exc:
-            self._fail(job, self.files.redact(str(exc), job.id))
-        except Exception as exc:
-            if self._disk_full(exc):
-                self._fail(job, DISK_FULL_MESSAGE)
-            else:
-                log.exception("job %s failed", job.id)
-                self._fail(job, f"internal error ({type(exc).__name__}); see the server log")
-        else:
-            self.files.remove_input(job.id)
-            self.store.finish(job.id, JobState.SUCCEEDED, outputs=outputs)
-            outcome = "succeeded"
-            for stage in ("video", "features", "denoise", "decode", "saving"):
-                if stage in result.timings:
-                    self.metrics.stage_seconds.labels(stage).observe(result.timings[stage])
-            log.info("job %s succeeded", job.id)
-        finally:
-            with self._cancel_lock:
-                self._cancelled.discard(job.id)
-        self.metrics.job_seconds.labels(outcome).observe(time.monotonic() - started)
-        if out_of_memory:
+        except Exception as exc:  # noqa: BLE001 - the job fails with it; the worker goes on
+            self._fail(job, self._message(job, exc))
+        if out_of_memory:  # out of the `except`: its traceback no longer holds the tensors
             release_cuda_memory()
+        return None
 
-    def _stopped(self, job: JobRecord, reason: StopReason | None) -> str:
-        if reason is StopReason.SHUTDOWN:
+    def _message(self, job: _Job, exc: Exception) -> str:
+        """What a client is told of a failure: ours in our words, others by their kind."""
+        if isinstance(exc, FoleyError):
+            return self.files.redact(str(exc), job.id)
+        if self._disk_full(exc):
+            return DISK_FULL_MESSAGE
+        log.error("job %s failed", job.id, exc_info=exc)
+        return f"internal error ({type(exc).__name__}); see the server log"
+
+    def _stopped(self, job: _Job) -> None:
+        if job.reason is StopReason.SHUTDOWN:
             log.info("job %s interrupted by shutdown; re-queued", job.id)
             self.store.requeue(job.id)
-            return "requeued"
-        if reason is StopReason.TIMED_OUT:
-            self._fail(job, f"timed out: the limit is {self.settings.job_timeout_s:g} s per job")
-            return "timed_out"
-        self.files.remove_job(job.id)
-        self.store.finish(job.id, JobState.CANCELLED)
-        log.info("job %s cancelled", job.id)
-        return "cancelled"
+            self._end(job, "requeued")
+        elif job.reason is StopReason.TIMED_OUT:
+            self._fail(job, f"timed out: the limit is {self.settings.job_timeout_s:g} s per job",
+                       outcome="timed_out")
+        else:
+            self.files.remove_job(job.id)
+            self.store.finish(job.id, JobState.CANCELLED)
+            log.info("job %s cancelled", job.id)
+            self._end(job, "cancelled")
 
-    def _fail(self, job: JobRecord, message: str) -> None:
+    def _fail(self, job: _Job, message: str, outcome: str = "failed") -> None:
         log.warning("job %s failed: %s", job.id, message)
         self.files.remove_job(job.id)  # partial outputs and the upload: nothing to keep
         self.store.finish(job.id, JobState.FAILED, error=message)
+        self._end(job, outcome)
+
+    def _end(self, job: _Job, outcome: str) -> None:
+        job.ended = True
+        self.signals.forget(job.id)
+        self.metrics.job_seconds.labels(outcome).observe(time.monotonic() - job.started)
+        if outcome == "succeeded":
+            log.info("job %s succeeded", job.id)
 
     def _disk_full(self, exc: BaseException) -> bool:
         """Writers report a full disk in their own words (libsndfile: "System error"), so
@@ -210,3 +395,50 @@ class Worker:
                for e in (exc, exc.__cause__, exc.__context__)):
             return True
         return shutil.disk_usage(self.files.jobs).free < _DISK_FULL_BYTES
+
+
+class WorkerPool:
+    """The server's workers, one per pipeline, sharing the store, the data directory and the
+    stop signals. A job is claimed by exactly one of them (the store's claims are atomic)."""
+
+    def __init__(self, pipelines: list[FoleyPipeline], store: JobStore, files: DataDir,
+                 settings: ServerSettings, metrics: Metrics) -> None:
+        self.signals = Signals()
+        self.workers = [
+            Worker(pipeline, store, files, settings, metrics, self.signals,
+                   name=f"foleyrt-worker-{k}")
+            for k, pipeline in enumerate(pipelines)
+        ]
+
+    @property
+    def alive(self) -> bool:
+        """Every worker runs (one gone leaves its GPU idle: a restart is the fix)."""
+        return all(worker.alive for worker in self.workers)
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def wake(self) -> None:
+        """A job was queued: every idle worker looks, one claims it."""
+        for worker in self.workers:
+            worker.wake()
+
+    def request_cancel(self, job_id: str) -> None:
+        """Stop `job_id` at its next step if it is (or is about to be) running."""
+        self.signals.cancel(job_id)
+
+    def drain(self, timeout_s: float) -> None:
+        """Take no new job; let running ones finish within `timeout_s`, else stop them at
+        their next step and put them back in the queue (the next start runs them)."""
+        self.signals.drain_deadline = time.monotonic() + timeout_s
+        self.signals.draining.set()
+        self.wake()
+
+    def stop(self) -> None:
+        """Wait for the drain to end (see `Worker.join`)."""
+        if not self.signals.draining.is_set():
+            self.drain(0.0)
+        until = max(time.monotonic(), self.signals.drain_deadline) + STOP_GRACE_S
+        for worker in self.workers:
+            worker.join(max(0.0, until - time.monotonic()))

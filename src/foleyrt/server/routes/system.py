@@ -30,8 +30,8 @@ metrics_router = APIRouter(tags=["service"], dependencies=[Depends(require_token
 
 @router.get("/health", responses={503: {"model": HealthOut, "description": "worker down"}})
 def health(service: ServiceDep, response: Response) -> HealthOut:
-    """Liveness: the process answers. 503 when the worker thread is gone (jobs would queue
-    forever; a restart is the fix). Never needs the token."""
+    """Liveness: the process answers. 503 when a worker thread is gone (its jobs would queue
+    forever, or its GPU idle; a restart is the fix). Never needs the token."""
     queued, running = service.counts()
     alive = service.worker.alive
     if not alive:
@@ -58,13 +58,15 @@ def ready(service: ServiceDep, response: Response) -> ReadyOut:
 @router.get("/models", dependencies=[Depends(require_token)],
             responses={401: {"model": ErrorOut}})
 def models(service: ServiceDep) -> ModelsOut:
-    """The loaded model (one per server, kept warm), the defaults and the limits of a job."""
-    pipe, settings = service.pipeline, service.settings
+    """The loaded model (one per server, kept warm on each worker's device), the defaults and
+    the limits of a job."""
+    pipe, settings = service.pipelines[0], service.settings
     runtime, video = pipe.runtime, settings.video_limits
     return ModelsOut(
         models=[ModelOut(
             id=pipe.models.source, size=pipe.models.spec.name, sample_rate=pipe.sample_rate,
             random_weights=pipe.models.random_weights, device=str(runtime.device),
+            devices=[str(p.runtime.device) for p in service.pipelines],
             dtype=str(runtime.dtype).removeprefix("torch."), accel=runtime.accel,
         )],
         defaults=Defaults(steps=settings.default_steps, guidance=DEFAULT_GUIDANCE,

@@ -1,0 +1,138 @@
+"""GPU measurement of the server's dynamic batcher (issue 16): jobs per second of `foleyrt
+serve` under load, batching off and on, in one process.
+
+Real-size random weights (`--size xxl`) are built once per device; for each `--batch-rows`
+setting a server runs on a free loopback port with those pipelines (one worker per device),
+`foleyrt loadtest`'s own client first warms it up (`--warmup` jobs: compilation and CUDA-graph
+capture of the batch shapes) and then submits `--jobs` jobs from `--clients` clients. Printed
+per setting: jobs/s, latency p50/p95, mean jobs per batch (of the measured jobs), peak GPU
+memory. `--batch-rows 2` is the one-at-a-time baseline (a guided job fills two rows); `auto`
+is the row budget. Measurements go to docs/benchmarks.md.
+
+    PYTHONPATH=src python scripts/serve_throughput.py [--devices cuda:0[,cuda:1...]]
+        [--accel compile] [--precision fp8] [--duration 10 | --video CLIP]
+        [--jobs 32] [--clients 32] [--steps 50] [--batch-rows 2,auto] [--batch-wait-ms 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import torch
+
+from foleyrt.accel.process import configure_process
+from foleyrt.accel.runtime import RuntimeConfig, parse_device
+from foleyrt.bench.models import random_dit
+from foleyrt.config import PRESETS
+from foleyrt.pipeline.models import random_models
+from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.server.app import create_app
+from foleyrt.server.loadtest import LoadSpec, Outcome, run_loadtest
+from foleyrt.server.runner import server_for
+from foleyrt.server.settings import ServerSettings
+
+
+@contextmanager
+def serving(settings: ServerSettings, pipelines: list[FoleyPipeline]) -> Iterator[str]:
+    """The server on a free loopback port, in a thread; yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = server_for(create_app(settings, pipelines), settings)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
+
+
+def batch_totals(url: str) -> tuple[float, float]:
+    """(jobs, batches) so far, from the server's own histogram of jobs per batch."""
+    text = httpx.get(f"{url}/metrics").text
+    return tuple(float(re.search(rf"^foleyrt_batch_jobs_{part} (\S+)$", text, re.M)[1])
+                 for part in ("sum", "count"))  # type: ignore[return-value]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="xxl", choices=list(PRESETS), help="tiny: a CPU smoke run")
+    p.add_argument("--devices", default="cuda", help="one worker per device, comma-separated")
+    p.add_argument("--accel", default="compile")
+    p.add_argument("--precision", default=None)
+    p.add_argument("--calibration", default=None)
+    p.add_argument("--duration", type=float, default=10.0, help="text-only jobs of this length")
+    p.add_argument("--video", type=Path, default=None, help="video jobs of this clip instead")
+    p.add_argument("--jobs", type=int, default=32)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=None, help="warm-up jobs (default: --clients)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch-rows", default="2,auto")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    configure_process()
+
+    spec = PRESETS[args.size]
+    devices = [parse_device(d.strip()) for d in args.devices.split(",")]
+    cuda = [d for d in devices if d.type == "cuda"]
+    pipelines = []
+    for device in devices:
+        runtime = RuntimeConfig.build(str(device), accel=args.accel, precision=args.precision,
+                                      calibration=args.calibration)
+        models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
+        pipelines.append(FoleyPipeline(models.place(runtime), runtime))
+    job = LoadSpec(url="", jobs=args.jobs, clients=args.clients, steps=args.steps,
+                   video=args.video, duration=args.duration, deadline_s=3600)
+    rows = []
+    for setting in args.batch_rows.split(","):
+        batch_rows = None if setting == "auto" else int(setting)
+        for device in cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        with tempfile.TemporaryDirectory() as data, serving(ServerSettings(
+            data_dir=Path(data), default_steps=args.steps, max_queue=max(args.jobs, 16),
+            max_samples=1, job_timeout_s=3600, devices=tuple(devices), batch_rows=batch_rows,
+            batch_wait_s=args.batch_wait_ms / 1000, allowed_hosts=("127.0.0.1",),
+        ), pipelines) as url:
+            warmup = args.warmup if args.warmup is not None else args.clients
+            run_loadtest(LoadSpec(**{**job.__dict__, "url": url, "jobs": warmup}))
+            jobs_before, batches_before = batch_totals(url)
+            report = run_loadtest(LoadSpec(**{**job.__dict__, "url": url}))
+            jobs_after, batches_after = batch_totals(url)
+            completed = report.count(Outcome.COMPLETED)
+            row = {
+                "batch_rows": setting, "devices": [str(d) for d in devices],
+                "jobs": args.jobs, "completed": completed, "wall_s": round(report.wall_s, 2),
+                "jobs_per_s": round(completed / report.wall_s, 3),
+                "mean_jobs_per_batch": round((jobs_after - jobs_before)
+                                             / max(batches_after - batches_before, 1), 2),
+                "peak_gpu_gib": round(max((torch.cuda.max_memory_allocated(d) for d in cuda),
+                                          default=0) / 2**30, 1),
+            }
+        print(report.summary())
+        print(json.dumps(row))
+        rows.append(row)
+    if len(rows) > 1:
+        base = rows[0]["jobs_per_s"]
+        for row in rows[1:]:
+            print(f"batch rows {row['batch_rows']}: {row['jobs_per_s'] / base:.2f}x "
+                  f"batch rows {rows[0]['batch_rows']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
