@@ -28,6 +28,8 @@ class FrameWise:
     """A denoiser whose velocity is a function of each latent frame alone (and the step): a
     window of it sees exactly what the whole latent sees."""
 
+    text_masks = True
+
     def __init__(self, model: FoleyDiT) -> None:
         self.model = model
         self.rows: list[int] = []  # rows of every forward prepared
@@ -69,6 +71,23 @@ def test_clips_sharing_a_forward_give_their_one_at_a_time_results(tiny_dit) -> N
     forwards = plan_forwards(denoiser, tasks, max_rows=4)
     assert sorted(sum(b.rows.rows for b in f.blocks) for f in forwards) == [1, 2, 4, 4]
     together = denoise(denoiser, tasks, SCHEDULE, max_rows=4)
+    for task, got in zip(tasks, together, strict=True):
+        _close(got, denoise(denoiser, [task], SCHEDULE)[0])
+
+
+@torch.inference_mode()
+def test_texts_of_other_lengths_share_a_forward_masked(tiny_dit) -> None:
+    """Prompts tokenise to other lengths: their rows are padded to the longest and the padding
+    masked out of the cross-attention, the same numbers as each request alone."""
+    denoiser = ModuleDenoiser(tiny_dit)
+    tasks = [Task.whole(_noise(11, 1), 4.5, tiny_conditions(11, text_tokens=7)),
+             Task.whole(_noise(12, 2), 4.5, tiny_conditions(12, text_tokens=12)),
+             Task.whole(_noise(13, 1), 4.5, tiny_conditions(13, text_tokens=3))]
+    (forward,) = plan_forwards(denoiser, tasks, None)
+    rows = ConditionRows.cat([b.rows for b in forward.blocks])
+    assert rows.text.shape[1] == 12 and rows.text_mask is not None
+    assert rows.text_mask.sum(1).tolist() == [7, 12, 12, 3, 7, 12, 12, 3]  # halves layout
+    together = denoise(denoiser, tasks, SCHEDULE)
     for task, got in zip(tasks, together, strict=True):
         _close(got, denoise(denoiser, [task], SCHEDULE)[0])
 

@@ -120,6 +120,8 @@ class GraphedDenoiser:
     Forwards of the same shape share a graph: each copies its conditions into the graph's
     static buffers when the graph last ran another's (a few MB per step)."""
 
+    text_masks = True
+
     def __init__(self, model: FoleyDiT, max_graphs: int = MAX_GRAPHS) -> None:
         self.model = model
         self.max_graphs = max_graphs
@@ -127,7 +129,8 @@ class GraphedDenoiser:
         self.graphs: OrderedDict[tuple, GraphedVelocity] = OrderedDict()
 
     def prepare(self, rows: ConditionRows, schedule: Schedule) -> Velocity:
-        prepared = self.model.prepare(rows.clip, rows.text, rows.sync, rows.audio_len)
+        prepared = self.model.prepare(rows.clip, rows.text, rows.sync, rows.audio_len,
+                                      rows.text_mask)
         table = self.model.time_conditioning(schedule.timesteps.to(rows.clip.device))
         owner = object()  # which forward's conditions a shared graph holds
 

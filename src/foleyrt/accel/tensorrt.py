@@ -113,7 +113,10 @@ class TensorRTEngine:
 class EngineDenoiser:
     """The transformer's velocity on TensorRT engines: `plan` if given, else per forward the
     newest cached plan for this model, GPU and request. Loaded engines are kept by this object
-    (an XXL engine takes seconds to deserialise)."""
+    (an XXL engine takes seconds to deserialise). The graphs take no text mask: requests share
+    a forward only when their texts have one length."""
+
+    text_masks = False
 
     def __init__(self, model: FoleyDiT, plan: Path | None = None,
                  precision: str | None = None, cache: EngineCache | None = None) -> None:

@@ -66,6 +66,8 @@ class ReleasePatternDenoiser:
     """Every step as the release runs it: `forward` with the raw rows under bf16 autocast
     (rows re-expanded, conditions re-projected each step)."""
 
+    text_masks = False
+
     def __init__(self, model: FoleyDiT) -> None:
         self.model = model
 

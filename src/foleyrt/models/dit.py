@@ -87,6 +87,10 @@ class PreparedConditions:
     # rows and resampled after the GEMM, the same numbers for half the work.
     sync_rows: Tensor | None = None  # [B, Ns, H] fp32
     sync_index: Tensor | None = None  # [Na] long: the row of `sync_rows` of each audio frame
+    # [B, L] bool, True for the text positions a row attends to: rows of requests whose texts
+    # have other lengths share a forward with their texts padded to one length and the padding
+    # masked out of the cross-attention (None: every position of every row, as the release).
+    text_mask: Tensor | None = None
 
     @property
     def audio_len(self) -> int:
@@ -98,9 +102,11 @@ def _heads(x: Tensor, heads: int) -> Tensor:
     return x.unflatten(-1, (heads, -1))
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """SDPA over `[B, N, heads, D]` queries and `[B, heads, M, D]` keys/values -> `[B, N, H]`."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
+def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    """SDPA over `[B, N, heads, D]` queries and `[B, heads, M, D]` keys/values -> `[B, N, H]`;
+    `key_mask [B, M]` (bool) leaves out the keys it marks False."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)
     return out.transpose(1, 2).flatten(2)
 
 
@@ -195,9 +201,10 @@ class TripleBlock(nn.Module):
         text_v: Tensor,
         rope: RopeTables,
         update_visual: bool = True,
+        text_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """`mods` from `modulations()`; `update_visual=False` (last block) skips visual work
-        whose result nobody reads."""
+        whose result nobody reads; `text_mask`: see `PreparedConditions.text_mask`."""
         mod_a, mod_v = mods
         n_vis = visual.shape[1]
 
@@ -221,14 +228,14 @@ class TripleBlock(nn.Module):
         audio, qa = self._residual_norm_gemm(audio, self.audio_self_proj(out_a), mod_a, 1,
                                              self.audio_cross_q)
         if not update_visual:
-            return self._audio_tail(audio, qa, mod_a, text_k, text_v, rope), visual
+            return self._audio_tail(audio, qa, mod_a, text_k, text_v, rope, text_mask), visual
         visual, qv = self._residual_norm_gemm(visual, self.v_cond_self_proj(out_v), mod_v, 1,
                                               self.v_cond_cross_q)
 
         # (2) cross-attention of both streams to the text, visual queries first.
         qa = apply_rope(self.audio_cross_q_norm(_heads(qa, self.heads)), *rope.seq_audio)
         qv = apply_rope(self.v_cond_cross_q_norm(_heads(qv, self.heads)), *rope.seq_visual)
-        out = attention(torch.cat([qv, qa], dim=1), text_k, text_v)
+        out = attention(torch.cat([qv, qa], dim=1), text_k, text_v, text_mask)
         out_v, out_a = out[:, :n_vis], out[:, n_vis:]
 
         # (3) MLPs.
@@ -239,12 +246,12 @@ class TripleBlock(nn.Module):
         return audio + mlp_a * _mod_chunk(mod_a, 8), visual + mlp_v * _mod_chunk(mod_v, 8)
 
     def _audio_tail(self, audio: Tensor, q_rows: Tensor, mod_a: Tensor, text_k: Tensor,
-                    text_v: Tensor, rope: RopeTables) -> Tensor:
+                    text_v: Tensor, rope: RopeTables, text_mask: Tensor | None) -> Tensor:
         """Cross-attention (from `audio_cross_q`'s output `q_rows`) and MLP of the audio stream
         alone. Attention rows are independent, so dropping the visual queries leaves the audio
         rows unchanged."""
         q = apply_rope(self.audio_cross_q_norm(_heads(q_rows, self.heads)), *rope.seq_audio)
-        out = attention(q, text_k, text_v)
+        out = attention(q, text_k, text_v, text_mask)
         audio, mlp = self._residual_norm_gemm(audio, self.audio_cross_proj(out), mod_a, 2,
                                               self.audio_mlp)
         return audio + mlp * _mod_chunk(mod_a, 8)
@@ -444,10 +451,12 @@ class FoleyDiT(nn.Module):
         return RopeTables(self_audio, self_visual, gather, seq_audio, seq_visual)
 
     def prepare(
-        self, clip_feat: Tensor, cond: Tensor, sync_feat: Tensor, audio_len: int
+        self, clip_feat: Tensor, cond: Tensor, sync_feat: Tensor, audio_len: int,
+        text_mask: Tensor | None = None,
     ) -> PreparedConditions:
         """Step-invariant work for conditions `[B, Nv, clip_dim]`, `[B, L, text_dim]`,
-        `[B, Ns, sync_dim]` and an audio latent of `audio_len` frames."""
+        `[B, Ns, sync_dim]` and an audio latent of `audio_len` frames (`text_mask`: see
+        `PreparedConditions`)."""
         cfg = self.config
         device = clip_feat.device
         rope = self.rope_tables(audio_len, clip_feat.shape[1], device)
@@ -470,7 +479,7 @@ class FoleyDiT(nn.Module):
             if n_sync < audio_len:
                 sync_rows, sync_index = rows, index
         return PreparedConditions(visual, list(text_k), list(text_v), sync_add, rope,
-                                  sync_rows, sync_index)
+                                  sync_rows, sync_index, text_mask)
 
     # ---- per step ----------------------------------------------------------------------------
 
@@ -498,7 +507,7 @@ class FoleyDiT(nn.Module):
         for i, block in enumerate(self.triple_blocks):
             audio, visual = block(
                 audio, visual, time.triple[i], prepared.text_k[i], prepared.text_v[i],
-                prepared.rope, update_visual=i < last,
+                prepared.rope, update_visual=i < last, text_mask=prepared.text_mask,
             )
         # The single blocks' conditioning: per audio frame (sync path: sync features + timestep,
         # at the sync rate when it is shorter, see `PreparedConditions.sync_rows`) or one row.

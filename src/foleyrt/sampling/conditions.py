@@ -29,13 +29,16 @@ class Conditions:
 class ConditionRows:
     """The conditions of every row of one forward: `clip [B, Nv, D]`, `text [B, L, D]`,
     `sync [B, Ns, D]`, for latents of `audio_len` frames. `guided`: the rows are two equal
-    halves, unconditional rows first (what a CFG-parallel denoiser splits)."""
+    halves, unconditional rows first (what a CFG-parallel denoiser splits). `text_mask [B, L]`:
+    the text positions each row attends to, when rows of texts of other lengths were padded
+    to share this forward (None: all of them)."""
 
     clip: Tensor
     text: Tensor
     sync: Tensor
     audio_len: int
     guided: bool = False
+    text_mask: Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -44,21 +47,42 @@ class ConditionRows:
     @classmethod
     def cat(cls, parts: list[ConditionRows]) -> ConditionRows:
         """Several blocks of rows as one forward's; guided blocks keep the halves layout
-        (every block's unconditional rows, then every block's conditional rows)."""
+        (every block's unconditional rows, then every block's conditional rows). Texts of
+        other lengths are padded with zeros to the longest, and masked."""
         first = parts[0]
         if len(parts) == 1:
             return first
         if any((p.audio_len, p.guided) != (first.audio_len, first.guided) for p in parts):
             raise ValueError("rows of one forward need one latent length and one CFG layout")
+        length = max(p.text.shape[1] for p in parts)
+        padded = [p.pad_text(length) for p in parts]
 
-        def stack(name: str) -> Tensor:
-            tensors = [getattr(p, name) for p in parts]
+        def stack(tensors: list[Tensor]) -> Tensor:
             if not first.guided:
                 return torch.cat(tensors)
             halves = [t.chunk(2) for t in tensors]
             return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
 
-        return cls(stack("clip"), stack("text"), stack("sync"), first.audio_len, first.guided)
+        masks = [p.text_mask for p in padded]
+        mask = None if all(m is None for m in masks) else stack(
+            [p.key_mask() for p in padded])
+        return cls(stack([p.clip for p in padded]), stack([p.text for p in padded]),
+                   stack([p.sync for p in padded]), first.audio_len, first.guided, mask)
+
+    def key_mask(self) -> Tensor:
+        """`text_mask`, or all positions when there is none."""
+        if self.text_mask is not None:
+            return self.text_mask
+        return torch.ones(self.text.shape[:2], dtype=torch.bool, device=self.text.device)
+
+    def pad_text(self, length: int) -> ConditionRows:
+        """These rows with their text padded to `length` positions, the padding masked."""
+        extra = length - self.text.shape[1]
+        if extra == 0:
+            return self
+        text = torch.nn.functional.pad(self.text, (0, 0, 0, extra))
+        mask = torch.nn.functional.pad(self.key_mask(), (0, extra), value=False)
+        return ConditionRows(self.clip, text, self.sync, self.audio_len, self.guided, mask)
 
 
 def cfg_rows(

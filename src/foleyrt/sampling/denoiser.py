@@ -27,9 +27,13 @@ class Velocity(Protocol):
 
 class Denoiser(Protocol):
     """`model` is the transformer whose learnt empty features make the unconditional rows
-    (an engine-backed denoiser keeps the module for that and for `prepare`'s projections)."""
+    (an engine-backed denoiser keeps the module for that and for `prepare`'s projections).
+    `text_masks`: whether `prepare` takes rows whose texts were padded to one length and
+    masked (`ConditionRows.text_mask`), so that requests with texts of other lengths can share
+    a forward."""
 
     model: FoleyDiT
+    text_masks: bool
 
     def prepare(self, rows: ConditionRows, schedule: Schedule) -> Velocity: ...
 
@@ -38,12 +42,14 @@ class ModuleDenoiser:
     """The transformer module as written: `FoleyDiT.prepare` once, `FoleyDiT.velocity` per
     step (the eager mode, and what streamed blocks run)."""
 
+    text_masks = True
+
     def __init__(self, model: FoleyDiT) -> None:
         self.model = model
 
     def prepare(self, rows: ConditionRows, schedule: Schedule) -> Velocity:
         model = self.model
-        prepared = model.prepare(rows.clip, rows.text, rows.sync, rows.audio_len)
+        prepared = model.prepare(rows.clip, rows.text, rows.sync, rows.audio_len, rows.text_mask)
         timesteps = schedule.timesteps.to(rows.clip.device)
 
         def velocity(x: Tensor, step: int) -> Tensor:

@@ -143,14 +143,15 @@ def plan_forwards(
 ) -> list[_Forward]:
     """Every window's rows, grouped by shape and CFG layout into forwards of at most
     `max_rows` rows, each block into the first forward with room (None: no limit; a block
-    larger than the limit gets a forward alone)."""
+    larger than the limit gets a forward alone). Texts of other lengths share a forward where
+    the denoiser masks padded text (`Denoiser.text_masks`)."""
     groups: dict[tuple, list[_Forward]] = {}
     for t, task in enumerate(tasks):
         for k, window in enumerate(task.windows):
             rows = cfg_rows(denoiser.model, window.conditions, task.samples, task.guided,
                             window.length)
-            key = (rows.audio_len, rows.clip.shape[1:], rows.sync.shape[1:],
-                   rows.text.shape[1:], rows.guided)
+            text = rows.text.shape[2:] if denoiser.text_masks else rows.text.shape[1:]
+            key = (rows.audio_len, rows.clip.shape[1:], rows.sync.shape[1:], text, rows.guided)
             forwards = groups.setdefault(key, [])
             fits = (f for f in forwards
                     if max_rows is None or f.rows + rows.rows <= max_rows)
