@@ -117,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
         stack.callback(store.close)
         sock = stack.enter_context(bind(args.host, args.port))
         pipeline = load_pipeline(settings)
+        stack.callback(pipeline.close)  # after the server stops: --parallel cfg's 2nd process
         log.info("data directory %s; results kept %s", settings.data_dir, args.result_ttl)
         log.info("listening on http://%s:%d", args.host, args.port)
         app = create_app(settings, pipeline, (files, store))

@@ -110,6 +110,21 @@ def load_models(model: str = HUB_REPO, size: str = "xxl", *, runtime: RuntimeCon
                        stored_fp8=stored_fp8).place(runtime, graphs)
 
 
+def load_denoiser(model: str, size: str, runtime: RuntimeConfig) -> Denoiser:
+    """The transformer of `load_models(model, size)` alone, placed and made the sampler's
+    denoiser: what the second rank of `--parallel cfg` runs (it needs no encoder or VAE)."""
+    if model == TINY_RANDOM:
+        denoiser = random_models().place(runtime).denoiser  # tiny: the rest costs nothing
+        assert denoiser is not None
+        return denoiser
+    spec = model_spec(size)
+    files = resolve_files(model, [spec.dit_file])
+    graphs = preload(runtime)
+    dit, stored_fp8 = load_dit(files[spec.dit_file], spec.dit, runtime)
+    dit.to(runtime.device, runtime.dtype).eval().requires_grad_(False)
+    return apply(dit, runtime, stored_fp8=stored_fp8, graphs=graphs)
+
+
 def load_dit(
     path: str | Path, cfg: DiTConfig, runtime: RuntimeConfig
 ) -> tuple[FoleyDiT, frozenset[str]]:

@@ -55,6 +55,8 @@ def create_app(settings: ServerSettings, pipeline: FoleyPipeline | None = None,
             yield
         finally:
             await run_in_threadpool(service.stop)
+            if pipeline is None:  # ours: end its second process (--parallel cfg)
+                pipe.close()
 
     app = FastAPI(
         title="foleyrt", version=__version__, lifespan=lifespan, docs_url=None,
