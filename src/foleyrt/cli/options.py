@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, NoReturn
 
-from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM
+from foleyrt.config import HUB_REPO, PRESETS, RANDOM, TINY, TINY_RANDOM
 from foleyrt.request import (
     DEFAULT_GUIDANCE,
     DEFAULT_NEGATIVE_PROMPT,
@@ -35,8 +35,8 @@ def add_weight_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Which model, on which device, in which dtype."""
     g = p.add_argument_group("model and runtime")
     g.add_argument("--model", default=HUB_REPO,
-                   help=f"weights directory, hub repo id, or {TINY_RANDOM!r} "
-                        "(default: %(default)s)")
+                   help=f"weights directory, hub repo id, {TINY_RANDOM!r}, or {RANDOM!r} (random "
+                        "weights at --size, for benchmarks) (default: %(default)s)")
     sizes = [s for s in PRESETS if s != TINY.name]
     g.add_argument("--size", default="xxl", choices=sizes, help="transformer size (default: xxl)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

@@ -15,8 +15,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from foleyrt.config import DACConfig
+from foleyrt.config import DACConfig, DiTConfig
 from foleyrt.models.dac_vae import DACVAE, ResidualUnit, WNConv1d, WNConvTranspose1d
+from foleyrt.models.dit import FoleyDiT
 
 
 @torch.no_grad()
@@ -45,6 +46,17 @@ def randomize_(module: nn.Module, seed: int) -> nn.Module:
         values[name] = value.to(param.dtype)
     module.load_state_dict(values, strict=True)
     return module
+
+
+@torch.no_grad()
+def random_transformer(cfg: DiTConfig, device: torch.device, dtype: torch.dtype,
+                       seed: int) -> FoleyDiT:
+    """A transformer built on meta, materialised on `device` in `dtype` and filled there by
+    `randomize_`: billions of parameters in seconds on a GPU, in eval mode."""
+    with torch.device("meta"):
+        dit = FoleyDiT(cfg).to(dtype)
+    dit = randomize_(dit.to_empty(device=device), seed)
+    return dit.eval().requires_grad_(False)
 
 
 # Output std per weight-normalised conv of the decoder on the probe: the fixture generator's
