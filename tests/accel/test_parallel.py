@@ -25,6 +25,9 @@ from foleyrt.errors import Cancelled, ParallelError, UsageError, WeightsError
 from foleyrt.pipeline.models import load_denoiser, random_models
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, Progress
 from foleyrt.request import GenerationRequest
+from foleyrt.sampling.loop import Task, Window, denoise
+from foleyrt.sampling.schedule import flow_schedule
+from tests.tiny import tiny_conditions
 
 TOLERANCE = 1e-5  # fp32: the halves' GEMMs have fewer rows than the whole, so round apart
 GUIDED = GenerationRequest(prompt="a ball", duration=1.0, steps=3, samples=2, seed=3)
@@ -88,6 +91,20 @@ def test_guided_and_unguided_requests_together(single: FoleyPipeline, parallel: 
     (guided, plain), (guided2, plain2) = single.denoise(encoded), parallel.denoise(encoded)
     assert _max_abs(guided, guided2) <= TOLERANCE
     assert torch.equal(plain, plain2)
+
+
+@torch.inference_mode()
+def test_the_windows_of_a_long_latent_split_alike(single: FoleyPipeline,
+                                                  parallel: FoleyPipeline) -> None:
+    """Overlapping windows (long clips): every window's guided rows are split over the ranks
+    and blended as in one process (the tasks travel to rank 1 whole, windows and taper)."""
+    assert parallel.parallel is not None
+    windows = tuple(Window(start, 40, tiny_conditions(start)) for start in (0, 30))
+    noise = torch.randn(2, 128, 70, generator=torch.Generator().manual_seed(0))
+    task = Task(noise, 4.5, windows, taper=6)
+    schedule = flow_schedule(3, single.models.spec.diffusion, n_tokens=70)
+    (want,) = denoise(single.denoiser, [task], schedule)
+    assert _max_abs(want, parallel.parallel.denoise([task], schedule)[0]) <= TOLERANCE
 
 
 @torch.inference_mode()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -40,6 +41,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import fields, replace
 from multiprocessing.connection import Connection
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -192,6 +194,8 @@ class _Peer:
         self.device = rank_devices(runtime.device)[1]
         rank1 = replace(runtime, device=self.device, parallel=ParallelMode.NONE)
         self.store = dist.TCPStore(LOCALHOST, 0, WORLD, is_master=True, wait_for_workers=False)
+        level = logging.getLogger("foleyrt").getEffectiveLevel()
+        hello = pickle.dumps((build, rank1, self.store.port, level))  # fails here, not there
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # what we import from
         with theirs:
@@ -199,10 +203,9 @@ class _Peer:
                 [sys.executable, "-c", RANK1_ENTRY, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], env=env)
         self.conn = Connection(ours.detach())
-        level = logging.getLogger("foleyrt").getEffectiveLevel()
         self.joined = False
         self._finalizer = weakref.finalize(self, _shutdown, self.process, self.conn, True)
-        self.conn.send((build, rank1, self.store.port, level))
+        self.conn.send_bytes(hello)
 
     @property
     def alive(self) -> bool:
@@ -296,28 +299,40 @@ def _step_flag(stop: bool) -> bool:
 
 def _pack(tasks: Sequence[Task], schedule: Schedule, max_rows: int | None) -> bytes:
     """A `denoise` call as plain containers of CPU tensors (read back with `weights_only`)."""
-    names = [f.name for f in fields(Conditions)]
-    job = {
-        "max_rows": max_rows,
-        "schedule": (schedule.sigmas.cpu(), schedule.timesteps.cpu()),
-        "tasks": [{
-            "noise": task.noise.cpu(), "guidance": task.guidance, "taper": task.taper,
-            "windows": [(w.start, w.length, [getattr(w.conditions, n).cpu() for n in names])
-                        for w in task.windows],
-        } for task in tasks],
-    }
     buffer = io.BytesIO()
-    torch.save(job, buffer)
+    torch.save({"tasks": _to_wire(list(tasks)), "schedule": _to_wire(schedule),
+                "max_rows": max_rows}, buffer)
     return buffer.getvalue()
 
 
 def _unpack(data: bytes, device: torch.device) -> tuple[list[Task], Schedule, int | None]:
     job = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-    tasks = [Task(t["noise"], t["guidance"],
-                  tuple(Window(start, length, Conditions(*tensors))
-                        for start, length, tensors in t["windows"]), t["taper"])
-             for t in job["tasks"]]
-    return tasks, Schedule(*job["schedule"]), job["max_rows"]
+    return _from_wire(job["tasks"]), _from_wire(job["schedule"]), job["max_rows"]
+
+
+# The dataclasses of a `denoise` call, sent field by field (a field added to one travels too).
+_WIRE_TYPES = {cls.__name__: cls for cls in (Task, Window, Conditions, Schedule)}
+_TYPE_KEY = "__wire_type__"
+
+
+def _to_wire(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if type(value).__name__ in _WIRE_TYPES:
+        return {_TYPE_KEY: type(value).__name__,
+                **{f.name: _to_wire(getattr(value, f.name)) for f in fields(value)}}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_wire(v) for v in value)
+    return value
+
+
+def _from_wire(value: Any) -> Any:
+    if isinstance(value, dict) and _TYPE_KEY in value:
+        kind = _WIRE_TYPES[value[_TYPE_KEY]]
+        return kind(**{k: _from_wire(v) for k, v in value.items() if k != _TYPE_KEY})
+    if isinstance(value, list | tuple):
+        return type(value)(_from_wire(v) for v in value)
+    return value
 
 
 def rank1_main(fd: int) -> None:
@@ -326,10 +341,10 @@ def rank1_main(fd: int) -> None:
     goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle: it stops us
     conn = Connection(fd)
-    build, runtime, port, log_level = conn.recv()
-    logging.basicConfig(format=f"foleyrt (cfg rank 1, {runtime.device}): %(message)s")
-    logging.getLogger("foleyrt").setLevel(log_level)
     try:
+        build, runtime, port, log_level = conn.recv()
+        logging.basicConfig(format=f"foleyrt (cfg rank 1, {runtime.device}): %(message)s")
+        logging.getLogger("foleyrt").setLevel(log_level)
         configure_process()
         if runtime.device.type == "cuda":
             torch.cuda.set_device(runtime.device)
