@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from foleyrt.accel.parallel import CfgParallel
-from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.accel.runtime import ParallelMode, RuntimeConfig
 from foleyrt.bench.loop import distance, mode_denoiser, run_loop, timed
 from foleyrt.bench.models import random_conditions, random_dit
 from foleyrt.config import PRESETS
@@ -65,7 +65,7 @@ def bench_cfg_parallel(sizes: list[str], durations: list[float], modes: list[str
         dit = random_dit(spec, device, DTYPE, seed=0)
         for mode in modes:
             local = mode_denoiser(dit, mode)
-            runtime = RuntimeConfig(device=device, dtype=DTYPE, parallel="cfg")
+            runtime = RuntimeConfig(device=device, dtype=DTYPE, parallel=ParallelMode.CFG)
             parallel = CfgParallel(runtime, partial(rank1_denoiser, size, mode))
             try:
                 parallel.attach(local)

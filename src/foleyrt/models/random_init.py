@@ -55,7 +55,8 @@ def random_transformer(cfg: DiTConfig, device: torch.device, dtype: torch.dtype,
     `randomize_`: billions of parameters in seconds on a GPU, in eval mode."""
     with torch.device("meta"):
         dit = FoleyDiT(cfg).to(dtype)
-    dit = randomize_(dit.to_empty(device=device), seed)
+    dit = dit.to_empty(device=device)
+    randomize_(dit, seed)
     return dit.eval().requires_grad_(False)
 
 
