@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import pytest
 import soundfile
+import torch
 
 from foleyrt.cli import main
 from foleyrt.media.synthetic import ClipSpec, encode_clip
@@ -97,6 +98,17 @@ def test_samples_are_numbered_and_text_only_needs_a_wav(tmp_path: Path,
     assert soundfile.info(str(text)).duration == pytest.approx(2.0, abs=LATENT_FRAME_S)
 
 
+def test_generate_with_cfg_parallel_gives_the_one_process_sound(tmp_path: Path) -> None:
+    """`--parallel cfg` on the CPU (two processes over gloo): the sound of one process, and the
+    second process ended with the command."""
+    one, two = tmp_path / "one.wav", tmp_path / "two.wav"
+    args = ["-q", "generate", "--duration", "1", "-p", "rain", *TINY, "--device", "cpu"]
+    assert main([*args, "-o", str(one)]) == 0
+    assert main([*args, "-o", str(two), "--parallel", "cfg"]) == 0
+    assert abs(soundfile.read(one)[0] - soundfile.read(two)[0]).max() <= 1e-5
+    assert not torch.distributed.is_initialized()
+
+
 def _fails(args: list[str], capsys: pytest.CaptureFixture, words: str) -> None:
     try:
         status = main(args)
@@ -123,6 +135,7 @@ def test_bad_input_is_one_line_a_status_and_no_file(
         ([src, "--size", "xxxl"], "invalid choice"),
         ([src, "--device", "tpu"], "device"),
         ([src, "--dtype", "fp7"], "dtype"),
+        ([src, "--parallel", "cfg", "--offload", "model"], "use one or the other"),
         ([src, "-o", str(tmp_path / "no" / "dir" / "out.mp4")], "does not exist"),
         (["--duration", "2"], ".wav"),  # an .mp4 needs a source video
     ]

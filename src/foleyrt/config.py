@@ -409,3 +409,6 @@ TINY = ModelSpec(
 
 PRESETS: dict[str, ModelSpec] = {"xxl": XXL, "xl": XL, "tiny": TINY}
 TINY_RANDOM = "tiny-random"
+# `--model random`: the `--size` model with random weights, filled on the device (benchmarks on
+# machines without the released weights; outputs are labelled as noise).
+RANDOM = "random"

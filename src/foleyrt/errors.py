@@ -68,6 +68,14 @@ class DependencyError(FoleyError):
     http_status = 501
 
 
+class ParallelError(FoleyError):
+    """The second process of `--parallel cfg` could not start, or failed during a request
+    (it is started afresh for the next one)."""
+
+    exit_code = 1
+    http_status = 500
+
+
 class Cancelled(FoleyError):
     """A generation was cancelled cooperatively (progress callback asked to stop)."""
 

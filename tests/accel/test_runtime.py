@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from foleyrt.accel.runtime import AccelMode, OffloadKind, Precision, RuntimeConfig
+from foleyrt.accel.runtime import (
+    AccelMode,
+    OffloadKind,
+    ParallelMode,
+    Precision,
+    RuntimeConfig,
+)
 from foleyrt.cli import main
 from foleyrt.errors import ConfigError
 
@@ -29,6 +35,10 @@ def test_strings_are_parsed_into_types() -> None:
     ({"precision": "int8"}, "--precision int8 needs activation statistics"),
     ({"engine": "x.plan"}, "--engine is the TensorRT plan of --accel tensorrt"),
     ({"precision": "fp16"}, "contradicts --dtype float32"),
+    ({"parallel": "pipeline"}, "unknown parallel mode 'pipeline'"),
+    ({"parallel": "cfg", "device": torch.device("cuda", 7)}, "needs two GPUs, cuda:7 and the"),
+    ({"parallel": "cfg", "device": torch.device("mps")}, "runs on CUDA GPUs (or the CPU"),
+    ({"parallel": "cfg", "offload": "model"}, "--offload is for one GPU too small for it"),
 ])
 def test_conflicts_raise_one_line(fields: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -41,6 +51,7 @@ def test_build_defaults_and_the_asked_for_fallback() -> None:
     assert rt.device == torch.device("cpu") and rt.dtype == torch.float32
     assert RuntimeConfig.build("cpu", precision="bf16").dtype == torch.bfloat16
     assert RuntimeConfig.build("cpu", accel="auto").accel is AccelMode.EAGER  # no CUDA here
+    assert RuntimeConfig.build("cpu", parallel="cfg").parallel is ParallelMode.CFG  # gloo
     with pytest.raises(ConfigError, match="--accel auto to compile only where it can"):
         RuntimeConfig.build("cpu", accel="compile")
 

@@ -32,3 +32,15 @@ def test_bench_loop_and_pipeline_rows(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_unknown_mode_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "--sizes", "tiny", "--modes", "turbo", "--device", "cpu"]) == 2
     assert "unknown bench mode" in capsys.readouterr().err
+
+
+def test_bench_cfg_parallel_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One GPU against two, here one CPU process against two (gloo), same session."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "tiny", "--durations", "1", "--runs", "1", "--steps", "2",
+                 "--device", "cpu", "--modes", "--cfg-parallel", "eager", "--json",
+                 str(out)]) == 0
+    assert "cfg-parallel tiny 1s eager: one GPU" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["cfg_parallel"]
+    assert row["latent_frames"] == 50 and row["speedup"] > 0 and len(row["two_gpu_s"]) == 1
+    assert row["cos_vs_one_gpu"] > 0.9999  # bf16: the halves round apart, slightly

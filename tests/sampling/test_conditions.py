@@ -3,6 +3,7 @@ stacked into one forward."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from foleyrt.sampling.conditions import ConditionRows, cfg_rows
@@ -34,3 +35,15 @@ def test_stacked_clips_keep_the_halves_layout(tiny_dit) -> None:
     both = ConditionRows.cat([a, b])
     assert both.rows == 6 and both.guided
     assert torch.equal(both.text, torch.cat([a.text[:1], b.text[:2], a.text[1:], b.text[2:]]))
+
+
+def test_guided_rows_split_into_their_halves(tiny_dit) -> None:
+    """What the two ranks of CFG-parallel prepare: each half a plain forward's rows."""
+    rows = ConditionRows.cat([cfg_rows(tiny_dit, tiny_conditions(k), 2, True, 40) for k in (1, 2)])
+    uncond, cond = rows.halves()
+    assert not uncond.guided and not cond.guided and uncond.rows == cond.rows == 4
+    for name in ("clip", "text", "sync"):
+        assert torch.equal(torch.cat([getattr(uncond, name), getattr(cond, name)]),
+                           getattr(rows, name))
+    with pytest.raises(ValueError, match="only guided rows"):
+        cond.halves()

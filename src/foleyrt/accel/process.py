@@ -8,7 +8,9 @@ environment or from module-level configuration. foleyrt sets them here and nowhe
   a GEMM; docs/benchmarks.md has the figures) and the compile caches' directories. cuBLASLt reads
   its variable at the first GPU matmul of a process, so this runs first: the CLI's entry point
   and the GPU scripts call it; Python API users call `foleyrt.configure_process()` before their
-  first GPU work (values already in the environment win).
+  first GPU work (values already in the environment win). Also NCCL and PyTorch without NVLink
+  multicast (NVLS): CFG-parallel's one small all-gather per step gains nothing from it, and it
+  takes GPU memory for its buffers; `accel.parallel` applies these before its process group.
 - `compile_settings(root)`: Inductor's on-disk FX-graph cache and Dynamo's recompile limit,
   applied by the compile recipe just before it compiles.
 - `encoder_matmul_precision(fast)`: TF32 for the fp32 encoders while they run, in the
@@ -24,7 +26,11 @@ from pathlib import Path
 
 import torch
 
-CUDA_LIBRARY_ENV = {"CUBLASLT_WORKSPACE_SIZE": "0"}
+CUDA_LIBRARY_ENV = {
+    "CUBLASLT_WORKSPACE_SIZE": "0",
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+}
 DEFAULT_COMPILE_CACHE = Path.home() / ".cache" / "foleyrt" / "compile"
 RECOMPILE_LIMIT = 64  # block classes share code objects: new shapes must not hit Dynamo's limit
 

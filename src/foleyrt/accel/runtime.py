@@ -1,9 +1,10 @@
 """`RuntimeConfig`: where and how the models run, typed and validated once.
 
 Every option that shapes a run (device, dtypes, acceleration mode, transformer precision with
-its calibration, memory mode, TensorRT engine) is parsed into a type here, and every
-combination that cannot work is refused here with one line, before a weight is read. Nothing
-below `accel` needs it: the models take plain dtypes, and the recipes (`accel.recipes`) read it.
+its calibration, memory mode, TensorRT engine, CFG-parallel) is parsed into a type here, and
+every combination that cannot work is refused here with one line, before a weight is read.
+Nothing below `accel` needs it: the models take plain dtypes, and the recipes (`accel.recipes`)
+read it.
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ class OffloadPlan:
         return f"blocks:{self.slots}" if self.kind is OffloadKind.BLOCKS else self.kind.value
 
 
+class ParallelMode(str, Enum):
+    """`--parallel`: one process on one device (`none`), or one request's classifier-free
+    guidance split over two processes (`cfg`: the unconditional rows on `device`, the
+    conditional rows on the next GPU; see `accel/parallel.py`)."""
+
+    NONE = "none"
+    CFG = "cfg"
+
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -139,9 +149,10 @@ class RuntimeConfig:
     runs it in bf16 on GPUs), `encoder_dtype` that of SigLIP2, CLAP and Synchformer, `vae_dtype`
     the VAE's. `calibration` is the loaded file (activation ranges: int8 needs them, fp8 turns
     them into static scales); `engine` a TensorRT plan (None: the newest fitting one in the
-    engine cache). Strings are accepted for the typed fields and parsed; conflicts raise here.
-    `RuntimeConfig.build` is the front ends' constructor (device names, the dtype default,
-    the calibration file, kernel availability)."""
+    engine cache); `parallel` cfg splits each request's guidance over two devices (a second
+    process: `FoleyPipeline.from_pretrained` starts it). Strings are accepted for the typed
+    fields and parsed; conflicts raise here. `RuntimeConfig.build` is the front ends'
+    constructor (device names, the dtype default, the calibration file, kernel availability)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
@@ -152,9 +163,12 @@ class RuntimeConfig:
     offload: OffloadPlan = field(default_factory=OffloadPlan)
     calibration: Calibration | None = None
     engine: Path | None = None
+    parallel: ParallelMode = ParallelMode.NONE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "accel", parse_enum(AccelMode, self.accel, "acceleration mode"))
+        object.__setattr__(self, "parallel",
+                           parse_enum(ParallelMode, self.parallel, "parallel mode"))
         if self.precision is not None:
             object.__setattr__(self, "precision",
                                parse_enum(Precision, self.precision, "precision"))
@@ -166,7 +180,8 @@ class RuntimeConfig:
 
     def _check(self) -> None:
         check_conflicts(self.device, self.dtype, self.accel, self.precision, self.offload,
-                        calibrated=self.calibration is not None, engine=self.engine)
+                        calibrated=self.calibration is not None, engine=self.engine,
+                        parallel=self.parallel)
 
     @property
     def quantized(self) -> bool:
@@ -184,12 +199,14 @@ class RuntimeConfig:
         cls, device: str = "auto", dtype: str | None = None, *, accel: str = "eager",
         precision: str | None = None, offload: str = "none",
         calibration: str | Path | None = None, engine: str | Path | None = None,
+        parallel: str = "none",
     ) -> RuntimeConfig:
         """From the front ends' words: `device` auto/cpu/cuda[:N]/mps; `dtype` None gives bf16
         on CUDA (like the release) and fp32 elsewhere (a bf16/fp16 `precision` is that
         dtype; quantised precisions compute in bf16 on GPUs); `accel` eager, compile,
         tensorrt or auto (compile on CUDA, eager elsewhere); `calibration` a file, read here
-        once. A quantised precision's kernels are tried on the device here too."""
+        once; `parallel` none or cfg. A quantised precision's kernels are tried on the device
+        here too."""
         dev = parse_device(device)
         mode = precision_of = None
         if precision is not None:
@@ -207,13 +224,14 @@ class RuntimeConfig:
             mode = parse_enum(AccelMode, accel, "acceleration mode")
         plan = OffloadPlan.parse(offload)
         engine_path = None if engine is None else Path(engine)
+        split = parse_enum(ParallelMode, parallel, "parallel mode")
         # The options' conflicts before the file is read (the constructor checks them again).
         check_conflicts(dev, compute, mode, precision_of, plan,
-                        calibrated=calibration is not None, engine=engine_path)
+                        calibrated=calibration is not None, engine=engine_path, parallel=split)
         runtime = cls(device=dev, dtype=compute, accel=mode, precision=precision_of,
                       offload=plan,
                       calibration=None if calibration is None else read_calibration(calibration),
-                      engine=engine_path)
+                      engine=engine_path, parallel=split)
         if runtime.quantized:
             from foleyrt.accel.quant import require_kernels
 
@@ -224,10 +242,12 @@ class RuntimeConfig:
 
 def check_conflicts(device: torch.device, dtype: torch.dtype, accel: AccelMode,
                     precision: Precision | None, offload: OffloadPlan, *, calibrated: bool,
-                    engine: Path | None) -> None:
+                    engine: Path | None, parallel: ParallelMode = ParallelMode.NONE) -> None:
     """Every combination of runtime options that cannot work, as one line."""
     cuda = device.type == "cuda"
     kind = offload.kind
+    if parallel is ParallelMode.CFG:
+        check_cfg_parallel(device, offload)
     if accel is AccelMode.COMPILE and not cuda:
         raise ConfigError(f"--accel compile needs a CUDA device (have {device.type}); use "
                           "--accel eager, or --accel auto to compile only where it can")
@@ -258,3 +278,19 @@ def check_conflicts(device: torch.device, dtype: torch.dtype, accel: AccelMode,
     if precision in compute and compute[precision] != dtype:
         raise ConfigError(f"--precision {precision.value} is the compute dtype; it contradicts "
                           f"--dtype {str(dtype).removeprefix('torch.')}")
+
+
+def check_cfg_parallel(device: torch.device, offload: OffloadPlan) -> None:
+    """`--parallel cfg` runs on two GPUs of this host (NCCL), or on the CPU (gloo: two CPU
+    processes, for tests), and holds the whole transformer on each device."""
+    if device.type == "cuda":
+        first = device.index or 0
+        if torch.cuda.device_count() < first + 2:
+            raise ConfigError(f"--parallel cfg needs two GPUs, {device} and the next one; this "
+                              f"host has {torch.cuda.device_count()}")
+    elif device.type != "cpu":
+        raise ConfigError(f"--parallel cfg runs on CUDA GPUs (or the CPU, for tests), not "
+                          f"{device.type}")
+    if offload.kind is not OffloadKind.NONE:
+        raise ConfigError("--parallel cfg holds the transformer on each of two GPUs; --offload "
+                          "is for one GPU too small for it: use one or the other")

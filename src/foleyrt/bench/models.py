@@ -8,19 +8,15 @@ from torch import Tensor
 from foleyrt.config import ModelSpec
 from foleyrt.lengths import SequenceLengths
 from foleyrt.models.dit import FoleyDiT
-from foleyrt.models.random_init import randomize_
+from foleyrt.models.random_init import random_transformer
 from foleyrt.sampling.conditions import Conditions
 
 TEXT_TOKENS = 16  # a short prompt, padded like the release pads [negative, prompt]
 
 
-@torch.no_grad()
 def random_dit(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int) -> FoleyDiT:
-    """Built on meta and given values drawn on `device` in `dtype` by the one random rule
-    (`randomize_`): billions of parameters in seconds on a GPU, allocated once."""
-    with torch.device("meta"):
-        dit = FoleyDiT(spec.dit).to(dtype)
-    return randomize_(dit, seed, device=device).eval().requires_grad_(False)
+    """`spec`'s transformer with random weights filled on `device` (`random_transformer`)."""
+    return random_transformer(spec.dit, device, dtype, seed)
 
 
 def random_conditions(spec: ModelSpec, duration_s: float, device: torch.device,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 if TYPE_CHECKING:
     from foleyrt.bench.loop import LoopRow
+    from foleyrt.bench.parallel import ParallelRow
     from foleyrt.bench.pipeline import PipelineRow
     from foleyrt.bench.profile import KernelTime
 
@@ -38,6 +40,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="also time video file -> MP4 for the first size, per variant "
                         "ACCEL[/PRECISION[/OFFLOAD]] (default variants: eager compile), e.g. "
                         "compile/fp8 eager/bf16/model eager/fp8/blocks:4")
+    p.add_argument("--cfg-parallel", nargs="+", default=None, metavar="MODE",
+                   help="also time these loop modes (eager, compile, ...) on one GPU and split "
+                        "over two by CFG-parallel (--device and the next GPU), same session")
     p.add_argument("--profile", action="store_true",
                    help="also print the GPU kernel-time breakdown of one compiled forward")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
@@ -51,7 +56,8 @@ def _bench(args: argparse.Namespace) -> int:
     from foleyrt.bench.loop import MODES, bench_loop, matmul_peak
     from foleyrt.bench.pipeline import bench_pipeline
 
-    unknown = sorted({m for m in args.modes if m.split(":")[0] not in MODES})
+    unknown = sorted({m for m in args.modes + (args.cfg_parallel or [])
+                      if m.split(":")[0] not in MODES})
     if unknown:
         raise UsageError(f"unknown bench mode(s) {unknown}; choose from {list(MODES)}")
     device = parse_device(args.device)
@@ -60,12 +66,20 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"device: {name}  torch {torch.__version__}  steps {args.steps}  bf16 matmul peak "
           f"(measured 8192^3): {peak:.0f} TFLOP/s")
     print(LOOP_HEADER, flush=True)
-    results: dict[str, list[Any]] = {"loop": [], "pipeline": [], "profiles": []}
+    results: dict[str, list[Any]] = {"loop": [], "pipeline": [], "profiles": [],
+                                     "cfg_parallel": []}
     for row in bench_loop(args.sizes if args.modes else [], args.durations, args.modes,
                           args.runs, args.steps, args.guidance, device, peak,
                           reference=not args.no_reference):
         print(loop_line(row), flush=True)
         results["loop"].append({**asdict(row), "median_s": row.median_s})
+    if args.cfg_parallel:
+        from foleyrt.bench.parallel import bench_cfg_parallel
+
+        for crow in bench_cfg_parallel(args.sizes, args.durations, args.cfg_parallel, args.runs,
+                                       args.steps, args.guidance, device):
+            print(parallel_line(crow), flush=True)
+            results["cfg_parallel"].append({**asdict(crow), "speedup": crow.speedup})
     if args.profile:
         for size in args.sizes:
             kernels = _profile(size, args.durations[0], device)
@@ -126,6 +140,14 @@ def pipeline_line(p: PipelineRow) -> str:
             f"{p.latent_cos_vs_first:.5f} SNR {p.latent_snr_db_vs_first:.1f} dB, audio cos "
             f"{p.audio_cos_vs_first:.4f} SNR {p.audio_snr_db_vs_first:.1f} dB, "
             f"stages {p.stages}, stage peak mem {p.stage_peak_mem_gb}")
+
+
+def parallel_line(r: ParallelRow) -> str:
+    return (f"cfg-parallel {r.size} {r.duration_s:g}s {r.mode}: one GPU "
+            f"{statistics.median(r.one_gpu_s):.3f}s, two GPUs {statistics.median(r.two_gpu_s):.3f}s"
+            f" (runs {', '.join(f'{x:.3f}' for x in r.two_gpu_s)}): {r.speedup:.2f}x; first "
+            f"two-GPU run {r.first_two_gpu_s:.1f}s; vs one GPU: cos {r.cos_vs_one_gpu:.6f}, "
+            f"max abs {r.max_abs_vs_one_gpu:.3g}")
 
 
 def format_profile(kernels: list[KernelTime], title: str) -> str:

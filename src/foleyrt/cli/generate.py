@@ -50,8 +50,8 @@ def _generate(args: argparse.Namespace) -> int:
     wanted = wanted.with_seed(wanted.seed if wanted.seed is not None
                               else secrets.randbelow(2**31))
     log.info("seed %d", wanted.seed)
-    pipe = FoleyPipeline.from_pretrained(args.model, args.size, config)
-    with progress_bar(args.quiet) as progress:
+    with (FoleyPipeline.from_pretrained(args.model, args.size, config) as pipe,
+          progress_bar(args.quiet) as progress):
         result = pipe.generate(video, wanted, progress=progress)
     for path in result.save(args.output, overwrite=args.overwrite):
         print(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, NoReturn
 
-from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM
+from foleyrt.config import HUB_REPO, PRESETS, RANDOM, TINY, TINY_RANDOM
 from foleyrt.request import (
     DEFAULT_GUIDANCE,
     DEFAULT_NEGATIVE_PROMPT,
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 ACCEL_CHOICES = ("eager", "compile", "tensorrt", "auto")
 PRECISION_CHOICES = ("bf16", "fp16", "fp8", "int8-weight", "int8")
+PARALLEL_CHOICES = ("none", "cfg")
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,8 +35,8 @@ def add_weight_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Which model, on which device, in which dtype."""
     g = p.add_argument_group("model and runtime")
     g.add_argument("--model", default=HUB_REPO,
-                   help=f"weights directory, hub repo id, or {TINY_RANDOM!r} "
-                        "(default: %(default)s)")
+                   help=f"weights directory, hub repo id, {TINY_RANDOM!r}, or {RANDOM!r} (random "
+                        "weights at --size, for benchmarks) (default: %(default)s)")
     sizes = [s for s in PRESETS if s != TINY.name]
     g.add_argument("--size", default="xxl", choices=sizes, help="transformer size (default: xxl)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -65,6 +66,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="GPU memory mode: none, model (networks in pinned host memory, brought "
                         "in per stage) or blocks:N (transformer blocks streamed through N GPU "
                         "slots; slower, eager only) (default: none)")
+    g.add_argument("--parallel", default="none", choices=PARALLEL_CHOICES,
+                   help="cfg: each request's guidance on two GPUs of this host, the "
+                        "unconditional rows on --device, the conditional ones on the next GPU "
+                        "(a second process, started and ended by foleyrt) (default: none)")
 
 
 def runtime(args: argparse.Namespace) -> RuntimeConfig:
@@ -74,7 +79,8 @@ def runtime(args: argparse.Namespace) -> RuntimeConfig:
     return RuntimeConfig.build(
         args.device, args.dtype, accel=getattr(args, "accel", "eager"),
         precision=getattr(args, "precision", None), offload=getattr(args, "offload", "none"),
-        calibration=getattr(args, "calibration", None), engine=getattr(args, "engine", None))
+        calibration=getattr(args, "calibration", None), engine=getattr(args, "engine", None),
+        parallel=getattr(args, "parallel", "none"))
 
 
 def add_request_options(p: argparse.ArgumentParser, *, prompt_help: str, samples: bool = True,

@@ -134,6 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
         stack.callback(store.close)
         sock = stack.enter_context(bind(args.host, args.port))
         pipelines = load_pipelines(settings)
+        for pipeline in pipelines:  # after the server stops: --parallel cfg's 2nd process
+            stack.callback(pipeline.close)
         log.info("data directory %s; results kept %s", settings.data_dir, args.result_ttl)
         log.info("%d worker(s) on %s", len(pipelines),
                  ", ".join(str(p.runtime.device) for p in pipelines))

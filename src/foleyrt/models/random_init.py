@@ -15,8 +15,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from foleyrt.config import DACConfig
+from foleyrt.config import DACConfig, DiTConfig
 from foleyrt.models.dac_vae import DACVAE, ResidualUnit, WNConv1d, WNConvTranspose1d
+from foleyrt.models.dit import FoleyDiT
 
 
 @torch.no_grad()
@@ -48,6 +49,16 @@ def randomize_(module: nn.Module, seed: int, device: torch.device | None = None)
         values[name] = value.to(param.dtype)
     module.load_state_dict(values, strict=True, assign=on_meta)
     return module
+
+
+@torch.no_grad()
+def random_transformer(cfg: DiTConfig, device: torch.device, dtype: torch.dtype,
+                       seed: int) -> FoleyDiT:
+    """A transformer built on meta and given values drawn on `device` in `dtype` by
+    `randomize_`: billions of parameters in seconds on a GPU, allocated once, in eval mode."""
+    with torch.device("meta"):
+        dit = FoleyDiT(cfg).to(dtype)
+    return randomize_(dit, seed, device=device).eval().requires_grad_(False)
 
 
 # Output std per weight-normalised conv of the decoder on the probe: the fixture generator's

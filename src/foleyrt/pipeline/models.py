@@ -5,7 +5,8 @@
 then places them with the runtime's device, dtypes and memory mode, and makes the transformer
 the sampler's denoiser (`accel.recipes.apply`). `random_models` builds the tiny config of every
 component with deterministic random weights: the whole pipeline runs anywhere without a
-download, and everything it makes is labelled as random.
+download, and everything it makes is labelled as random; `--model random` does the same at a
+released size (for benchmarks), the transformer filled on the device.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from foleyrt.accel.offload import ModelOffloader, StreamedDenoiser
 from foleyrt.accel.quant import quantizable_modules, stored_fp8_modules
 from foleyrt.accel.recipes import apply, preload
 from foleyrt.accel.runtime import OffloadKind, Precision, RuntimeConfig
-from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM, DiTConfig, ModelSpec
+from foleyrt.config import HUB_REPO, PRESETS, RANDOM, TINY, TINY_RANDOM, DiTConfig, ModelSpec
 from foleyrt.errors import UsageError
 from foleyrt.models.dac_vae import DACVAE
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.models.encoders import ClapTextEncoder, SigLIP2Encoder
-from foleyrt.models.random_init import random_vae, randomize_
+from foleyrt.models.random_init import random_transformer, random_vae, randomize_
 from foleyrt.models.synchformer import Synchformer
 from foleyrt.sampling.denoiser import Denoiser
 from foleyrt.weights import (
@@ -39,6 +40,8 @@ from foleyrt.weights import (
 )
 
 log = logging.getLogger(__name__)
+
+RANDOM_SEED = 0  # `--model random`'s transformer: the bench's (`bench.models.random_dit`)
 
 
 @dataclass
@@ -94,10 +97,15 @@ def model_spec(size: str) -> ModelSpec:
 
 def load_models(model: str = HUB_REPO, size: str = "xxl", *, runtime: RuntimeConfig) -> FoleyModels:
     """Load the released weights of `size` from `model` (a directory or hub repo id), or build
-    the tiny random model for `model == "tiny-random"`."""
+    the tiny random model for `model == "tiny-random"`, or `size` with random weights for
+    `model == "random"` (the transformer filled on the runtime's device)."""
     if model == TINY_RANDOM:
         return random_models().place(runtime)
     spec = model_spec(size)
+    if model == RANDOM:
+        graphs = preload(runtime)
+        dit = random_transformer(spec.dit, runtime.device, runtime.dtype, RANDOM_SEED)
+        return random_models(spec, dit=dit).place(runtime, graphs)
     files = resolve_files(model, [spec.dit_file, spec.vae_file, spec.synchformer_file])
     graphs = preload(runtime)  # on a thread, while the weights load
     dit, stored_fp8 = load_dit(files[spec.dit_file], spec.dit, runtime)
@@ -108,6 +116,25 @@ def load_models(model: str = HUB_REPO, size: str = "xxl", *, runtime: RuntimeCon
     clap = ClapTextEncoder.from_pretrained(spec.clap_repo, text_length=spec.dit.text_length)
     return FoleyModels(spec, dit, vae, synchformer, siglip, clap, model,
                        stored_fp8=stored_fp8).place(runtime, graphs)
+
+
+def load_denoiser(model: str, size: str, runtime: RuntimeConfig) -> Denoiser:
+    """The transformer of `load_models(model, size)` alone, placed and made the sampler's
+    denoiser: what the second rank of `--parallel cfg` runs (it needs no encoder or VAE)."""
+    if model == TINY_RANDOM:
+        denoiser = random_models().place(runtime).denoiser  # tiny: the rest costs nothing
+        assert denoiser is not None
+        return denoiser
+    spec = model_spec(size)
+    graphs = preload(runtime)
+    if model == RANDOM:
+        dit = random_transformer(spec.dit, runtime.device, runtime.dtype, RANDOM_SEED)
+        stored_fp8: frozenset[str] = frozenset()
+    else:
+        files = resolve_files(model, [spec.dit_file])
+        dit, stored_fp8 = load_dit(files[spec.dit_file], spec.dit, runtime)
+    dit.to(runtime.device, runtime.dtype).eval().requires_grad_(False)
+    return apply(dit, runtime, stored_fp8=stored_fp8, graphs=graphs)
 
 
 def load_dit(

@@ -4,7 +4,9 @@ batch mode and the server share.
 A generation is three stages, which batch mode also runs apart: `encode` (decode the clip,
 compute its SigLIP2, Synchformer and CLAP features), `denoise` (the sampler over the
 transformer's `Denoiser`, for any number of encoded requests at once) and `finish` (VAE decode,
-audio fitted to the clip's length).
+audio fitted to the clip's length). With `--parallel cfg` the denoise stage runs on two GPUs
+(`accel.parallel`: a second process with its own transformer, started by `from_pretrained`
+and ended by `close`); the other stages stay on this process's device.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from types import TracebackType
 
 import torch
 from torch import Tensor
 
-from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.accel.parallel import CfgParallel
+from foleyrt.accel.runtime import ParallelMode, RuntimeConfig
 from foleyrt.config import HUB_REPO
 from foleyrt.errors import Cancelled, InputError, UsageError
 from foleyrt.lengths import SequenceLengths
@@ -27,7 +32,7 @@ from foleyrt.media.audio import check_output_path, fit_length, mux_video, number
 from foleyrt.media.video import VideoLimits
 from foleyrt.pipeline.budget import RowBudget
 from foleyrt.pipeline.features import encode_video, text_only_conditions
-from foleyrt.pipeline.models import FoleyModels, load_models
+from foleyrt.pipeline.models import FoleyModels, load_denoiser, load_models
 from foleyrt.request import GenerationRequest
 from foleyrt.sampling.conditions import Conditions
 from foleyrt.sampling.denoiser import Denoiser
@@ -124,20 +129,51 @@ def initial_noise(shape: tuple[int, ...], seed: int | None,
 
 
 class FoleyPipeline:
-    def __init__(self, models: FoleyModels, runtime: RuntimeConfig) -> None:
+    """`parallel`: the second rank of a `parallel="cfg"` runtime (`from_pretrained` starts
+    it); the pipeline then owns it: `close()` it, or use the pipeline as a context manager."""
+
+    def __init__(self, models: FoleyModels, runtime: RuntimeConfig,
+                 parallel: CfgParallel | None = None) -> None:
         if models.denoiser is None:
             raise UsageError("place the models first: FoleyModels.place(runtime)")
+        if (runtime.parallel is ParallelMode.CFG) != (parallel is not None):
+            raise UsageError("a parallel='cfg' runtime needs its second process: build the "
+                             "pipeline with FoleyPipeline.from_pretrained")
         self.models = models
         self.runtime = runtime
-        self.denoiser: Denoiser = models.denoiser
+        self.denoiser: Denoiser = models.denoiser  # this process's (also under cfg-parallel)
         self.row_budget = RowBudget(models.dit)
+        self.parallel = parallel
+        if parallel is not None:
+            parallel.attach(models.denoiser)
 
     @classmethod
     def from_pretrained(
         cls, model: str = HUB_REPO, size: str = "xxl", runtime: RuntimeConfig | None = None
     ) -> FoleyPipeline:
         runtime = runtime or RuntimeConfig.build()
-        return cls(load_models(model, size, runtime=runtime), runtime)
+        parallel = None
+        if runtime.parallel is ParallelMode.CFG:
+            # Started first: the second process loads its transformer while this one loads.
+            parallel = CfgParallel(runtime, partial(load_denoiser, model, size))
+        try:
+            return cls(load_models(model, size, runtime=runtime), runtime, parallel)
+        except BaseException:
+            if parallel is not None:
+                parallel.close()
+            raise
+
+    def close(self) -> None:
+        """End the second process of `--parallel cfg` (nothing to do otherwise)."""
+        if self.parallel is not None:
+            self.parallel.close()
+
+    def __enter__(self) -> FoleyPipeline:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
     @property
     def sample_rate(self) -> int:
@@ -242,8 +278,10 @@ class FoleyPipeline:
             if max_rows is None:
                 max_rows = min(self.row_budget.rows(e.lengths, e.conditions.text_feat.shape[1])
                                for e in encoded)
-            return denoise(self.denoiser, tasks, schedule, max_rows=max_rows,
-                           on_step=on_step if progress else None)
+            step = on_step if progress else None
+            if self.parallel is not None:
+                return self.parallel.denoise(tasks, schedule, max_rows=max_rows, on_step=step)
+            return denoise(self.denoiser, tasks, schedule, max_rows=max_rows, on_step=step)
 
     def finish(self, encoded: Encoded, latents: Tensor,
                progress: ProgressFn | None = None) -> FoleyResult:

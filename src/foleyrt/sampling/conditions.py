@@ -44,6 +44,16 @@ class ConditionRows:
     def rows(self) -> int:
         return self.clip.shape[0]
 
+    def halves(self) -> tuple[ConditionRows, ConditionRows]:
+        """Guided rows as their unconditional and conditional halves, each a plain forward's
+        rows (what the two ranks of CFG-parallel prepare)."""
+        if not self.guided:
+            raise ValueError("only guided rows come in halves")
+        clip, text, sync = (t.chunk(2) for t in (self.clip, self.text, self.sync))
+        mask = (None, None) if self.text_mask is None else self.text_mask.chunk(2)
+        return (ConditionRows(clip[0], text[0], sync[0], self.audio_len, text_mask=mask[0]),
+                ConditionRows(clip[1], text[1], sync[1], self.audio_len, text_mask=mask[1]))
+
     @classmethod
     def cat(cls, parts: list[ConditionRows]) -> ConditionRows:
         """Several blocks of rows as one forward's; guided blocks keep the halves layout

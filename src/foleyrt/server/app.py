@@ -57,6 +57,9 @@ def create_app(settings: ServerSettings, pipelines: Sequence[FoleyPipeline] | No
             yield
         finally:
             await run_in_threadpool(service.stop)
+            if pipelines is None:  # ours: end their second processes (--parallel cfg)
+                for pipe in pipes:
+                    pipe.close()
 
     app = FastAPI(
         title="foleyrt", version=__version__, lifespan=lifespan, docs_url=None,
