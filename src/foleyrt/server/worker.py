@@ -136,7 +136,7 @@ class Worker:
         started = time.monotonic()
         deadline = started + self.settings.job_timeout_s
         reason: StopReason | None = None
-        last_write = (None, 0.0)
+        last_write: tuple[str | None, float] = (None, 0.0)
 
         def progress(event: Progress) -> bool:
             nonlocal reason, last_write
