@@ -118,21 +118,21 @@ def read_inputs(
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise InputError(f"no such file or folder: {', '.join(missing)}")
-    defaults = {"prompt": prompt, "negative_prompt": negative_prompt}
     is_csv = len(inputs) == 1 and inputs[0].is_file() and inputs[0].suffix.lower() == ".csv"
     if release_names and not is_csv:
         raise UsageError("--release-names numbers the rows of a CSV; give one CSV")
     if is_csv:
-        items = read_csv(inputs[0], release_names=release_names, **defaults)
+        items = read_csv(inputs[0], prompt=prompt, negative_prompt=negative_prompt,
+                         release_names=release_names)
     elif len(inputs) == 1 and inputs[0].is_dir():
-        items = [BatchItem(video, **defaults) for video in scan_folder(inputs[0])]
+        items = [BatchItem(video, prompt, negative_prompt) for video in scan_folder(inputs[0])]
         if not items:
             raise InputError(f"{inputs[0]}: no videos in this folder (looked for "
                              f"{', '.join(sorted(VIDEO_SUFFIXES))})")
     elif any(p.is_dir() or p.suffix.lower() == ".csv" for p in inputs):
         raise UsageError("give one CSV, one folder, or one or more video files")
     else:
-        items = [BatchItem(video, **defaults) for video in inputs]
+        items = [BatchItem(video, prompt, negative_prompt) for video in inputs]
     return items
 
 

@@ -16,17 +16,20 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from foleyrt.errors import ConfigError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def _from_mapping(cls: type[T], values: Mapping[str, Any], where: str) -> T:
     """Build a dataclass from a mapping, rejecting unknown keys (a typo must not build a
     different model silently)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown {where} field(s): {', '.join(unknown)}")
@@ -36,7 +39,8 @@ def _from_mapping(cls: type[T], values: Mapping[str, Any], where: str) -> T:
 def config_digest(config: Any) -> str:
     """sha256 of a configuration, a dataclass or its dict form (as exported graphs store it):
     what calibration files and engines record to refuse a model they were not made for."""
-    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    values = (dataclasses.asdict(config)
+              if dataclasses.is_dataclass(config) and not isinstance(config, type) else config)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
@@ -280,7 +284,7 @@ class SynchformerConfig:
 # Released models (presets) and the tiny random one
 # --------------------------------------------------------------------------------------------
 
-_RELEASE_COMMON = dict(
+_RELEASE_COMMON: dict[str, Any] = dict(
     mlp_ratio=4,
     mlp_act_type="gelu_tanh",
     qkv_bias=True,
@@ -359,7 +363,7 @@ XXL = ModelSpec(
         depth_single_blocks=36,
         hidden_size=1536,
         num_heads=12,
-        **_RELEASE_COMMON,  # type: ignore[arg-type]
+        **_RELEASE_COMMON,
     ),
     dit_file="hunyuanvideo_foley.pth",
 )
@@ -371,7 +375,7 @@ XL = ModelSpec(
         depth_single_blocks=24,
         hidden_size=1408,
         num_heads=11,
-        **_RELEASE_COMMON,  # type: ignore[arg-type]
+        **_RELEASE_COMMON,
     ),
     dit_file="hunyuanvideo_foley_xl.pth",
 )
@@ -387,7 +391,7 @@ TINY = ModelSpec(
         depth_single_blocks=2,
         hidden_size=64,
         num_heads=2,
-        **{  # type: ignore[arg-type]
+        **{
             **_RELEASE_COMMON,
             "sync_feat_dim": TINY_ENCODER_WIDTH,
             "condition_dim": TINY_ENCODER_WIDTH,

@@ -63,12 +63,19 @@ class Calibration:
             raise ConfigError(f"{self.source} has no activation range for {len(missing)} of the "
                               f"{len(modules)} quantised GEMMs (e.g. {missing[0]}); {rerun}")
         for name, ranges in self.channel_amax.items():
-            channels = modules[name].weight.shape[1] if name in modules else None
+            channels = _weight(modules[name]).shape[1] if name in modules else None
             if channels is not None and tuple(ranges.shape) != (channels,):
                 raise ConfigError(f"{self.source}: per-channel ranges of {name} have shape "
                                   f"{tuple(ranges.shape)}, the module has {channels} input "
                                   f"channels; {rerun}")
         return self
+
+
+def _weight(module: nn.Module) -> Tensor:
+    """A GEMM layer's weight (`nn.Module` types its attributes as tensors or modules)."""
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return weight
 
 
 class ActivationRecorder:
@@ -92,7 +99,7 @@ class ActivationRecorder:
 
     def _hook(self, name: str) -> Any:
         def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0].detach().to(module.weight.dtype)
+            x = args[0].detach().to(_weight(module).dtype)
             amax = x.abs().flatten(0, -2).amax(dim=0).float()
             seen = self.channel_amax.get(name)
             self.channel_amax[name] = amax if seen is None else torch.maximum(seen, amax)

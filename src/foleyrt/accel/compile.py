@@ -157,6 +157,7 @@ class BlockGraphs:
             return self._fallback[cls](block, *args, **kwargs)
         graphs = self._graphs.setdefault(cls, [])
         for graph in graphs:
+            # torch types a loaded graph as a plain callable; it is an AOTCompiledFunction
             if graph.guard_check(block, *args, **kwargs):  # type: ignore[attr-defined]
                 return graph(block, *args, **kwargs)
         graph = self._compile(cls, block, args, kwargs)
@@ -165,16 +166,20 @@ class BlockGraphs:
         graphs.append(graph)
         return graph(block, *args, **kwargs)
 
-    def _torch_compile(self, cls: type) -> Callable[..., Any]:
+    def _torch_compile(self, cls: type[nn.Module]) -> Callable[..., Any]:
         return torch.compile(cls.forward, fullgraph=True, dynamic=True, mode=self.mode)
 
-    def _compile(self, cls: type, block: nn.Module, args: tuple, kwargs: dict) -> Any:
+    def _compile(self, cls: type[nn.Module], block: nn.Module, args: tuple, kwargs: dict
+                 ) -> Any:
         import torch._dynamo.config as dynamo_config
 
         settings = {k: v for k, v in _AOT_DYNAMO_CONFIG.items() if hasattr(dynamo_config, k)}
         try:
             with dynamo_config.patch(settings):
-                graph = self._torch_compile(cls).aot_compile(((block, *args), kwargs))
+                # torch.compile's wrapper gains `aot_compile` at run time (under
+                # enable_aot_compile, which `_AOT_DYNAMO_CONFIG` sets); its type does not say so
+                compiled = self._torch_compile(cls)
+                graph = compiled.aot_compile(((block, *args), kwargs))  # type: ignore[attr-defined]
             self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{cls.__name__}-{uuid.uuid4().hex[:12]}.graph"
             graph.save_compiled_function(str(path))

@@ -45,7 +45,7 @@ def _clone(obj: Any) -> Any:
     """Deep copy of the tensors of a (nested) dataclass, structure kept."""
     if isinstance(obj, Tensor):
         return obj.clone()
-    if dataclasses.is_dataclass(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.replace(
             obj, **{f.name: _clone(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
     if isinstance(obj, list):

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from foleyrt.models.layers import TemporalConv
+from foleyrt.models.layers import GemmLayer, TemporalConv
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class FormattedGemm(Protocol):
     def input_format(self) -> GemmInput: ...
 
 
-def input_format(layer: nn.Module) -> GemmInput:
+def input_format(layer: GemmLayer | FormattedGemm) -> GemmInput:
     """The format `layer.gemm` reads: a quantised layer's own, else its weight dtype (and a
     temporal conv's unfolded taps)."""
     if isinstance(layer, FormattedGemm):

@@ -33,6 +33,7 @@ from foleyrt.models.dit import (
     TripleBlock,
     attention,
 )
+from foleyrt.models.layers import GemmLayer, Linear, TapLayout
 
 # Chunks of the single blocks' modulation table, in `Modulation(h, 6)` order.
 SHIFT_MSA, SCALE_MSA, GATE_MSA, SHIFT_MLP, SCALE_MLP, GATE_MLP = range(6)
@@ -42,9 +43,15 @@ def _format_args(fmt: GemmInput) -> tuple:
     return fmt.dtype, fmt.round_dtype, fmt.scale, fmt.taps
 
 
-def _rows_gemm(layer: nn.Module, rows: Tensor, bias: Tensor | None) -> Tensor:
+def _rows_gemm(layer: GemmLayer, rows: Tensor, bias: Tensor | None) -> Tensor:
     """`layer.gemm` on `rows [B, N, K]` -> `[B, N, out rows]`."""
     return layer.gemm(rows.flatten(0, 1), bias).unflatten(0, rows.shape[:2])
+
+
+def _conv_rows(layer: GemmLayer, rows: Tensor) -> Tensor:
+    """A temporal conv (or its quantised replacement) on its GEMM's input rows."""
+    assert isinstance(layer, TapLayout)  # the single blocks' SwiGLU convs
+    return layer.conv_rows(rows, layer.gemm, layer.bias)
 
 
 class _Adopting(nn.Module):
@@ -82,20 +89,20 @@ class FusedSingleBlock(_Adopting, SingleBlock):
         x, h = kernels.residual_norm_modulate(
             x, y, taps, bias, table, cond_index, GATE_MSA * c, SHIFT_MLP * c, SCALE_MLP * c,
             SINGLE_LN_EPS, *_format_args(input_format(w13)))
-        hidden = w13.conv_rows(h, w13.gemm, w13.bias)
+        hidden = _conv_rows(w13, h)
         w2 = self.linear2.w2
         act = kernels.swiglu(hidden, *_format_args(input_format(w2)))
         rows = table if cond_index is None else table[:, cond_index]
         gate_mlp = rows[..., GATE_MLP * c:(GATE_MLP + 1) * c]
-        return x + w2.conv_rows(act, w2.gemm, w2.bias) * gate_mlp
+        return x + _conv_rows(w2, act) * gate_mlp
 
 
-def _first_gemm(layer: nn.Module) -> nn.Module:
+def _first_gemm(layer: Linear | MLP) -> Linear:
     """The GEMM that reads a sub-layer's normed input (an MLP's `fc1`)."""
     return layer.fc1 if isinstance(layer, MLP) else layer
 
 
-def _from_rows(layer: nn.Module, rows: Tensor) -> Tensor:
+def _from_rows(layer: Linear | MLP, rows: Tensor) -> Tensor:
     """`layer` on input rows in its first GEMM's input format."""
     first = _first_gemm(layer)
     y = _rows_gemm(first, rows, first.bias)
@@ -106,14 +113,14 @@ class FusedTripleBlock(_Adopting, TripleBlock):
     """`TripleBlock` whose LayerNorm + modulation steps (and the gated residuals before them)
     run on `accel.kernels` (same parameters, state dict and numbers up to rounding order)."""
 
-    def _norm_gemm(self, x: Tensor, mods: Tensor, i: int, layer: nn.Module) -> Tensor:
+    def _norm_gemm(self, x: Tensor, mods: Tensor, i: int, layer: Linear | MLP) -> Tensor:
         c = x.shape[-1]
         h = kernels.norm_modulate(x, mods, None, 3 * i * c, (3 * i + 1) * c, LN_EPS,
                                   *_format_args(input_format(_first_gemm(layer))))
         return _from_rows(layer, h)
 
     def _residual_norm_gemm(self, x: Tensor, update: Tensor, mods: Tensor, i: int,
-                            layer: nn.Module) -> tuple[Tensor, Tensor]:
+                            layer: Linear | MLP) -> tuple[Tensor, Tensor]:
         c = x.shape[-1]
         x, h = kernels.residual_norm_modulate(
             x, update, 1, None, mods, None, (3 * i - 1) * c, 3 * i * c, (3 * i + 1) * c, LN_EPS,

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -34,7 +34,7 @@ def _tensors(
 ) -> list[tuple[nn.Module, str, Tensor]]:
     """(owner, attribute, tensor) of every parameter and buffer, owner-local names; modules
     whose id is in `skip` (and their children) are left out."""
-    out = []
+    out: list[tuple[nn.Module, str, Tensor]] = []
     for owner in _modules(module, skip):
         for name, p in owner.named_parameters(recurse=False):
             out.append((owner, name, p))
@@ -183,7 +183,7 @@ class BlockStreamer:
             event.record(self.copy_stream)
         self.ready[slot] = event
 
-    def _before(self, i: int):  # type: ignore[no-untyped-def]
+    def _before(self, i: int) -> Callable[[nn.Module, object], None]:
         def hook(module: nn.Module, args: object) -> None:
             slot = self.calls % len(self.slots)
             if self.loaded[slot] != i:
@@ -195,7 +195,7 @@ class BlockStreamer:
 
         return hook
 
-    def _after(self, i: int):  # type: ignore[no-untyped-def]
+    def _after(self, i: int) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
             slot = self.calls % len(self.slots)
             if self.cuda:
@@ -213,10 +213,10 @@ class BlockStreamer:
 RESIDENT = ("audio_mod", "v_cond_mod", "text_cross_kv", "text_cross_k_norm")
 
 
-def stream_blocks(dit: nn.Module, slots: int, device: torch.device) -> BlockStreamer:
+def stream_blocks(dit: FoleyDiT, slots: int, device: torch.device) -> BlockStreamer:
     """Stream the transformer's blocks (triple then single, the order they run in). The rest of
     the transformer stays where it is: the caller offloads it per stage (see `ModelOffloader`)."""
-    blocks = [*dit.triple_blocks, *dit.single_blocks]  # type: ignore[attr-defined]
+    blocks = [*dit.triple_blocks, *dit.single_blocks]
     return BlockStreamer(blocks, slots, device, resident=RESIDENT)
 
 

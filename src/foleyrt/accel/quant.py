@@ -51,7 +51,14 @@ from foleyrt.accel.formats import GemmInput
 from foleyrt.config import DiTConfig
 from foleyrt.errors import ConfigError, WeightsError
 from foleyrt.models.dit import FoleyDiT
-from foleyrt.models.layers import Linear, TapLayout, TemporalConv, add_bias, release_weight_keys
+from foleyrt.models.layers import (
+    GemmLayer,
+    Linear,
+    TapLayout,
+    TemporalConv,
+    add_bias,
+    release_weight_keys,
+)
 from foleyrt.weights import Checkpoint
 
 AMAX_FLOOR = 1e-12  # a zero range (dead channel, padded row) must not become a zero scale
@@ -60,8 +67,6 @@ INT_MM_MIN_ROWS = 17  # `torch._int_mm` on CUDA wants more than 16 rows
 # Hopper's fast FP8 accumulation (no periodic promotion to fp32): faster; what it costs in
 # accuracy is measured by `scripts/quant_check.py --fp8-precise-accum` against this default.
 FP8_FAST_ACCUM = True
-
-GemmLayer = Linear | TemporalConv
 
 # Per-step GEMMs of each block, by their names in the block.
 TRIPLE_GEMMS = (
@@ -130,8 +135,8 @@ class QuantizedGemm(TapLayout, nn.Module):
         self.conv = isinstance(source, TemporalConv)
         self.compute_dtype = source.weight.dtype
         self.out_features, self.in_features = source.weight.shape[:2]  # in: channels per token
-        self.kernel_size = source.kernel_size if self.conv else 1
-        self.taps_on_output = self.conv and source.taps_on_output
+        self.kernel_size = source.kernel_size if isinstance(source, TemporalConv) else 1
+        self.taps_on_output = isinstance(source, TemporalConv) and source.taps_on_output
         self.source_shape = source.weight.shape
         self.bias = source.bias
 
@@ -184,6 +189,9 @@ class Fp8Gemm(QuantizedGemm):
     `stored=True`: the layer's weight came from a checkpoint's float8_e4m3fn tensor (upcast
     exactly on load); it is used as it is, with unit scales, so nothing is rounded twice."""
 
+    weight_scale: Tensor  # buffers (registered in __init__)
+    input_scale: Tensor | None
+
     def __init__(self, source: GemmLayer, *, stored: bool = False,
                  amax: float | None = None) -> None:
         super().__init__(source)
@@ -203,7 +211,7 @@ class Fp8Gemm(QuantizedGemm):
         self.set_rows(q)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("input_scale", torch.tensor(
-            max(amax, AMAX_FLOOR) / FP8.qmax, device=w.device) if static else None)
+            max(amax, AMAX_FLOOR) / FP8.qmax, device=w.device) if amax is not None else None)
 
     def input_format(self) -> GemmInput:
         """Static scales: float8 rows already divided by `input_scale` (a producer that writes
@@ -237,6 +245,8 @@ class Int8WeightGemm(QuantizedGemm):
     """INT8 weight (scale per output channel) dequantised into a compute-dtype matmul; the scale
     is applied to the product (N multiplies per row instead of N*K)."""
 
+    weight_scale: Tensor  # a buffer (registered in __init__)
+
     def __init__(self, source: GemmLayer) -> None:
         super().__init__(source)
         q, scale = INT8.quantize_rows(self.source_rows(source))
@@ -266,6 +276,9 @@ class Int8Gemm(QuantizedGemm):
     per-channel ranges, SmoothQuant factors `s` are folded into `weight` and
     `input_scale = s * max(a / s) / 127`; `output_scale` is that per-tensor part times the
     weight's per-channel scale."""
+
+    input_scale: Tensor  # buffers (registered in __init__)
+    output_scale: Tensor
 
     def __init__(self, source: GemmLayer, amax: float, channel_amax: Tensor | None) -> None:
         super().__init__(source)
@@ -387,6 +400,7 @@ def quantize_(
     build = _builder(precision, calibration, prequantized)
     with torch.no_grad():
         for name, module in modules.items():
+            assert isinstance(module, GemmLayer)  # not quantised (checked above)
             parent, _, attr = name.rpartition(".")
             setattr(dit.get_submodule(parent), attr, build(name, module))
     return dit

@@ -93,8 +93,8 @@ class TensorRTEngine:
                  for name, t in condition_feeds(prepared).items()}
         ctx = self.context
 
-        def step(x: Tensor, index: int) -> Tensor:
-            t = timesteps[index].expand(x.shape[0])
+        def run(x: Tensor, step: int) -> Tensor:
+            t = timesteps[step].expand(x.shape[0])
             feeds = {"x": x.to(self.dtypes["x"]).contiguous(),
                      "t": t.to(self.dtypes["t"]).contiguous(), **conds}
             for name, tensor in feeds.items():
@@ -107,7 +107,7 @@ class TensorRTEngine:
                 raise RuntimeError(f"TensorRT failed to run {self.plan.name}")
             return out
 
-        return step
+        return run
 
 
 class EngineDenoiser:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from foleyrt.accel.recipes import apply
-from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.accel.runtime import AccelMode, Precision, RuntimeConfig, parse_enum
 from foleyrt.bench.models import random_conditions, random_dit
 from foleyrt.config import PRESETS, ModelSpec
 from foleyrt.models.dit import FoleyDiT
@@ -126,8 +126,10 @@ def mode_denoiser(dit: FoleyDiT, mode: str) -> Denoiser:
         model = model.to_empty(device=param.device)
         model.load_state_dict(dit.state_dict())
         model.eval().requires_grad_(False)
-    runtime = RuntimeConfig(device=param.device, dtype=param.dtype, accel=accel,
-                            precision=precision or None)
+    runtime = RuntimeConfig(
+        device=param.device, dtype=param.dtype,
+        accel=parse_enum(AccelMode, accel, "acceleration mode"),
+        precision=parse_enum(Precision, precision, "precision") if precision else None)
     return apply(model, runtime)
 
 

@@ -55,8 +55,9 @@ def parse_variant(text: str) -> tuple[str, str | None, str]:
     parts = text.split("/")
     if not 1 <= len(parts) <= 3:
         raise UsageError(f"pipeline variant {text!r} is not ACCEL[/PRECISION[/OFFLOAD]]")
-    accel, precision, offload = (parts + [None, "none"][len(parts) - 1:])[:3]
-    return accel, precision, offload or "none"
+    precision = parts[1] if len(parts) > 1 else None
+    offload = parts[2] if len(parts) > 2 else ""
+    return parts[0], precision, offload or "none"
 
 
 def snr_db(got: Tensor, ref: Tensor) -> float:

@@ -102,7 +102,7 @@ def _profile(size: str, duration: float, device: Any) -> list[KernelTime]:
     import torch
 
     from foleyrt.accel.recipes import apply
-    from foleyrt.accel.runtime import RuntimeConfig
+    from foleyrt.accel.runtime import AccelMode, RuntimeConfig
     from foleyrt.bench.models import random_conditions, random_dit
     from foleyrt.bench.profile import forward_kernels
     from foleyrt.sampling.loop import Task
@@ -114,7 +114,7 @@ def _profile(size: str, duration: float, device: Any) -> list[KernelTime]:
         cond, n_latent = random_conditions(spec, duration, device, seed=1)
         noise = torch.randn(1, 128, n_latent, device=device).bfloat16()
         denoiser = apply(dit, RuntimeConfig(device=device, dtype=torch.bfloat16,
-                                            accel="compile"), disable={"cuda-graphs"})
+                                            accel=AccelMode.COMPILE), disable={"cuda-graphs"})
         task = Task.whole(noise, DEFAULT_GUIDANCE, cond)
         return forward_kernels(denoiser, task, flow_schedule(DEFAULT_STEPS, spec.diffusion))
 

@@ -4,7 +4,9 @@ export tensorrt` (engines built from those graphs)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from foleyrt.cli.options import Parser
 from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM
@@ -75,8 +77,11 @@ def _export_onnx(args: argparse.Namespace) -> int:
     require_onnx()
     config = ExportConfig() if args.opset is None else ExportConfig(opset=args.opset)
     models = load_models(args.model, args.size, runtime=RuntimeConfig())
-    parts = {"dit": (export_velocity, velocity_cases, models.dit, "velocity.onnx"),
-             "vae": (export_decoder, decoder_cases, models.vae, "vae_decoder.onnx")}
+    # Per part: exporter, validation cases, module, file (the two parts' modules differ)
+    parts: dict[str, tuple[Callable[..., Path], Callable[..., Any], object, str]] = {
+        "dit": (export_velocity, velocity_cases, models.dit, "velocity.onnx"),
+        "vae": (export_decoder, decoder_cases, models.vae, "vae_decoder.onnx"),
+    }
     worst = 0.0
     for part in dict.fromkeys(args.parts):
         export, cases, module, name = parts[part]

@@ -69,14 +69,15 @@ def profile_shapes(
     inputs: Iterable[GraphInput], ranges: Mapping[str, DimRange]
 ) -> dict[str, Shapes]:
     """min/opt/max shape of every graph input (what `IOptimizationProfile.set_shape` takes)."""
-    shapes = {}
+    shapes: dict[str, Shapes] = {}
     for inp in inputs:
         unknown = [d for d in inp.dims if isinstance(d, str) and d not in ranges]
         if unknown:
             raise ConfigError(f"input {inp.name!r} has axis {unknown[0]!r} with no profile range")
-        shapes[inp.name] = tuple(  # type: ignore[assignment]
+        low, opt, high = (
             tuple(ranges[d][i] if isinstance(d, str) else d for d in inp.dims) for i in range(3)
         )
+        shapes[inp.name] = (low, opt, high)
     return shapes
 
 

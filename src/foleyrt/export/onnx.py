@@ -184,6 +184,7 @@ def _export(
             module.eval(), (), kwargs=example, dynamic_shapes=dynamic_shapes, dynamo=True,
             opset_version=config.opset, output_names=[output], verbose=False,
         )
+    assert program is not None  # None only from the legacy (dynamo=False) exporter
     model = program.model
     model.metadata_props.update({META + k: v for k, v in meta.items()})
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values()

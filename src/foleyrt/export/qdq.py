@@ -66,11 +66,12 @@ def insert_qdq(
                           f"({src} has {opset})")
     graph = model.graph
     weights = _ConstantFolder(graph, src.parent)
-    nodes, matched = [], set()
+    nodes: list[Any] = []
+    matched: set[str] = set()
     for node in graph.node:
         module = _module_of(node) if node.op_type in ("MatMul", "Gemm") else None
         w = weights.value(node.input[1]) if module in amax else None
-        if w is not None:
+        if module is not None and w is not None:
             matched.add(module)
             trans_b = any(a.name == "transB" and a.i for a in node.attribute)
             axis = 0 if trans_b else w.ndim - 1  # the output-channel axis of B
@@ -105,7 +106,7 @@ def _quantize_dequantize(graph: Any, nodes: list, tensor: str, prefix: str, amax
         helper.make_tensor(f"{prefix}_zero_point", spec.elem_type, scale.shape, [0] * scale.size),
     ])
     params = [f"{prefix}_scale", f"{prefix}_zero_point"]
-    attrs = {} if axis is None else {"axis": axis}
+    attrs: dict[str, Any] = {} if axis is None else {"axis": axis}
     nodes.append(helper.make_node("QuantizeLinear", [tensor, *params], [f"{prefix}_q"],
                                   name=f"{prefix}_quantize", **attrs))
     nodes.append(helper.make_node("DequantizeLinear", [f"{prefix}_q", *params], [f"{prefix}_dq"],
@@ -152,6 +153,6 @@ class _ConstantFolder:
             shape = self.value(node.input[1])
             if shape is None:
                 return None
-            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape.tolist())]
-            return x.reshape(shape)
+            dims = [x.shape[i] if s == 0 else s for i, s in enumerate(shape.tolist())]
+            return x.reshape(dims)
         return None

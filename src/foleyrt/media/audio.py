@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import av.error
@@ -38,6 +39,8 @@ _WAV_TAGS = ("title", "copyright", "software", "artist", "comment", "date", "alb
 # Keys FFmpeg's MP4 muxer writes as iTunes-style atoms (others would be dropped silently).
 _MP4_TAGS = ("title", "artist", "album", "comment", "genre", "copyright", "date", "composer",
              "description", "synopsis", "album_artist", "grouping", "lyrics")
+
+Samples = TypeVar("Samples", torch.Tensor, np.ndarray)  # audio as either, returned as given
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ def _atomic(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> Iterato
 # --------------------------------------------------------------------------------------------
 
 
-def fit_length(audio: torch.Tensor | np.ndarray, n_samples: int) -> torch.Tensor | np.ndarray:
+def fit_length(audio: Samples, n_samples: int) -> Samples:
     """Zero-pad (or trim) the last axis to `n_samples`.
 
     The release asks the model for `int(T25 / 25 * 50)` latent frames, T25 counted by its
@@ -227,6 +230,7 @@ def _mux(
 
 
 def _decode_time(packet: av.Packet) -> float:
+    assert packet.dts is not None  # the encoder's, or `retime`'s
     return float(packet.dts * packet.time_base)
 
 

@@ -49,6 +49,7 @@ def picture(i: int, width: int, height: int) -> np.ndarray:
 def encode_clip(path: Path, spec: ClipSpec) -> Path:
     with av.open(str(path), "w", options=spec.container_options) as out:
         video = out.add_stream(spec.codec, rate=spec.rate, options=spec.options)
+        assert isinstance(video, av.VideoStream)  # PyAV types a codec named at run time loosely
         video.width, video.height = spec.size
         video.pix_fmt = spec.pix_fmt
         if spec.rotation:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -117,7 +117,10 @@ def open_media(
         if path.stat().st_size == 0:
             raise MediaError(f"{path}: file is empty")
         options = [limits.codec_options] if limits is not None else None
-        container = av.open(str(path), mode="r", stream_options=options)
+        # PyAV's stub says list[str]; it takes a dict of options per stream
+        container = av.open(  # type: ignore[call-overload]
+            str(path), mode="r", stream_options=options
+        )
     except PermissionError:
         raise MediaError(f"{path}: cannot be read (permission denied)") from None
     except (av.error.FFmpegError, OSError) as exc:
@@ -372,7 +375,7 @@ class _Schedule:
 
 def _decoded(
     container: av.container.InputContainer, stream: av.video.VideoStream, path: Path
-) -> Iterator[av.VideoFrame]:
+) -> Generator[av.VideoFrame, None, None]:
     """Decoded frames in output order; decoder errors become a one-line MediaError."""
     try:
         for packet in container.demux(stream):
@@ -444,8 +447,9 @@ def sync_pixels_batch(frames: Sequence[np.ndarray], size: int = SYNC_SIZE) -> li
     rounds to uint8 between its two passes, so a float resize (or PIL's) differs by up to
     several levels (spec/synchformer.md §6)."""
     nchw = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    height, width = nchw.shape[-2:]
     resized = torch.nn.functional.interpolate(
-        nchw, size=sync_resize_shape(*nchw.shape[-2:], size), mode="bicubic", antialias=True,
+        nchw, size=sync_resize_shape(height, width, size), mode="bicubic", antialias=True,
         align_corners=False,
     )
     return list(center_crop(resized, size).contiguous())
@@ -464,6 +468,10 @@ def upload_frames(frames: Sequence[np.ndarray], device: torch.device) -> Tensor:
     for i, rgb in enumerate(frames):
         host[i] = rgb
     return staging.to(device, non_blocking=True).permute(0, 3, 1, 2)
+
+
+# Per-frame results: a list with a tensor per frame, or one tensor whose rows are the frames.
+PerFrame = Sequence[Tensor] | Tensor
 
 
 @dataclass(frozen=True)
@@ -493,14 +501,14 @@ class FramePrep:
 
     sync_chunk = 16
 
-    def siglip(self, frames: Sequence[np.ndarray]) -> Sequence[Tensor]:
+    def siglip(self, frames: Sequence[np.ndarray]) -> PerFrame:
         """(3, 512, 512) uint8 per frame (a list, or one `[n, 3, 512, 512]` tensor)."""
         if self.on_cpu:
             return _siglip_batch(frames)
         return pil_bilinear_resize(upload_frames(frames, self.device),
                                    (SIGLIP_SIZE, SIGLIP_SIZE))
 
-    def sync(self, frames: Sequence[np.ndarray]) -> Sequence[Tensor]:
+    def sync(self, frames: Sequence[np.ndarray]) -> PerFrame:
         """(3, 224, 224) uint8 per frame (a list, or one `[n, 3, 224, 224]` tensor)."""
         if self.on_cpu:
             return sync_pixels_batch(frames)
@@ -544,7 +552,7 @@ class FrameBranch:
     held in memory), or, without a pool, in the caller's thread. What the transform returns
     per source frame is kept: pixels, or an encoder's features."""
 
-    def __init__(self, transform: Callable[[Sequence[np.ndarray]], Sequence[Tensor]],
+    def __init__(self, transform: Callable[[Sequence[np.ndarray]], PerFrame],
                  chunk: int, pool: ThreadPoolExecutor | None = None,
                  max_pending: int = 2) -> None:
         self.transform = transform
@@ -552,7 +560,7 @@ class FrameBranch:
         self.chunk = chunk
         self.max_pending = max_pending
         self.done: list[Tensor] = []  # per source frame, in order
-        self.jobs: deque[Future[Sequence[Tensor]]] = deque()
+        self.jobs: deque[Future[PerFrame]] = deque()
         self.batch: list[np.ndarray] = []
         self.slots: list[int] = []  # per tick: index of its transformed source frame
         self.source_index: list[int] = []

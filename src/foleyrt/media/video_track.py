@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from itertools import pairwise
 from pathlib import Path
+from typing import Final
 
 import av
 import av.container
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 MP4_VIDEO_CODECS = frozenset(
     {"h264", "hevc", "av1", "vp9", "mpeg4", "mjpeg", "mpeg1video", "mpeg2video"}
 )
-REENCODE_CODEC = "libx264"
+REENCODE_CODEC: Final = "libx264"
 # Visually transparent for a sound-design preview, and fast on a CPU.
 REENCODE_OPTIONS = {"crf": "18", "preset": "veryfast"}
 REENCODE_PIX_FMT = "yuv420p"  # what every player decodes; it needs even dimensions
@@ -57,7 +58,7 @@ def add_video_track(
         stream = out.add_stream_from_template(source, opaque=True)
         if codec == "hevc":  # Apple's players want `hvc1`, FFmpeg's MP4 default is `hev1`
             stream.codec_context.codec_tag = "hvc1"
-        packets = [p for p in source.container.demux(source) if p.size]
+        packets = [p for p in _input(source).demux(source) if p.size]
     else:
         log.info("%s: MP4 cannot carry its %s video; re-encoding the picture to H.264", path,
                  codec)
@@ -79,13 +80,13 @@ def retime(packets: Sequence[av.Packet]) -> int:
     The delay is the source's own first-packet offset where that keeps every decode time at
     or before its presentation time, else the smallest that does. The last frame lasts as
     long as the source says, else as long as the typical frame."""
-    shown = sorted(packets, key=lambda p: p.pts)
-    times = [p.pts for p in shown]
+    shown = sorted(packets, key=_pts)
+    times = [_pts(p) for p in shown]
     steps = [b - a for a, b in pairwise(times)]
     last = shown[-1].duration or (round(statistics.median(steps)) if steps else 0)
     first = packets[0]
-    lead = first.pts - first.dts if first.dts is not None else 0
-    delay = max(lead, *(t - p.pts for t, p in zip(times, packets, strict=True)))
+    lead = _pts(first) - first.dts if first.dts is not None else 0
+    delay = max(lead, *(t - _pts(p) for t, p in zip(times, packets, strict=True)))
     for packet, t in zip(packets, times, strict=True):
         packet.dts = t - delay
     for packet, step in zip(shown, steps, strict=False):  # the last has no step
@@ -94,6 +95,18 @@ def retime(packets: Sequence[av.Packet]) -> int:
     # duration: that packet gets the last frame's.
     shown[-1].duration = packets[-1].duration = last
     return times[-1] + last - times[0]
+
+
+def _pts(packet: av.Packet) -> int:
+    assert packet.pts is not None  # add_video_track refuses packets without
+    return packet.pts
+
+
+def _input(source: av.video.VideoStream) -> av.container.InputContainer:
+    """The container `source` is read from (PyAV types a stream's container as the base)."""
+    container = source.container
+    assert isinstance(container, av.container.InputContainer)
+    return container
 
 
 def _even(n: int) -> int:
@@ -116,7 +129,7 @@ def _reencode(
     durations: dict[int, int] = {}
     packets: list[av.Packet] = []
     source.thread_type = "AUTO"
-    for frame in source.container.decode(source):
+    for frame in _input(source).decode(source):
         if frame.pts is None:
             raise MediaError(f"{path}: video frames carry no timestamps; remux the file into MP4")
         if not durations and frame.rotation:
@@ -128,5 +141,5 @@ def _reencode(
         packets.extend(stream.encode(picture))
     packets.extend(stream.encode(None))
     for packet in packets:
-        packet.duration = durations.get(packet.pts, 0)
+        packet.duration = 0 if packet.pts is None else durations.get(packet.pts, 0)
     return stream, packets

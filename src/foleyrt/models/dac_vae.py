@@ -55,7 +55,7 @@ def weight_norm(g: Tensor, v: Tensor) -> Tensor:
     return v * (g / torch.linalg.vector_norm(v, dim=tuple(range(1, v.ndim)), keepdim=True))
 
 
-def _reset_fold(module: nn.Module, _incompatible: Any) -> None:
+def _reset_fold(module: _WeightNormConv, _incompatible: Any) -> None:
     """Freshly loaded `weight_v` is a direction again, not a folded weight."""
     module.folded = False
 

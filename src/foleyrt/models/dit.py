@@ -11,7 +11,9 @@ per step. `forward()` composes the two with the release's call signature.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -181,13 +183,13 @@ class TripleBlock(nn.Module):
     # chunks 3i (shift), 3i + 1 (scale) and 3i + 2 (gate) of its `[B, 1, 9H]` vectors. The two
     # steps below are where `accel.fused` swaps in its kernels.
 
-    def _norm_gemm(self, x: Tensor, mods: Tensor, i: int, layer: nn.Module) -> Tensor:
+    def _norm_gemm(self, x: Tensor, mods: Tensor, i: int, layer: Linear | MLP) -> Tensor:
         """`layer(LayerNorm(x) * (1 + scale_i) + shift_i)`."""
         shift, scale = _mod_chunk(mods, 3 * i), _mod_chunk(mods, 3 * i + 1)
         return layer(modulate(layer_norm(x, LN_EPS), shift, scale))
 
     def _residual_norm_gemm(self, x: Tensor, update: Tensor, mods: Tensor, i: int,
-                            layer: nn.Module) -> tuple[Tensor, Tensor]:
+                            layer: Linear | MLP) -> tuple[Tensor, Tensor]:
         """Sub-layer i - 1's gated residual `x + update * gate_(i-1)`, and `_norm_gemm` of it."""
         x = x + update * _mod_chunk(mods, 3 * i - 1)
         return x, self._norm_gemm(x, mods, i, layer)
@@ -355,7 +357,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         emb = timestep_embedding(t, TIME_FREQ_DIM)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        return self.mlp(emb.to(cast(Linear, self.mlp[0]).weight.dtype))
 
 
 class TextProjection(nn.Module):
@@ -463,8 +465,8 @@ class FoleyDiT(nn.Module):
         ctx = self.cond_in(cond)
         text_rope = rope_table(torch.arange(ctx.shape[1], device=device, dtype=torch.float32),
                                cfg.head_dim)
-        text_k, text_v = zip(*(blk.text_kv(ctx, text_rope) for blk in self.triple_blocks),
-                                strict=True)
+        triples = cast("Iterable[TripleBlock]", self.triple_blocks)  # ModuleList is untyped
+        text_k, text_v = zip(*(blk.text_kv(ctx, text_rope) for blk in triples), strict=True)
         visual = self.visual_proj(clip_feat)
         sync_add = sync_rows = sync_index = None
         if cfg.has_sync_path:
@@ -486,18 +488,21 @@ class FoleyDiT(nn.Module):
     def time_conditioning(self, t: Tensor) -> TimeConditioning:
         """Timestep embedding and triple-block modulations for timesteps `t [N]`."""
         vec = self.time_in(t)
-        return TimeConditioning(vec, [blk.modulations(vec) for blk in self.triple_blocks])
+        triples = cast("Iterable[TripleBlock]", self.triple_blocks)  # ModuleList is untyped
+        return TimeConditioning(vec, [blk.modulations(vec) for blk in triples])
 
     def velocity(
         self,
         x: Tensor,
-        t: Tensor,
+        t: Tensor | None,
         prepared: PreparedConditions,
         time: TimeConditioning | None = None,
     ) -> Tensor:
         """Velocity `[B, C, Na]` of latent `x [B, C, Na]` at timesteps `t [B]` (0..1000);
-        `time` may carry `time_conditioning(t)` computed ahead (then `t` is not read)."""
-        time = self.time_conditioning(t) if time is None else time
+        `time` may carry `time_conditioning(t)` computed ahead (then `t` is not read: None)."""
+        if time is None:
+            assert t is not None, "velocity needs timesteps `t` or their conditioning `time`"
+            time = self.time_conditioning(t)
         vec = time.vec
         audio = self.audio_embedder(x)
         if prepared.sync_add is not None:
@@ -514,7 +519,7 @@ class FoleyDiT(nn.Module):
         per_token = prepared.sync_add is not None
         if prepared.sync_rows is not None:
             cond = prepared.sync_rows + vec[:, None]
-        elif per_token:
+        elif prepared.sync_add is not None:
             cond = prepared.sync_add + vec[:, None]
         else:
             cond = vec[:, None]

@@ -10,6 +10,8 @@ runs exercise the real code path without any download.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -17,15 +19,25 @@ from torch import Tensor, nn
 from foleyrt.config import fetch_command
 from foleyrt.errors import InputError, WeightsError
 
+if TYPE_CHECKING:  # transformers is imported where a model is built (it is slow to import)
+    from transformers import (
+        ClapTextModelWithProjection,
+        PreTrainedTokenizerBase,
+        SiglipVisionModel,
+    )
+
 log = logging.getLogger(__name__)
 
 SIGLIP_IMAGE_SIZE = 512
 
 
-def _from_pretrained(cls: type, repo: str, **kwargs: object) -> object:
-    """`cls.from_pretrained` with failures turned into one actionable line."""
+Loaded = TypeVar("Loaded")
+
+
+def _from_pretrained(load: Callable[..., Loaded], repo: str, **kwargs: Any) -> Loaded:
+    """`load(repo)` (a `from_pretrained`) with failures turned into one actionable line."""
     try:
-        return cls.from_pretrained(repo, **kwargs)  # type: ignore[attr-defined]
+        return load(repo, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(
@@ -37,7 +49,7 @@ def _from_pretrained(cls: type, repo: str, **kwargs: object) -> object:
 class SigLIP2Encoder(nn.Module):
     """Per-frame 768-d SigLIP2 features (not L2-normalised), one token per 8 fps frame."""
 
-    def __init__(self, vision_model: nn.Module) -> None:
+    def __init__(self, vision_model: SiglipVisionModel) -> None:
         super().__init__()
         self.vision_model = vision_model
 
@@ -49,7 +61,7 @@ class SigLIP2Encoder(nn.Module):
     def from_pretrained(cls, repo: str) -> SigLIP2Encoder:
         from transformers import SiglipVisionModel
 
-        return cls(_from_pretrained(SiglipVisionModel, repo))  # type: ignore[arg-type]
+        return cls(_from_pretrained(SiglipVisionModel.from_pretrained, repo))
 
     @classmethod
     def random(cls, width: int, seed: int, full_size: bool = False) -> SigLIP2Encoder:
@@ -79,7 +91,8 @@ class SigLIP2Encoder(nn.Module):
 class ClapTextEncoder(nn.Module):
     """CLAP text tower + its tokenizer: `[negative, prompt]` -> token-level hidden states."""
 
-    def __init__(self, text_model: nn.Module, tokenizer: object, text_length: int = 77) -> None:
+    def __init__(self, text_model: ClapTextModelWithProjection,
+                 tokenizer: PreTrainedTokenizerBase, text_length: int = 77) -> None:
         super().__init__()
         self.text_model = text_model
         self.tokenizer = tokenizer
@@ -93,9 +106,9 @@ class ClapTextEncoder(nn.Module):
     def from_pretrained(cls, repo: str, text_length: int = 77) -> ClapTextEncoder:
         from transformers import AutoTokenizer, ClapTextModelWithProjection
 
-        model = _from_pretrained(ClapTextModelWithProjection, repo)
-        tokenizer = _from_pretrained(AutoTokenizer, repo)
-        return cls(model, tokenizer, text_length)  # type: ignore[arg-type]
+        model = _from_pretrained(ClapTextModelWithProjection.from_pretrained, repo)
+        tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, repo)
+        return cls(model, tokenizer, text_length)
 
     @classmethod
     def random(
@@ -119,6 +132,7 @@ class ClapTextEncoder(nn.Module):
     def max_tokens(self) -> int:
         # RoBERTa positions start after the padding index.
         cfg = self.text_model.config
+        assert cfg.pad_token_id is not None  # CLAP's RoBERTa config sets it
         return cfg.max_position_embeddings - cfg.pad_token_id - 1
 
     def forward(self, prompt: str, negative_prompt: str) -> tuple[Tensor, Tensor]:
@@ -144,7 +158,7 @@ class ClapTextEncoder(nn.Module):
         return hidden[1:], hidden[:1]
 
 
-def byte_level_tokenizer() -> object:
+def byte_level_tokenizer() -> PreTrainedTokenizerBase:
     """A RoBERTa-style byte-level BPE tokenizer with no merges (one token per byte), built in
     code so the tiny random model needs no download. Not for real weights."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors

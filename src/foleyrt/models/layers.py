@@ -172,6 +172,10 @@ class TemporalConv(TapLayout, nn.Module):
         return F.linear(rows, self.gemm_weight(self.weight), bias)
 
 
+# A layer whose weight is one GEMM: what `accel` quantises and fuses.
+GemmLayer = Linear | TemporalConv
+
+
 def _gemm_order(weight: Tensor, taps_on_output: bool) -> Tensor:
     """`weight [out, in, k]` permuted to the GEMM's row-major order (`in` innermost)."""
     return weight.permute(2, 0, 1) if taps_on_output else weight.transpose(1, 2)
@@ -190,7 +194,7 @@ class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int, out: int, kernel_size: int | None = None) -> None:
         super().__init__()
 
-        def layer(i: int, o: int) -> nn.Module:
+        def layer(i: int, o: int) -> GemmLayer:
             if kernel_size is None:
                 return Linear(i, o, bias=False)
             return TemporalConv(i, o, kernel_size, bias=False)
@@ -208,7 +212,7 @@ class SwiGLU(nn.Module):
 
     @staticmethod
     def _split_w13(module: SwiGLU, state_dict: dict, prefix: str, *args: object) -> None:
-        if not isinstance(module.w13, Linear | TemporalConv):
+        if not isinstance(module.w13, GemmLayer):  # a quantised w13 is saved as it is
             return
         own = [key for key in state_dict if key.startswith(prefix)]  # re-added in release order
         entries = {key: state_dict.pop(key) for key in own}

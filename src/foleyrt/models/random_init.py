@@ -11,6 +11,7 @@ the stream is the same everywhere).
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -19,33 +20,39 @@ from foleyrt.config import DACConfig, DiTConfig
 from foleyrt.models.dac_vae import DACVAE, ResidualUnit, WNConv1d, WNConvTranspose1d
 from foleyrt.models.dit import FoleyDiT
 
+M = TypeVar("M", bound=nn.Module)
+WNConv = WNConv1d | WNConvTranspose1d
+
 
 @torch.no_grad()
-def randomize_(module: nn.Module, seed: int, device: torch.device | None = None) -> nn.Module:
+def randomize_(module: M, seed: int, device: torch.device | None = None) -> M:
     """Fill every parameter in sorted order of its state-dict name (the release's, which a
     module's hooks may map from its own layout) from a generator seeded with `seed` on the
     module's device; a module built on `meta` gets its values drawn on `device` and assigned
     (a real-size model is then never allocated twice)."""
     on_meta = next(module.parameters()).device.type == "meta"
-    if device is None:
-        device = next(module.parameters()).device
-    draw = {"generator": torch.Generator(device).manual_seed(seed), "device": device}
+    where = next(module.parameters()).device if device is None else device
+    generator = torch.Generator(where).manual_seed(seed)
+
+    def randn(shape: torch.Size) -> Tensor:
+        return torch.randn(shape, generator=generator, device=where)
+
     values = {}
     for name, param in sorted(module.state_dict(keep_vars=True).items()):
         shape = param.shape
         leaf = name.rsplit(".", 1)[-1]
         if leaf == "weight_v":
-            value = torch.randn(shape, **draw)
+            value = randn(shape)
         elif leaf in ("weight_g", "alpha"):
-            value = 0.5 + torch.rand(shape, **draw)
+            value = 0.5 + torch.rand(shape, generator=generator, device=where)
         elif leaf.endswith("weight") and param.ndim >= 2:
-            value = torch.randn(shape, **draw) / math.sqrt(math.prod(shape[1:]))
+            value = randn(shape) / math.sqrt(math.prod(shape[1:]))
         elif leaf.endswith("weight"):
-            value = 1 + 0.1 * torch.randn(shape, **draw)
+            value = 1 + 0.1 * randn(shape)
         elif leaf.endswith("bias"):
-            value = 0.05 * torch.randn(shape, **draw)
+            value = 0.05 * randn(shape)
         else:
-            value = 0.5 * torch.randn(shape, **draw)
+            value = 0.5 * randn(shape)
         values[name] = value.to(param.dtype)
     module.load_state_dict(values, strict=True, assign=on_meta)
     return module
@@ -80,13 +87,13 @@ def random_vae(cfg: DACConfig, seed: int) -> DACVAE:
                for unit in vae.decoder.modules() if isinstance(unit, ResidualUnit)}
     targets[vae.decoder.model[-2]] = OUTPUT_STD
 
-    def rescale(conv: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+    def rescale(conv: WNConv, _inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
         bias = conv.bias.view(1, -1, 1)
         scale = targets.get(conv, CONV_STD) / (output - bias).std()
         conv.weight_g.mul_(scale)
         return (output - bias) * scale + bias
 
-    convs = [m for m in vae.decoder.modules() if isinstance(m, WNConv1d | WNConvTranspose1d)]
+    convs = [m for m in vae.decoder.modules() if isinstance(m, WNConv)]
     hooks = [conv.register_forward_hook(rescale) for conv in convs]
     probe = torch.randn(1, vae.latent_dim, PROBE_FRAMES,
                         generator=torch.Generator().manual_seed(seed))

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from foleyrt.media.video import (
     DecodedClip,
     FrameBranch,
     FramePrep,
+    PerFrame,
     VideoInfo,
     VideoLimits,
     check_sync_length,
@@ -55,7 +56,7 @@ STREAM_PENDING = 4  # chunks per branch queued for the feeding thread (bounds ra
 STREAM_SWITCH_INTERVAL_S = 2e-4  # see `_quick_gil_handover`
 
 
-def sync_autocast(device: torch.device):  # type: ignore[no-untyped-def]
+def sync_autocast(device: torch.device) -> AbstractContextManager[object]:
     """The release runs Synchformer under CUDA fp16 autocast; we keep its numbers on CUDA."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
@@ -155,16 +156,16 @@ def _quick_gil_handover() -> Iterator[None]:
         sys.setswitchinterval(saved)
 
 
-def _in_inference(fn: Callable[[Sequence[np.ndarray]], Sequence[Tensor]]
-                  ) -> Callable[[Sequence[np.ndarray]], Sequence[Tensor]]:
+def _in_inference(fn: Callable[[Sequence[np.ndarray]], PerFrame]
+                  ) -> Callable[[Sequence[np.ndarray]], PerFrame]:
     """`fn` under inference mode: a worker thread does not inherit the caller's."""
-    def run(frames: Sequence[np.ndarray]) -> Sequence[Tensor]:
+    def run(frames: Sequence[np.ndarray]) -> PerFrame:
         with torch.inference_mode():
             return fn(frames)
     return run
 
 
-def _as_batch(pixels: Sequence[Tensor]) -> Tensor:
+def _as_batch(pixels: PerFrame) -> Tensor:
     return pixels if isinstance(pixels, Tensor) else torch.stack(list(pixels))
 
 
@@ -185,7 +186,7 @@ class _SyncWindows:
         self.outputs: list[Tensor] = []
         self.encoded = 0  # windows done
 
-    def add(self, pixels: Sequence[Tensor]) -> Sequence[Tensor]:
+    def add(self, pixels: PerFrame) -> PerFrame:
         self.pixels.extend(pixels)
         self.encode_ready()
         return pixels

@@ -189,8 +189,8 @@ def denoise(
         model_out: list[Tensor | None] = [None] * len(tasks)
         for forward in forwards:
             _evaluate(forward, tasks, latents, i, guided, model_out)
-        velocities = [guided[(t, 0)] if ramps[t] is None else _blend(task, t, guided, ramps[t])
-                      for t, task in enumerate(tasks)]
+        velocities = [guided[(t, 0)] if ramp is None else _blend(task, t, guided, ramp)
+                      for t, (task, ramp) in enumerate(zip(tasks, ramps, strict=True))]
         latents = [x.float() + v * dts[i] for x, v in zip(latents, velocities, strict=True)]
         if on_step is not None and on_step(
             StepEvent(i, schedule.steps, timesteps[i], latents, velocities, model_out)

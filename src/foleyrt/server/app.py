@@ -87,6 +87,7 @@ def create_app(settings: ServerSettings, pipelines: Sequence[FoleyPipeline] | No
     app.include_router(system.metrics_router)
     add_docs(app)
     base_openapi = app.openapi
+    # FastAPI's documented way to extend the schema; its types declare a plain method
     app.openapi = lambda: openapi_for(base_openapi(), settings)  # type: ignore[method-assign]
     app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
     return app

@@ -121,10 +121,9 @@ def run_loadtest(spec: LoadSpec) -> LoadReport:
         while True:
             try:
                 response = client.post("/v1/jobs", data=data, files=files, headers=key)
+                error = f"job {k}: {response.status_code} {response.text[:200]}"
             except httpx.TransportError as exc:
                 response, error = None, f"job {k}: submit failed: {exc!r}"
-            else:
-                error = f"job {k}: {response.status_code} {response.text[:200]}"
             if (response is None or response.status_code == 503) and \
                     time.monotonic() + RETRY_S < deadline:
                 time.sleep(RETRY_S)  # a server stopping or restarting: same key again

@@ -6,6 +6,9 @@ with the methods a path really allows on 405 and in the answer to OPTIONS.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -43,7 +46,7 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": validation_message(exc.errors())}, status_code=422)
 
 
-def validation_message(errors: list[dict[str, object]]) -> str:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     """`steps: must be >= 1; stepz: unknown field` from pydantic's error list."""
     parts = [_one_error(e) for e in errors[:MAX_LISTED_ERRORS]]
     if len(errors) > MAX_LISTED_ERRORS:
@@ -51,7 +54,7 @@ def validation_message(errors: list[dict[str, object]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def _one_error(error: dict[str, object]) -> str:
+def _one_error(error: Mapping[str, Any]) -> str:
     loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "header",
                                                                          "path")]
     field = ".".join(loc) if loc else "request"

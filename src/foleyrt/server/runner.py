@@ -61,6 +61,7 @@ def _header_deadline_protocol(timeout_s: float) -> type[H11Protocol]:
     class HeaderDeadlineH11(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
 
+        # uvicorn's own override narrows the transport the same way (and ignores it too)
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()

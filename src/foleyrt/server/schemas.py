@@ -76,7 +76,8 @@ class JobParams(BaseModel):
         return self.video_name is None
 
     def generation_request(self) -> GenerationRequest:
-        return GenerationRequest(prompt=self.prompt, negative_prompt=self.negative_prompt,
+        negative = DEFAULT_NEGATIVE_PROMPT if self.negative_prompt is None else self.negative_prompt
+        return GenerationRequest(prompt=self.prompt, negative_prompt=negative,
                                  steps=self.steps, guidance=self.guidance,
                                  samples=self.samples, seed=self.seed, duration=self.duration)
 

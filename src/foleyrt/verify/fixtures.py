@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.accel.runtime import AccelMode, RuntimeConfig, parse_enum
 from foleyrt.errors import InputError
 
 # component -> "module:function"; each runner takes (case, Fixtures) and returns list[Check].
@@ -110,7 +110,8 @@ class Fixtures:
         float32: every mode must still meet their tolerances)."""
         self.root = Path(root)
         self.device = torch.device(device)
-        self.runtime = RuntimeConfig(device=self.device, accel=accel)
+        self.runtime = RuntimeConfig(
+            device=self.device, accel=parse_enum(AccelMode, accel, "acceleration mode"))
         manifest = self.root / "manifest.json"
         if not manifest.is_file():
             raise InputError(f"no manifest.json in {self.root}")
