@@ -67,7 +67,9 @@ def capture(run: Callable[[], Any], pool: Any = None,
             run()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # thread_local: batch mode's decoder threads allocate and wait on their own streams while
+    # this thread captures; the default (global) mode would fail the capture for that.
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         out = run()
     return graph, out
 
