@@ -1,4 +1,5 @@
-"""The rich progress bar that `generate` and `batch` feed from the pipeline's progress events.
+"""The rich progress bars: `generate`'s, fed from the pipeline's progress events, and
+`batch`'s, counting clips.
 
 It draws on stderr: stdout carries the results (written paths), one per line, for scripts.
 """
@@ -6,6 +7,7 @@ It draws on stderr: stdout carries the results (written paths), one per line, fo
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,6 +42,47 @@ class progress_bar:
                              total=event.total)
 
         return update
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self._bar.stop()
+
+
+class item_bar:
+    """Items ended out of `total` on stderr, with clips per second and the time left (None
+    with --quiet); the callable it gives counts one item."""
+
+    def __init__(self, quiet: bool, total: int) -> None:
+        self.quiet = quiet
+        self.total = total
+
+    def __enter__(self) -> Callable[[], None] | None:
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            Task,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task: Task) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text("- clips/s" if speed is None else f"{speed:.2f} clips/s")
+
+        self._bar = Progress("clips", BarColumn(), MofNCompleteColumn(), Rate(),
+                             TimeElapsedColumn(), "ETA", TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=True,
+                             redirect_stdout=sys.stdout.isatty())
+        self._bar.start()
+        task = self._bar.add_task("clips", total=self.total)
+        return lambda: self._bar.advance(task)
 
     def __exit__(self, *exc: object) -> None:
         if not self.quiet:
