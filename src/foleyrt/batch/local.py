@@ -109,46 +109,13 @@ def run_local(
     stage stops the run and is re-raised here once every thread has stopped."""
     run = _Run(pipe, settings, options or LocalOptions(), on_item)
     pending = report.pending
-    if pending:
-        if run.options.overlap and pipe.models.offloader is None:
+    with torch.inference_mode():
+        if pending and run.options.overlap and pipe.models.offloader is None:
             run.streaming(pending)
-        else:
+        elif pending:
             run.serial(pending)
     run.stats.wall_s = time.perf_counter() - run.t0
     return run.stats
-
-
-class Grouper:
-    """Encoded items by shape, each shape's group open until it holds `limit(work)` rows."""
-
-    def __init__(self, limit: Callable[[Work], int]) -> None:
-        self.limit = limit
-        self.open: dict[tuple, tuple[list[Work], int, float]] = {}  # items, row limit, opened
-
-    def add(self, work: Work) -> tuple[list[Work], int] | None:
-        """Add `work`; its group with its row limit when no other item fits any more."""
-        key = work.shape
-        if key not in self.open:
-            self.open[key] = ([], self.limit(work), time.perf_counter())
-        group, rows, _ = self.open[key]
-        group.append(work)
-        return self.close(key) if (len(group) + 1) * work.rows > rows else None
-
-    def ripe(self, wait_s: float) -> tuple[list[Work], int] | None:
-        """The fullest group open for at least `wait_s`, if any."""
-        now = time.perf_counter()
-        waited = [key for key, (_, _, opened) in self.open.items() if now - opened >= wait_s]
-        if not waited:
-            return None
-        return self.close(max(waited, key=lambda k: len(self.open[k][0])))
-
-    def drain(self) -> Iterator[tuple[list[Work], int]]:
-        while self.open:
-            yield self.close(next(iter(self.open)))
-
-    def close(self, key: tuple) -> tuple[list[Work], int]:
-        group, rows, _ = self.open.pop(key)
-        return sorted(group, key=lambda w: w.result.job.index), rows
 
 
 class _Run:
@@ -170,7 +137,7 @@ class _Run:
 
     def serial(self, pending: Sequence[ItemResult]) -> None:
         """Every stage in this thread, one after another; groups still share forwards."""
-        grouper = Grouper(self.row_limit)
+        grouper = stages.Grouper(self.row_limit)
         for result in pending:
             work = self.start(result)
             if work is not None and self.encode(work):
@@ -235,7 +202,7 @@ class _Run:
                 return
 
     def denoise_all(self, encoded: queue.Queue[object], denoised: queue.Queue[object]) -> None:
-        grouper = Grouper(self.row_limit)
+        grouper = stages.Grouper(self.row_limit)
         while not self.stop.is_set():
             try:
                 item = encoded.get(timeout=POLL_S)
@@ -334,11 +301,7 @@ class _Run:
     # -- helpers ----------------------------------------------------------------------------
 
     def row_limit(self, work: Work) -> int:
-        """Rows per forward for this item's shape: `batch_rows`, or the GPU's budget."""
-        if self.options.batch_rows is not None:
-            return self.options.batch_rows
-        assert work.encoded is not None
-        return self.pipe.max_rows([work.encoded])
+        return stages.row_limit(self.pipe, work, self.options.batch_rows)
 
     def gpu_idle(self) -> bool:
         """True when the last queued group is done (always, off CUDA: denoising blocks)."""
@@ -362,7 +325,8 @@ class _Run:
     def guard(self, target: Callable[[], None]) -> None:
         """Run a stage's loop; its bug (already recorded on its items) stops every stage."""
         try:
-            target()
+            with torch.inference_mode():  # a thread does not inherit its creator's mode
+                target()
         except BaseException as exc:  # noqa: BLE001 - re-raised by the run, after every stage stops
             with self.lock:
                 self.error = self.error or exc

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -47,7 +47,7 @@ class Work:
     result: ItemResult
     request: GenerationRequest
     replace: bool
-    started: float  # time.perf_counter() when it started
+    started: float  # time.time() when it started (stages may run on other machines)
     encoded: Encoded | None = None
 
     @property
@@ -75,7 +75,7 @@ def start(result: ItemResult, settings: BatchSettings) -> Work | None:
     # Some outputs exist only if an earlier run stopped midway: they are this item's own.
     replace = settings.overwrite or bool(job.existing_outputs())
     work = Work(result, job.item.request(settings.request).with_seed(result.seed), replace,
-                time.perf_counter())
+                time.time())
 
     def check() -> Work:
         for path in job.outputs:
@@ -118,7 +118,48 @@ def write(work: Work, result: FoleyResult) -> None:
                                        for base in job.bases])
     if written is not None:
         work.result.status = Status.DONE
-        work.result.seconds = round(time.perf_counter() - work.started, 3)
+        work.result.seconds = round(time.time() - work.started, 3)
+
+
+def row_limit(pipe: FoleyPipeline, work: Work, batch_rows: int | None) -> int:
+    """Rows per forward for this item's shape: `batch_rows`, or the GPU's budget."""
+    if batch_rows is not None:
+        return batch_rows
+    assert work.encoded is not None
+    return pipe.max_rows([work.encoded])
+
+
+class Grouper:
+    """Encoded items by shape, each shape's group open until it holds `limit(work)` rows."""
+
+    def __init__(self, limit: Callable[[Work], int]) -> None:
+        self.limit = limit
+        self.open: dict[tuple, tuple[list[Work], int, float]] = {}  # items, row limit, opened
+
+    def add(self, work: Work) -> tuple[list[Work], int] | None:
+        """Add `work`; its group with its row limit when no other item fits any more."""
+        key = work.shape
+        if key not in self.open:
+            self.open[key] = ([], self.limit(work), time.monotonic())
+        group, rows, _ = self.open[key]
+        group.append(work)
+        return self.close(key) if (len(group) + 1) * work.rows > rows else None
+
+    def ripe(self, wait_s: float) -> tuple[list[Work], int] | None:
+        """The fullest group open for at least `wait_s`, if any."""
+        now = time.monotonic()
+        waited = [key for key, (_, _, opened) in self.open.items() if now - opened >= wait_s]
+        if not waited:
+            return None
+        return self.close(max(waited, key=lambda k: len(self.open[k][0])))
+
+    def drain(self) -> Iterator[tuple[list[Work], int]]:
+        while self.open:
+            yield self.close(next(iter(self.open)))
+
+    def close(self, key: tuple) -> tuple[list[Work], int]:
+        group, rows, _ = self.open.pop(key)
+        return sorted(group, key=lambda w: w.result.job.index), rows
 
 
 def guarded(works: Sequence[Work], stage: Callable[[], T], out_of_memory: str = OOM_ONE
@@ -149,4 +190,4 @@ def fail(works: Sequence[Work], message: str) -> None:
         video = str(result.job.item.video)
         result.status = Status.FAILED
         result.error = message if video in message else f"{video}: {message}"
-        result.seconds = round(time.perf_counter() - work.started, 3)
+        result.seconds = round(time.time() - work.started, 3)
