@@ -21,11 +21,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
+from foleyrt.accel.calibration import Calibration
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.batch import (
     DEFAULT_DECODE_WORKERS,
@@ -40,11 +41,12 @@ from foleyrt.batch import (
 )
 from foleyrt.batch.stages import rows_per_item
 from foleyrt.bench.models import random_dit
-from foleyrt.config import PRESETS
+from foleyrt.calibrate import calibrate
+from foleyrt.config import PRESETS, ModelSpec
 from foleyrt.media.synthetic import write_test_clip
 from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.models import random_models
-from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.pipeline.pipeline import FoleyPipeline, release_cuda_memory
 from foleyrt.request import GenerationRequest
 
 PROMPT = "footsteps on gravel"
@@ -87,15 +89,18 @@ class ThroughputRow:
 def bench_throughput(
     size: str, clips: int, clip_s: float, runtime: RuntimeConfig, *, steps: int,
     guidance: float, batch_rows: int | None = None, decode_workers: int | None = None,
-    workdir: Path | None = None,
+    calibrate: bool = False, workdir: Path | None = None,
 ) -> Iterator[ThroughputRow]:
     """The batched row, then the one-at-a-time row (clips and outputs in `workdir`, or in a
-    temporary folder removed afterwards)."""
+    temporary folder removed afterwards). `calibrate`: record the random model's activation
+    ranges on two of the clips first and run `runtime` with them (fp8 with static scales,
+    int8): random weights have no calibration file."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="foleyrt-throughput-") as tmp:
             yield from bench_throughput(size, clips, clip_s, runtime, steps=steps,
                                         guidance=guidance, batch_rows=batch_rows,
-                                        decode_workers=decode_workers, workdir=Path(tmp))
+                                        decode_workers=decode_workers, calibrate=calibrate,
+                                        workdir=Path(tmp))
         return
     spec = PRESETS[size]
     folder = workdir / "clips"
@@ -103,10 +108,13 @@ def bench_throughput(
     for k in range(clips):
         write_test_clip(folder / f"clip{k:04d}.mp4", clip_s, width=CLIP_SIZE[0],
                         height=CLIP_SIZE[1], fps=CLIP_FPS)
-    models = random_models(spec, dit=random_dit(spec, runtime.device, runtime.dtype, seed=0))
-    pipe = FoleyPipeline(models.place(runtime), runtime)
     settings = BatchSettings(formats=(".mp4",), request=GenerationRequest(
         prompt=PROMPT, steps=steps, guidance=guidance, seed=0))
+    if calibrate:
+        runtime = replace(runtime, calibration=_calibration(spec, runtime, folder,
+                                                            settings.request))
+    models = random_models(spec, dit=random_dit(spec, runtime.device, runtime.dtype, seed=0))
+    pipe = FoleyPipeline(models.place(runtime), runtime)
     one = rows_per_item(settings.request)
     modes = {BATCHED: LocalOptions(batch_rows, decode_workers or DEFAULT_DECODE_WORKERS),
              ONE_AT_A_TIME: LocalOptions(batch_rows=one, overlap=False)}
@@ -117,6 +125,18 @@ def bench_throughput(
     for mode, options in modes.items():
         yield _measure(pipe, folder, workdir / mode.replace(" ", "-"), settings, options, mode,
                        clip_s)
+
+
+def _calibration(spec: ModelSpec, runtime: RuntimeConfig, folder: Path,
+                 request: GenerationRequest) -> Calibration:
+    """The random model's ranges, recorded eagerly and unquantised on two of the clips."""
+    eager = RuntimeConfig(device=runtime.device, dtype=runtime.dtype)
+    models = random_models(spec, dit=random_dit(spec, eager.device, eager.dtype, seed=0))
+    calibration = calibrate(FoleyPipeline(models.place(eager), eager),
+                            read_inputs([folder])[:2], request)
+    del models
+    release_cuda_memory()
+    return calibration
 
 
 def _run(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSettings,

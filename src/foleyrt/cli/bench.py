@@ -57,8 +57,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="as for 'foleyrt batch' (default: eager)")
     t.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
                    help="as for 'foleyrt batch' (default: bf16 on CUDA)")
-    t.add_argument("--calibration", default=None, metavar="FILE",
-                   help="as for 'foleyrt batch' (fp8 with static scales, int8)")
+    t.add_argument("--calibrate", action="store_true",
+                   help="with --precision fp8: record the random model's activation ranges "
+                        "on two of the clips first and use static scales from them (random "
+                        "weights have no calibration file)")
     t.add_argument("--batch-rows", type=int, default=None, metavar="N",
                    help="as for 'foleyrt batch' (default: auto, the row budget)")
     t.add_argument("--decode-workers", type=int, default=None, metavar="N",
@@ -115,20 +117,19 @@ def _throughput(args: argparse.Namespace) -> int:
 
     if args.clips < 1 or args.clip_seconds <= 0:
         raise UsageError("--clips must be at least 1 and --clip-seconds above 0")
-    runtime = RuntimeConfig.build(args.device, accel=args.accel, precision=args.precision,
-                                  calibration=args.calibration)
+    runtime = RuntimeConfig.build(args.device, accel=args.accel, precision=args.precision)
     device = runtime.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     size = args.sizes[0]
     print(f"device: {name}  torch {torch.__version__}  {size}  {args.clips} x "
           f"{args.clip_seconds:g} s 720p clips  steps {args.steps}  guidance {args.guidance:g}  "
           f"accel {runtime.accel.value}  precision "
-          f"{runtime.precision.value if runtime.precision else str(runtime.dtype)[6:]}",
-          flush=True)
+          f"{runtime.precision.value if runtime.precision else str(runtime.dtype)[6:]}"
+          f"{' calibrated' if args.calibrate else ''}", flush=True)
     rows = []
     for row in bench_throughput(size, args.clips, args.clip_seconds, runtime, steps=args.steps,
                                 guidance=args.guidance, batch_rows=args.batch_rows,
-                                decode_workers=args.decode_workers):
+                                decode_workers=args.decode_workers, calibrate=args.calibrate):
         print(throughput_line(row), flush=True)
         rows.append(row)
     batched, alone = rows
