@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from foleyrt.accel.process import encoder_matmul_precision
 from foleyrt.batch import stages
 from foleyrt.batch.plan import BatchReport, BatchSettings, ItemResult, Status
 from foleyrt.batch.stages import Work
@@ -172,7 +173,10 @@ class _Run:
 
         threads = [self.thread(decoder, f"foleyrt-decode-{k}") for k in range(workers)]
         threads.append(self.thread(lambda: self.write_all(denoised), "foleyrt-write"))
-        with quick_gil_handover():
+        # Both settings are process-wide and each decoder's encoding sets and restores them:
+        # held for the whole run, the decoders' nested uses restore what they found.
+        fast = self.pipe.runtime.fast_encoders
+        with quick_gil_handover(), encoder_matmul_precision(fast):
             for t in threads:
                 t.start()
             try:
@@ -254,6 +258,9 @@ class _Run:
                 conditions = work.encoded.conditions
                 for f in dataclasses.fields(conditions):
                     getattr(conditions, f.name).record_stream(torch.cuda.current_stream())
+            # The previous group's end: `denoise` waits for it anyway (its first copy to the
+            # GPU does), and so the event below times this group's work only.
+            torch.cuda.current_stream().synchronize()
             started = torch.cuda.Event(enable_timing=True)
             started.record()
         with self.timed("denoise"):
