@@ -13,7 +13,7 @@ import soundfile
 import torch
 
 from foleyrt import cli
-from foleyrt.batch.ray import require_ray
+from foleyrt.batch.ray import RayOptions, _gpus_per_worker, _worker_device, require_ray
 from foleyrt.config import TINY_RANDOM
 from foleyrt.errors import UsageError
 from tests.batch.test_plan import write_csv
@@ -69,3 +69,16 @@ def test_without_ray_the_option_says_so(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(UsageError, match=r"^--executor ray needs Ray: pip install "
                                          r"'foleyrt\[ray\]'$"):
         require_ray()
+
+
+def test_workers_use_the_device_ray_gives_them() -> None:
+    assert _worker_device("auto", 1.0) == "cuda" and _worker_device("cpu", 0.0) == "cpu"
+    with pytest.raises(UsageError, match="--device cuda:1: with --executor ray each worker "
+                                         "uses the GPU Ray gives it; leave --device out"):
+        _worker_device("cuda:1", 1.0)
+    assert _gpus_per_worker(RayOptions(), cluster_gpus=0.0) == 0.0
+    assert _gpus_per_worker(RayOptions(), cluster_gpus=8.0) == 1.0
+    with pytest.raises(UsageError, match="the Ray cluster has 0 GPU"):
+        _gpus_per_worker(RayOptions(gpus_per_worker=1), cluster_gpus=0.0)
+    with pytest.raises(UsageError, match="--num-workers must be at least 1"):
+        RayOptions(num_workers=0)

@@ -23,6 +23,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -87,10 +88,10 @@ def run_ray(
     works = []
     for result in report.pending:
         work = stages.start(result, settings)
-        if work is None:
-            _ended(result, settings, on_item)
-        else:
+        if work is not None:
             works.append(work)
+        elif _ended(result, settings, on_item):
+            return
     if not works:
         return
     with _cluster(options.address):
@@ -215,13 +216,13 @@ class _Generator:
             for work, clip in zip(works, batch["clip"], strict=True):
                 if not isinstance(clip, DecodedClip) or any(bugs.values()):
                     continue  # failed to decode, or a bug ends the run: the rest stays undone
-                if step([work], lambda w=work, c=clip: stages.encode(self.pipe, w, c)):
-                    closed = step([work], lambda w=work: grouper.add(w))
+                if step([work], partial(stages.encode, self.pipe, work, clip)):
+                    closed = step([work], partial(grouper.add, work))
                     if closed is not None:
-                        step(closed[0], lambda g=closed: generate(*g))
+                        step(closed[0], partial(generate, *closed))
             for closed in grouper.drain():
                 if not any(bugs.values()):
-                    step(closed[0], lambda g=closed: generate(*g))
+                    step(closed[0], partial(generate, *closed))
         for work in works:
             work.encoded = None  # GPU tensors: they stay here
         return {"work": [_pack(w) for w in works],
