@@ -15,7 +15,8 @@ fraction, the VAE almost nothing. So:
   see `FoleyPipeline._sync`).
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   the row budget (`--batch-rows`, or what the GPU's free memory allows), or until the GPU has
-  nothing else to do and the group has waited `group_wait_s`; then it queues the group's
+  nothing else to do and the group has waited `group_wait_s` (then a power of two of its
+  items go: few group sizes, few shapes to compile and capture); it queues the group's
   denoising and goes back to collecting while the GPU works.
 - The writer waits for a group's denoising, decodes its latents with the VAE on its own stream
   (beside the next group's denoising) and muxes each item while the GPU carries on.
@@ -51,7 +52,7 @@ from foleyrt.pipeline.features import quick_gil_handover
 from foleyrt.pipeline.pipeline import FoleyPipeline
 
 DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
-GROUP_WAIT_S = 0.25  # how long a partial group waits for more clips while the GPU idles
+GROUP_WAIT_S = 0.5  # how long a partial group waits for more clips while the GPU idles
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
 STAGES = ("encode", "denoise", "finish", "write")
 

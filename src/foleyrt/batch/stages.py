@@ -146,12 +146,21 @@ class Grouper:
         return self.close(key) if (len(group) + 1) * work.rows > rows else None
 
     def ripe(self, wait_s: float) -> tuple[list[Work], int] | None:
-        """The fullest group open for at least `wait_s`, if any."""
+        """The fullest group open for at least `wait_s`, if any, cut to a power of two items
+        (the rest stays open): every new group size is a new shape for compiled blocks and
+        CUDA graphs, and powers of two keep them few whatever the input's pace."""
         now = time.monotonic()
         waited = [key for key, (_, _, opened) in self.open.items() if now - opened >= wait_s]
         if not waited:
             return None
-        return self.close(max(waited, key=lambda k: len(self.open[k][0])))
+        key = max(waited, key=lambda k: len(self.open[k][0]))
+        group, rows, _ = self.open[key]
+        take = 1 << (len(group).bit_length() - 1)
+        if take == len(group):
+            return self.close(key)
+        group.sort(key=lambda w: w.result.job.index)
+        self.open[key] = (group[take:], rows, now)
+        return group[:take], rows
 
     def drain(self) -> Iterator[tuple[list[Work], int]]:
         while self.open:
