@@ -70,7 +70,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="an existing Ray cluster (auto, or ray://HEAD:10001); inputs, outputs "
                         "and --model must be at the same paths on every node")
     g.add_argument("--gpus-per-worker", type=float, default=None, metavar="N",
-                   help="GPUs per generation worker (default: 1; 0: CPU workers)")
+                   help="GPUs per generation worker; 0: CPU workers; 0.5: two per GPU "
+                        "(default: 1, or 0 on a cluster without GPUs)")
     g.add_argument("--num-workers", type=int, default=None, metavar="N",
                    help="generation workers (default: the cluster's GPUs / --gpus-per-worker, "
                         "or 1 without GPUs)")
