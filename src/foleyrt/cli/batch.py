@@ -136,20 +136,22 @@ def _batch(args: argparse.Namespace) -> int:
              report.count(Status.SKIPPED))
     try:
         pending = len(report.pending)
+        # Loaded before the bar starts: its clips/s and ETA count generation only.
+        pipe = (FoleyPipeline.from_pretrained(args.model, args.size, config)
+                if pending and not on_ray else None)
         with item_bar(args.quiet or not pending, pending) as advance:
             def ended(result: ItemResult) -> None:
                 show(result)
                 if advance is not None:
                     advance()
 
-            if pending and on_ray:
+            if pipe is not None:
+                run_local(pipe, report, settings, local, on_item=ended)
+            elif pending:
                 from foleyrt.batch.ray import run_ray
 
                 run_ray(args.model, args.size, runtime_words(args), report, settings, ray,
                         on_item=ended)
-            elif pending:
-                pipe = FoleyPipeline.from_pretrained(args.model, args.size, config)
-                run_local(pipe, report, settings, local, on_item=ended)
     finally:
         if args.report is not None:
             report.write(args.report, settings, model=args.model, size=args.size)

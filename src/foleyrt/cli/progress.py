@@ -67,19 +67,23 @@ class item_bar:
             ProgressColumn,
             Task,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
         from rich.text import Text
 
-        class Rate(ProgressColumn):
-            def render(self, task: Task) -> Text:
-                speed = task.finished_speed or task.speed
-                return Text("- clips/s" if speed is None else f"{speed:.2f} clips/s")
+        class RateAndEta(ProgressColumn):
+            """Clips per second since the start and the time left at that pace (groups end
+            in bursts: a recent-window speed would swing with them)."""
 
-        self._bar = Progress("clips", BarColumn(), MofNCompleteColumn(), Rate(),
-                             TimeElapsedColumn(), "ETA", TimeRemainingColumn(),
-                             console=Console(stderr=True), transient=True,
-                             redirect_stdout=sys.stdout.isatty())
+            def render(self, task: Task) -> Text:
+                if not task.completed or not task.elapsed:
+                    return Text("- clips/s")
+                rate = task.completed / task.elapsed
+                left = round(task.remaining / rate) if task.remaining is not None else 0
+                return Text(f"{rate:.2f} clips/s  ETA {left // 60}:{left % 60:02d}")
+
+        self._bar = Progress("clips", BarColumn(), MofNCompleteColumn(), RateAndEta(),
+                             TimeElapsedColumn(), console=Console(stderr=True),
+                             transient=True, redirect_stdout=sys.stdout.isatty())
         self._bar.start()
         task = self._bar.add_task("clips", total=self.total)
         return lambda: self._bar.advance(task)
