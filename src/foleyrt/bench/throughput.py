@@ -5,11 +5,12 @@ no stage overlapped) in the same process, so the gain is a ratio of two figures 
 same machine, weights and clips.
 
 Before the timed runs each mode runs once on a group's worth of clips, so compiling and
-capturing graphs for its shapes are not timed. The GPU's busy fraction comes from NVML when
-`pynvml` (nvidia-ml-py) is installed: the utilisation it reports, sampled every 50 ms, is the
-share of each sampling period in which a kernel ran on the GPU, any process. Without it, from
-CUDA events around each group's denoising: the transformer's share only (features and VAE run
-beside it on other streams and are not counted). Host memory: the process's resident set,
+capturing graphs for its shapes are not timed. The GPU's busy fraction comes from NVML: the
+utilisation it reports, sampled every 50 ms, is the share of each sampling period in which a
+kernel ran on the GPU, any process; read through `pynvml` (nvidia-ml-py) when installed, else
+from `nvidia-smi`'s sampling loop. Without either, from CUDA events around each group's
+denoising: the transformer's share only (features and VAE run beside it on other streams and
+are not counted). Host memory: the process's resident set,
 sampled likewise (Linux), else its lifetime peak.
 """
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import math
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -54,6 +57,7 @@ PROMPT = "footsteps on gravel"
 CLIP_SIZE = (1280, 720)
 CLIP_FPS = 30
 SAMPLE_S = 0.05
+SMI = "nvml (nvidia-smi)"
 ONE_AT_A_TIME = "one at a time"
 BATCHED = "batched"
 
@@ -180,7 +184,7 @@ def _gpu_busy(sampler: _Sampler, stats: RunStats, cuda: bool
     if sampler.utilization:
         after = [u for t, u in sampler.utilization if first is not None and t >= first]
         return (sum(u for _, u in sampler.utilization) / len(sampler.utilization),
-                sum(after) / len(after) if after else None, "nvml")
+                sum(after) / len(after) if after else None, sampler.source)
     busy = sum(stats.denoise_gpu_s) / stats.wall_s
     after_first = None
     if first is not None and len(stats.denoise_gpu_s) > 1 and stats.wall_s > first:
@@ -189,32 +193,59 @@ def _gpu_busy(sampler: _Sampler, stats: RunStats, cuda: bool
 
 
 class _Sampler:
-    """A thread sampling the GPU's utilisation (NVML, when available) and this process's
-    resident memory every `SAMPLE_S` while the run goes on."""
+    """Threads sampling this process's resident memory and the GPU's utilisation every
+    `SAMPLE_S` while the run goes on: NVML through pynvml, else through `nvidia-smi`'s own
+    loop, else none (`utilization` stays empty)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.nvml = device.type == "cuda" and _has_nvml()
+        cuda = device.type == "cuda"
+        self.source = ("nvml" if cuda and _has_nvml() else
+                       SMI if cuda and shutil.which("nvidia-smi") else "")
         self.utilization: list[tuple[float, float]] = []  # (seconds from start, fraction)
         self.peak_rss = 0
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="foleyrt-sampler", daemon=True)
+        self.smi: subprocess.Popen[str] | None = None
+        self.threads = [threading.Thread(target=self._loop, name="foleyrt-sampler",
+                                         daemon=True)]
+        if self.source == SMI:
+            self.threads.append(threading.Thread(target=self._read_smi, daemon=True,
+                                                 name="foleyrt-nvidia-smi"))
 
     def __enter__(self) -> _Sampler:
         self.start = time.perf_counter()
-        self.thread.start()
+        if self.source == SMI:
+            uuid = torch.cuda.get_device_properties(self.device).uuid
+            self.smi = subprocess.Popen(
+                ["nvidia-smi", f"--id=GPU-{uuid}", "--query-gpu=utilization.gpu",
+                 "--format=csv,noheader,nounits", f"--loop-ms={round(SAMPLE_S * 1000)}"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for thread in self.threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.thread.join()
+        if self.smi is not None:
+            self.smi.terminate()
+            self.smi.wait()
+        for thread in self.threads:
+            thread.join()
 
     def _loop(self) -> None:
         while not self.stop.wait(SAMPLE_S):
             self.peak_rss = max(self.peak_rss, _resident_bytes())
-            if self.nvml:
-                self.utilization.append((time.perf_counter() - self.start,
-                                         torch.cuda.utilization(self.device) / 100))
+            if self.source == "nvml":
+                self._sample(torch.cuda.utilization(self.device))
+
+    def _read_smi(self) -> None:
+        assert self.smi is not None and self.smi.stdout is not None
+        for line in self.smi.stdout:
+            if line.strip().isdigit():
+                self._sample(int(line))
+
+    def _sample(self, percent: int) -> None:
+        self.utilization.append((time.perf_counter() - self.start, percent / 100))
 
     @property
     def peak_host_gb(self) -> float:
