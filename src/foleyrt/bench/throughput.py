@@ -200,8 +200,11 @@ class _Sampler:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         cuda = device.type == "cuda"
+        # nvidia-smi names the GPU by UUID: indices differ under CUDA_VISIBLE_DEVICES.
+        uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None) if cuda else None
         self.source = ("nvml" if cuda and _has_nvml() else
-                       SMI if cuda and shutil.which("nvidia-smi") else "")
+                       SMI if uuid is not None and shutil.which("nvidia-smi") else "")
+        self.smi_id = f"GPU-{uuid}"
         self.utilization: list[tuple[float, float]] = []  # (seconds from start, fraction)
         self.peak_rss = 0
         self.stop = threading.Event()
@@ -215,9 +218,8 @@ class _Sampler:
     def __enter__(self) -> _Sampler:
         self.start = time.perf_counter()
         if self.source == SMI:
-            uuid = torch.cuda.get_device_properties(self.device).uuid
             self.smi = subprocess.Popen(
-                ["nvidia-smi", f"--id=GPU-{uuid}", "--query-gpu=utilization.gpu",
+                ["nvidia-smi", f"--id={self.smi_id}", "--query-gpu=utilization.gpu",
                  "--format=csv,noheader,nounits", f"--loop-ms={round(SAMPLE_S * 1000)}"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for thread in self.threads:
