@@ -56,7 +56,8 @@ class Work:
 
     @property
     def shape(self) -> tuple:
-        """Items of one shape share forwards (their rows stack into one batch)."""
+        """Items of one shape share forwards, their rows stacked into one batch: the same
+        latent length and the same prompt token count (text rows have one length)."""
         assert self.encoded is not None
         e = self.encoded
         return (e.lengths, e.conditions.text_feat.shape[1], self.rows)
