@@ -70,6 +70,7 @@ def test_clips_sharing_a_forward_give_their_one_at_a_time_results(tiny_dit) -> N
              Task.whole(_noise(5, 1), 4.5, tiny_conditions(5))]
     forwards = plan_forwards(denoiser, tasks, max_rows=4)
     assert sorted(sum(b.rows.rows for b in f.blocks) for f in forwards) == [1, 2, 4, 4]
+    assert all(len({b.rows.audio_len for b in f.blocks}) == 1 for f in forwards)  # no padding
     together = denoise(denoiser, tasks, SCHEDULE, max_rows=4)
     for task, got in zip(tasks, together, strict=True):
         _close(got, denoise(denoiser, [task], SCHEDULE)[0])

@@ -67,8 +67,9 @@ def capture(run: Callable[[], Any], pool: Any = None,
             run()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    # thread_local: the server's other workers (a thread per GPU) may synchronise or allocate
-    # while this thread captures; only this thread's calls must not break the capture.
+    # thread_local: other threads (the server's workers, a thread per GPU; batch mode's decoder
+    # threads on their own streams) may synchronise or allocate while this thread captures;
+    # only this thread's calls must not break the capture.
     with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         out = run()
     return graph, out

@@ -7,8 +7,15 @@ import logging
 import sys
 from pathlib import Path
 
-from foleyrt.cli.options import add_model_options, add_request_options, request, runtime
-from foleyrt.cli.progress import progress_bar
+from foleyrt.cli.options import (
+    add_model_options,
+    add_request_options,
+    request,
+    runtime,
+    runtime_words,
+)
+from foleyrt.cli.progress import item_bar
+from foleyrt.errors import UsageError
 
 log = logging.getLogger("foleyrt")
 
@@ -20,7 +27,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                     "once. Results go to OUTDIR as <video name>.mp4 (-2, -3, ... when names "
                     "repeat) or the CSV's output name; items whose outputs exist are skipped, "
                     "so rerunning an interrupted batch resumes it. A bad clip fails alone: "
-                    "exit status 1 if any item failed.")
+                    "exit status 1 if any item failed. Clips are decoded in parallel while "
+                    "the GPU denoises groups of clips of one length together, and finished "
+                    "clips are written while it goes on.")
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                    help="a CSV with columns video,prompt (or text) and optionally "
                         "negative_prompt, seed, output, index (the release's, accepted and "
@@ -44,29 +53,71 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", type=Path, default=None, metavar="FILE",
                    help="write a JSON report: per item input, outputs, status, error, "
                         "seconds, seed")
+    p.add_argument("--batch-rows", type=int, default=None, metavar="N",
+                   help="transformer rows per forward: clips of one length share forwards, "
+                        "each filling one row per sample, two with guidance (default: auto, "
+                        "what the GPU's free memory allows, at most 32)")
+    p.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="clips decoded at once on CPU threads (default: up to 4, one per CPU "
+                        "core)")
     add_model_options(p)
+    g = p.add_argument_group("Ray (pip install 'foleyrt[ray]')")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this machine's GPU (default); ray: Ray Data, decoding as CPU "
+                        "tasks and one GPU worker per --gpus-per-worker GPUs, on a local Ray "
+                        "started for the run or the cluster at --ray-address")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster (auto, or ray://HEAD:10001); inputs, outputs "
+                        "and --model must be at the same paths on every node")
+    g.add_argument("--gpus-per-worker", type=float, default=None, metavar="N",
+                   help="GPUs per generation worker; 0: CPU workers; 0.5: two per GPU "
+                        "(default: 1, or 0 on a cluster without GPUs)")
+    g.add_argument("--num-workers", type=int, default=None, metavar="N",
+                   help="generation workers (default: the cluster's GPUs / --gpus-per-worker, "
+                        "or 1 without GPUs)")
     p.set_defaults(handler=_batch)
+
+
+_RAY_FLAGS = ("ray_address", "gpus_per_worker", "num_workers")
+_LOCAL_FLAGS = ("decode_workers",)  # Ray decodes as tasks on the cluster's CPUs
 
 
 def _batch(args: argparse.Namespace) -> int:
     from foleyrt.batch import (
+        DEFAULT_DECODE_WORKERS,
         FORMATS,
         BatchReport,
         BatchSettings,
         ItemResult,
+        LocalOptions,
         Status,
         check_report_path,
         plan_batch,
         prepare_outdir,
         read_inputs,
-        run_batch,
+        run_local,
     )
     from foleyrt.pipeline.pipeline import FoleyPipeline
 
     # Everything cheap first: a bad CSV or name must not cost a model load.
     settings = BatchSettings(formats=FORMATS[args.format], request=request(args),
                              overwrite=args.overwrite, fail_fast=args.fail_fast)
-    config = runtime(args)
+    on_ray = args.executor == "ray"
+    misplaced = [f"--{f.replace('_', '-')}" for f in (_LOCAL_FLAGS if on_ray else _RAY_FLAGS)
+                 if getattr(args, f) is not None]
+    if misplaced:
+        raise UsageError(f"{', '.join(misplaced)}: not with --executor {args.executor}")
+    if on_ray:
+        from foleyrt.batch.ray import RayOptions, require_ray
+
+        require_ray()
+        ray = RayOptions(args.ray_address, args.gpus_per_worker, args.num_workers,
+                         args.batch_rows)
+    else:
+        config = runtime(args)
+        workers = args.decode_workers
+        local = LocalOptions(args.batch_rows,
+                             DEFAULT_DECODE_WORKERS if workers is None else workers)
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
                         release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)
@@ -84,10 +135,23 @@ def _batch(args: argparse.Namespace) -> int:
     log.info("%d item(s): %d to do, %d already done", len(jobs), len(report.pending),
              report.count(Status.SKIPPED))
     try:
-        if report.pending:
-            pipe = FoleyPipeline.from_pretrained(args.model, args.size, config)
-            with progress_bar(args.quiet) as progress:
-                run_batch(pipe, report, settings, progress=progress, on_item=show)
+        pending = len(report.pending)
+        # Loaded before the bar starts: its clips/s and ETA count generation only.
+        pipe = (FoleyPipeline.from_pretrained(args.model, args.size, config)
+                if pending and not on_ray else None)
+        with item_bar(args.quiet or not pending, pending) as advance:
+            def ended(result: ItemResult) -> None:
+                show(result)
+                if advance is not None:
+                    advance()
+
+            if pipe is not None:
+                run_local(pipe, report, settings, local, on_item=ended)
+            elif pending:
+                from foleyrt.batch.ray import run_ray
+
+                run_ray(args.model, args.size, runtime_words(args), report, settings, ray,
+                        on_item=ended)
     finally:
         if args.report is not None:
             report.write(args.report, settings, model=args.model, size=args.size)

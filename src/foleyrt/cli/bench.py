@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from foleyrt.cli.options import ACCEL_CHOICES, PRECISION_CHOICES
 from foleyrt.config import PRESETS
 from foleyrt.errors import UsageError
 from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from foleyrt.bench.parallel import ParallelRow
     from foleyrt.bench.pipeline import PipelineRow
     from foleyrt.bench.profile import KernelTime
+    from foleyrt.bench.throughput import ThroughputRow
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -46,10 +48,34 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", action="store_true",
                    help="also print the GPU kernel-time breakdown of one compiled forward")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    t = p.add_argument_group(
+        "throughput", "--throughput: clips per second end to end through 'foleyrt batch' "
+                      "(the first --sizes, random weights; no loop or pipeline rows), then the "
+                      "same clips one at a time")
+    t.add_argument("--throughput", action="store_true",
+                   help="a folder of synthetic 720p clips through the batch code path, files "
+                        "written: clips/s, audio s/s, GPU busy, per-stage time, peak memory")
+    t.add_argument("--clips", type=int, default=32, help="clips in the folder (default: 32)")
+    t.add_argument("--clip-seconds", type=float, default=10.0,
+                   help="duration of each clip (default: 10)")
+    t.add_argument("--accel", default="eager", choices=ACCEL_CHOICES,
+                   help="as for 'foleyrt batch' (default: eager)")
+    t.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
+                   help="as for 'foleyrt batch' (default: bf16 on CUDA)")
+    t.add_argument("--calibrate", action="store_true",
+                   help="with --precision fp8: record the random model's activation ranges "
+                        "on two of the clips first and use static scales from them (random "
+                        "weights have no calibration file)")
+    t.add_argument("--batch-rows", type=int, default=None, metavar="N",
+                   help="as for 'foleyrt batch' (default: auto, the row budget)")
+    t.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="as for 'foleyrt batch' (default: up to 4)")
     p.set_defaults(handler=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.throughput:
+        return _throughput(args)
     import torch
 
     from foleyrt.accel.runtime import parse_device
@@ -95,6 +121,53 @@ def _bench(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__,
                                          "matmul_peak_tflops": peak, **results}, indent=1))
     return 0
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    import torch
+
+    from foleyrt.accel.runtime import RuntimeConfig
+    from foleyrt.bench.throughput import bench_throughput
+
+    if args.clips < 1 or args.clip_seconds <= 0:
+        raise UsageError("--clips must be at least 1 and --clip-seconds above 0")
+    runtime = RuntimeConfig.build(args.device, accel=args.accel, precision=args.precision)
+    device = runtime.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    size = args.sizes[0]
+    print(f"device: {name}  torch {torch.__version__}  {size}  {args.clips} x "
+          f"{args.clip_seconds:g} s 720p clips  steps {args.steps}  guidance {args.guidance:g}  "
+          f"accel {runtime.accel.value}  precision "
+          f"{runtime.precision.value if runtime.precision else str(runtime.dtype)[6:]}"
+          f"{' calibrated' if args.calibrate else ''}", flush=True)
+    rows = []
+    for row in bench_throughput(size, args.clips, args.clip_seconds, runtime, steps=args.steps,
+                                guidance=args.guidance, batch_rows=args.batch_rows,
+                                decode_workers=args.decode_workers, calibrate=args.calibrate):
+        print(throughput_line(row), flush=True)
+        rows.append(row)
+    batched, alone = rows
+    gain = batched.clips_per_s / alone.clips_per_s
+    print(f"gain: {gain:.2f}x clips/s over one at a time", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"device": name, "torch": torch.__version__, "size": size, "gain": gain,
+             "throughput": [{**asdict(r), "clips_per_s": r.clips_per_s,
+                             "audio_s_per_s": r.audio_s_per_s} for r in rows]}, indent=1))
+    return 0
+
+
+def throughput_line(r: ThroughputRow) -> str:
+    def share(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    gpu = "-" if r.peak_gpu_gb is None else f"{r.peak_gpu_gb:.1f} GB"
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in r.stages_s.items())
+    return (f"{r.mode:<14} {r.clips_per_s:6.3f} clips/s  {r.audio_s_per_s:6.2f} audio s/s  "
+            f"wall {r.wall_s:.1f}s  GPU busy {share(r.gpu_busy)} (after the first group "
+            f"{share(r.gpu_busy_after_first)}; {r.gpu_busy_source})  peak GPU {gpu}, host "
+            f"{r.peak_host_gb:.1f} GB  groups {r.groups}  busy per stage: {stages}"
+            + (f"  FAILED {r.failed}" if r.failed else ""))
 
 
 def _profile(size: str, duration: float, device: Any) -> list[KernelTime]:

@@ -6,7 +6,7 @@ the same way, before any model loads)."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from foleyrt.config import HUB_REPO, PRESETS, RANDOM, TINY, TINY_RANDOM
 from foleyrt.request import (
@@ -76,11 +76,18 @@ def runtime(args: argparse.Namespace) -> RuntimeConfig:
     """The runtime of `add_model_options`' flags (or only `add_weight_options`')."""
     from foleyrt.accel.runtime import RuntimeConfig
 
-    return RuntimeConfig.build(
-        args.device, args.dtype, accel=getattr(args, "accel", "eager"),
-        precision=getattr(args, "precision", None), offload=getattr(args, "offload", "none"),
-        calibration=getattr(args, "calibration", None), engine=getattr(args, "engine", None),
-        parallel=getattr(args, "parallel", "none"))
+    return RuntimeConfig.build(**runtime_words(args))
+
+
+def runtime_words(args: argparse.Namespace) -> dict[str, Any]:
+    """`RuntimeConfig.build`'s arguments as the flags give them: what a process on another
+    machine (a Ray worker) builds its own runtime from."""
+    return {"device": args.device, "dtype": args.dtype, "accel": getattr(args, "accel", "eager"),
+            "precision": getattr(args, "precision", None),
+            "offload": getattr(args, "offload", "none"),
+            "calibration": getattr(args, "calibration", None),
+            "engine": getattr(args, "engine", None),
+            "parallel": getattr(args, "parallel", "none")}
 
 
 def add_request_options(p: argparse.ArgumentParser, *, prompt_help: str, samples: bool = True,

@@ -10,6 +10,7 @@ runs exercise the real code path without any download.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -97,6 +98,9 @@ class ClapTextEncoder(nn.Module):
         self.text_model = text_model
         self.tokenizer = tokenizer
         self.text_length = text_length
+        # Batch mode encodes on several threads; a fast tokenizer's first calls set its padding
+        # state, which raises "Already borrowed" when another thread is inside it.
+        self.tokenizer_lock = threading.Lock()
 
     @property
     def width(self) -> int:
@@ -140,7 +144,8 @@ class ClapTextEncoder(nn.Module):
         the negative row is padded to the prompt's length) -> `(text, uncond_text)`, each
         `[1, L, width]` with `L <= text_length` (tokens past it are cut after encoding)."""
         device = next(self.text_model.parameters()).device
-        batch = self.tokenizer([negative_prompt, prompt], padding=True, return_tensors="pt")
+        with self.tokenizer_lock:
+            batch = self.tokenizer([negative_prompt, prompt], padding=True, return_tensors="pt")
         n_tokens = batch["input_ids"].shape[1]
         if n_tokens > self.max_tokens:
             raise InputError(

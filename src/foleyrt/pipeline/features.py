@@ -53,7 +53,7 @@ from foleyrt.sampling.conditions import Conditions
 SIGLIP_CHUNK = 16  # frames per streamed SigLIP2 call
 SYNC_GROUP = 6  # windows per streamed Synchformer call
 STREAM_PENDING = 4  # chunks per branch queued for the feeding thread (bounds raw frames held)
-STREAM_SWITCH_INTERVAL_S = 2e-4  # see `_quick_gil_handover`
+STREAM_SWITCH_INTERVAL_S = 2e-4  # see `quick_gil_handover`
 
 
 def sync_autocast(device: torch.device) -> AbstractContextManager[object]:
@@ -76,21 +76,31 @@ class EncodedClip:
 
 
 def encode_video(
-    models: FoleyModels, path: str | Path, prompt: str, negative_prompt: str,
+    models: FoleyModels, path: str | Path | DecodedClip, prompt: str, negative_prompt: str,
     device: torch.device, fast: bool = False, limits: VideoLimits | None = None,
     on_frame: Callable[[int], None] | None = None,
 ) -> EncodedClip:
     """Decode `path` once and compute its SigLIP2, Synchformer and CLAP features on `device`
-    (`fast`: see `encoder_matmul_precision`; `limits`, `on_frame`: see `iter_ticks`)."""
+    (`fast`: see `encoder_matmul_precision`; `limits`, `on_frame`: see `iter_ticks`); a
+    `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded."""
+    if isinstance(path, DecodedClip):
+        return _decoded_features(models, path, prompt, negative_prompt, device, fast, 0.0)
     if device.type == "cpu":
         t0 = time.perf_counter()
         clip = decode_clip(path, limits=limits, on_frame=on_frame)
-        decode_s = time.perf_counter() - t0
-        cond = video_conditions(models, clip, prompt, negative_prompt, device, fast)
-        lengths = SequenceLengths(clip.siglip_u8.shape[0], clip.sync_u8.shape[0])
-        return EncodedClip(clip.info, cond, lengths, decode_s)
+        return _decoded_features(models, clip, prompt, negative_prompt, device, fast,
+                                 time.perf_counter() - t0)
     return _stream_video(models, probe_video(path, limits), prompt, negative_prompt, device,
                          fast, limits, on_frame)
+
+
+def _decoded_features(
+    models: FoleyModels, clip: DecodedClip, prompt: str, negative_prompt: str,
+    device: torch.device, fast: bool, decode_s: float,
+) -> EncodedClip:
+    cond = video_conditions(models, clip, prompt, negative_prompt, device, fast)
+    lengths = SequenceLengths(clip.siglip_u8.shape[0], clip.sync_u8.shape[0])
+    return EncodedClip(clip.info, cond, lengths, decode_s)
 
 
 def video_conditions(
@@ -115,19 +125,21 @@ def _stream_video(
 ) -> EncodedClip:
     t0 = time.perf_counter()
     prep = FramePrep.for_device(device)
-    with encoder_matmul_precision(fast), _quick_gil_handover(), ThreadPoolExecutor(
+    # The feeding thread queues on the caller's stream (batch mode gives each decoder its own).
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    with encoder_matmul_precision(fast), quick_gil_handover(), ThreadPoolExecutor(
         1, thread_name_prefix="foleyrt-gpu-feed"
     ) as feeder:
         text, uncond = models.clap(prompt, negative_prompt)  # the GPU starts on it meanwhile
         # (`windows` is bound before the first job runs: it reads the branch's tick list)
-        sync = FrameBranch(_in_inference(lambda frames: windows.add(prep.sync(frames))),
+        sync = FrameBranch(_in_inference(lambda frames: windows.add(prep.sync(frames)), stream),
                            prep.sync_chunk, feeder, max_pending=STREAM_PENDING)
         windows = _SyncWindows(models.synchformer, device, sync.slots)
 
         def siglip_rows(frames: Sequence[np.ndarray]) -> Tensor:
             return models.siglip(to_model_range(_as_batch(prep.siglip(frames))))[0]
 
-        siglip = FrameBranch(_in_inference(siglip_rows), SIGLIP_CHUNK, feeder,
+        siglip = FrameBranch(_in_inference(siglip_rows, stream), SIGLIP_CHUNK, feeder,
                              max_pending=STREAM_PENDING)
         for tick in iter_ticks(info.path, (SIGLIP_FPS, SYNC_FPS), limits=limits,
                                on_frame=on_frame):
@@ -143,11 +155,12 @@ def _stream_video(
 
 
 @contextmanager
-def _quick_gil_handover() -> Iterator[None]:
+def quick_gil_handover() -> Iterator[None]:
     """A 0.2 ms GIL switch interval while streaming (the default is 5 ms). The decoding thread
     drops the GIL at every FFmpeg call and then waits for it while the feeding thread queues
     encoder kernels, a wait the default interval makes long (`scripts/profile_media.py`;
-    docs/benchmarks.md). Process-wide, hence restored right after."""
+    docs/benchmarks.md). Process-wide, hence restored right after (batch mode holds it for its
+    whole run, so its decoders' nested uses restore what they found)."""
     saved = sys.getswitchinterval()
     sys.setswitchinterval(STREAM_SWITCH_INTERVAL_S)
     try:
@@ -156,11 +169,13 @@ def _quick_gil_handover() -> Iterator[None]:
         sys.setswitchinterval(saved)
 
 
-def _in_inference(fn: Callable[[Sequence[np.ndarray]], PerFrame]
+def _in_inference(fn: Callable[[Sequence[np.ndarray]], PerFrame],
+                  stream: torch.cuda.Stream | None,
                   ) -> Callable[[Sequence[np.ndarray]], PerFrame]:
-    """`fn` under inference mode: a worker thread does not inherit the caller's."""
+    """`fn` under inference mode on `stream`: a worker thread inherits neither from the
+    caller."""
     def run(frames: Sequence[np.ndarray]) -> PerFrame:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.cuda.stream(stream):
             return fn(frames)
     return run
 

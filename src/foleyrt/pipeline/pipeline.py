@@ -29,7 +29,7 @@ from foleyrt.config import HUB_REPO
 from foleyrt.errors import Cancelled, InputError, UsageError
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.audio import check_output_path, fit_length, mux_video, numbered_paths, write_wav
-from foleyrt.media.video import VideoLimits
+from foleyrt.media.video import DecodedClip, VideoLimits
 from foleyrt.pipeline.budget import RowBudget
 from foleyrt.pipeline.features import encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_denoiser, load_models
@@ -208,10 +208,11 @@ class FoleyPipeline:
         result.timings["total"] = time.perf_counter() - t0
         return result
 
-    def encode(self, video: str | Path | None, request: GenerationRequest,
+    def encode(self, video: str | Path | DecodedClip | None, request: GenerationRequest,
                progress: ProgressFn | None = None, video_limits: VideoLimits | None = None
                ) -> Encoded:
-        """Decode `video` and compute its features (or, text-only, the empty visual ones)."""
+        """Decode `video` and compute its features (or, text-only, the empty visual ones; a
+        `DecodedClip`, decoded on another machine or process, is only encoded)."""
         models, device = self.models, self.runtime.device
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -223,6 +224,7 @@ class FoleyPipeline:
                                     fast=self.runtime.fast_encoders, limits=video_limits,
                                     on_frame=lambda n: report(progress, "video", n, 0))
             cond, lengths, fit_s = clip.conditions, clip.lengths, clip.info.duration_s
+            source: Path | None = clip.info.path
             timings["video"] = clip.decode_s
             report(progress, "features")
         else:
@@ -231,11 +233,10 @@ class FoleyPipeline:
             lengths = SequenceLengths.of_duration(request.duration)
             with models.stage(models.clap):
                 cond = text_only_conditions(models, lengths, request.prompt, negative)
-            fit_s = request.duration
+            fit_s, source = request.duration, None
         self._sync()
         timings["features"] = time.perf_counter() - t0 - timings.get("video", 0.0)
-        return Encoded(None if video is None else Path(video), request, cond, lengths, fit_s,
-                       timings)
+        return Encoded(source, request, cond, lengths, fit_s, timings)
 
     def denoise(
         self,
@@ -276,12 +277,21 @@ class FoleyPipeline:
 
         with self.models.stage(dit):
             if max_rows is None:
-                max_rows = min(self.row_budget.rows(e.lengths, e.conditions.text_feat.shape[1])
-                               for e in encoded)
+                max_rows = self._row_limit(encoded)
             step = on_step if progress else None
             if self.parallel is not None:
                 return self.parallel.denoise(tasks, schedule, max_rows=max_rows, on_step=step)
             return denoise(self.denoiser, tasks, schedule, max_rows=max_rows, on_step=step)
+
+    def max_rows(self, encoded: Sequence[Encoded]) -> int:
+        """Rows one forward may hold for these requests (what `denoise` uses by default):
+        what `row_budget` allows for the longest, measured on the GPU once per shape."""
+        with self.models.stage(self.models.dit):
+            return self._row_limit(encoded)
+
+    def _row_limit(self, encoded: Sequence[Encoded]) -> int:
+        return min(self.row_budget.rows(e.lengths, e.conditions.text_feat.shape[1])
+                   for e in encoded)
 
     def finish(self, encoded: Encoded, latents: Tensor,
                progress: ProgressFn | None = None) -> FoleyResult:
@@ -302,8 +312,10 @@ class FoleyPipeline:
             return vae.decode(latents.to(self.runtime.device, dtype)).float().cpu()
 
     def _sync(self) -> None:
+        """Wait for this thread's GPU work (its current stream): batch mode runs stages on
+        several threads, and a device-wide wait would make each wait for the others'."""
         if self.runtime.device.type == "cuda":
-            torch.cuda.synchronize(self.runtime.device)
+            torch.cuda.current_stream(self.runtime.device).synchronize()
 
 
 def release_cuda_memory() -> None:

@@ -1,19 +1,15 @@
-"""`foleyrt batch`: a library of clips in, one sound track per clip out, the models loaded once.
-
-Three stages over plain dataclasses, so everything but the generation itself is tested
-without a model:
+"""A batch's inputs, its plan and its report: everything but the generation itself, so it is
+tested without a model.
 
 1. `read_inputs`: INPUT (a CSV, a folder, or video files) -> `BatchItem`s. All the cheap
    checks happen here and in 2, before any model loads: the CSV parses, its columns are
    known, seeds are integers, output names are plain file names.
 2. `plan_batch` + `BatchReport.start`: every item gets its output files in OUTDIR (unique,
    predictable names) and its seed; items whose outputs all exist are marked skipped.
-3. `run_batch`: the pending items, one at a time, with a pipeline passed in; failures are
-   caught at the item boundary and recorded in the report.
 
 Decisions, and why:
 
-- Videos are validated when their item starts (`FoleyPipeline.generate` probes the clip with
+- Videos are validated when their item starts (`FoleyPipeline.encode` probes the clip with
   `probe_video` before decoding), not upfront: probing thousands of files on a network share
   would delay the first result by minutes, and a clip that is bad upfront is equally
   reported and skipped when its turn comes. Paths named on the command line must exist
@@ -33,13 +29,7 @@ Decisions, and why:
   rename), so an existing output is always a complete one. An item with only some outputs
   (interrupted between samples or formats) is redone whole, replacing its own partial
   files, so all its outputs come from one seed.
-- Failures: `FoleyError` (bad clip, unwritable output) fails the item; CUDA out-of-memory
-  fails the item with a clear message and empties the CUDA cache, since the next clip may
-  fit. Any other exception is a bug: it is recorded as the item's error (the report is
-  written on the way out) and re-raised with its traceback, because the same bug would
-  most likely fail every remaining item and burn hours of GPU time producing nothing.
 """
-
 from __future__ import annotations
 
 import csv
@@ -47,20 +37,15 @@ import json
 import logging
 import os
 import re
-import secrets
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
-import torch
-
 from foleyrt.atomic import write_atomic
-from foleyrt.errors import FoleyError, InputError, OutputError, UsageError
-from foleyrt.media.audio import OUTPUT_SUFFIXES, check_output_path, numbered_paths
-from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, ProgressFn, release_cuda_memory
+from foleyrt.errors import InputError, OutputError, UsageError
+from foleyrt.media.audio import OUTPUT_SUFFIXES, numbered_paths
 from foleyrt.request import MAX_SEED, GenerationRequest
 from foleyrt.version import __version__
 
@@ -81,8 +66,6 @@ FORMATS = {"mp4": (".mp4",), "wav": (".wav",), "both": (".mp4", ".wav")}
 # Characters Windows/SMB shares refuse in a file name, plus control characters.
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 _FALLBACK_NAME = "clip"
-_OOM_MESSAGE = ("the GPU ran out of memory on this clip; try fewer --samples, a shorter clip, "
-                "or a smaller --size")
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +387,7 @@ def check_report_path(path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Running and reporting
+# Reporting
 # --------------------------------------------------------------------------------------------
 
 
@@ -480,74 +463,3 @@ class BatchReport:
         """Write the JSON report atomically: a reader never sees half of it."""
         text = json.dumps(self.to_dict(settings, **context), indent=2, ensure_ascii=False)
         write_atomic(path, text + "\n")
-
-
-def run_batch(
-    pipeline: FoleyPipeline,
-    report: BatchReport,
-    settings: BatchSettings,
-    *,
-    progress: ProgressFn | None = None,
-    on_item: Callable[[ItemResult], None] | None = None,
-) -> BatchReport:
-    """Generate every pending item of `report` in order, recording each outcome (and calling
-    `on_item` with it). `progress` gets the pipeline's events, their stage prefixed with the
-    item's position and clip name."""
-    pending = report.pending
-    for k, result in enumerate(pending, 1):
-        label = f"{k}/{len(pending)} {result.job.item.video.name}"
-        relabel = None if progress is None else _prefixed(progress, label)
-        _run_item(pipeline, result, settings, relabel)
-        if on_item is not None:
-            on_item(result)
-        if settings.fail_fast and result.status is Status.FAILED:
-            break
-    return report
-
-
-def _prefixed(progress: ProgressFn, label: str) -> ProgressFn:
-    def forward(event: Progress) -> bool | None:
-        return progress(replace(event, stage=f"{label} {event.stage}"))
-
-    return forward
-
-
-def _run_item(
-    pipeline: FoleyPipeline, result: ItemResult, settings: BatchSettings,
-    progress: ProgressFn | None,
-) -> None:
-    job, item = result.job, result.job.item
-    result.seed = job.seed if job.seed is not None else secrets.randbelow(2**31)
-    # Some outputs exist only if an earlier run stopped midway: they are this item's own.
-    replace_existing = settings.overwrite or bool(job.existing_outputs())
-    start = time.perf_counter()
-    out_of_memory = False
-    try:
-        for path in job.outputs:  # an unwritable output must not cost a generation
-            check_output_path(path, overwrite=replace_existing, inputs=[item.video])
-        request = item.request(settings.request).with_seed(result.seed)
-        generated = pipeline.generate(item.video, request, progress=progress)
-        for base in job.bases:
-            generated.save(base, overwrite=replace_existing)
-    except torch.cuda.OutOfMemoryError:
-        out_of_memory = True
-        _fail(result, _OOM_MESSAGE)
-    except FoleyError as exc:
-        _fail(result, str(exc))
-    except Exception as exc:
-        _fail(result, f"internal error ({type(exc).__name__}: {exc})")
-        raise
-    else:
-        result.status = Status.DONE
-    finally:
-        result.seconds = round(time.perf_counter() - start, 3)
-    if out_of_memory:
-        release_cuda_memory()
-
-
-def _fail(result: ItemResult, message: str) -> None:
-    """Record a failure whose message names the clip, whatever raised it."""
-    video = str(result.job.item.video)
-    result.status = Status.FAILED
-    result.error = message if video in message else f"{video}: {message}"
-

@@ -1,0 +1,361 @@
+"""The local executor: `foleyrt batch`'s stages on one machine, overlapped.
+
+    decoders (threads) --encoded (bounded)--> GPU thread: groups, denoises
+        --denoised groups (bounded)--> writer thread: VAE decode, mux, write
+
+Where the time of one 10 s 720p clip goes decides the shape: decoding (CPU) takes about as
+long as the clip's share of denoising (GPU), its features a fraction of that, muxing another
+fraction, the VAE almost nothing. So:
+
+- Decoders run ahead in parallel threads (PyAV and PyTorch release the GIL). On CUDA each has
+  its own stream, because the GPU thread queues a whole group's steps ahead of the GPU: on
+  the one default stream a decoder's encoder kernels would wait behind all of them, and the
+  next group's features would be ready only when the current group is done. On their own
+  streams they run beside the transformer's kernels (a decoder waits for its own stream only,
+  see `FoleyPipeline._sync`).
+- The GPU thread groups items of one shape (they share each forward) until the group holds
+  the row budget (`--batch-rows`, or what the GPU's free memory allows), or until the GPU has
+  nothing else to do and the group has waited `group_wait_s` (then a power of two of its
+  items go: few group sizes, few shapes to compile and capture); it queues the group's
+  denoising and goes back to collecting while the GPU works.
+- The writer waits for a group's denoising, decodes its latents with the VAE on its own stream
+  (beside the next group's denoising) and muxes each item while the GPU carries on.
+
+Queues are bounded, so a folder of 10,000 clips holds a group or two of items at a time:
+what stays per clip is its report row. With `--offload` the stages run one after another
+(overlapping them would hold every network on the GPU at once, which is what offloading
+avoids); `overlap=False` does so too, the one-at-a-time baseline that `bench --throughput`
+compares with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from foleyrt.accel.process import encoder_matmul_precision
+from foleyrt.batch import stages
+from foleyrt.batch.plan import BatchReport, BatchSettings, ItemResult, Status
+from foleyrt.batch.stages import Work
+from foleyrt.errors import UsageError
+from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
+from foleyrt.pipeline.features import quick_gil_handover
+from foleyrt.pipeline.pipeline import FoleyPipeline
+
+DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+GROUP_WAIT_S = 0.5  # how long a partial group waits for more clips while the GPU idles
+POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
+STAGES = ("encode", "denoise", "finish", "write")
+
+_END = object()  # closes a queue: no more items will come
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """`batch_rows`: transformer rows per forward (None: the row budget); `decode_workers`:
+    clips decoded at once; `overlap`: False runs one stage after another."""
+
+    batch_rows: int | None = None
+    decode_workers: int = DEFAULT_DECODE_WORKERS
+    group_wait_s: float = GROUP_WAIT_S
+    overlap: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_rows is not None and self.batch_rows < 1:
+            raise UsageError(f"--batch-rows must be at least 1, got {self.batch_rows}")
+        if self.decode_workers < 1:
+            raise UsageError(f"--decode-workers must be at least 1, got {self.decode_workers}")
+
+
+@dataclass
+class RunStats:
+    """Where a run's time went: seconds each stage was busy (summed over its threads; on CUDA
+    the host's view: a denoising call returns once queued, a decoder once its stream is
+    done), the clips of each group, and each group's denoising as the GPU timed it (CUDA
+    events; empty elsewhere). `first_group_s`: when the first group's latents were ready."""
+
+    wall_s: float = 0.0
+    busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    groups: list[int] = field(default_factory=list)
+    denoise_gpu_s: list[float] = field(default_factory=list)
+    first_group_s: float | None = None
+
+
+@dataclass
+class _Denoised:
+    """A group on its way to the writer: its latents, and on CUDA the events that bracket
+    its denoising on the GPU thread's stream."""
+
+    group: list[Work]
+    latents: list[Tensor] | None
+    started: torch.cuda.Event | None = None
+    done: torch.cuda.Event | None = None
+
+
+def run_local(
+    pipe: FoleyPipeline, report: BatchReport, settings: BatchSettings,
+    options: LocalOptions | None = None, *,
+    on_item: Callable[[ItemResult], None] | None = None,
+) -> RunStats:
+    """Generate every pending item of `report`, recording each outcome and calling `on_item`
+    with it as it ends (from the thread that ended it, one call at a time). A bug in any
+    stage stops the run and is re-raised here once every thread has stopped."""
+    run = _Run(pipe, settings, options or LocalOptions(), on_item)
+    pending = report.pending
+    with torch.inference_mode():
+        if pending and run.options.overlap and pipe.models.offloader is None:
+            run.streaming(pending)
+        elif pending:
+            run.serial(pending)
+    run.stats.wall_s = time.perf_counter() - run.t0
+    return run.stats
+
+
+class _Run:
+    """One run's stages, queues and bookkeeping (see the module docstring)."""
+
+    def __init__(self, pipe: FoleyPipeline, settings: BatchSettings, options: LocalOptions,
+                 on_item: Callable[[ItemResult], None] | None) -> None:
+        self.pipe, self.settings, self.options = pipe, settings, options
+        self.on_item = on_item
+        self.stats = RunStats()
+        self.lock = threading.Lock()  # stats, the feed, `on_item`
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.cuda = pipe.runtime.device.type == "cuda"
+        self.last_done: torch.cuda.Event | None = None  # the last queued group's end
+        self.t0 = time.perf_counter()
+
+    # -- the two drivers ------------------------------------------------------------------
+
+    def serial(self, pending: Sequence[ItemResult]) -> None:
+        """Every stage in this thread, one after another; groups still share forwards."""
+        grouper = stages.Grouper(self.row_limit)
+        for result in pending:
+            work = self.start(result)
+            if work is not None and self.encode(work):
+                closed = grouper.add(work)
+                if closed is not None:
+                    self.write(self.denoise(*closed))
+            if self.stop.is_set():
+                return
+        for closed in grouper.drain():
+            self.write(self.denoise(*closed))
+            if self.stop.is_set():
+                return
+
+    def streaming(self, pending: Sequence[ItemResult]) -> None:
+        workers = min(self.options.decode_workers, len(pending))
+        rows = self.options.batch_rows or DEFAULT_MAX_ROWS
+        per_item = max(1, rows // stages.rows_per_item(self.settings.request))
+        encoded: queue.Queue[object] = queue.Queue(maxsize=max(per_item, workers))
+        denoised: queue.Queue[object] = queue.Queue(maxsize=1)
+        feed = iter(pending)
+        left = [workers]
+
+        def decoder() -> None:
+            try:
+                self.decode_all(feed, encoded)
+            finally:
+                with self.lock:
+                    left[0] -= 1
+                    last = left[0] == 0
+                if last:
+                    self.put(encoded, _END)
+
+        threads = [self.thread(decoder, f"foleyrt-decode-{k}") for k in range(workers)]
+        threads.append(self.thread(lambda: self.write_all(denoised), "foleyrt-write"))
+        # Both settings are process-wide and each decoder's encoding sets and restores them:
+        # held for the whole run, the decoders' nested uses restore what they found.
+        fast = self.pipe.runtime.fast_encoders
+        with quick_gil_handover(), encoder_matmul_precision(fast):
+            for t in threads:
+                t.start()
+            try:
+                self.guard(lambda: self.denoise_all(encoded, denoised))
+            finally:
+                self.put(denoised, _END)
+                for t in threads:
+                    t.join()
+        if self.error is not None:
+            raise self.error
+
+    # -- the stages' loops ----------------------------------------------------------------
+
+    def decode_all(self, feed: Iterator[ItemResult], encoded: queue.Queue[object]) -> None:
+        stream = self.new_stream()
+        while not self.stop.is_set():
+            with self.lock:
+                result = next(feed, None)
+            if result is None:
+                return
+            work = self.start(result)
+            if work is None:
+                continue
+            with torch.cuda.stream(stream):
+                ok = self.encode(work)
+            if ok and not self.put(encoded, work):
+                return
+
+    def denoise_all(self, encoded: queue.Queue[object], denoised: queue.Queue[object]) -> None:
+        grouper = stages.Grouper(self.row_limit)
+        while not self.stop.is_set():
+            try:
+                item = encoded.get(timeout=POLL_S)
+            except queue.Empty:
+                closed = grouper.ripe(self.options.group_wait_s) if self.gpu_idle() else None
+            else:
+                if item is _END:
+                    for closed in grouper.drain():
+                        self.put(denoised, self.denoise(*closed))
+                    return
+                assert isinstance(item, Work)
+                closed = grouper.add(item)
+            if closed is not None:
+                self.put(denoised, self.denoise(*closed))
+
+    def write_all(self, denoised: queue.Queue[object]) -> None:
+        stream = self.new_stream()
+        while True:
+            item = self.get(denoised)
+            if item is None or item is _END:
+                return
+            assert isinstance(item, _Denoised)
+            with torch.cuda.stream(stream):
+                self.write(item)
+
+    # -- one item, one group ----------------------------------------------------------------
+
+    def start(self, result: ItemResult) -> Work | None:
+        work = stages.start(result, self.settings)
+        if work is None:
+            self.ended(result)
+        return work
+
+    def encode(self, work: Work) -> bool:
+        with self.timed("encode"):
+            ok = stages.encode(self.pipe, work)
+        if not ok:
+            self.ended(work.result)
+        return ok
+
+    def denoise(self, group: list[Work], max_rows: int) -> _Denoised:
+        """Queue the group's denoising (on CUDA it runs on while this returns)."""
+        with self.lock:
+            self.stats.groups.append(len(group))
+        started = done = None
+        if self.cuda:
+            for work in group:  # made on a decoder's stream, read on this one from now on
+                assert work.encoded is not None
+                conditions = work.encoded.conditions
+                for f in dataclasses.fields(conditions):
+                    getattr(conditions, f.name).record_stream(torch.cuda.current_stream())
+            # The previous group's end: `denoise` waits for it anyway (its first copy to the
+            # GPU does), and so the event below times this group's work only.
+            torch.cuda.current_stream().synchronize()
+            started = torch.cuda.Event(enable_timing=True)
+            started.record()
+        with self.timed("denoise"):
+            latents = stages.denoise(self.pipe, group, max_rows)
+        if latents is None:
+            for work in group:
+                self.ended(work.result)
+        if self.cuda:
+            done = torch.cuda.Event(enable_timing=True)
+            done.record()
+            self.last_done = done
+        return _Denoised(group, latents, started, done)
+
+    def write(self, denoised: _Denoised) -> None:
+        """Wait for the group's latents, then finish and write each of its items."""
+        if denoised.latents is None or self.stop.is_set():
+            return
+        if denoised.done is not None and denoised.started is not None:
+            denoised.done.synchronize()
+            with self.lock:
+                self.stats.denoise_gpu_s.append(denoised.started.elapsed_time(denoised.done)
+                                                / 1000)
+        with self.lock:
+            if self.stats.first_group_s is None:
+                self.stats.first_group_s = time.perf_counter() - self.t0
+        for work, latents in zip(denoised.group, denoised.latents, strict=True):
+            with self.timed("finish"):
+                result = stages.finish(self.pipe, work, latents)
+            if result is not None:
+                with self.timed("write"):
+                    stages.write(work, result)
+            work.encoded = None  # the features' memory goes back now, not with the group
+            self.ended(work.result)
+            if self.stop.is_set():
+                return
+
+    def ended(self, result: ItemResult) -> None:
+        """An item is done or failed: tell `on_item`; stop after a failure with fail_fast."""
+        with self.lock:
+            if self.on_item is not None:
+                self.on_item(result)
+        if self.settings.fail_fast and result.status is Status.FAILED:
+            self.stop.set()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def row_limit(self, work: Work) -> int:
+        return stages.row_limit(self.pipe, work, self.options.batch_rows)
+
+    def gpu_idle(self) -> bool:
+        """True when the last queued group is done (always, off CUDA: denoising blocks)."""
+        return self.last_done is None or self.last_done.query()
+
+    def new_stream(self) -> torch.cuda.Stream | None:
+        return torch.cuda.Stream(self.pipe.runtime.device) if self.cuda else None
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.stats.busy_s[stage] += time.perf_counter() - start
+
+    def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        return threading.Thread(target=lambda: self.guard(target), name=name, daemon=True)
+
+    def guard(self, target: Callable[[], None]) -> None:
+        """Run a stage's loop; its bug (already recorded on its items) stops every stage."""
+        try:
+            with torch.inference_mode():  # a thread does not inherit its creator's mode
+                target()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the run, after every stage stops
+            with self.lock:
+                self.error = self.error or exc
+            self.stop.set()
+
+    def put(self, q: queue.Queue[object], item: object) -> bool:
+        """Put unless the run stops first (False then)."""
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self, q: queue.Queue[object]) -> object | None:
+        """The next item, or None once the run stops."""
+        while not self.stop.is_set():
+            try:
+                return q.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+        return None
+

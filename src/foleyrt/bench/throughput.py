@@ -1,0 +1,275 @@
+"""Throughput end to end: a folder of synthetic 720p clips through `foleyrt batch`'s own code
+path (`batch.run_local`: decoders, grouped denoising, VAE, mux, files written), with
+real-size random-weight networks, then the same clips one at a time (one clip per forward,
+no stage overlapped) in the same process, so the gain is a ratio of two figures from the
+same machine, weights and clips.
+
+Before the timed runs each mode runs once on a group's worth of clips, so compiling and
+capturing graphs for its shapes are not timed. The GPU's busy fraction comes from NVML: the
+utilisation it reports, sampled every 50 ms, is the share of each sampling period in which a
+kernel ran on the GPU, any process; read through `pynvml` (nvidia-ml-py) when installed, else
+from `nvidia-smi`'s sampling loop. Without either, from CUDA events around each group's
+denoising: the transformer's share only (features and VAE run beside it on other streams and
+are not counted). Host memory: the process's resident set,
+sampled likewise (Linux), else its lifetime peak.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from foleyrt.accel.calibration import Calibration
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.batch import (
+    DEFAULT_DECODE_WORKERS,
+    BatchReport,
+    BatchSettings,
+    LocalOptions,
+    RunStats,
+    Status,
+    plan_batch,
+    read_inputs,
+    run_local,
+)
+from foleyrt.batch.stages import rows_per_item
+from foleyrt.bench.models import random_dit
+from foleyrt.calibrate import calibrate
+from foleyrt.config import PRESETS, ModelSpec
+from foleyrt.media.synthetic import write_test_clip
+from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
+from foleyrt.pipeline.models import random_models
+from foleyrt.pipeline.pipeline import FoleyPipeline, release_cuda_memory
+from foleyrt.request import GenerationRequest
+
+PROMPT = "footsteps on gravel"
+CLIP_SIZE = (1280, 720)
+CLIP_FPS = 30
+SAMPLE_S = 0.05
+SMI = "nvml (nvidia-smi)"
+ONE_AT_A_TIME = "one at a time"
+BATCHED = "batched"
+
+
+@dataclass
+class ThroughputRow:
+    """One mode over all the clips. `gpu_busy`: the GPU's busy fraction of the wall time
+    (`gpu_busy_after_first`: from the first group's latents on, once compiling and the
+    pipeline's filling are over), measured as `gpu_busy_source` says."""
+
+    mode: str
+    clips: int
+    clip_s: float
+    wall_s: float
+    groups: list[int]
+    stages_s: dict[str, float]
+    gpu_busy: float | None
+    gpu_busy_after_first: float | None
+    gpu_busy_source: str
+    peak_gpu_gb: float | None
+    peak_host_gb: float
+    failed: int = 0
+    settings: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.wall_s
+
+    @property
+    def audio_s_per_s(self) -> float:
+        return self.clips * self.clip_s / self.wall_s
+
+
+def bench_throughput(
+    size: str, clips: int, clip_s: float, runtime: RuntimeConfig, *, steps: int,
+    guidance: float, batch_rows: int | None = None, decode_workers: int | None = None,
+    calibrate: bool = False, workdir: Path | None = None,
+) -> Iterator[ThroughputRow]:
+    """The batched row, then the one-at-a-time row (clips and outputs in `workdir`, or in a
+    temporary folder removed afterwards). `calibrate`: record the random model's activation
+    ranges on two of the clips first and run `runtime` with them (fp8 with static scales,
+    int8): random weights have no calibration file."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="foleyrt-throughput-") as tmp:
+            yield from bench_throughput(size, clips, clip_s, runtime, steps=steps,
+                                        guidance=guidance, batch_rows=batch_rows,
+                                        decode_workers=decode_workers, calibrate=calibrate,
+                                        workdir=Path(tmp))
+        return
+    spec = PRESETS[size]
+    folder = workdir / "clips"
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(clips):
+        write_test_clip(folder / f"clip{k:04d}.mp4", clip_s, width=CLIP_SIZE[0],
+                        height=CLIP_SIZE[1], fps=CLIP_FPS)
+    settings = BatchSettings(formats=(".mp4",), request=GenerationRequest(
+        prompt=PROMPT, steps=steps, guidance=guidance, seed=0))
+    if calibrate:
+        runtime = replace(runtime, calibration=_calibration(spec, runtime, folder,
+                                                            settings.request))
+    models = random_models(spec, dit=random_dit(spec, runtime.device, runtime.dtype, seed=0))
+    pipe = FoleyPipeline(models.place(runtime), runtime)
+    one = rows_per_item(settings.request)
+    modes = {BATCHED: LocalOptions(batch_rows, decode_workers or DEFAULT_DECODE_WORKERS),
+             ONE_AT_A_TIME: LocalOptions(batch_rows=one, overlap=False)}
+    # One full group (it waits for its clips), one single clip: the shapes that dominate.
+    warmup = {BATCHED: (max(1, (batch_rows or DEFAULT_MAX_ROWS) // one),
+                        replace(modes[BATCHED], group_wait_s=math.inf)),
+              ONE_AT_A_TIME: (1, modes[ONE_AT_A_TIME])}
+    for mode, (count, options) in warmup.items():
+        name = mode.replace(" ", "-")
+        _run(pipe, folder, workdir / f"warmup-{name}", settings, options, limit=count)
+    for mode, options in modes.items():
+        yield _measure(pipe, folder, workdir / mode.replace(" ", "-"), settings, options, mode,
+                       clip_s)
+
+
+def _calibration(spec: ModelSpec, runtime: RuntimeConfig, folder: Path,
+                 request: GenerationRequest) -> Calibration:
+    """The random model's ranges, recorded eagerly and unquantised on two of the clips."""
+    eager = RuntimeConfig(device=runtime.device, dtype=runtime.dtype)
+    models = random_models(spec, dit=random_dit(spec, eager.device, eager.dtype, seed=0))
+    calibration = calibrate(FoleyPipeline(models.place(eager), eager),
+                            read_inputs([folder])[:2], request)
+    del models
+    release_cuda_memory()
+    return calibration
+
+
+def _run(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSettings,
+         options: LocalOptions, limit: int | None = None) -> tuple[BatchReport, RunStats]:
+    """`foleyrt batch FOLDER -o OUTDIR` as the command runs it (the first `limit` clips)."""
+    outdir.mkdir(exist_ok=True)
+    items = read_inputs([folder])[:limit]
+    report = BatchReport.start(plan_batch(items, outdir, settings), overwrite=True)
+    return report, run_local(pipe, report, settings, options)
+
+
+def _measure(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSettings,
+             options: LocalOptions, mode: str, clip_s: float) -> ThroughputRow:
+    device = pipe.runtime.device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with _Sampler(device) as sampler:
+        report, stats = _run(pipe, folder, outdir, settings, options)
+    busy, after, source = _gpu_busy(sampler, stats, cuda)
+    return ThroughputRow(
+        mode, len(report.items), clip_s, stats.wall_s, stats.groups,
+        {k: round(v, 3) for k, v in stats.busy_s.items()}, busy, after, source,
+        torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        sampler.peak_host_gb, report.count(Status.FAILED),
+        {"batch_rows": options.batch_rows, "decode_workers": options.decode_workers,
+         "overlap": options.overlap, "steps": settings.request.steps,
+         "guidance": settings.request.guidance})
+
+
+def _gpu_busy(sampler: _Sampler, stats: RunStats, cuda: bool
+              ) -> tuple[float | None, float | None, str]:
+    if not cuda:
+        return None, None, "none (no GPU)"
+    first = stats.first_group_s
+    if sampler.utilization:
+        after = [u for t, u in sampler.utilization if first is not None and t >= first]
+        return (sum(u for _, u in sampler.utilization) / len(sampler.utilization),
+                sum(after) / len(after) if after else None, sampler.source)
+    busy = sum(stats.denoise_gpu_s) / stats.wall_s
+    after_first = None
+    if first is not None and len(stats.denoise_gpu_s) > 1 and stats.wall_s > first:
+        after_first = sum(stats.denoise_gpu_s[1:]) / (stats.wall_s - first)
+    return busy, after_first, "cuda-events (denoising only)"
+
+
+class _Sampler:
+    """Threads sampling this process's resident memory and the GPU's utilisation every
+    `SAMPLE_S` while the run goes on: NVML through pynvml, else through `nvidia-smi`'s own
+    loop, else none (`utilization` stays empty)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        cuda = device.type == "cuda"
+        # nvidia-smi names the GPU by UUID: indices differ under CUDA_VISIBLE_DEVICES.
+        uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None) if cuda else None
+        self.source = ("nvml" if cuda and _has_nvml() else
+                       SMI if uuid is not None and shutil.which("nvidia-smi") else "")
+        self.smi_id = f"GPU-{uuid}"
+        self.utilization: list[tuple[float, float]] = []  # (seconds from start, fraction)
+        self.peak_rss = 0
+        self.stop = threading.Event()
+        self.smi: subprocess.Popen[str] | None = None
+        self.threads = [threading.Thread(target=self._loop, name="foleyrt-sampler",
+                                         daemon=True)]
+        if self.source == SMI:
+            self.threads.append(threading.Thread(target=self._read_smi, daemon=True,
+                                                 name="foleyrt-nvidia-smi"))
+
+    def __enter__(self) -> _Sampler:
+        self.start = time.perf_counter()
+        if self.source == SMI:
+            self.smi = subprocess.Popen(
+                ["nvidia-smi", f"--id={self.smi_id}", "--query-gpu=utilization.gpu",
+                 "--format=csv,noheader,nounits", f"--loop-ms={round(SAMPLE_S * 1000)}"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.smi is not None:
+            self.smi.terminate()
+            self.smi.wait()
+        for thread in self.threads:
+            thread.join()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(SAMPLE_S):
+            self.peak_rss = max(self.peak_rss, _resident_bytes())
+            if self.source == "nvml":
+                self._sample(torch.cuda.utilization(self.device))
+
+    def _read_smi(self) -> None:
+        assert self.smi is not None and self.smi.stdout is not None
+        for line in self.smi.stdout:
+            if line.strip().isdigit():
+                self._sample(int(line))
+
+    def _sample(self, percent: int) -> None:
+        self.utilization.append((time.perf_counter() - self.start, percent / 100))
+
+    @property
+    def peak_host_gb(self) -> float:
+        if self.peak_rss:
+            return self.peak_rss / 2**30
+        # No /proc: the process's lifetime peak (KiB on Linux, bytes on macOS).
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def _has_nvml() -> bool:
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resident_bytes() -> int:
+    """The resident set of this process now (0 where /proc is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return 0
+    return pages * resource.getpagesize()

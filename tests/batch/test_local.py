@@ -1,0 +1,187 @@
+"""The local executor on the tiny-random pipeline: groups of clips give their one-at-a-time
+results, partial items are redone, failures stay with their item (or group), a bug stops the
+run and is re-raised, and the queues bound what is in flight (a fake pipeline, many items)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import soundfile
+import torch
+
+from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.batch import (
+    BatchItem,
+    BatchReport,
+    BatchSettings,
+    ItemResult,
+    LocalOptions,
+    Status,
+    plan_batch,
+    run_local,
+)
+from foleyrt.batch import stages
+from foleyrt.lengths import SequenceLengths
+from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult
+from foleyrt.request import GenerationRequest
+from tests.tiny import tiny_conditions
+
+WAV = BatchSettings(formats=(".wav",), request=GenerationRequest(steps=2, seed=5))
+
+
+def _report(items: list[BatchItem], outdir: Path, settings: BatchSettings = WAV) -> BatchReport:
+    outdir.mkdir(exist_ok=True)
+    return BatchReport.start(plan_batch(items, outdir, settings), overwrite=False)
+
+
+def _cosine(a: Any, b: Any) -> float:
+    a, b = torch.as_tensor(a).double().flatten(), torch.as_tensor(b).double().flatten()
+    return float(torch.nn.functional.cosine_similarity(a, b, 0))
+
+
+def test_partial_item_is_redone_whole(pipe: FoleyPipeline, library: Path, tmp_path: Path) -> None:
+    settings = BatchSettings(formats=(".wav",),
+                             request=GenerationRequest(samples=2, steps=2, seed=3))
+    [job] = plan_batch([BatchItem(library / "clips/a.mp4")], tmp_path, settings)
+    job.outputs[0].write_bytes(b"stale")  # sample 1 of an interrupted run
+    ended: list[ItemResult] = []
+    report = BatchReport.start([job], overwrite=False)
+    run_local(pipe, report, settings, on_item=ended.append)
+    assert ended == report.items and report.items[0].status is Status.DONE
+    assert report.items[0].seed == 3
+    assert all(p.stat().st_size > 1000 for p in job.outputs)
+
+
+def test_groups_give_each_clip_its_one_at_a_time_result(
+    pipe: FoleyPipeline, library: Path, tmp_path: Path
+) -> None:
+    """Three clips of one length share forwards, the longer one goes alone; each written
+    sound is what it is when every clip runs alone (one clip per forward, nothing
+    overlapped), from its own seed."""
+    clips = [library / n for n in ("clips/a.mp4", "clips/long.mp4", "clips/b.mp4",
+                                   "other/b.mp4")]
+    items = [BatchItem(v, prompt=f"sound {k}") for k, v in enumerate(clips)]
+    together = run_local(pipe, _report(items, tmp_path / "together"), WAV,
+                         LocalOptions(decode_workers=2, group_wait_s=60))
+    alone = run_local(pipe, _report(items, tmp_path / "alone"), WAV,
+                      LocalOptions(batch_rows=2, overlap=False))
+    assert sorted(together.groups) == [1, 3] and alone.groups == [1, 1, 1, 1]
+    names = sorted(p.name for p in (tmp_path / "alone").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "together").iterdir())
+    assert len(names) == 4
+    for name in names:
+        got, rate = soundfile.read(tmp_path / "together" / name)
+        want, _ = soundfile.read(tmp_path / "alone" / name)
+        assert rate == 48000 and got.shape == want.shape
+        assert _cosine(got, want) >= 0.9999
+
+
+def failing(real: Callable[..., Any], bad: str, exc: BaseException) -> Callable[..., Any]:
+    """`real`, raising `exc` when its first argument (a clip, or encoded clips) is `bad`."""
+    def call(first: Any, *args: Any, **kwargs: Any) -> Any:
+        videos = [e.video for e in first] if isinstance(first, list) else [first]
+        if any(v is not None and Path(v).name == bad for v in videos):
+            raise exc
+        return real(first, *args, **kwargs)
+
+    return call
+
+
+OOM = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+
+def test_out_of_memory_encoding_fails_the_item_only(
+    pipe: FoleyPipeline, library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipe, "encode", failing(pipe.encode, "a.mp4", OOM))
+    items = [BatchItem(library / "clips/a.mp4"), BatchItem(library / "clips/b.mp4")]
+    first, second = run_local_report(pipe, items, tmp_path).items
+    assert first.status is Status.FAILED and second.status is Status.DONE
+    assert first.line() == (f"item 1 failed: {library / 'clips/a.mp4'}: the GPU ran out of "
+                            "memory on this clip; try fewer --samples, a shorter clip, or a "
+                            "smaller --size")
+
+
+def run_local_report(pipe: FoleyPipeline, items: list[BatchItem], outdir: Path,
+                     options: LocalOptions | None = None) -> BatchReport:
+    report = _report(items, outdir)
+    run_local(pipe, report, WAV, options or LocalOptions(group_wait_s=60))
+    return report
+
+
+def test_out_of_memory_denoising_fails_its_group_and_empties_the_cache(
+    pipe: FoleyPipeline, library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipe, "denoise", failing(pipe.denoise, "a.mp4", OOM))
+    emptied = []
+    monkeypatch.setattr(stages, "release_cuda_memory", lambda: emptied.append(1))
+    items = [BatchItem(library / n) for n in ("clips/a.mp4", "clips/b.mp4", "clips/long.mp4")]
+    a, b, long = run_local_report(pipe, items, tmp_path).items
+    assert (a.status, b.status, long.status) == (Status.FAILED, Status.FAILED, Status.DONE)
+    assert b.error == (f"{library / 'clips/b.mp4'}: the GPU ran out of memory on a group of 2 "
+                       "clips; try a smaller --batch-rows, fewer --samples or a smaller --size")
+    assert emptied == [1]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_bug_is_recorded_then_raised(
+    pipe: FoleyPipeline, library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    overlap: bool,
+) -> None:
+    monkeypatch.setattr(pipe, "encode", failing(pipe.encode, "a.mp4", KeyError("oops")))
+    items = [BatchItem(library / "clips/a.mp4"), BatchItem(library / "clips/b.mp4")]
+    report = _report(items, tmp_path)
+    with pytest.raises(KeyError):
+        run_local(pipe, report, WAV, LocalOptions(decode_workers=1, overlap=overlap))
+    assert [r.status for r in report.items] == [Status.FAILED, Status.NOT_RUN]
+    assert "internal error (KeyError: 'oops')" in str(report.items[0].error)
+
+
+class CountingPipe:
+    """A pipeline whose stages take no time but denoising (slower than the rest, so queues
+    fill), counting the items between their encoding and their end."""
+
+    def __init__(self) -> None:
+        self.runtime = RuntimeConfig()
+        self.models = SimpleNamespace(offloader=None)
+        self.lock = threading.Lock()
+        self.in_flight = self.most_in_flight = 0
+
+    def encode(self, video: Path, request: GenerationRequest) -> Encoded:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        return Encoded(video, request, tiny_conditions(0), SequenceLengths(8, 25), 1.0)
+
+    def max_rows(self, encoded: list[Encoded]) -> int:
+        return 32
+
+    def denoise(self, encoded: list[Encoded], max_rows: int) -> list[torch.Tensor]:
+        time.sleep(0.005)
+        return [torch.zeros(1) for _ in encoded]
+
+    def finish(self, encoded: Encoded, latents: torch.Tensor) -> FoleyResult:
+        return FoleyResult(torch.zeros(1, 1, 48), 48000, 0.001, 1, None, 0, True)
+
+    def ended(self, result: ItemResult) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
+def test_queues_bound_the_items_in_flight(tmp_path: Path) -> None:
+    """200 items, two per group, two decoders: at most a decoder's item each, two queued,
+    one waiting for its group, a group denoising, one queued for the writer and the one
+    being written are ever in flight, whatever the input's length."""
+    fake = CountingPipe()
+    items = [BatchItem(Path(f"clip{k:03d}.mp4")) for k in range(200)]
+    report = _report(items, tmp_path)
+    stats = run_local(fake, report, WAV, LocalOptions(batch_rows=4, decode_workers=2),  # type: ignore[arg-type]
+                      on_item=fake.ended)
+    assert report.count(Status.DONE) == 200 and sum(stats.groups) == 200
+    assert fake.in_flight == 0 and fake.most_in_flight <= 2 + 2 + 1 + 2 + 2 + 2

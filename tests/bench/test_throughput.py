@@ -1,0 +1,30 @@
+"""`foleyrt bench --throughput` on the CPU with the tiny config: both modes run the batch code
+path over the same clips, files written, and the JSON carries every figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from foleyrt.cli import main
+
+
+def test_throughput_batched_and_one_at_a_time(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "throughput.json"
+    assert main(["bench", "--throughput", "--size", "tiny", "--clips", "2", "--clip-seconds",
+                 "1.2", "--steps", "2", "--device", "cpu", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "clips/s" in printed and "gain: " in printed
+    data = json.loads(out.read_text())
+    batched, alone = data["throughput"]
+    assert (batched["mode"], alone["mode"]) == ("batched", "one at a time")
+    assert alone["groups"] == [1, 1] and sum(batched["groups"]) == 2
+    for row in (batched, alone):
+        assert row["clips"] == 2 and row["failed"] == 0 and row["clips_per_s"] > 0
+        assert row["audio_s_per_s"] == pytest.approx(1.2 * row["clips_per_s"])
+        assert set(row["stages_s"]) == {"encode", "denoise", "finish", "write"}
+        assert row["gpu_busy"] is None and row["peak_host_gb"] > 0
+    assert data["gain"] == pytest.approx(batched["clips_per_s"] / alone["clips_per_s"])
