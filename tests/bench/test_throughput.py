@@ -28,3 +28,19 @@ def test_throughput_batched_and_one_at_a_time(tmp_path: Path,
         assert set(row["stages_s"]) == {"encode", "denoise", "finish", "write"}
         assert row["gpu_busy"] is None and row["peak_host_gb"] > 0
     assert data["gain"] == pytest.approx(batched["clips_per_s"] / alone["clips_per_s"])
+
+
+def test_a_second_run_reuses_the_clips_without_the_baseline(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--workdir` keeps the clips for another precision's run; `--no-baseline` skips the
+    one-at-a-time run that the first run already has."""
+    args = ["bench", "--throughput", "--size", "tiny", "--clips", "1", "--clip-seconds", "1.2",
+            "--steps", "1", "--device", "cpu", "--workdir", str(tmp_path)]
+    assert main(args) == 0
+    clip = tmp_path / "clips" / "clip0000.mp4"
+    written = clip.stat().st_mtime_ns
+    out = tmp_path / "again.json"
+    assert main([*args, "--no-baseline", "--json", str(out)]) == 0
+    assert clip.stat().st_mtime_ns == written
+    (row,) = json.loads(out.read_text())["throughput"]
+    assert row["mode"] == "batched" and "gain" not in capsys.readouterr().out.splitlines()[-1]

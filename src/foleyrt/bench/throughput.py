@@ -94,10 +94,11 @@ class ThroughputRow:
 def bench_throughput(
     size: str, clips: int, clip_s: float, runtime: RuntimeConfig, *, steps: int,
     guidance: float, batch_rows: int | None = None, decode_workers: int | None = None,
-    calibrate: bool = False, workdir: Path | None = None,
+    calibrate: bool = False, workdir: Path | None = None, baseline: bool = True,
 ) -> Iterator[ThroughputRow]:
-    """The batched row, then the one-at-a-time row (clips and outputs in `workdir`, or in a
-    temporary folder removed afterwards). `calibrate`: record the random model's activation
+    """The batched row, then (`baseline`) the one-at-a-time row; clips and outputs in
+    `workdir` (clips already there are reused: several runs measure the same files), or in a
+    temporary folder removed afterwards. `calibrate`: record the random model's activation
     ranges on two of the clips first and run `runtime` with them (fp8 with static scales,
     int8): random weights have no calibration file."""
     if workdir is None:
@@ -105,14 +106,16 @@ def bench_throughput(
             yield from bench_throughput(size, clips, clip_s, runtime, steps=steps,
                                         guidance=guidance, batch_rows=batch_rows,
                                         decode_workers=decode_workers, calibrate=calibrate,
-                                        workdir=Path(tmp))
+                                        workdir=Path(tmp), baseline=baseline)
         return
     spec = PRESETS[size]
     folder = workdir / "clips"
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(clips):
-        write_test_clip(folder / f"clip{k:04d}.mp4", clip_s, width=CLIP_SIZE[0],
-                        height=CLIP_SIZE[1], fps=CLIP_FPS)
+        clip = folder / f"clip{k:04d}.mp4"
+        if not clip.is_file():
+            write_test_clip(clip, clip_s, width=CLIP_SIZE[0], height=CLIP_SIZE[1],
+                            fps=CLIP_FPS)
     settings = BatchSettings(formats=(".mp4",), request=GenerationRequest(
         prompt=PROMPT, steps=steps, guidance=guidance, seed=0))
     if calibrate:
@@ -123,11 +126,15 @@ def bench_throughput(
     one = rows_per_item(settings.request)
     modes = {BATCHED: LocalOptions(batch_rows, decode_workers or DEFAULT_DECODE_WORKERS),
              ONE_AT_A_TIME: LocalOptions(batch_rows=one, overlap=False)}
+    if not baseline:
+        del modes[ONE_AT_A_TIME]
     # One full group (it waits for its clips), one single clip: the shapes that dominate.
     warmup = {BATCHED: (max(1, (batch_rows or DEFAULT_MAX_ROWS) // one),
                         replace(modes[BATCHED], group_wait_s=math.inf)),
-              ONE_AT_A_TIME: (1, modes[ONE_AT_A_TIME])}
+              ONE_AT_A_TIME: (1, LocalOptions(batch_rows=one, overlap=False))}
     for mode, (count, options) in warmup.items():
+        if mode not in modes:
+            continue
         name = mode.replace(" ", "-")
         _run(pipe, folder, workdir / f"warmup-{name}", settings, options, limit=count)
     for mode, options in modes.items():

@@ -70,6 +70,11 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="as for 'foleyrt batch' (default: auto, the row budget)")
     t.add_argument("--decode-workers", type=int, default=None, metavar="N",
                    help="as for 'foleyrt batch' (default: up to 4)")
+    t.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="keep the clips and outputs in DIR; clips already there are reused, so "
+                        "several runs measure the same files (default: a temporary folder)")
+    t.add_argument("--no-baseline", action="store_true",
+                   help="skip the one-at-a-time run (another run in this session has it)")
     p.set_defaults(handler=_bench)
 
 
@@ -143,12 +148,13 @@ def _throughput(args: argparse.Namespace) -> int:
     rows = []
     for row in bench_throughput(size, args.clips, args.clip_seconds, runtime, steps=args.steps,
                                 guidance=args.guidance, batch_rows=args.batch_rows,
-                                decode_workers=args.decode_workers, calibrate=args.calibrate):
+                                decode_workers=args.decode_workers, calibrate=args.calibrate,
+                                workdir=args.workdir, baseline=not args.no_baseline):
         print(throughput_line(row), flush=True)
         rows.append(row)
-    batched, alone = rows
-    gain = batched.clips_per_s / alone.clips_per_s
-    print(f"gain: {gain:.2f}x clips/s over one at a time", flush=True)
+    gain = rows[0].clips_per_s / rows[1].clips_per_s if len(rows) == 2 else None
+    if gain is not None:
+        print(f"gain: {gain:.2f}x clips/s over one at a time", flush=True)
     if args.json:
         args.json.write_text(json.dumps(
             {"device": name, "torch": torch.__version__, "size": size, "gain": gain,
