@@ -166,7 +166,7 @@ def probe_video(path: str | Path, limits: VideoLimits | None = None,
                 max_seconds: float = MAX_DURATION) -> VideoInfo:
     """Read the header (and the packet timestamps only when it stores no duration) and check
     the clip is one we can use: a video stream lasting MIN_SECONDS to `max_seconds` (a
-    request's `max_duration`), and within `limits` when given."""
+    request's `max_duration`), and within `limits` when given (their `max_seconds` too)."""
     path = Path(path)
     with open_media(path, limits) as container:
         stream = first_video_stream(container, path)
@@ -187,20 +187,16 @@ def probe_video(path: str | Path, limits: VideoLimits | None = None,
         raise InputError(
             f"{path}: video is {duration:.2f} s long; at least {MIN_SECONDS:g} s is needed"
         )
-    if duration > max_seconds + DURATION_SLACK_S:
-        raise InputError(
-            f"{path}: video is {duration:.2f} s long; the longest taken is {max_seconds:g} s "
-            "(the maximum duration): trim the clip or raise the maximum"
-        )
+    limit = max_seconds if limits is None else min(max_seconds, limits.max_seconds)
+    if duration > limit + DURATION_SLACK_S:
+        raise InputError(f"{path}: video is {duration:.2f} s long; the limit is {limit:g} s, "
+                         "trim the clip (or raise the maximum duration)")
     if limits is not None:
         _check_header(info, limits)
     return info
 
 
 def _check_header(info: VideoInfo, limits: VideoLimits) -> None:
-    if info.duration_s > limits.max_seconds + DURATION_SLACK_S:
-        raise InputError(f"{info.path}: video is {info.duration_s:.2f} s long; the limit is "
-                         f"{limits.max_seconds:g} s, trim the clip")
     if info.width * info.height == 0:  # FFmpeg could not decode one within `max_pixels`
         raise MediaError(f"{info.path}: frames cannot be read within the limit of "
                          f"{limits.max_pixels:,} pixels per frame")
