@@ -97,6 +97,14 @@ def test_samples_are_numbered_and_text_only_needs_a_wav(tmp_path: Path,
     assert soundfile.info(str(text)).duration == pytest.approx(2.0, abs=LATENT_FRAME_S)
 
 
+def test_long_text_only_in_windows(tmp_path: Path) -> None:
+    """Past --window the audio is generated in windows: all of it comes out."""
+    out = tmp_path / "rain.wav"
+    assert main(["-q", "generate", "--duration", "16.5", "--window", "8", "--overlap", "2",
+                 "-p", "rain", "-o", str(out), *TINY]) == 0
+    assert soundfile.info(str(out)).frames == round(16.5 * 48_000)
+
+
 def _fails(args: list[str], capsys: pytest.CaptureFixture, words: str) -> None:
     try:
         status = main(args)
@@ -119,7 +127,10 @@ def test_bad_input_is_one_line_a_status_and_no_file(
     cases = [
         ([str(tmp_path / "missing.mp4")], "no such file"),
         ([str(empty)], "empty"),
-        ([str(long_clip)], "15"),
+        ([str(long_clip), "--max-duration", "15"], "the limit is 15 s"),
+        ([src, "--window", "20"], "window must be between 1 and 15 s"),
+        ([src, "--overlap", "9.5"], "overlap must be between 0 and the window less 1 s"),
+        (["--duration", "2000", "-o", str(tmp_path / "t.wav")], "between 1 and 1800 s"),
         ([src, "--size", "xxxl"], "invalid choice"),
         ([src, "--device", "tpu"], "device"),
         ([src, "--dtype", "fp7"], "dtype"),
