@@ -27,8 +27,8 @@ def generate(
     within the server's limits)."""
     params = JobParams.model_validate(job.params)
     video = None if params.text_only else files.input_path(job.id)
-    return pipeline.generate(video, params.generation_request(), progress=progress,
-                             video_limits=video_limits)
+    return pipeline.generate(video, params.generation_request(video_limits.max_seconds),
+                             progress=progress, video_limits=video_limits)
 
 
 def write_outputs(result: FoleyResult, job_dir: Path) -> tuple[OutputFiles, ...]:
