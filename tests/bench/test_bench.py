@@ -32,3 +32,18 @@ def test_bench_loop_and_pipeline_rows(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_unknown_mode_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["bench", "--sizes", "tiny", "--modes", "turbo", "--device", "cpu"]) == 2
     assert "unknown bench mode" in capsys.readouterr().err
+
+
+def test_bench_long_rows(tmp_path: Path) -> None:
+    """Long rows on the CPU: a short reference clip, then a clip in windows."""
+    import torch
+
+    from foleyrt.bench.long import bench_long
+    from foleyrt.cli.bench import long_line
+
+    ref, long = bench_long("tiny", [11.0], ["eager"], runs=1, steps=1,
+                           device=torch.device("cpu"), video_dir=tmp_path, frame_size=(32, 32),
+                           reference_s=1.0)
+    assert (ref.duration_s, ref.windows, long.duration_s, long.windows) == (1.0, 1, 11.0, 2)
+    assert long.median_s > long.denoise_s > 0 and long.peak_host_gb > 0
+    assert "long tiny 11s eager: 2 window(s)" in long_line(long)
