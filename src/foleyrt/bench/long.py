@@ -19,12 +19,9 @@ from pathlib import Path
 
 import torch
 
-from foleyrt.accel.runtime import RuntimeConfig
-from foleyrt.bench.models import random_dit
-from foleyrt.bench.pipeline import PROMPT, parse_variant
+from foleyrt.bench.pipeline import PROMPT, variant_pipeline
 from foleyrt.config import PRESETS
 from foleyrt.media.synthetic import ClipSpec, encode_clip
-from foleyrt.pipeline.models import random_models
 from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult, release_cuda_memory
 from foleyrt.request import MAX_SECONDS, GenerationRequest
 
@@ -64,11 +61,7 @@ def bench_long(size: str, durations: list[float], variants: list[str], runs: int
     request = GenerationRequest(prompt=PROMPT, steps=steps, seed=0,
                                 max_duration=max(clips) + 1)
     for n, variant in enumerate(variants):
-        accel, precision, offload = parse_variant(variant)
-        runtime = RuntimeConfig.build(str(device), accel=accel, precision=precision,
-                                      offload=offload)
-        models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
-        pipe = FoleyPipeline(models.place(runtime), runtime)
+        pipe = variant_pipeline(spec, variant, device)
         reference = math.nan
         for duration, video in clips.items():
             row = _time(pipe, video, workdir / f"out_{n}.mp4", runs, request)
@@ -77,7 +70,7 @@ def bench_long(size: str, durations: list[float], variants: list[str], runs: int
                 reference = row.peak_gpu_gb
             row.peak_gpu_vs_15s = row.peak_gpu_gb / reference
             yield row
-        del pipe, models
+        del pipe
         release_cuda_memory()
 
 

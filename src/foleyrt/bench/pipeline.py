@@ -21,7 +21,7 @@ from torch import Tensor
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.bench.loop import distance
 from foleyrt.bench.models import random_dit
-from foleyrt.config import PRESETS
+from foleyrt.config import PRESETS, ModelSpec
 from foleyrt.errors import UsageError
 from foleyrt.media.synthetic import write_test_clip
 from foleyrt.pipeline.models import random_models
@@ -75,11 +75,7 @@ def bench_pipeline(size: str, durations: list[float], variants: list[str], runs:
     request = GenerationRequest(prompt=PROMPT, steps=steps, seed=0)
     first: dict[float, tuple[Tensor, Tensor]] = {}  # the first variant's audio and latents
     for n, variant in enumerate(variants):
-        accel, precision, offload = parse_variant(variant)
-        runtime = RuntimeConfig.build(str(device), accel=accel, precision=precision,
-                                      offload=offload)
-        models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
-        pipe = FoleyPipeline(models.place(runtime), runtime)
+        pipe = variant_pipeline(spec, variant, device)
         for duration, video in clips.items():
             runs_s, stages, peak, outputs = _time_pipeline(
                 pipe, video, workdir / f"out_{n}.mp4", runs, request)
@@ -89,8 +85,18 @@ def bench_pipeline(size: str, durations: list[float], variants: list[str], runs:
                 distance(outputs[1], ref_latent)[0], snr_db(outputs[1], ref_latent),
                 distance(outputs[0], ref_audio)[0], snr_db(outputs[0], ref_audio),
                 stages, _stage_peaks(pipe, video, request))
-        del pipe, models
+        del pipe
         release_cuda_memory()
+
+
+def variant_pipeline(spec: ModelSpec, variant: str, device: torch.device) -> FoleyPipeline:
+    """Freshly built random-weight networks (the same for every variant) placed for
+    `variant`: its recipes transform them in place."""
+    accel, precision, offload = parse_variant(variant)
+    runtime = RuntimeConfig.build(str(device), accel=accel, precision=precision,
+                                  offload=offload)
+    models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
+    return FoleyPipeline(models.place(runtime), runtime)
 
 
 def _time_pipeline(pipe: FoleyPipeline, video: Path, out: Path, runs: int,
