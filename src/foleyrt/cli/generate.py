@@ -56,5 +56,8 @@ def _generate(args: argparse.Namespace) -> int:
         result = pipe.generate(video, wanted, progress=progress)
     for path in result.save(args.output, overwrite=args.overwrite):
         print(path)
+    if result.windows > 1:
+        log.info("generated in %d windows of %g s overlapping by at least %g s",
+                 result.windows, wanted.window, wanted.overlap)
     log.info("timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
     return 0
