@@ -47,3 +47,16 @@ def test_bench_long_rows(tmp_path: Path) -> None:
     assert (ref.duration_s, ref.windows, long.duration_s, long.windows) == (1.0, 1, 11.0, 2)
     assert long.median_s > long.denoise_s > 0 and long.peak_host_gb > 0
     assert "long tiny 11s eager: 2 window(s)" in long_line(long)
+
+
+def test_a_calibrated_variant_records_its_own_ranges() -> None:
+    """`PRECISION+calibrated`: static scales recorded on the bench's random weights, so the
+    calibrated modes are measured without a calibration file of real weights."""
+    import torch
+
+    from foleyrt.bench.pipeline import variant_pipeline
+    from foleyrt.config import PRESETS
+
+    pipe = variant_pipeline(PRESETS["tiny"], "eager/int8+calibrated", torch.device("cpu"))
+    assert pipe.runtime.precision is not None and pipe.runtime.precision.value == "int8"
+    assert pipe.runtime.calibration is not None
