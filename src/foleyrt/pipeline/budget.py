@@ -68,23 +68,14 @@ class RowBudget:
 
     def windows(self, lengths: SequenceLengths, text_tokens: int, rows_per_window: int,
                 total_rows: int) -> WindowRows:
-        """Forwards for `total_rows` rows of windows of `lengths` (`rows_per_window` each,
-        never split) within `LONG_MEMORY_FACTOR` of the denoising peak of a 15 s clip with
-        `rows_per_window` rows: the resident memory plus its rows' peaks."""
+        """Forwards for `total_rows` rows of windows of `lengths` (`rows_per_window` each),
+        held to a 15 s clip's denoising memory (see `window_rows`)."""
         device = next(self.model.parameters()).device
         if device.type != "cuda":
             return WindowRows(self.max_rows, hold_prepared=True)
-        window = self.cost(lengths, text_tokens)
-        clip = self.cost(SequenceLengths.of_duration(MAX_SECONDS), text_tokens)
-        resident = torch.cuda.memory_allocated(device)
-        ceiling = LONG_MEMORY_FACTOR * (resident + rows_per_window * clip.peak) - resident
-        free_rows = self.rows(lengths, text_tokens)
-        active = max(window.peak - window.prepared, 1)  # a row's bytes beyond its conditions
-        rows = int((ceiling - total_rows * window.prepared) // active)
-        if rows >= rows_per_window:
-            return WindowRows(max(rows_per_window, min(rows, free_rows)), hold_prepared=True)
-        fresh = int(ceiling // max(window.peak, 1))
-        return WindowRows(max(rows_per_window, min(fresh, free_rows)), hold_prepared=False)
+        return window_rows(torch.cuda.memory_allocated(device), self.cost(lengths, text_tokens),
+                           self.cost(SequenceLengths.of_duration(MAX_SECONDS), text_tokens),
+                           rows_per_window, total_rows, self.rows(lengths, text_tokens))
 
     def bytes_per_row(self, lengths: SequenceLengths, text_tokens: int) -> int:
         """Peak bytes of one row's forward (eager: an upper bound for the compiled forward,
@@ -115,3 +106,20 @@ class RowBudget:
         dit.velocity(x, torch.full((1,), 500.0, device=device), prepared)
         torch.cuda.synchronize(device)
         return RowCost(held, torch.cuda.max_memory_allocated(device) - before)
+
+
+def window_rows(resident: int, window: RowCost, clip: RowCost, rows_per_window: int,
+                total_rows: int, free_rows: int) -> WindowRows:
+    """Rows per forward for `total_rows` rows of windows costing `window` each, within
+    `LONG_MEMORY_FACTOR` of the denoising peak of a 15 s clip of `rows_per_window` rows
+    costing `clip` each (`resident`: the bytes allocated besides), and at most `free_rows`
+    (what the free memory allows). Every forward stays prepared when all rows' conditions fit
+    beside the forward's activations; else forwards are prepared per step. A window's rows
+    are never split: at least `rows_per_window`."""
+    ceiling = LONG_MEMORY_FACTOR * (resident + rows_per_window * clip.peak) - resident
+    active = max(window.peak - window.prepared, 1)  # a row's bytes beyond its conditions
+    rows = int((ceiling - total_rows * window.prepared) // active)
+    if rows >= rows_per_window:
+        return WindowRows(max(rows_per_window, min(rows, free_rows)), hold_prepared=True)
+    fresh = int(ceiling // max(window.peak, 1))
+    return WindowRows(max(rows_per_window, min(fresh, free_rows)), hold_prepared=False)
