@@ -109,6 +109,14 @@ def test_generate_with_cfg_parallel_gives_the_one_process_sound(tmp_path: Path) 
     assert not torch.distributed.is_initialized()
 
 
+def test_long_text_only_in_windows(tmp_path: Path) -> None:
+    """Past --window the audio is generated in windows: all of it comes out."""
+    out = tmp_path / "rain.wav"
+    assert main(["-q", "generate", "--duration", "16.5", "--window", "8", "--overlap", "2",
+                 "-p", "rain", "-o", str(out), *TINY]) == 0
+    assert soundfile.info(str(out)).frames == round(16.5 * 48_000)
+
+
 def _fails(args: list[str], capsys: pytest.CaptureFixture, words: str) -> None:
     try:
         status = main(args)
@@ -131,7 +139,10 @@ def test_bad_input_is_one_line_a_status_and_no_file(
     cases = [
         ([str(tmp_path / "missing.mp4")], "no such file"),
         ([str(empty)], "empty"),
-        ([str(long_clip)], "15"),
+        ([str(long_clip), "--max-duration", "15"], "the limit is 15 s"),
+        ([src, "--window", "20"], "window must be between 1 and 15 s"),
+        ([src, "--overlap", "9.5"], "overlap must be between 0 and the window less 1 s"),
+        (["--duration", "2000", "-o", str(tmp_path / "t.wav")], "between 1 and 1800 s"),
         ([src, "--size", "xxxl"], "invalid choice"),
         ([src, "--device", "tpu"], "device"),
         ([src, "--dtype", "fp7"], "dtype"),
@@ -170,7 +181,7 @@ def test_cuda_library_settings_are_defaults_the_environment_overrides(monkeypatc
     (["generate", "CLIP", "-o", "a.wav", "--samples", "0"], "samples must be between 1 and 16"),
     (["generate", "CLIP", "-o", "a.wav", "--samples", "-1"], "samples must be between 1 and 16"),
     (["generate", "CLIP", "-o", "a.wav", "--steps", "0"], "steps must be between 1 and 500"),
-    (["generate", "--duration", "99", "-o", "a.wav"], "duration must be between 1 and 15 s"),
+    (["generate", "--duration", "99999", "-o", "a.wav"], "duration must be between 1 and 1800 s"),
     (["batch", "missing.mp4", "-o", "out"], "no such file or folder: missing.mp4"),
     (["batch", "CLIP", "-o", "out", "--guidance", "-1"], "guidance scale must be between"),
 ])

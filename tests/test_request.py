@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from foleyrt.errors import InputError
+from foleyrt.lengths import SequenceLengths, WindowPlan
 from foleyrt.request import (
     DEFAULT_GUIDANCE,
     DEFAULT_NEGATIVE_PROMPT,
@@ -31,13 +32,43 @@ def test_defaults_are_the_release_s() -> None:
     ({"seed": -1}, "seed must be between 0 and 4294967295"),
     ({"guidance": -0.5}, "guidance scale must be between 0 and 100"),
     ({"guidance": float("nan")}, "guidance scale must be between 0 and 100"),
-    ({"duration": 0.5}, "duration must be between 1 and 15 s"),
+    ({"duration": 0.5}, "duration must be between 1 and 1800 s"),
+    ({"duration": 1801}, "duration must be between 1 and 1800 s"),
+    ({"duration": 70, "max_duration": 60}, "duration must be between 1 and 60 s"),
+    ({"max_duration": 0.5}, "max duration must be at least 1 s"),
     ({"prompt": "x" * 1001}, "prompt is longer than 1000 characters"),
+    ({"window": 20}, "window must be between 1 and 15 s, got 20"),
+    ({"window": 0.5}, "window must be between 1 and 15 s"),
+    ({"window": float("inf")}, "window must be between 1 and 15 s"),
+    ({"overlap": 10}, r"overlap must be between 0 and the window less 1 s \(9 s"),
+    ({"window": 4, "overlap": 3.5}, r"overlap must be between 0 and the window less 1 s \(3 s"),
+    ({"overlap": -1}, "overlap must be between 0"),
 ])
 def test_out_of_bounds_values_are_one_line_errors(fields: dict, message: str) -> None:
     with pytest.raises(InputError, match=message) as info:
         GenerationRequest(**fields)
     assert "\n" not in str(info.value)
+
+
+def test_long_durations_and_windows_within_bounds_are_taken() -> None:
+    r = GenerationRequest(duration=1800, window=15, overlap=14)
+    assert (r.windowing.window_s, r.windowing.overlap_s, r.windowing.stride) == (15, 14, 1)
+    assert GenerationRequest().windowing.stride == 8  # 10 s windows, 2 s overlap
+
+
+@pytest.mark.parametrize(("seconds", "window", "windows"), [
+    (15.0, None, 1), (15.04, None, 2), (12.0, None, 1), (12.0, 8.0, 2), (8.0, 8.0, 1)])
+def test_the_release_s_single_pass_holds_up_to_15_s_unless_a_window_is_asked(
+        seconds: float, window: float | None, windows: int) -> None:
+    """By default a clip of up to 15 s is one pass (as the release runs it), longer ones are
+    10 s windows; an explicit `window` is the single-pass limit too."""
+    request = GenerationRequest(duration=seconds, window=window)
+    plan = WindowPlan.of(SequenceLengths.of_duration(seconds), request.windowing)
+    assert len(plan.starts) == windows
+    assert plan.window.latent_frames == (
+        SequenceLengths.of_duration(seconds).latent_frames if windows == 1
+        else SequenceLengths.of_duration(window or 10.0).latent_frames)
+    assert GenerationRequest(duration=3600, max_duration=3600).duration == 3600
 
 
 def test_a_video_or_a_duration_sets_the_length() -> None:

@@ -8,6 +8,7 @@ request of `d` seconds gets the lengths a constant-frame-rate clip of `d` second
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 SIGLIP_FPS = 8
@@ -61,3 +62,97 @@ class SequenceLengths:
     @property
     def latent_frames(self) -> int:
         return latent_frames(self.audio_seconds, self.latent_rate)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _last_start(clip: SequenceLengths, window: SequenceLengths) -> int:
+    """The first whole second from which windows of `window`'s counts reach `clip`'s end
+    (0: the clip fits one)."""
+    return max(0, _ceil_div(clip.clip_frames - window.clip_frames, SIGLIP_FPS),
+               _ceil_div(clip.sync_frames - window.sync_frames, SYNC_FPS),
+               _ceil_div(clip.latent_frames - window.latent_frames, clip.latent_rate))
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """Windows of `window_s` seconds, neighbours overlapping by at least `overlap_s`, for what
+    is longer than `one_pass_s` (a request's `window` and `overlap`; what fits `one_pass_s`,
+    by default one window, runs in one pass, as the release runs it)."""
+
+    window_s: float
+    overlap_s: float
+    one_pass_s: float | None = None
+
+    @property
+    def single_pass_s(self) -> float:
+        """The longest clip taken in one pass."""
+        return self.window_s if self.one_pass_s is None else self.one_pass_s
+
+    @property
+    def stride(self) -> int:
+        """Whole seconds from one inner window's start to the next (at least one)."""
+        return max(1, math.floor(self.window_s - self.overlap_s + 1e-9))
+
+    def window(self, latent_rate: int = LATENT_RATE) -> SequenceLengths:
+        return SequenceLengths.of_duration(self.window_s, latent_rate)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a request's latent is covered by windows the model takes in one pass.
+
+    The alignment rule: windows start on whole seconds. A second holds exactly 8 SigLIP2
+    frames, 25 Synchformer frames and 50 latent frames, so a window starting at second `s`
+    takes the clip's own 8 fps and 25 fps frames from ticks 8·s and 25·s on, its latent starts
+    at frame 50·s, and its Synchformer windows are the 16-frame windows (stride 8) of its own
+    frames from its first one: what a clip cut at that second shows the model, by the same
+    tick clocks. Every window has the counts of a clip of `window` seconds
+    (`SequenceLengths.of_duration`), so all windows are rows of one shape.
+
+    Inner windows advance by floor(window − overlap) whole seconds (so they overlap by at
+    least `overlap`); the last one starts on the first whole second from which it reaches the
+    end. It may run less than a second past the end: there it sees the last frame held (a
+    still picture, as a player shows it) and the audio made there is cut off. A clip that fits
+    one pass (`Windowing.one_pass_s`) is planned as itself: its own counts, one window
+    (today's single-pass path).
+    """
+
+    clip: SequenceLengths  # the whole clip's (or text-only duration's) own counts
+    window: SequenceLengths  # each window's counts
+    starts: tuple[int, ...]  # whole seconds
+    taper: int = 0  # latent frames over which a window's blend weight ramps from its edges
+
+    @classmethod
+    def of(cls, clip: SequenceLengths, windowing: Windowing) -> WindowPlan:
+        one_pass = SequenceLengths.of_duration(windowing.single_pass_s, clip.latent_rate)
+        if _last_start(clip, one_pass) == 0:
+            return cls(clip, clip, (0,))
+        window = windowing.window(clip.latent_rate)
+        last = _last_start(clip, window)
+        starts = (*range(0, last, windowing.stride), last)
+        return cls(clip, window, starts, round(windowing.overlap_s * clip.latent_rate))
+
+    @property
+    def whole(self) -> bool:
+        """One window: the clip in one pass."""
+        return len(self.starts) == 1
+
+    @property
+    def latent_frames(self) -> int:
+        """The long latent: up to the last window's end (past the clip's own by under a
+        second when the last window overhangs)."""
+        return self.latent_start(len(self.starts) - 1) + self.window.latent_frames
+
+    def latent_start(self, index: int) -> int:
+        return self.starts[index] * self.clip.latent_rate
+
+    def clip_start(self, index: int) -> int:
+        """Window `index`'s first SigLIP2 frame in the clip's 8 fps frames."""
+        return self.starts[index] * SIGLIP_FPS
+
+    def sync_start(self, index: int) -> int:
+        """Window `index`'s first frame in the clip's 25 fps frames."""
+        return self.starts[index] * SYNC_FPS

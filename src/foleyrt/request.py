@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, replace
 
 from foleyrt.errors import InputError
+from foleyrt.lengths import Windowing
 
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 4.5  # the release's default CFG scale
@@ -21,14 +22,23 @@ MAX_SAMPLES = 16
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1000
 MIN_SECONDS = 1.0  # shortest clip or text-only duration
-MAX_SECONDS = 15.0  # longest clip or text-only duration
+MAX_SECONDS = 15.0  # longest window: what the model takes in one pass (the release's cap)
+MAX_DURATION = 1800.0  # longest clip or text-only duration unless a request allows more
+DEFAULT_WINDOW = 10.0  # seconds per window of a longer clip
+DEFAULT_OVERLAP = 2.0  # seconds shared by neighbouring windows, cross-faded
+WINDOW_GRID = 1.0  # windows start on whole seconds (see `foleyrt.lengths.WindowPlan`)
+DEFAULT_WINDOWING = Windowing(DEFAULT_WINDOW, DEFAULT_OVERLAP, MAX_SECONDS)
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """One generation's parameters (the video, if any, is passed beside it). `seed` None
     draws fresh noise; `duration` (seconds) is for text-only requests, a video sets its own
-    length."""
+    length. A clip (or duration) longer than one pass is generated as windows of `window`
+    seconds overlapping by at least `overlap` (they change the numbers, so they are the
+    request's). One pass: up to 15 s, what the model takes (the release's limit), unless
+    `window` is given: then up to `window`. `max_duration` is the longest input the request
+    accepts (a guard against hours of work by mistake)."""
 
     prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
@@ -37,6 +47,9 @@ class GenerationRequest:
     samples: int = 1
     seed: int | None = None
     duration: float | None = None
+    window: float | None = None  # None: 10 s windows past a 15 s single pass
+    overlap: float = DEFAULT_OVERLAP
+    max_duration: float = MAX_DURATION
 
     def __post_init__(self) -> None:
         if self.negative_prompt is None:  # "the default", as the front ends spell it
@@ -52,12 +65,22 @@ class GenerationRequest:
         if not (math.isfinite(self.guidance) and 0.0 <= self.guidance <= MAX_GUIDANCE):
             raise InputError(f"guidance scale must be between 0 and {MAX_GUIDANCE:g}, "
                              f"got {self.guidance}")
+        _check_windows(DEFAULT_WINDOW if self.window is None else self.window, self.overlap)
+        if not (math.isfinite(self.max_duration) and self.max_duration >= MIN_SECONDS):
+            raise InputError(f"max duration must be at least {MIN_SECONDS:g} s, "
+                             f"got {self.max_duration:g}")
         if self.duration is not None:
-            check_duration(self.duration)
+            check_duration(self.duration, self.max_duration)
 
     @property
     def text_only(self) -> bool:
         return self.duration is not None
+
+    @property
+    def windowing(self) -> Windowing:
+        if self.window is None:
+            return replace(DEFAULT_WINDOWING, overlap_s=self.overlap)
+        return Windowing(self.window, self.overlap)
 
     def with_seed(self, seed: int) -> GenerationRequest:
         return replace(self, seed=seed)
@@ -71,12 +94,24 @@ class GenerationRequest:
         return self
 
 
-def check_duration(seconds: float, maximum: float = MAX_SECONDS) -> float:
-    """A requested audio length within the model's bounds."""
+def check_duration(seconds: float, maximum: float = MAX_DURATION) -> float:
+    """A requested audio length within bounds (`maximum`: the request's `max_duration`)."""
     if not (math.isfinite(seconds) and MIN_SECONDS <= seconds <= maximum):
         raise InputError(f"duration must be between {MIN_SECONDS:g} and {maximum:g} s, "
                          f"got {seconds:g}")
     return seconds
+
+
+def _check_windows(window: float, overlap: float) -> None:
+    """A window the model takes in one pass, and an overlap that lets windows advance by at
+    least one whole second (their starts are whole seconds)."""
+    if not (math.isfinite(window) and MIN_SECONDS <= window <= MAX_SECONDS):
+        raise InputError(f"window must be between {MIN_SECONDS:g} and {MAX_SECONDS:g} s, "
+                         f"got {window:g}")
+    if not (math.isfinite(overlap) and 0.0 <= overlap <= window - WINDOW_GRID):
+        raise InputError(f"overlap must be between 0 and the window less {WINDOW_GRID:g} s "
+                         f"({window - WINDOW_GRID:g} s; windows start on whole seconds), "
+                         f"got {overlap:g}")
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> None:

@@ -44,3 +44,31 @@ def test_bench_cfg_parallel_rows(tmp_path: Path, capsys: pytest.CaptureFixture) 
     (row,) = json.loads(out.read_text())["cfg_parallel"]
     assert row["latent_frames"] == 50 and row["speedup"] > 0 and len(row["two_gpu_s"]) == 1
     assert row["cos_vs_one_gpu"] > 0.9999  # bf16: the halves round apart, slightly
+
+
+def test_bench_long_rows(tmp_path: Path) -> None:
+    """Long rows on the CPU: a short reference clip, then a clip in windows."""
+    import torch
+
+    from foleyrt.bench.long import bench_long
+    from foleyrt.cli.bench import long_line
+
+    ref, long = bench_long("tiny", [16.0], ["eager"], runs=1, steps=1,
+                           device=torch.device("cpu"), video_dir=tmp_path, frame_size=(32, 32),
+                           reference_s=1.0)
+    assert (ref.duration_s, ref.windows, long.duration_s, long.windows) == (1.0, 1, 16.0, 2)
+    assert long.median_s > long.denoise_s > 0 and long.peak_host_gb > 0
+    assert "long tiny 16s eager: 2 window(s)" in long_line(long)
+
+
+def test_a_calibrated_variant_records_its_own_ranges() -> None:
+    """`PRECISION+calibrated`: static scales recorded on the bench's random weights, so the
+    calibrated modes are measured without a calibration file of real weights."""
+    import torch
+
+    from foleyrt.bench.pipeline import variant_pipeline
+    from foleyrt.config import PRESETS
+
+    pipe = variant_pipeline(PRESETS["tiny"], "eager/int8+calibrated", torch.device("cpu"))
+    assert pipe.runtime.precision is not None and pipe.runtime.precision.value == "int8"
+    assert pipe.runtime.calibration is not None

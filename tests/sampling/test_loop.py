@@ -145,3 +145,17 @@ def test_windows_must_cover_the_latent() -> None:
         _windowed(_noise(0, 1, 100), [0, 50], 40, 5)
     with pytest.raises(ValueError, match="outside the latent"):
         _windowed(_noise(0, 1, 100), [0, 70], 40, 5)
+
+
+@torch.inference_mode()
+def test_preparing_at_every_step_gives_the_same_numbers(tiny_dit) -> None:
+    """`hold_prepared=False` (a very long clip's forwards, prepared again per step instead of
+    kept) changes memory, not numbers."""
+    task = _windowed(_noise(10, 1, 100), [0, 30, 60], 40, 10)
+    counting = FrameWise(tiny_dit)
+    denoise(counting, [task], SCHEDULE, max_rows=4, hold_prepared=False)
+    assert counting.rows == [4, 2] * SCHEDULE.steps
+    denoiser = ModuleDenoiser(tiny_dit)
+    held = denoise(denoiser, [task], SCHEDULE, max_rows=4)[0]
+    fresh = denoise(denoiser, [task], SCHEDULE, max_rows=4, hold_prepared=False)[0]
+    assert torch.equal(fresh, held)

@@ -44,7 +44,7 @@ def test_models_reports_the_loaded_model_defaults_and_limits(client: TestClient)
     assert model["id"] == "tiny-random" and model["random_weights"]
     assert model["sample_rate"] == 48000
     assert body["defaults"]["steps"] == STEPS
-    assert body["limits"]["max_seconds"] == 15
+    assert body["limits"]["max_seconds"] == 600  # ten minutes, in windows
 
 
 def test_openapi_docs_and_ui_are_served(client: TestClient) -> None:
@@ -149,7 +149,9 @@ def test_clip_too_short_is_422(client: TestClient, clips: Clips) -> None:
     ({"stepz": "3"}, "unknown field 'stepz'"),
     ({"duration": ""}, "give a duration"),
     ({"samples": "17"}, "at most 6 on this server"),
-    ({"duration": "20"}, "at most 15 s on this server"),
+    ({"duration": "601"}, "at most 600 s on this server"),
+    ({"window": "16"}, "less than or equal to 15"),
+    ({"window": "4", "overlap": "3.5"}, "overlap must be between 0 and the window less 1 s"),
 ])
 def test_bad_parameters_are_422(client: TestClient, fields: dict[str, str],
                                 message: str) -> None:

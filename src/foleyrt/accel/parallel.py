@@ -134,7 +134,8 @@ class CfgParallel:
         return self.denoiser
 
     def denoise(self, tasks: Sequence[Task], schedule: Schedule, *, max_rows: int | None = None,
-                on_step: StepCallback | None = None) -> list[Tensor]:
+                on_step: StepCallback | None = None, hold_prepared: bool = True
+                ) -> list[Tensor]:
         """`sampling.loop.denoise` on both ranks; rank 0's latents are returned."""
         if self.denoiser is None:
             raise UsageError("attach rank 0's denoiser before denoising")
@@ -149,8 +150,9 @@ class CfgParallel:
             return _step_flag(stop)
 
         try:
-            peer.send(_pack(tasks, schedule, max_rows))
-            return denoise(self.denoiser, tasks, schedule, max_rows=max_rows, on_step=step)
+            peer.send(_pack(tasks, schedule, max_rows, hold_prepared))
+            return denoise(self.denoiser, tasks, schedule, max_rows=max_rows, on_step=step,
+                           hold_prepared=hold_prepared)
         except Cancelled:
             raise  # rank 1 stopped at the same step and waits for the next request
         except BaseException as exc:
@@ -298,17 +300,20 @@ def _step_flag(stop: bool) -> bool:
     return bool(flag.item())
 
 
-def _pack(tasks: Sequence[Task], schedule: Schedule, max_rows: int | None) -> bytes:
+def _pack(tasks: Sequence[Task], schedule: Schedule, max_rows: int | None,
+          hold_prepared: bool) -> bytes:
     """A `denoise` call as plain containers of CPU tensors (read back with `weights_only`)."""
     buffer = io.BytesIO()
     torch.save({"tasks": _to_wire(list(tasks)), "schedule": _to_wire(schedule),
-                "max_rows": max_rows}, buffer)
+                "max_rows": max_rows, "hold_prepared": hold_prepared}, buffer)
     return buffer.getvalue()
 
 
-def _unpack(data: bytes, device: torch.device) -> tuple[list[Task], Schedule, int | None]:
+def _unpack(data: bytes, device: torch.device
+            ) -> tuple[list[Task], Schedule, int | None, bool]:
     job = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-    return _from_wire(job["tasks"]), _from_wire(job["schedule"]), job["max_rows"]
+    return (_from_wire(job["tasks"]), _from_wire(job["schedule"]), job["max_rows"],
+            job["hold_prepared"])
 
 
 # The dataclasses of a `denoise` call, sent field by field (a field added to one travels too).
@@ -372,9 +377,9 @@ def _serve(conn: Connection, denoiser: CfgParallelDenoiser, device: torch.device
         if job == SHUTDOWN:
             return
         try:
-            tasks, schedule, max_rows = _unpack(job, device)
+            tasks, schedule, max_rows, hold = _unpack(job, device)
             denoise(denoiser, tasks, schedule, max_rows=max_rows,
-                    on_step=lambda _: _step_flag(False))
+                    on_step=lambda _: _step_flag(False), hold_prepared=hold)
         except Cancelled:
             continue
         except Exception as exc:  # reported to rank 0; this process ends with the request

@@ -18,17 +18,23 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from foleyrt.accel.calibration import ActivationRecorder, save_calibration
+from foleyrt.accel.quant import AMAX_FLOOR, quantizable_modules
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.bench.loop import distance
-from foleyrt.bench.models import random_dit
-from foleyrt.config import PRESETS
+from foleyrt.bench.models import random_conditions, random_dit
+from foleyrt.config import PRESETS, ModelSpec
 from foleyrt.errors import UsageError
 from foleyrt.media.synthetic import write_test_clip
 from foleyrt.pipeline.models import random_models
 from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, release_cuda_memory
-from foleyrt.request import GenerationRequest
+from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_WINDOW, GenerationRequest
+from foleyrt.sampling.denoiser import ModuleDenoiser
+from foleyrt.sampling.loop import Task, denoise
+from foleyrt.sampling.schedule import flow_schedule
 
 PROMPT = "footsteps on gravel"
+CALIBRATION_STEPS = 4
 
 
 @dataclass
@@ -51,7 +57,8 @@ class PipelineRow:
 
 
 def parse_variant(text: str) -> tuple[str, str | None, str]:
-    """`ACCEL[/PRECISION[/OFFLOAD]]`, e.g. `compile`, `compile/fp8`, `eager/bf16/blocks:4`."""
+    """`ACCEL[/PRECISION[/OFFLOAD]]`, e.g. `compile`, `compile/fp8`, `eager/bf16/blocks:4`,
+    `compile/fp8+calibrated` (static scales recorded on the random weights)."""
     parts = text.split("/")
     if not 1 <= len(parts) <= 3:
         raise UsageError(f"pipeline variant {text!r} is not ACCEL[/PRECISION[/OFFLOAD]]")
@@ -76,11 +83,7 @@ def bench_pipeline(size: str, durations: list[float], variants: list[str], runs:
     request = GenerationRequest(prompt=PROMPT, steps=steps, seed=0)
     first: dict[float, tuple[Tensor, Tensor]] = {}  # the first variant's audio and latents
     for n, variant in enumerate(variants):
-        accel, precision, offload = parse_variant(variant)
-        runtime = RuntimeConfig.build(str(device), accel=accel, precision=precision,
-                                      offload=offload)
-        models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
-        pipe = FoleyPipeline(models.place(runtime), runtime)
+        pipe = variant_pipeline(spec, variant, device)
         for duration, video in clips.items():
             runs_s, stages, peak, outputs = _time_pipeline(
                 pipe, video, workdir / f"out_{n}.mp4", runs, request)
@@ -90,8 +93,35 @@ def bench_pipeline(size: str, durations: list[float], variants: list[str], runs:
                 distance(outputs[1], ref_latent)[0], snr_db(outputs[1], ref_latent),
                 distance(outputs[0], ref_audio)[0], snr_db(outputs[0], ref_audio),
                 stages, _stage_peaks(pipe, video, request))
-        del pipe, models
+        del pipe
         release_cuda_memory()
+
+
+def variant_pipeline(spec: ModelSpec, variant: str, device: torch.device) -> FoleyPipeline:
+    """Freshly built random-weight networks (the same for every variant) placed for
+    `variant`: its recipes transform them in place."""
+    accel, precision, offload = parse_variant(variant)
+    precision, _, calibrated = (precision or "").partition("+")
+    with tempfile.TemporaryDirectory(prefix="foleyrt-bench-") as tmp:
+        calibration = _random_calibration(spec, device, Path(tmp)) if calibrated else None
+        runtime = RuntimeConfig.build(str(device), accel=accel, precision=precision or None,
+                                      offload=offload, calibration=calibration)
+    models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
+    return FoleyPipeline(models.place(runtime), runtime)
+
+
+@torch.inference_mode()
+def _random_calibration(spec: ModelSpec, device: torch.device, directory: Path) -> Path:
+    """Activation ranges of the random weights (the variants' seed) over a short bf16 eager
+    loop of a 10 s clip, written as a calibration file."""
+    dit = random_dit(spec, device, torch.bfloat16, seed=0)
+    cond, frames = random_conditions(spec, DEFAULT_WINDOW, device, seed=1)
+    noise = torch.randn(1, 128, frames, device=device,
+                        generator=torch.Generator(device).manual_seed(7)).bfloat16()
+    with ActivationRecorder(quantizable_modules(dit)) as rec:
+        denoise(ModuleDenoiser(dit), [Task.whole(noise, DEFAULT_GUIDANCE, cond)],
+                flow_schedule(CALIBRATION_STEPS, spec.diffusion, n_tokens=frames))
+    return save_calibration(rec.calibration(AMAX_FLOOR, {}), directory / "calibration.safetensors")
 
 
 def _time_pipeline(pipe: FoleyPipeline, video: Path, out: Path, runs: int,

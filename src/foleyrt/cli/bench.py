@@ -16,6 +16,7 @@ from foleyrt.errors import UsageError
 from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 if TYPE_CHECKING:
+    from foleyrt.bench.long import LongRow
     from foleyrt.bench.loop import LoopRow
     from foleyrt.bench.parallel import ParallelRow
     from foleyrt.bench.pipeline import PipelineRow
@@ -45,6 +46,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg-parallel", nargs="+", default=None, metavar="MODE",
                    help="also time these loop modes (eager, compile, ...) on one GPU and split "
                         "over two by CFG-parallel (--device and the next GPU), same session")
+    p.add_argument("--long", nargs="+", type=float, default=None, metavar="SECONDS",
+                   help="also time long videos (e.g. 60 600) through the whole pipeline in "
+                        "windows, beside a 15 s clip, for the first size and each --pipeline "
+                        "variant (default: compile): loop and pipeline time, peak GPU and "
+                        "host memory")
     p.add_argument("--profile", action="store_true",
                    help="also print the GPU kernel-time breakdown of one compiled forward")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
@@ -97,7 +103,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"device: {name}  torch {torch.__version__}  steps {args.steps}  bf16 matmul peak "
           f"(measured 8192^3): {peak:.0f} TFLOP/s")
     print(LOOP_HEADER, flush=True)
-    results: dict[str, list[Any]] = {"loop": [], "pipeline": [], "profiles": [],
+    results: dict[str, list[Any]] = {"loop": [], "pipeline": [], "long": [], "profiles": [],
                                      "cfg_parallel": []}
     for row in bench_loop(args.sizes if args.modes else [], args.durations, args.modes,
                           args.runs, args.steps, args.guidance, device, peak,
@@ -122,6 +128,13 @@ def _bench(args: argparse.Namespace) -> int:
                                    args.steps, device):
             print(pipeline_line(prow), flush=True)
             results["pipeline"].append({**asdict(prow), "median_s": prow.median_s})
+    if args.long:
+        from foleyrt.bench.long import bench_long
+
+        for lrow in bench_long(args.sizes[0], args.long, args.pipeline or ["compile"],
+                               args.runs, args.steps, device):
+            print(long_line(lrow), flush=True)
+            results["long"].append({**asdict(lrow), "median_s": lrow.median_s})
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__,
                                          "matmul_peak_tflops": peak, **results}, indent=1))
@@ -227,6 +240,14 @@ def parallel_line(r: ParallelRow) -> str:
             f" (runs {', '.join(f'{x:.3f}' for x in r.two_gpu_s)}): {r.speedup:.2f}x; first "
             f"two-GPU run {r.first_two_gpu_s:.1f}s; vs one GPU: cos {r.cos_vs_one_gpu:.6f}, "
             f"max abs {r.max_abs_vs_one_gpu:.3g}")
+
+
+def long_line(r: LongRow) -> str:
+    return (f"long {r.size} {r.duration_s:g}s {r.variant}: {r.windows} window(s), pipeline "
+            f"median {r.median_s:.2f}s (runs {', '.join(f'{x:.2f}' for x in r.runs_s)}), "
+            f"denoise {r.denoise_s:.2f}s, peak GPU {r.peak_gpu_gb:.2f} GB "
+            f"({r.peak_gpu_vs_15s:.2f}x the 15 s clip's), peak host {r.peak_host_gb:.2f} GB, "
+            f"stages {r.stages}")
 
 
 def format_profile(kernels: list[KernelTime], title: str) -> str:

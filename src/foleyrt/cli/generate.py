@@ -23,7 +23,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="output .mp4 (video with the new sound) or .wav; several samples are "
                         "numbered out_1.mp4, out_2.mp4, ...")
     p.add_argument("--text-only", action="store_true", help="ignore any video; needs --duration")
-    p.add_argument("--duration", type=float, default=None, help="seconds, for text-only")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds, for text-only (past --window: generated in windows)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_model_options(p)
     p.set_defaults(handler=_generate)
@@ -45,7 +46,7 @@ def _generate(args: argparse.Namespace) -> int:
     for path in numbered_paths(args.output, wanted.samples):
         check_output_path(path, overwrite=args.overwrite, inputs=[video] if video else [])
     if video is not None:
-        probe_video(video)
+        probe_video(video, max_seconds=wanted.max_duration)
     config = runtime(args)
     wanted = wanted.with_seed(wanted.seed if wanted.seed is not None
                               else secrets.randbelow(2**31))
@@ -55,5 +56,8 @@ def _generate(args: argparse.Namespace) -> int:
         result = pipe.generate(video, wanted, progress=progress)
     for path in result.save(args.output, overwrite=args.overwrite):
         print(path)
+    if result.windows > 1:
+        log.info("generated in %d windows of %g s overlapping by at least %g s",
+                 result.windows, wanted.window, wanted.overlap)
     log.info("timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
     return 0

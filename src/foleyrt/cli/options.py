@@ -12,7 +12,11 @@ from foleyrt.config import HUB_REPO, PRESETS, RANDOM, TINY, TINY_RANDOM
 from foleyrt.request import (
     DEFAULT_GUIDANCE,
     DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_OVERLAP,
     DEFAULT_STEPS,
+    DEFAULT_WINDOW,
+    MAX_DURATION,
+    MAX_SECONDS,
     GenerationRequest,
 )
 
@@ -104,6 +108,16 @@ def add_request_options(p: argparse.ArgumentParser, *, prompt_help: str, samples
     if samples:
         p.add_argument("--samples", type=int, default=1,
                        help="sound tracks per input, numbered NAME_1, NAME_2, ... (default: 1)")
+    g = p.add_argument_group("long videos")
+    g.add_argument("--max-duration", type=float, default=MAX_DURATION, metavar="SECONDS",
+                   help="refuse longer inputs (default: %(default)g, 30 minutes)")
+    g.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="inputs longer than this are generated in windows of this length, at "
+                        f"most {MAX_SECONDS:g} (default: up to {MAX_SECONDS:g} s in one pass, "
+                        f"as the model was trained, longer ones in {DEFAULT_WINDOW:g} s windows)")
+    g.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP, metavar="SECONDS",
+                   help="neighbouring windows share at least this much, cross-faded; at most "
+                        "the window less 1 (default: %(default)g)")
 
 
 def request(args: argparse.Namespace, duration: float | None = None) -> GenerationRequest:
@@ -111,4 +125,5 @@ def request(args: argparse.Namespace, duration: float | None = None) -> Generati
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
         guidance=args.guidance, samples=getattr(args, "samples", 1), seed=args.seed,
-        duration=duration)
+        duration=duration, window=args.window, overlap=args.overlap,
+        max_duration=args.max_duration)

@@ -36,11 +36,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="job database and results (default: ~/.local/share/foleyrt/server)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="jobs allowed to wait; more are refused with 429 (default: 16)")
-    p.add_argument("--max-upload-mb", type=float, default=200,
-                   help="largest video upload in MiB (default: 200)")
+    p.add_argument("--max-upload-mb", type=float, default=2048,
+                   help="largest video upload in MiB (default: 2048, a ten-minute 1080p "
+                        "clip with room to spare)")
     p.add_argument("--max-video-seconds", type=float, default=None,
-                   help="longest video (and text-only duration) taken (default: the longest "
-                        "the model takes, 15 s today)")
+                   help="longest video (and text-only duration) taken; past 15 s it is "
+                        "generated in windows (default: 600, ten minutes)")
     p.add_argument("--job-timeout", default="10m",
                    help="time limit of one job, e.g. 90s, 10m (default: 10m)")
     p.add_argument("--result-ttl", default="24h",

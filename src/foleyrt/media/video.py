@@ -32,13 +32,15 @@ from torch import Tensor
 from foleyrt.errors import ConfigError, InputError, MediaError
 from foleyrt.lengths import SIGLIP_FPS, SYNC_FPS, SYNC_WINDOW
 from foleyrt.media.resize import pil_bilinear_resize, torch_bicubic_aa_resize
-from foleyrt.request import MAX_SECONDS, MIN_SECONDS
+from foleyrt.request import MAX_DURATION, MIN_SECONDS
 
 # Containers round durations (e.g. to the audio packet grid): a clip this close to a limit is
 # treated as being at it.
 DURATION_SLACK_S = 0.05
-# The release's `end_sec`: frames later than this are never used.
+# The release's `end_sec`: frames later than this are never used by a clip taken in one pass
+# (a longer clip is decoded whole, in windows).
 FRAME_CAP_S = 15.0
+SERVER_MAX_SECONDS = 600.0  # the longest clip a server takes unless configured otherwise
 
 SIGLIP_SIZE = 512
 SYNC_SIZE = 224
@@ -79,18 +81,19 @@ class VideoLimits:
     (a few MB of PNG frames can hold 16000x16000 pictures). Checked from the header and the
     packet index before anything is decoded, and on every decoded frame, where FFmpeg's own
     `max_pixels` stops a picture larger than allowed before it is allocated (headers can lie).
-    The defaults take real uploads: DCI 4K, 60 fps, the longest clip the model takes."""
+    The defaults take real uploads: DCI 4K, 60 fps, ten minutes (long clips are generated in
+    windows)."""
 
     max_pixels: int = 4096 * 2160
     max_fps: float = 60.0
-    max_seconds: float = MAX_SECONDS
+    max_seconds: float = SERVER_MAX_SECONDS
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1 or self.max_fps <= 0:
             raise ConfigError("video limits must be positive")
-        if not MIN_SECONDS <= self.max_seconds <= MAX_SECONDS:
-            raise ConfigError(f"the longest video must be between {MIN_SECONDS:g} and "
-                              f"{MAX_SECONDS:g} s, got {self.max_seconds:g}")
+        if not (math.isfinite(self.max_seconds) and self.max_seconds >= MIN_SECONDS):
+            raise ConfigError(f"the longest video must be at least {MIN_SECONDS:g} s, got "
+                              f"{self.max_seconds:g}")
 
     @property
     def max_frames(self) -> int:
@@ -162,10 +165,11 @@ def codec_name(stream: av.video.VideoStream) -> str:
     return stream.codec_context.codec.canonical_name
 
 
-def probe_video(path: str | Path, limits: VideoLimits | None = None) -> VideoInfo:
+def probe_video(path: str | Path, limits: VideoLimits | None = None,
+                max_seconds: float = MAX_DURATION) -> VideoInfo:
     """Read the header (and the packet timestamps only when it stores no duration) and check
-    the clip is one we can use: a video stream lasting MIN_SECONDS to MAX_SECONDS, and within
-    `limits` when given."""
+    the clip is one we can use: a video stream lasting MIN_SECONDS to `max_seconds` (a
+    request's `max_duration`), and within `limits` when given (their `max_seconds` too)."""
     path = Path(path)
     with open_media(path, limits) as container:
         stream = first_video_stream(container, path)
@@ -186,20 +190,16 @@ def probe_video(path: str | Path, limits: VideoLimits | None = None) -> VideoInf
         raise InputError(
             f"{path}: video is {duration:.2f} s long; at least {MIN_SECONDS:g} s is needed"
         )
-    if duration > MAX_SECONDS + DURATION_SLACK_S:
-        raise InputError(
-            f"{path}: video is {duration:.2f} s long; {MAX_SECONDS:g} s is the current limit "
-            f"until long-video support lands, trim the clip to at most {MAX_SECONDS:g} s"
-        )
+    limit = max_seconds if limits is None else min(max_seconds, limits.max_seconds)
+    if duration > limit + DURATION_SLACK_S:
+        raise InputError(f"{path}: video is {duration:.2f} s long; the limit is {limit:g} s, "
+                         "trim the clip (or raise the maximum duration)")
     if limits is not None:
         _check_header(info, limits)
     return info
 
 
 def _check_header(info: VideoInfo, limits: VideoLimits) -> None:
-    if info.duration_s > limits.max_seconds + DURATION_SLACK_S:
-        raise InputError(f"{info.path}: video is {info.duration_s:.2f} s long; the limit is "
-                         f"{limits.max_seconds:g} s, trim the clip")
     if info.width * info.height == 0:  # FFmpeg could not decode one within `max_pixels`
         raise MediaError(f"{info.path}: frames cannot be read within the limit of "
                          f"{limits.max_pixels:,} pixels per frame")
@@ -215,7 +215,7 @@ def scan_video(path: str | Path, limits: VideoLimits) -> VideoInfo:
     """`probe_video` within `limits`, then a pass over the packet index (no decoding): more
     frames than the limit, or packets ending well before the header's end (a file cut short
     whose index survived at the front), are refused before any decoding is queued."""
-    info = probe_video(path, limits)
+    info = probe_video(path, limits, limits.max_seconds)
     count, end = 0, -math.inf
     with open_media(info.path, limits) as container:
         stream = first_video_stream(container, info.path)

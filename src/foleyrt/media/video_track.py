@@ -8,13 +8,16 @@ times often leave the track's sample durations adding up to less than its presen
 span (FFmpeg then reports the video shorter than it plays, and a sound track cut
 to the span looks too long); rebuilt, the two agree. A constant-rate source's decode times
 already follow that rule and come out unchanged.
+
+A copied picture is read twice: once for its timestamps (to rebuild them), then packet by
+packet while the output is written, so a long video's packets never sit in memory together.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import pairwise
@@ -25,7 +28,7 @@ import av
 import av.container
 
 from foleyrt.errors import MediaError
-from foleyrt.media.video import codec_name
+from foleyrt.media.video import codec_name, first_video_stream, open_media
 
 log = logging.getLogger(__name__)
 
@@ -42,37 +45,73 @@ REENCODE_PIX_FMT = "yuv420p"  # what every player decodes; it needs even dimensi
 
 @dataclass
 class VideoTrack:
-    """The output's video packets, in decode order, and what they span."""
+    """The output's video packets, in decode order (read as they are muxed), and what they
+    span."""
 
-    packets: list[av.Packet]
+    packets: Iterator[av.Packet]
     seconds: float  # first frame shown to the end of the last one
+
+
+@dataclass
+class Timing:
+    """A packet's timestamps, kept without its data (what `retime` reads and rewrites)."""
+
+    pts: int | None
+    dts: int | None
+    duration: int
 
 
 def add_video_track(
     out: av.container.OutputContainer, source: av.video.VideoStream, path: Path
 ) -> VideoTrack:
     """Add `source`'s picture to `out`: copied if MP4 carries its codec, else re-encoded to
-    H.264 (said in one log line). Every packet is read before returning."""
+    H.264 (said in one log line). The timestamps are read before returning; a copy's packets
+    are read again from `path` while they are muxed."""
     codec = codec_name(source)
     if codec in MP4_VIDEO_CODECS:
         stream = out.add_stream_from_template(source, opaque=True)
         if codec == "hevc":  # Apple's players want `hvc1`, FFmpeg's MP4 default is `hev1`
             stream.codec_context.codec_tag = "hvc1"
-        packets = [p for p in _input(source).demux(source) if p.size]
+        read: Iterable[av.Packet] = _with_data(source)
+        packets: Iterable[av.Packet] = _copied(path)
     else:
         log.info("%s: MP4 cannot carry its %s video; re-encoding the picture to H.264", path,
                  codec)
-        stream, packets = _reencode(out, source, path)
-    if not packets:
+        stream, encoded = _reencode(out, source, path)
+        read = packets = encoded
+    timings, time_base = [], None
+    for p in read:
+        timings.append(Timing(p.pts, p.dts, p.duration or 0))
+        time_base = time_base or p.time_base
+    if not timings or time_base is None:
         raise MediaError(f"{path}: has no video to write")
-    if any(p.pts is None for p in packets):
+    if any(t.pts is None for t in timings):
         raise MediaError(f"{path}: video packets carry no timestamps; remux the file into MP4")
-    for packet in packets:
-        packet.stream = stream
-    return VideoTrack(packets, float(retime(packets) * packets[0].time_base))
+    seconds = float(retime(timings) * time_base)
+    return VideoTrack(_retimed(packets, timings, stream, path), seconds)
 
 
-def retime(packets: Sequence[av.Packet]) -> int:
+def _with_data(source: av.video.VideoStream) -> Iterator[av.Packet]:
+    return (p for p in _input(source).demux(source) if p.size)
+
+
+def _copied(path: Path) -> Iterator[av.Packet]:
+    """The first video stream's packets of `path` again, in decode order."""
+    with open_media(path) as container:
+        yield from _with_data(first_video_stream(container, path))
+
+
+def _retimed(packets: Iterable[av.Packet], timings: Sequence[Timing],
+             stream: av.video.VideoStream, path: Path) -> Iterator[av.Packet]:
+    try:
+        for packet, timing in zip(packets, timings, strict=True):
+            packet.dts, packet.duration, packet.stream = timing.dts, timing.duration, stream
+            yield packet
+    except ValueError:  # the second read found another number of packets
+        raise MediaError(f"{path}: the video changed while it was being written") from None
+
+
+def retime(packets: Sequence[Timing]) -> int:
     """Rebuild the decode timestamps of `packets` (one stream, in decode order) and give each
     packet its presentation duration; return the span from the first frame shown to the end
     of the last one, in the packets' time base. See the module docstring for why.
@@ -97,9 +136,9 @@ def retime(packets: Sequence[av.Packet]) -> int:
     return times[-1] + last - times[0]
 
 
-def _pts(packet: av.Packet) -> int:
-    assert packet.pts is not None  # add_video_track refuses packets without
-    return packet.pts
+def _pts(timing: Timing) -> int:
+    assert timing.pts is not None  # add_video_track refuses packets without
+    return timing.pts
 
 
 def _input(source: av.video.VideoStream) -> av.container.InputContainer:

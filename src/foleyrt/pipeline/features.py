@@ -12,12 +12,13 @@ the frames are resized on threads and encoded afterwards (`video_conditions`).
 from __future__ import annotations
 
 import bisect
+import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,23 +32,28 @@ from foleyrt.lengths import (
     SYNC_STRIDE,
     SYNC_WINDOW,
     SequenceLengths,
+    Windowing,
+    WindowPlan,
     sync_window_count,
 )
 from foleyrt.media.video import (
+    DURATION_SLACK_S,
+    FRAME_CAP_S,
     DecodedClip,
     FrameBranch,
     FramePrep,
     PerFrame,
     VideoInfo,
     VideoLimits,
+    assemble_clip,
     check_sync_length,
-    decode_clip,
     iter_ticks,
     probe_video,
     to_model_range,
 )
 from foleyrt.models.synchformer import Synchformer, sync_features
 from foleyrt.pipeline.models import FoleyModels
+from foleyrt.request import DEFAULT_WINDOWING, MAX_DURATION
 from foleyrt.sampling.conditions import Conditions
 
 SIGLIP_CHUNK = 16  # frames per streamed SigLIP2 call
@@ -67,31 +73,41 @@ def sync_autocast(device: torch.device) -> AbstractContextManager[object]:
 class EncodedClip:
     """A clip's conditions. `lengths` are what the model sees (its audio is the span of the
     25 fps frames), `info.duration_s` the length the audio is fitted to; `decode_s`: wall time
-    until the last frame was decoded (features computed after it: the rest of the stage)."""
+    until the last frame was decoded (features computed after it: the rest of the stage).
+    A clip longer than a window (`plan` not whole) has `windows`, the conditions of each of
+    its windows; `conditions` and `lengths` are then its first window's."""
 
     info: VideoInfo
     conditions: Conditions
     lengths: SequenceLengths
     decode_s: float
+    plan: WindowPlan | None = None
+    windows: tuple[Conditions, ...] = ()
 
 
 def encode_video(
     models: FoleyModels, path: str | Path | DecodedClip, prompt: str, negative_prompt: str,
     device: torch.device, fast: bool = False, limits: VideoLimits | None = None,
-    on_frame: Callable[[int], None] | None = None,
+    on_frame: Callable[[int], None] | None = None, windowing: Windowing = DEFAULT_WINDOWING,
+    max_seconds: float = MAX_DURATION, on_window: Callable[[int, int], None] | None = None,
 ) -> EncodedClip:
     """Decode `path` once and compute its SigLIP2, Synchformer and CLAP features on `device`
-    (`fast`: see `encoder_matmul_precision`; `limits`, `on_frame`: see `iter_ticks`); a
-    `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded."""
+    (`fast`: see `encoder_matmul_precision`; `limits`, `on_frame`: see `iter_ticks`;
+    `max_seconds`: the longest clip taken). A clip longer than `windowing`'s window is
+    streamed in windows, reported to `on_window` (see `_Windows`) instead of `on_frame`. A
+    `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded, in one pass."""
     if isinstance(path, DecodedClip):
         return _decoded_features(models, path, prompt, negative_prompt, device, fast, 0.0)
+    info = probe_video(path, limits, max_seconds)
+    if info.duration_s > windowing.single_pass_s + DURATION_SLACK_S:
+        return _stream_video(models, info, prompt, negative_prompt, device, fast, limits,
+                             on_frame, _Windows(windowing, info.duration_s, on_window))
     if device.type == "cpu":
         t0 = time.perf_counter()
-        clip = decode_clip(path, limits=limits, on_frame=on_frame)
+        clip = assemble_clip(info, iter_ticks(info.path, limits=limits, on_frame=on_frame))
         return _decoded_features(models, clip, prompt, negative_prompt, device, fast,
                                  time.perf_counter() - t0)
-    return _stream_video(models, probe_video(path, limits), prompt, negative_prompt, device,
-                         fast, limits, on_frame)
+    return _stream_video(models, info, prompt, negative_prompt, device, fast, limits, on_frame)
 
 
 def _decoded_features(
@@ -118,40 +134,88 @@ def video_conditions(
     return Conditions(clip_feat, sync_feat, text, uncond)
 
 
+@dataclass
+class _Windows:
+    """What streaming a long clip needs besides the clip: its windowing, and `on_window(ready,
+    windows)`, told at every 25 fps tick how many windows have all their frames, of how many
+    the header's duration makes (the last, overhanging window completes at the end)."""
+
+    windowing: Windowing
+    header_s: float
+    on_window: Callable[[int, int], None] | None = None
+    ends: list[int] = field(default_factory=list)  # 25 fps ticks that complete each window
+    ready: int = 0
+
+    def __post_init__(self) -> None:
+        plan = WindowPlan.of(SequenceLengths.of_duration(self.header_s), self.windowing)
+        self.ends = [plan.sync_start(i) + plan.window.sync_frames
+                     for i in range(len(plan.starts))]
+
+    def tick(self, sync_ticks: int) -> None:
+        while self.ready < len(self.ends) and self.ends[self.ready] <= sync_ticks:
+            self.ready += 1
+        if self.on_window is not None:
+            self.on_window(self.ready, len(self.ends))
+
+
 def _stream_video(
     models: FoleyModels, info: VideoInfo, prompt: str, negative_prompt: str,
     device: torch.device, fast: bool, limits: VideoLimits | None = None,
-    on_frame: Callable[[int], None] | None = None,
+    on_frame: Callable[[int], None] | None = None, windows: _Windows | None = None,
 ) -> EncodedClip:
     t0 = time.perf_counter()
     prep = FramePrep.for_device(device)
+    if windows is not None:
+        on_frame = None  # `windows.tick` reports (and may stop) at every 25 fps tick instead
     # The feeding thread queues on the caller's stream (batch mode gives each decoder its own).
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
     with encoder_matmul_precision(fast), quick_gil_handover(), ThreadPoolExecutor(
         1, thread_name_prefix="foleyrt-gpu-feed"
     ) as feeder:
         text, uncond = models.clap(prompt, negative_prompt)  # the GPU starts on it meanwhile
-        # (`windows` is bound before the first job runs: it reads the branch's tick list)
-        sync = FrameBranch(_in_inference(lambda frames: windows.add(prep.sync(frames)), stream),
+        # (`tokens` is bound before the first job runs: it reads the branch's tick list)
+        sync = FrameBranch(_in_inference(lambda frames: tokens.add(prep.sync(frames)), stream),
                            prep.sync_chunk, feeder, max_pending=STREAM_PENDING)
-        windows = _SyncWindows(models.synchformer, device, sync.slots)
+        tokens = _SyncTokens(models.synchformer, device, sync.slots,
+                             None if windows is None else windows.windowing)
 
         def siglip_rows(frames: Sequence[np.ndarray]) -> Tensor:
             return models.siglip(to_model_range(_as_batch(prep.siglip(frames))))[0]
 
         siglip = FrameBranch(_in_inference(siglip_rows, stream), SIGLIP_CHUNK, feeder,
                              max_pending=STREAM_PENDING)
-        for tick in iter_ticks(info.path, (SIGLIP_FPS, SYNC_FPS), limits=limits,
+        end_s = FRAME_CAP_S if windows is None else math.inf
+        for tick in iter_ticks(info.path, (SIGLIP_FPS, SYNC_FPS), end_s=end_s, limits=limits,
                                on_frame=on_frame):
             (siglip if tick.rate == SIGLIP_FPS else sync).add(tick)
+            if windows is not None and tick.rate == SYNC_FPS:
+                windows.tick(len(sync))
         decode_s = time.perf_counter() - t0
         check_sync_length(info, len(sync))
         clip_feat = siglip.stacked()[None]
         sync.finish()
-        windows.encode_ready(final=True)
-        sync_feat = windows.tokens()
-    cond = Conditions(clip_feat, sync_feat, text, uncond)
-    return EncodedClip(info, cond, SequenceLengths(len(siglip), len(sync)), decode_s)
+        lengths = SequenceLengths(len(siglip), len(sync))
+        if windows is None:
+            tokens.finish()
+            cond = Conditions(clip_feat, tokens.clip(), text, uncond)
+            return EncodedClip(info, cond, lengths, decode_s)
+        plan = WindowPlan.of(lengths, windows.windowing)
+        if plan.whole:
+            tokens.finish()
+            cond = Conditions(clip_feat, tokens.clip(len(sync)), text, uncond)
+            return EncodedClip(info, cond, lengths, decode_s, plan, (cond,))
+        tokens.finish(plan.sync_start(len(plan.starts) - 1))
+        conds = tuple(Conditions(_held(clip_feat, plan.clip_start(i), plan.window.clip_frames),
+                                 tokens.window(plan.sync_start(i)), text, uncond)
+                      for i in range(len(plan.starts)))
+    return EncodedClip(info, conds[0], plan.window, decode_s, plan, conds)
+
+
+def _held(frames: Tensor, start: int, count: int) -> Tensor:
+    """`count` rows of `frames [1, T, ...]` from `start`, the last row repeated past the end
+    (the still picture a window overhanging the clip's end sees)."""
+    index = torch.arange(start, start + count, device=frames.device).clamp_(max=frames.shape[1] - 1)
+    return frames.index_select(1, index)
 
 
 @contextmanager
@@ -184,45 +248,130 @@ def _as_batch(pixels: PerFrame) -> Tensor:
     return pixels if isinstance(pixels, Tensor) else torch.stack(list(pixels))
 
 
-class _SyncWindows:
-    """Synchformer over the clip's 16-frame windows (stride 8), `SYNC_GROUP` windows per call
-    as soon as their frames are resized. Windows are separate batch items, so grouping them
-    differently from the release's one call changes nothing but kernel shapes.
+class _SyncTokens:
+    """Synchformer tokens of a clip decoded in a stream, computed as soon as their frames are
+    resized, with resized frames dropped once nothing ahead needs them.
+
+    A whole clip's 16-frame windows start on every 8th frame (its "grid"); they are encoded
+    `SYNC_GROUP` at a time. Windows are separate batch items, so grouping them differently
+    from the release's one call changes nothing but kernel shapes. A long clip's window that
+    starts on the grid (25·s a multiple of 8: every 8 s) uses the grid's; one that does not
+    is encoded from its own frames once they are all resized. The last window is known only
+    at the end: the last window's worth of frames is kept for it (`finish`).
 
     `add` runs on the feeding thread, in chunk order; `slots` (tick -> source frame) is the
     branch's list, which the decoding thread appends to: the ticks whose frames are resized
     are a prefix of it."""
 
-    def __init__(self, model: Synchformer, device: torch.device, slots: list[int]) -> None:
+    def __init__(self, model: Synchformer, device: torch.device, slots: list[int],
+                 windowing: Windowing | None = None) -> None:
         self.model = model
         self.device = device
         self.slots = slots
-        self.pixels: list[Tensor] = []  # per source frame
-        self.outputs: list[Tensor] = []
-        self.encoded = 0  # windows done
+        self.pixels: dict[int, Tensor] = {}  # per source frame still needed
+        self.resized = 0  # source frames resized so far
+        self.grid: dict[int, Tensor] = {}  # grid window index -> its 8 tokens [1, 8, D]
+        self.next_grid = 0  # grid windows before this one are encoded or not needed
+        self.anchors: dict[int, Tensor] = {}  # off-grid window start -> its tokens
+        self.stride = 0 if windowing is None else windowing.stride * SYNC_FPS
+        self.frames = 0 if windowing is None else windowing.window().sync_frames
+        self.per_window = sync_window_count(self.frames)
 
     def add(self, pixels: PerFrame) -> PerFrame:
-        self.pixels.extend(pixels)
-        self.encode_ready()
-        return pixels
+        for p in pixels:
+            self.pixels[self.resized] = p
+            self.resized += 1
+        self._encode_ready(bisect.bisect_left(self.slots, self.resized), final=False)
+        return ()
 
-    def encode_ready(self, final: bool = False) -> None:
-        """Encode the complete windows whose frames are all resized (every window left when
-        `final`)."""
-        ready_ticks = bisect.bisect_left(self.slots, len(self.pixels))
+    def finish(self, last_start: int | None = None) -> None:
+        """Encode what is left (after the branch's `finish`): the rest of the grid and, for
+        a long clip, its last window from `last_start` (past the end: the last frame held)."""
+        ticks = len(self.slots)
+        self._encode_ready(ticks, final=True)
+        if (last_start is not None and last_start not in self.anchors
+                and not self._on_grid(last_start, ticks)):
+            self.anchors[last_start] = self._encode_span(last_start, ticks)
+
+    def clip(self, ticks: int | None = None) -> Tensor:
+        """A whole clip's tokens `[1, 8 * S, D]` (S windows of its `ticks` frames; None: every
+        grid window encoded)."""
+        count = len(self.grid) if ticks is None else sync_window_count(ticks)
+        return torch.cat([self.grid[m] for m in range(count)], dim=1)
+
+    def window(self, start: int) -> Tensor:
+        """The tokens of the long clip's window whose first frame is `start`."""
+        if start in self.anchors:
+            return self.anchors[start]
+        first = start // SYNC_STRIDE
+        return torch.cat([self.grid[m] for m in range(first, first + self.per_window)], dim=1)
+
+    # ---- while decoding ----------------------------------------------------------------------
+
+    def _grid_needed(self, m: int) -> bool:
+        """Whether grid window `m` belongs to some window of the clip that starts on the grid
+        (a whole clip: every one)."""
+        if not self.stride:
+            return True
+        start, reach = m * SYNC_STRIDE, (self.per_window - 1) * SYNC_STRIDE
+        first = max(0, -(-(start - reach) // self.stride))
+        return any((i * self.stride) % SYNC_STRIDE == 0
+                   for i in range(first, start // self.stride + 1))
+
+    def _on_grid(self, start: int, ticks: int) -> bool:
+        first = start // SYNC_STRIDE
+        return start % SYNC_STRIDE == 0 and all(
+            m in self.grid for m in range(first, first + self.per_window)) and (
+            start + self.frames <= ticks)
+
+    def _encode_ready(self, ready_ticks: int, final: bool) -> None:
         available = sync_window_count(ready_ticks)
-        while available - self.encoded >= (1 if final else SYNC_GROUP):
-            take = min(SYNC_GROUP, available - self.encoded)
-            first = self.encoded * SYNC_STRIDE
-            last = (self.encoded + take - 1) * SYNC_STRIDE + SYNC_WINDOW
-            frames = torch.stack([self.pixels[self.slots[i]] for i in range(first, last)])
-            with sync_autocast(self.device):
-                self.outputs.append(sync_features(self.model, to_model_range(frames)).float())
-            self.encoded += take
+        while True:
+            while self.next_grid < available and not self._grid_needed(self.next_grid):
+                self.next_grid += 1
+            run = 0
+            while (run < SYNC_GROUP and self.next_grid + run < available
+                   and self._grid_needed(self.next_grid + run)):
+                run += 1
+            gap = self.next_grid + run < available  # the run stops at a window not needed
+            if run == 0 or not (run == SYNC_GROUP or final or gap):
+                break
+            first = self.next_grid * SYNC_STRIDE
+            last = (self.next_grid + run - 1) * SYNC_STRIDE + SYNC_WINDOW
+            out = self._tokens(range(first, last))
+            for j in range(run):
+                self.grid[self.next_grid + j] = out[:, j * 8:(j + 1) * 8]
+            self.next_grid += run
+        if self.stride:
+            anchor = 0
+            while anchor + self.frames <= ready_ticks:
+                if anchor % SYNC_STRIDE and anchor not in self.anchors:
+                    self.anchors[anchor] = self._encode_span(anchor, ready_ticks)
+                anchor += self.stride
+        self._drop_unneeded(ready_ticks)
 
-    def tokens(self) -> Tensor:
-        """The clip's sync tokens, `[1, 8 * S, D]` (after the final `encode_ready`)."""
-        return torch.cat(self.outputs, dim=1)
+    def _encode_span(self, start: int, ticks: int) -> Tensor:
+        """A window's tokens from its own frames `[start, start + frames)`, the clip's last
+        frame held past its `ticks` frames."""
+        return self._tokens(min(t, ticks - 1) for t in range(start, start + self.frames))
+
+    def _tokens(self, ticks: Iterable[int]) -> Tensor:
+        frames = torch.stack([self.pixels[self.slots[t]] for t in ticks])
+        with sync_autocast(self.device):
+            return sync_features(self.model, to_model_range(frames), SYNC_GROUP).float()
+
+    def _drop_unneeded(self, ready_ticks: int) -> None:
+        """Forget resized frames that no window ahead needs (a long clip keeps the last
+        window's worth and a second, where its last window may start)."""
+        keep = min(self.next_grid * SYNC_STRIDE, ready_ticks)
+        if self.stride:
+            pending = next((a for a in range(0, ready_ticks + 1, self.stride)
+                            if a % SYNC_STRIDE and a not in self.anchors), ready_ticks)
+            keep = min(keep, pending, max(0, ready_ticks - self.frames - SYNC_FPS))
+        if keep >= len(self.slots):
+            return
+        for source in [s for s in self.pixels if s < self.slots[keep]]:
+            del self.pixels[source]
 
 
 def text_only_conditions(

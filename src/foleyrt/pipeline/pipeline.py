@@ -27,16 +27,17 @@ from foleyrt.accel.parallel import CfgParallel
 from foleyrt.accel.runtime import ParallelMode, RuntimeConfig
 from foleyrt.config import HUB_REPO
 from foleyrt.errors import Cancelled, InputError, UsageError
-from foleyrt.lengths import SequenceLengths
+from foleyrt.lengths import SequenceLengths, WindowPlan
 from foleyrt.media.audio import check_output_path, fit_length, mux_video, numbered_paths, write_wav
 from foleyrt.media.video import DecodedClip, VideoLimits
 from foleyrt.pipeline.budget import RowBudget
+from foleyrt.pipeline.decode import decode_latents
 from foleyrt.pipeline.features import encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_denoiser, load_models
 from foleyrt.request import GenerationRequest
 from foleyrt.sampling.conditions import Conditions
 from foleyrt.sampling.denoiser import Denoiser
-from foleyrt.sampling.loop import StepEvent, Task, denoise
+from foleyrt.sampling.loop import StepEvent, Task, Window, denoise
 from foleyrt.sampling.schedule import flow_schedule
 from foleyrt.version import __version__
 
@@ -45,9 +46,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Progress:
-    """Reported to a progress callback; the callback returns True to cancel."""
+    """Reported to a progress callback; the callback returns True to cancel. A clip longer
+    than a window reports "windows" (windows whose frames are decoded, of how many) instead
+    of "video" (frames decoded)."""
 
-    stage: str  # "video", "features", "denoise", "decode"
+    stage: str  # "video" or "windows", "features", "denoise", "decode"
     step: int
     total: int
 
@@ -66,6 +69,7 @@ class FoleyResult:
     random_weights: bool
     timings: dict[str, float] = field(default_factory=dict)
     latents: Tensor | None = None  # the final latents [samples, 128, Na], fp32 on the CPU
+    windows: int = 1  # how many windows the audio was generated in (1: in one pass)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -99,7 +103,10 @@ class FoleyResult:
 @dataclass
 class Encoded:
     """A request with its conditions, ready to denoise: `lengths` the token counts the model
-    sees, `fit_s` the duration the audio is fitted to (the clip's own)."""
+    sees, `fit_s` the duration the audio is fitted to (the clip's own). A clip (or duration)
+    longer than its window has a `plan` and the conditions of each of its `windows`;
+    `conditions` and `lengths` are then its first window's (all windows share their shapes
+    and text)."""
 
     video: Path | None
     request: GenerationRequest
@@ -107,6 +114,26 @@ class Encoded:
     lengths: SequenceLengths
     fit_s: float
     timings: dict[str, float] = field(default_factory=dict)
+    plan: WindowPlan | None = None
+    windows: tuple[Conditions, ...] = ()
+
+    @property
+    def windowed(self) -> bool:
+        return self.plan is not None and not self.plan.whole
+
+    @property
+    def latent_frames(self) -> int:
+        return self.plan.latent_frames if self.plan is not None else self.lengths.latent_frames
+
+    def task(self, noise: Tensor, device: torch.device) -> Task:
+        """The sampler's task: one window, or the plan's windows blended."""
+        guidance = self.request.guidance
+        if not self.windowed:
+            return Task.whole(noise, guidance, self.conditions.to(device))
+        assert self.plan is not None
+        windows = tuple(Window(self.plan.latent_start(i), self.lengths.latent_frames,
+                               c.to(device)) for i, c in enumerate(self.windows))
+        return Task(noise, guidance, windows, self.plan.taper)
 
 
 def report(progress: ProgressFn | None, stage: str, step: int = 0, total: int = 1) -> None:
@@ -222,21 +249,28 @@ class FoleyPipeline:
             with models.stage(models.siglip, models.synchformer, models.clap):
                 clip = encode_video(models, video, request.prompt, negative, device,
                                     fast=self.runtime.fast_encoders, limits=video_limits,
-                                    on_frame=lambda n: report(progress, "video", n, 0))
+                                    on_frame=lambda n: report(progress, "video", n, 0),
+                                    windowing=request.windowing,
+                                    max_seconds=request.max_duration,
+                                    on_window=lambda n, of: report(progress, "windows", n, of))
             cond, lengths, fit_s = clip.conditions, clip.lengths, clip.info.duration_s
+            plan, windows = clip.plan, clip.windows
             source: Path | None = clip.info.path
             timings["video"] = clip.decode_s
             report(progress, "features")
         else:
             assert request.duration is not None
             report(progress, "features")
-            lengths = SequenceLengths.of_duration(request.duration)
+            plan = WindowPlan.of(SequenceLengths.of_duration(request.duration),
+                                 request.windowing)
+            lengths = plan.window
             with models.stage(models.clap):
                 cond = text_only_conditions(models, lengths, request.prompt, negative)
+            windows = (cond,) * len(plan.starts)
             fit_s, source = request.duration, None
         self._sync()
         timings["features"] = time.perf_counter() - t0 - timings.get("video", 0.0)
-        return Encoded(source, request, cond, lengths, fit_s, timings)
+        return Encoded(source, request, cond, lengths, fit_s, timings, plan, windows)
 
     def denoise(
         self,
@@ -258,7 +292,7 @@ class FoleyPipeline:
         cfg, device = dit.config, self.runtime.device
         tasks = []
         for k, e in enumerate(encoded):
-            shape = (e.request.samples, cfg.audio_vae_latent_dim, e.lengths.latent_frames)
+            shape = (e.request.samples, cfg.audio_vae_latent_dim, e.latent_frames)
             noise = None if noises is None else noises[k]
             if noise is None:
                 gen = None if generators is None else generators[k]
@@ -267,7 +301,7 @@ class FoleyPipeline:
                 raise InputError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
             # The release draws its first latent in the transformer's dtype: round likewise.
             x0 = noise.to(device=device, dtype=self.runtime.dtype)
-            tasks.append(Task.whole(x0, e.request.guidance, e.conditions.to(device)))
+            tasks.append(e.task(x0, device))
         schedule = flow_schedule(steps.pop(), self.models.spec.diffusion,
                                  n_tokens=encoded[0].lengths.latent_frames)
 
@@ -276,12 +310,15 @@ class FoleyPipeline:
             return bool(progress(Progress("denoise", event.index + 1, event.total)))
 
         with self.models.stage(dit):
+            hold = True
             if max_rows is None:
-                max_rows = self._row_limit(encoded)
+                max_rows, hold = self._forwards(encoded, tasks)
             step = on_step if progress else None
             if self.parallel is not None:
-                return self.parallel.denoise(tasks, schedule, max_rows=max_rows, on_step=step)
-            return denoise(self.denoiser, tasks, schedule, max_rows=max_rows, on_step=step)
+                return self.parallel.denoise(tasks, schedule, max_rows=max_rows, on_step=step,
+                                             hold_prepared=hold)
+            return denoise(self.denoiser, tasks, schedule, max_rows=max_rows, on_step=step,
+                           hold_prepared=hold)
 
     def max_rows(self, encoded: Sequence[Encoded]) -> int:
         """Rows one forward may hold for these requests (what `denoise` uses by default):
@@ -293,23 +330,40 @@ class FoleyPipeline:
         return min(self.row_budget.rows(e.lengths, e.conditions.text_feat.shape[1])
                    for e in encoded)
 
+    def _forwards(self, encoded: Sequence[Encoded], tasks: Sequence[Task]) -> tuple[int, bool]:
+        """Rows per forward, and whether forwards stay prepared across steps (see
+        `RowBudget`): what the free memory allows, or for the windows of long clips what
+        keeps their memory near a 15 s clip's."""
+        budget = self.row_budget
+        if not any(e.windowed for e in encoded):
+            return self._row_limit(encoded), True
+        longest = max(encoded, key=lambda e: e.lengths.latent_frames)
+        text = longest.conditions.text_feat.shape[1]
+        per_window = max(t.window_rows for t in tasks)
+        total = sum(t.window_rows * len(t.windows) for t in tasks)
+        rows = budget.windows(longest.lengths, text, per_window, total)
+        return rows.max_rows, rows.hold_prepared
+
     def finish(self, encoded: Encoded, latents: Tensor,
                progress: ProgressFn | None = None) -> FoleyResult:
-        """Decode `latents` and fit the audio to the clip's duration."""
+        """Decode `latents` and fit the audio to the clip's duration (a windowed clip's
+        overhang past its end is cut off here)."""
         t0 = time.perf_counter()
         report(progress, "decode")
-        audio = fit_length(self.decode(latents), round(encoded.fit_s * self.sample_rate))
+        audio = fit_length(self.decode(latents, progress),
+                           round(encoded.fit_s * self.sample_rate))
         timings = {**encoded.timings, "decode": time.perf_counter() - t0}
         return FoleyResult(audio, self.sample_rate, encoded.fit_s, latents.shape[-1],
                            encoded.video, encoded.request.seed, self.models.random_weights,
-                           timings, latents.cpu())
+                           timings, latents.cpu(), len(encoded.windows) or 1)
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents `[n, 128, Na]` -> audio `[n, 1, 960 Na]` float32 on the CPU."""
+    def decode(self, latents: Tensor, progress: ProgressFn | None = None) -> Tensor:
+        """Latents `[n, 128, Na]` -> audio `[n, 1, 960 Na]` float32 on the CPU (a long latent
+        in chunks: see `foleyrt.pipeline.decode`)."""
         vae = self.models.vae
         with self.models.stage(vae):
-            dtype = next(vae.parameters()).dtype
-            return vae.decode(latents.to(self.runtime.device, dtype)).float().cpu()
+            return decode_latents(vae, latents, self.runtime.device,
+                                  on_chunk=lambda n, of: report(progress, "decode", n, of))
 
     def _sync(self) -> None:
         """Wait for this thread's GPU work (its current stream): batch mode runs stages on

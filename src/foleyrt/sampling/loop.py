@@ -78,6 +78,11 @@ class Task:
     def samples(self) -> int:
         return self.noise.shape[0]
 
+    @property
+    def window_rows(self) -> int:
+        """Transformer rows of each window: its samples, twice with guidance."""
+        return self.samples * (2 if self.guided else 1)
+
 
 @dataclass
 class StepEvent:
@@ -128,7 +133,7 @@ class _Block:
 
 @dataclass
 class _Forward:
-    """Rows of several blocks evaluated together, prepared once."""
+    """Rows of several blocks evaluated together, prepared once (or once per step)."""
 
     blocks: list[_Block]
     velocity: Velocity | None = None
@@ -136,6 +141,9 @@ class _Forward:
     @property
     def rows(self) -> int:
         return sum(b.rows.rows for b in self.blocks)
+
+    def prepare(self, denoiser: Denoiser, schedule: Schedule) -> Velocity:
+        return denoiser.prepare(ConditionRows.cat([b.rows for b in self.blocks]), schedule)
 
 
 def plan_forwards(
@@ -170,14 +178,17 @@ def denoise(
     *,
     max_rows: int | None = None,
     on_step: StepCallback | None = None,
+    hold_prepared: bool = True,
 ) -> list[Tensor]:
     """Integrate every task from noise (sigma 1) to data (sigma 0); returns their fp32
     latents in order. With guidance a window's rows are `[x; x]` and its velocity is
-    `v = v_u + s (v_c - v_u)`."""
+    `v = v_u + s (v_c - v_u)`. `hold_prepared=False` prepares each forward again at every
+    step instead of keeping every forward's prepared conditions (the windows of a very long
+    clip: memory that would grow with its length; the numbers are the same)."""
     forwards = plan_forwards(denoiser, tasks, max_rows)
-    for forward in forwards:
-        forward.velocity = denoiser.prepare(ConditionRows.cat([b.rows for b in forward.blocks]),
-                                            schedule)
+    if hold_prepared:
+        for forward in forwards:
+            forward.velocity = forward.prepare(denoiser, schedule)
     device = tasks[0].noise.device
     ramps = [[blend_ramp(w.length, task.taper).to(device) for w in task.windows]
              if len(task.windows) > 1 else None for task in tasks]
@@ -188,7 +199,9 @@ def denoise(
         guided: dict[tuple[int, int], Tensor] = {}
         model_out: list[Tensor | None] = [None] * len(tasks)
         for forward in forwards:
-            _evaluate(forward, tasks, latents, i, guided, model_out)
+            velocity = (forward.velocity if forward.velocity is not None
+                        else forward.prepare(denoiser, schedule))
+            _evaluate(forward, velocity, tasks, latents, i, guided, model_out)
         velocities = [guided[(t, 0)] if ramp is None else _blend(task, t, guided, ramp)
                       for t, (task, ramp) in enumerate(zip(tasks, ramps, strict=True))]
         latents = [x.float() + v * dts[i] for x, v in zip(latents, velocities, strict=True)]
@@ -199,16 +212,16 @@ def denoise(
     return latents
 
 
-def _evaluate(forward: _Forward, tasks: Sequence[Task], latents: list[Tensor], step: int,
-              guided: dict[tuple[int, int], Tensor], model_out: list[Tensor | None]) -> None:
+def _evaluate(forward: _Forward, velocity: Velocity, tasks: Sequence[Task],
+              latents: list[Tensor], step: int, guided: dict[tuple[int, int], Tensor],
+              model_out: list[Tensor | None]) -> None:
     """One forward of a step: each of its windows' guided velocities into `guided`."""
     blocks = forward.blocks
     spans = [tasks[b.task].windows[b.window] for b in blocks]
     parts = [latents[b.task][..., w.start:w.stop] for b, w in zip(blocks, spans, strict=True)]
     x = torch.cat(parts)
     cfg = blocks[0].rows.guided
-    assert forward.velocity is not None
-    out = forward.velocity(torch.cat([x, x]) if cfg else x, step).float()
+    out = velocity(torch.cat([x, x]) if cfg else x, step).float()
     halves = out.chunk(2) if cfg else (out,)
     first = 0
     for block, part in zip(blocks, parts, strict=True):
@@ -217,10 +230,9 @@ def _evaluate(forward: _Forward, tasks: Sequence[Task], latents: list[Tensor], s
         task = tasks[block.task]
         if cfg:
             v_uncond, v_cond = halves[0][rows], halves[1][rows]
-            velocity = v_uncond + task.guidance * (v_cond - v_uncond)
+            guided[(block.task, block.window)] = v_uncond + task.guidance * (v_cond - v_uncond)
         else:
-            velocity = halves[0][rows]
-        guided[(block.task, block.window)] = velocity
+            guided[(block.task, block.window)] = halves[0][rows]
         if len(task.windows) == 1:
             model_out[block.task] = out if len(blocks) == 1 else torch.cat(
                 [h[rows] for h in halves])
@@ -235,8 +247,13 @@ def _blend(task: Task, index: int, guided: dict[tuple[int, int], Tensor],
     total = torch.zeros(n_latent, dtype=torch.float64, device=first.device)
     blended = first.new_zeros(*first.shape[:2], n_latent)
     for k, (window, ramp) in enumerate(zip(task.windows, ramps, strict=True)):
-        span = slice(window.start, window.stop)
-        total[span] += ramp
-        share = (ramp / total[span]).to(first.dtype)
-        blended[..., span] += share * (guided[(index, k)] - blended[..., span])
+        blend_in(blended, total, slice(window.start, window.stop), guided[(index, k)], ramp)
     return blended
+
+
+def blend_in(blended: Tensor, total: Tensor, span: slice, value: Tensor, ramp: Tensor) -> None:
+    """One more window's share of a running weighted mean over the last axis: `value` over
+    `span` with weights `ramp`; `total` (fp64) holds the weights so far."""
+    total[span] += ramp
+    share = (ramp / total[span]).to(blended.dtype)
+    blended[..., span] += share * (value - blended[..., span])

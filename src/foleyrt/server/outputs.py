@@ -27,7 +27,8 @@ def encode_job(
     its features computed, from its stored parameters."""
     params = JobParams.model_validate(job.params)
     video = None if params.text_only else files.input_path(job.id)
-    request = params.generation_request().check_source(video is not None)
+    request = params.generation_request(video_limits.max_seconds)
+    request.check_source(video is not None)
     return pipeline.encode(video, request, progress, video_limits)
 
 

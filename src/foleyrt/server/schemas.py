@@ -13,8 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from foleyrt.request import (
     DEFAULT_GUIDANCE,
     DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW,
+    MAX_DURATION,
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
+    MAX_SECONDS,
     MAX_SEED,
     MAX_STEPS,
     MIN_SECONDS,
@@ -53,6 +57,14 @@ class JobRequest(BaseModel):
     samples: int = Field(1, ge=1, description="number of sound tracks")
     duration: float | None = Field(None, ge=MIN_SECONDS,
                                    description="seconds of audio, text-only jobs only")
+    window: float | None = Field(
+        None, ge=MIN_SECONDS, le=MAX_SECONDS,
+        description="a clip (or duration) longer than this is generated in windows of this "
+                    f"many seconds (default: up to {MAX_SECONDS:g} s in one pass, longer ones in "
+                    f"{DEFAULT_WINDOW:g} s windows)")
+    overlap: float = Field(DEFAULT_OVERLAP, ge=0.0,
+                           description="seconds neighbouring windows share, cross-faded (at "
+                                       "most the window less 1)")
 
 
 class JobParams(BaseModel):
@@ -68,6 +80,8 @@ class JobParams(BaseModel):
     seed: int
     samples: int
     duration: float | None = None
+    window: float | None = None
+    overlap: float = DEFAULT_OVERLAP
     video_name: str | None = Field(
         None, description="the uploaded file's name, for display only; null for text-only")
 
@@ -75,15 +89,20 @@ class JobParams(BaseModel):
     def text_only(self) -> bool:
         return self.video_name is None
 
-    def generation_request(self) -> GenerationRequest:
+    def generation_request(self, max_duration: float = MAX_DURATION) -> GenerationRequest:
+        """The request (`max_duration`: the server's longest clip)."""
         negative = DEFAULT_NEGATIVE_PROMPT if self.negative_prompt is None else self.negative_prompt
         return GenerationRequest(prompt=self.prompt, negative_prompt=negative,
                                  steps=self.steps, guidance=self.guidance,
-                                 samples=self.samples, seed=self.seed, duration=self.duration)
+                                 samples=self.samples, seed=self.seed, duration=self.duration,
+                                 window=self.window, overlap=self.overlap,
+                                 max_duration=max_duration)
 
 
 class ProgressOut(BaseModel):
-    stage: str | None = Field(description="video, features, denoise, decode or saving")
+    stage: str | None = Field(description="video (or windows: a clip longer than a window, "
+                                          "step = windows read), features, denoise, decode "
+                                          "or saving")
     step: int
     total: int
 

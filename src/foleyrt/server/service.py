@@ -207,7 +207,7 @@ class JobService:
             raise InputError("upload a video, or give a duration (seconds) for a text-only job")
         if request.duration is not None and request.duration > limits.max_seconds:
             raise InputError(f"duration must be at most {limits.max_seconds:g} s on this server")
-        return JobParams(
+        params = JobParams(
             prompt=request.prompt.strip(),
             negative_prompt=request.negative_prompt,
             steps=request.steps or self.settings.default_steps,
@@ -215,8 +215,12 @@ class JobService:
             seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
             samples=request.samples,
             duration=request.duration,
+            window=request.window,
+            overlap=request.overlap,
             video_name=None if request.video is None else _display_name(request.video.filename),
         )
+        params.generation_request(limits.max_seconds)  # the request's own bounds (overlap)
+        return params
 
     def _receive(self, job_id: str, upload: BinaryIO, name: str | None) -> bytes:
         """Store the upload under the server's name and check what it really is (the

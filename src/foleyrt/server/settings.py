@@ -65,7 +65,7 @@ class ServerSettings:
     size: str = "xxl"
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # device, dtype, accel, ...
     max_queue: int = 16  # jobs waiting; the running one is not counted
-    max_upload_bytes: int = 200 * MIB
+    max_upload_bytes: int = 2048 * MIB  # a ten-minute 1080p clip with room to spare
     video_limits: VideoLimits = field(default_factory=VideoLimits)
     job_timeout_s: float = 600.0
     result_ttl_s: float = 24 * 3600.0

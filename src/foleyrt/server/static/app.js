@@ -137,7 +137,7 @@ function formData() {
     data.append("duration", $("duration").value);
   }
   data.append("prompt", $("prompt").value);
-  for (const name of ["negative_prompt", "steps", "guidance", "seed", "samples"]) {
+  for (const name of ["negative_prompt", "steps", "guidance", "seed", "samples", "window", "overlap"]) {
     const value = $(name).value.trim();
     if (value !== "") data.append(name, value);
   }
@@ -217,6 +217,8 @@ function describe(job) {
       return job.queue_position === 1 ? "Waiting in queue: next to run" : `Waiting in queue: position ${job.queue_position}`;
     case "running":
       if (p.stage === "denoise") return `Denoising: step ${p.step} of ${p.total}`;
+      if (p.stage === "windows") return `Reading the video: window ${p.step} of ${p.total}`;
+      if (p.stage === "decode" && p.total > 1) return `Decoding the audio: part ${p.step} of ${p.total}`;
       return STAGES[p.stage] || "Starting";
     case "succeeded": {
       const seconds = (Date.parse(job.finished_at) - Date.parse(job.started_at)) / 1000;
@@ -232,8 +234,9 @@ function describe(job) {
 function fraction(job) {
   if (job.state === "succeeded") return 1;
   const p = job.progress;
-  const base = { video: 0, features: 0.05, denoise: 0.1, decode: 0.9, saving: 0.95 }[p.stage];
+  const base = { video: 0, windows: 0, features: 0.05, denoise: 0.1, decode: 0.9, saving: 0.95 }[p.stage];
   if (base === undefined) return null;
+  if (p.stage === "windows" && p.total) return 0.05 * Math.min(1, p.step / p.total);
   return p.stage === "denoise" && p.total ? 0.1 + 0.8 * (p.step / p.total) : base;
 }
 
