@@ -10,7 +10,8 @@ import pytest
 
 from foleyrt.accel.calibration import Calibration
 from foleyrt.models.dit import FoleyDiT
-from tests.tiny import recorded_calibration, tiny_dit as build_tiny_dit
+from tests.tiny import recorded_calibration
+from tests.tiny import tiny_dit as build_tiny_dit
 
 REPO = Path(__file__).resolve().parents[1]
 # The golden fixtures of the official implementation: ../shared beside the checkout, or

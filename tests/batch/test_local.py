@@ -25,8 +25,8 @@ from foleyrt.batch import (
     Status,
     plan_batch,
     run_local,
+    stages,
 )
-from foleyrt.batch import stages
 from foleyrt.lengths import SequenceLengths
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult
 from foleyrt.request import GenerationRequest

@@ -128,8 +128,8 @@ def test_names_are_safe_unique_and_explicit_names_reserved(tmp_path: Path) -> No
 
 
 def test_outputs_for_samples_and_formats(tmp_path: Path) -> None:
-    [job] = plan_batch([BatchItem(Path("v/k.mp4"), output="kick")], tmp_path,
-                       BatchSettings(formats=(".mp4", ".wav"), request=GenerationRequest(samples=2)))
+    settings = BatchSettings(formats=(".mp4", ".wav"), request=GenerationRequest(samples=2))
+    [job] = plan_batch([BatchItem(Path("v/k.mp4"), output="kick")], tmp_path, settings)
     assert job.bases == (tmp_path / "kick.mp4", tmp_path / "kick.wav")
     assert [p.name for p in job.outputs] == ["kick_1.mp4", "kick_2.mp4", "kick_1.wav",
                                              "kick_2.wav"]
@@ -164,7 +164,8 @@ def test_plan_errors(tmp_path: Path) -> None:
 def test_seeds(tmp_path: Path) -> None:
     items = [BatchItem(Path("a.mp4")), BatchItem(Path("b.mp4"), seed=99),
              BatchItem(Path("c.mp4"))]
-    assert [j.seed for j in plan_batch(items, tmp_path, BatchSettings(request=GenerationRequest(seed=10)))] == [10, 99, 12]
+    seeded = BatchSettings(request=GenerationRequest(seed=10))
+    assert [j.seed for j in plan_batch(items, tmp_path, seeded)] == [10, 99, 12]
     assert [j.seed for j in plan_batch(items, tmp_path, BatchSettings())] == [None, 99, None]
 
 

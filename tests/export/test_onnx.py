@@ -18,24 +18,24 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-import onnx  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import onnx
+from safetensors.torch import save_file
 
-from foleyrt.accel.calibration import AMAX_FORMAT, AMAX_VERSION, read_calibration  # noqa: E402
-from foleyrt.accel.engine_io import (  # noqa: E402
+from foleyrt.accel.calibration import AMAX_FORMAT, AMAX_VERSION, read_calibration
+from foleyrt.accel.engine_io import (
     DECODER,
     VELOCITY,
     condition_feeds,
     velocity_feeds,
     velocity_signature,
 )
-from foleyrt.cli import main  # noqa: E402
+from foleyrt.cli import main
 from foleyrt.config import (
-    TINY,  # noqa: E402
-    config_digest,  # noqa: E402
+    TINY,
+    config_digest,
 )
-from foleyrt.errors import ConfigError, DependencyError  # noqa: E402
-from foleyrt.export.onnx import (  # noqa: E402
+from foleyrt.errors import ConfigError, DependencyError
+from foleyrt.export.onnx import (
     DEFAULT_OPSET,
     MIN_OPSET,
     ExportConfig,
@@ -48,11 +48,11 @@ from foleyrt.export.onnx import (  # noqa: E402
     velocity_cases,
     weights_sha256,
 )
-from foleyrt.export.qdq import insert_qdq  # noqa: E402
-from foleyrt.models.dac_vae import DACVAE  # noqa: E402
-from foleyrt.models.dit import FoleyDiT  # noqa: E402
-from foleyrt.models.layers import Linear, TemporalConv  # noqa: E402
-from foleyrt.models.random_init import random_vae, randomize_  # noqa: E402
+from foleyrt.export.qdq import insert_qdq
+from foleyrt.models.dac_vae import DACVAE
+from foleyrt.models.dit import FoleyDiT
+from foleyrt.models.layers import Linear, TemporalConv
+from foleyrt.models.random_init import random_vae, randomize_
 
 FP32_BOUND = 1e-4  # issue 4: onnxruntime vs PyTorch, tiny config, fp32
 PREPARE_ONLY = ("cond_in.", "visual_proj.", "sync_in.", "text_cross_kv")  # not in the step graph

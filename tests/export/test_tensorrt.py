@@ -19,47 +19,48 @@ import torch
 
 pytest.importorskip("onnx")
 
-import onnx  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.torch import save_file
 
-from foleyrt.cli import main  # noqa: E402
-from foleyrt.config import TINY  # noqa: E402
-from foleyrt.errors import ConfigError, DependencyError  # noqa: E402
-from foleyrt.export import tensorrt as ftrt  # noqa: E402
-from foleyrt.accel.calibration import AMAX_FORMAT, AMAX_VERSION  # noqa: E402
-from foleyrt.accel.engine_io import DECODER, VELOCITY  # noqa: E402
-from foleyrt.accel.engines import (  # noqa: E402
+from foleyrt.accel import tensorrt as accel_trt
+from foleyrt.accel.calibration import AMAX_FORMAT, AMAX_VERSION
+from foleyrt.accel.engine_io import DECODER, VELOCITY, velocity_feeds, velocity_signature
+from foleyrt.accel.engines import (
     BuildEnv,
     DimRange,
     EngineCache,
+    EngineKey,
     EngineSidecar,
     select_engine,
     uncovered,
 )
-from foleyrt.accel import tensorrt as accel_trt  # noqa: E402
-from foleyrt.accel.engine_io import velocity_feeds, velocity_signature  # noqa: E402
-from foleyrt.accel.engines import EngineKey  # noqa: E402
-from foleyrt.accel.tensorrt import EngineDenoiser, require_tensorrt  # noqa: E402
-from foleyrt.config import config_digest  # noqa: E402
-from foleyrt.export.build_config import (  # noqa: E402
+from foleyrt.accel.tensorrt import EngineDenoiser, require_tensorrt
+from foleyrt.cli import main
+from foleyrt.config import (
+    TINY,
+    config_digest,
+)
+from foleyrt.errors import ConfigError, DependencyError
+from foleyrt.export import tensorrt as ftrt
+from foleyrt.export.build_config import (
     BuildConfig,
     ProfileSpec,
     dim_ranges,
     profile_shapes,
 )
-from foleyrt.export.onnx import read_graph  # noqa: E402
-from foleyrt.export.qdq import SCOPES_KEY  # noqa: E402
-from foleyrt.export.tensorrt import (  # noqa: E402
+from foleyrt.export.onnx import read_graph
+from foleyrt.export.qdq import SCOPES_KEY
+from foleyrt.export.tensorrt import (
     build_engine,
     engine_key,
     network_inputs,
 )
-from foleyrt.lengths import SequenceLengths  # noqa: E402
-from foleyrt.models.dit import FoleyDiT  # noqa: E402
-from foleyrt.models.random_init import randomize_  # noqa: E402
-from foleyrt.sampling.conditions import ConditionRows  # noqa: E402
-from foleyrt.sampling.schedule import flow_schedule  # noqa: E402
+from foleyrt.lengths import SequenceLengths
+from foleyrt.models.dit import FoleyDiT
+from foleyrt.models.random_init import randomize_
+from foleyrt.sampling.conditions import ConditionRows
+from foleyrt.sampling.schedule import flow_schedule
 
 ENV = BuildEnv("sm_90", "NVIDIA H100", "10.3.0")
 CONFIG = {"text_length": 77, "hidden_size": 8}

@@ -18,11 +18,11 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="the fuzz test needs the 'test' extra")
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
-from schemathesis.checks import not_a_server_error
-from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import (
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.generation import GenerationMode  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
     negative_data_rejection,
     response_headers_conformance,
@@ -30,9 +30,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.server.conftest import MakeApp
+from tests.server.conftest import MakeApp  # noqa: E402
 
-EXAMPLES = 25  # per operation and mode (valid, invalid): CI stays fast, every operation still sees odd input
+# Per operation and mode (valid, invalid): CI stays fast, every operation still sees odd input.
+EXAMPLES = 25
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]
 
