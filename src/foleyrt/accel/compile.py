@@ -40,6 +40,7 @@ from torch import nn
 import foleyrt
 from foleyrt.accel.fused import FusedSingleBlock, FusedTripleBlock
 from foleyrt.accel.process import compile_cache_dir, compile_settings
+from foleyrt.accel.tracing import TRACING
 from foleyrt.models.dit import FoleyDiT, SingleBlock, TripleBlock
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class BlockGraphs:
 
         settings = {k: v for k, v in _AOT_DYNAMO_CONFIG.items() if hasattr(dynamo_config, k)}
         try:
-            with dynamo_config.patch(settings):
+            with dynamo_config.patch(settings), TRACING.tracing():
                 # torch.compile's wrapper gains `aot_compile` at run time (under
                 # enable_aot_compile, which `_AOT_DYNAMO_CONFIG` sets); its type does not say so
                 compiled = self._torch_compile(cls)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from foleyrt.accel.parallel import CfgParallel
 from foleyrt.accel.runtime import ParallelMode, RuntimeConfig
+from foleyrt.accel.tracing import TRACING
 from foleyrt.config import HUB_REPO
 from foleyrt.errors import Cancelled, InputError, UsageError
 from foleyrt.lengths import SequenceLengths, WindowPlan
@@ -240,6 +241,11 @@ class FoleyPipeline:
                ) -> Encoded:
         """Decode `video` and compute its features (or, text-only, the empty visual ones; a
         `DecodedClip`, decoded on another machine or process, is only encoded)."""
+        with TRACING.calls():
+            return self._encode(video, request, progress, video_limits)
+
+    def _encode(self, video: str | Path | DecodedClip | None, request: GenerationRequest,
+                progress: ProgressFn | None, video_limits: VideoLimits | None) -> Encoded:
         models, device = self.models, self.runtime.device
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -309,7 +315,7 @@ class FoleyPipeline:
             assert progress is not None
             return bool(progress(Progress("denoise", event.index + 1, event.total)))
 
-        with self.models.stage(dit):
+        with TRACING.calls(), self.models.stage(dit):
             hold = True
             if max_rows is None:
                 max_rows, hold = self._forwards(encoded, tasks)
@@ -323,7 +329,7 @@ class FoleyPipeline:
     def max_rows(self, encoded: Sequence[Encoded]) -> int:
         """Rows one forward may hold for these requests (what `denoise` uses by default):
         what `row_budget` allows for the longest, measured on the GPU once per shape."""
-        with self.models.stage(self.models.dit):
+        with TRACING.calls(), self.models.stage(self.models.dit):
             return self._row_limit(encoded)
 
     def _row_limit(self, encoded: Sequence[Encoded]) -> int:
@@ -361,7 +367,7 @@ class FoleyPipeline:
         """Latents `[n, 128, Na]` -> audio `[n, 1, 960 Na]` float32 on the CPU (a long latent
         in chunks: see `foleyrt.pipeline.decode`)."""
         vae = self.models.vae
-        with self.models.stage(vae):
+        with TRACING.calls(), self.models.stage(vae):
             return decode_latents(vae, latents, self.runtime.device,
                                   on_chunk=lambda n, of: report(progress, "decode", n, of))
 
