@@ -13,7 +13,15 @@ from foleyrt.errors import Cancelled
 from foleyrt.models.dit import FoleyDiT
 from foleyrt.sampling.conditions import ConditionRows
 from foleyrt.sampling.denoiser import ModuleDenoiser, Velocity
-from foleyrt.sampling.loop import StepEvent, Task, Window, blend_weights, denoise, plan_forwards
+from foleyrt.sampling.loop import (
+    StepEvent,
+    Task,
+    Window,
+    blend_in,
+    blend_ramp,
+    denoise,
+    plan_forwards,
+)
 from foleyrt.sampling.schedule import Schedule, flow_schedule
 from tests.tiny import tiny_conditions
 
@@ -97,9 +105,24 @@ def _windowed(noise: Tensor, starts: list[int], length: int, taper: int) -> Task
     return Task(noise, 4.5, tuple(Window(s, length, tiny_conditions(s)) for s in starts), taper)
 
 
+def _blend_weights(task: Task) -> list[Tensor]:
+    """Each window's weight per frame of its stretch in the loop's running mean (`blend_in`):
+    the blend of a velocity that is 1 in that window and 0 in the others."""
+    n_latent, weights = task.noise.shape[-1], []
+    for k, own in enumerate(task.windows):
+        blended = torch.zeros(1, 1, n_latent, dtype=torch.float64)
+        total = torch.zeros(n_latent, dtype=torch.float64)
+        for j, w in enumerate(task.windows):
+            blend_in(blended, total, slice(w.start, w.stop),
+                     torch.full((1, 1, w.length), float(j == k), dtype=torch.float64),
+                     blend_ramp(w.length, task.taper))
+        weights.append(blended[0, 0, own.start:own.stop])
+    return weights
+
+
 def test_blend_weights_sum_to_one_and_ramp_in_overlaps() -> None:
     task = _windowed(_noise(0, 1, 100), [0, 30, 60], 40, taper=10)
-    weights = blend_weights(task)
+    weights = _blend_weights(task)
     total = torch.zeros(100, dtype=torch.float64)
     for w, window in zip(weights, task.windows, strict=True):
         total[window.start:window.stop] += w

@@ -105,21 +105,11 @@ def blend_ramp(length: int, taper: int) -> Tensor:
     """A window's unnormalised blend weight per frame: a raised-cosine rise over `taper`
     frames from each edge, 1 in between (positive everywhere, so a frame that only one
     window covers gets exactly that window's velocity)."""
-    distance = torch.minimum(torch.arange(length), torch.arange(length).flip(0)).double()
     if taper <= 0:
         return torch.ones(length, dtype=torch.float64)
+    distance = torch.minimum(torch.arange(length), torch.arange(length).flip(0)).double()
     rise = torch.clamp((distance + 0.5) / taper, max=1.0)
     return torch.sin(rise * (math.pi / 2)) ** 2
-
-
-def blend_weights(task: Task) -> list[Tensor]:
-    """Each window's normalised weight per frame of its stretch (fp64): at every frame of the
-    latent they sum to one. The loop's running mean applies exactly these weights."""
-    ramps = [blend_ramp(w.length, task.taper) for w in task.windows]
-    total = torch.zeros(task.noise.shape[-1], dtype=torch.float64)
-    for w, ramp in zip(task.windows, ramps, strict=True):
-        total[w.start:w.stop] += ramp
-    return [ramp / total[w.start:w.stop] for w, ramp in zip(task.windows, ramps, strict=True)]
 
 
 @dataclass
