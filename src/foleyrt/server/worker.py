@@ -225,8 +225,7 @@ class Worker:
     def _row_budget(self, encoded: Encoded) -> int:
         if self.settings.batch_rows is not None:
             return self.settings.batch_rows
-        return self.pipeline.row_budget.rows(encoded.lengths,
-                                             encoded.conditions.text_feat.shape[1])
+        return self.pipeline.max_rows([encoded])
 
     # ---- stages ----------------------------------------------------------------------------
 
