@@ -32,9 +32,7 @@ import torch
 
 from foleyrt.accel.process import configure_process
 from foleyrt.accel.runtime import RuntimeConfig, parse_device
-from foleyrt.bench.models import random_dit
-from foleyrt.config import PRESETS
-from foleyrt.pipeline.models import random_models
+from foleyrt.config import PRESETS, RANDOM
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.app import create_app
 from foleyrt.server.loadtest import LoadSpec, Outcome, run_loadtest
@@ -93,8 +91,7 @@ def main() -> None:
     for device in devices:
         runtime = RuntimeConfig.build(str(device), accel=args.accel, precision=args.precision,
                                       calibration=args.calibration)
-        models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
-        pipelines.append(FoleyPipeline(models.place(runtime), runtime))
+        pipelines.append(FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime))
     job = LoadSpec(url="", jobs=args.jobs, clients=args.clients, steps=args.steps,
                    video=args.video, duration=args.duration, deadline_s=3600)
     rows = []

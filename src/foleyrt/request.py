@@ -82,6 +82,11 @@ class GenerationRequest:
             return replace(DEFAULT_WINDOWING, overlap_s=self.overlap)
         return Windowing(self.window, self.overlap)
 
+    @property
+    def rows(self) -> int:
+        """Transformer rows per window (see `transformer_rows`)."""
+        return transformer_rows(self.samples, self.guidance)
+
     def with_seed(self, seed: int) -> GenerationRequest:
         return replace(self, seed=seed)
 
@@ -92,6 +97,17 @@ class GenerationRequest:
         if not has_video and self.duration is None:
             raise InputError("text-only generation needs a duration (seconds)")
         return self
+
+
+def guidance_active(scale: float) -> bool:
+    """CFG runs iff the scale is above 1 (the release's rule)."""
+    return scale > 1.0
+
+
+def transformer_rows(samples: int, guidance: float) -> int:
+    """The transformer rows of `samples` samples of one clip (or one window of a long one):
+    a row per sample, twice with guidance."""
+    return samples * (2 if guidance_active(guidance) else 1)
 
 
 def check_duration(seconds: float, maximum: float = MAX_DURATION) -> float:

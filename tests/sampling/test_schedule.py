@@ -9,7 +9,8 @@ import torch
 
 from foleyrt.config import DiffusionConfig
 from foleyrt.errors import InputError
-from foleyrt.sampling.schedule import flow_schedule, guidance_active
+from foleyrt.request import guidance_active
+from foleyrt.sampling.schedule import flow_schedule
 
 
 def test_release_schedule_is_a_linear_ramp() -> None:

@@ -47,7 +47,6 @@ from foleyrt.batch import stages
 from foleyrt.batch.plan import BatchReport, BatchSettings, ItemResult, Status
 from foleyrt.batch.stages import Work
 from foleyrt.errors import UsageError
-from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.features import quick_gil_handover
 from foleyrt.pipeline.pipeline import FoleyPipeline
 
@@ -155,8 +154,7 @@ class _Run:
 
     def streaming(self, pending: Sequence[ItemResult]) -> None:
         workers = min(self.options.decode_workers, len(pending))
-        rows = self.options.batch_rows or DEFAULT_MAX_ROWS
-        per_item = max(1, rows // stages.rows_per_item(self.settings.request))
+        per_item = stages.items_per_group(self.settings.request, self.options.batch_rows)
         encoded: queue.Queue[object] = queue.Queue(maxsize=max(per_item, workers))
         denoised: queue.Queue[object] = queue.Queue(maxsize=1)
         feed = iter(pending)

@@ -34,7 +34,6 @@ from foleyrt.batch.plan import BatchReport, BatchSettings, ItemResult, Status
 from foleyrt.batch.stages import Work
 from foleyrt.errors import UsageError
 from foleyrt.media.video import DecodedClip, decode_clip
-from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult
 
 log = logging.getLogger(__name__)
@@ -98,8 +97,7 @@ def run_ray(
         gpus = _gpus_per_worker(options, ray.cluster_resources().get("GPU", 0.0))
         workers = options.num_workers or _default_workers(gpus)
         device = _worker_device(runtime["device"], gpus)
-        rows = options.batch_rows or DEFAULT_MAX_ROWS
-        per_batch = max(1, rows // stages.rows_per_item(settings.request))
+        per_batch = stages.items_per_group(settings.request, options.batch_rows)
         dataset = (
             ray.data.from_items([{"work": _pack(w)} for w in works])
             .map(_decode, num_cpus=1, memory=DECODE_MEMORY)

@@ -26,9 +26,9 @@ from foleyrt.batch.plan import BatchSettings, ItemResult, Status
 from foleyrt.errors import FoleyError
 from foleyrt.media.audio import check_output_path
 from foleyrt.media.video import DecodedClip
+from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult, release_cuda_memory
 from foleyrt.request import GenerationRequest
-from foleyrt.sampling.schedule import guidance_active
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ class Work:
 
     @property
     def rows(self) -> int:
-        return rows_per_item(self.request)
+        return self.request.rows
 
     @property
     def shape(self) -> tuple:
@@ -63,9 +63,10 @@ class Work:
         return (self.encoded.lengths, self.rows)
 
 
-def rows_per_item(request: GenerationRequest) -> int:
-    """Transformer rows a request fills: its samples, twice with guidance."""
-    return request.samples * (2 if guidance_active(request.guidance) else 1)
+def items_per_group(request: GenerationRequest, batch_rows: int | None) -> int:
+    """The most items a group can hold: `batch_rows` (None: the row budget's cap) over an
+    item's rows, at least one."""
+    return max(1, (batch_rows or DEFAULT_MAX_ROWS) // request.rows)
 
 
 def start(result: ItemResult, settings: BatchSettings) -> Work | None:

@@ -23,10 +23,9 @@ from foleyrt.accel.quant import AMAX_FLOOR, quantizable_modules
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.bench.loop import distance
 from foleyrt.bench.models import random_conditions, random_dit
-from foleyrt.config import PRESETS, ModelSpec
+from foleyrt.config import PRESETS, RANDOM, ModelSpec
 from foleyrt.errors import UsageError
 from foleyrt.media.synthetic import write_test_clip
-from foleyrt.pipeline.models import random_models
 from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, release_cuda_memory
 from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_WINDOW, GenerationRequest
 from foleyrt.sampling.denoiser import ModuleDenoiser
@@ -106,8 +105,7 @@ def variant_pipeline(spec: ModelSpec, variant: str, device: torch.device) -> Fol
         calibration = _random_calibration(spec, device, Path(tmp)) if calibrated else None
         runtime = RuntimeConfig.build(str(device), accel=accel, precision=precision or None,
                                       offload=offload, calibration=calibration)
-    models = random_models(spec, dit=random_dit(spec, device, runtime.dtype, seed=0))
-    return FoleyPipeline(models.place(runtime), runtime)
+    return FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime)
 
 
 @torch.inference_mode()

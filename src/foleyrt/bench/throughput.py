@@ -43,13 +43,10 @@ from foleyrt.batch import (
     read_inputs,
     run_local,
 )
-from foleyrt.batch.stages import rows_per_item
-from foleyrt.bench.models import random_dit
+from foleyrt.batch.stages import items_per_group
 from foleyrt.calibrate import calibrate
-from foleyrt.config import PRESETS, ModelSpec
+from foleyrt.config import PRESETS, RANDOM, ModelSpec
 from foleyrt.media.synthetic import write_test_clip
-from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
-from foleyrt.pipeline.models import random_models
 from foleyrt.pipeline.pipeline import FoleyPipeline, release_cuda_memory
 from foleyrt.request import GenerationRequest
 
@@ -121,15 +118,14 @@ def bench_throughput(
     if calibrate:
         runtime = replace(runtime, calibration=_calibration(spec, runtime, folder,
                                                             settings.request))
-    models = random_models(spec, dit=random_dit(spec, runtime.device, runtime.dtype, seed=0))
-    pipe = FoleyPipeline(models.place(runtime), runtime)
-    one = rows_per_item(settings.request)
+    pipe = FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime)
+    one = settings.request.rows
     modes = {BATCHED: LocalOptions(batch_rows, decode_workers or DEFAULT_DECODE_WORKERS),
              ONE_AT_A_TIME: LocalOptions(batch_rows=one, overlap=False)}
     if not baseline:
         del modes[ONE_AT_A_TIME]
     # One full group (it waits for its clips), one single clip: the shapes that dominate.
-    warmup = {BATCHED: (max(1, (batch_rows or DEFAULT_MAX_ROWS) // one),
+    warmup = {BATCHED: (items_per_group(settings.request, batch_rows),
                         replace(modes[BATCHED], group_wait_s=math.inf)),
               ONE_AT_A_TIME: (1, LocalOptions(batch_rows=one, overlap=False))}
     for mode, (count, options) in warmup.items():
@@ -146,10 +142,8 @@ def _calibration(spec: ModelSpec, runtime: RuntimeConfig, folder: Path,
                  request: GenerationRequest) -> Calibration:
     """The random model's ranges, recorded eagerly and unquantised on two of the clips."""
     eager = RuntimeConfig(device=runtime.device, dtype=runtime.dtype)
-    models = random_models(spec, dit=random_dit(spec, eager.device, eager.dtype, seed=0))
-    calibration = calibrate(FoleyPipeline(models.place(eager), eager),
+    calibration = calibrate(FoleyPipeline.from_pretrained(RANDOM, spec.name, eager),
                             read_inputs([folder])[:2], request)
-    del models
     release_cuda_memory()
     return calibration
 

@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 
 from foleyrt.errors import Cancelled
+from foleyrt.request import guidance_active, transformer_rows
 from foleyrt.sampling.conditions import ConditionRows, Conditions, cfg_rows
 from foleyrt.sampling.denoiser import Denoiser, Velocity
-from foleyrt.sampling.schedule import Schedule, guidance_active
+from foleyrt.sampling.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Task:
     @property
     def window_rows(self) -> int:
         """Transformer rows of each window: its samples, twice with guidance."""
-        return self.samples * (2 if self.guided else 1)
+        return transformer_rows(self.samples, self.guidance)
 
 
 @dataclass

@@ -49,8 +49,3 @@ def flow_schedule(steps: int, cfg: DiffusionConfig, n_tokens: int | None = None)
         sigmas = 1 - sigmas
     timesteps = (sigmas[:-1] * NUM_TRAIN_TIMESTEPS).to(torch.float32)
     return Schedule(sigmas, timesteps)
-
-
-def guidance_active(scale: float) -> bool:
-    """CFG runs iff the scale is above 1 (the release's rule)."""
-    return scale > 1.0

@@ -17,7 +17,7 @@ from foleyrt.errors import FoleyError
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.video import VideoLimits, probe_video
 from foleyrt.pipeline.pipeline import Encoded
-from foleyrt.sampling.schedule import guidance_active
+from foleyrt.request import guidance_active, transformer_rows
 from foleyrt.server.files import DataDir
 from foleyrt.server.schemas import JobParams
 from foleyrt.server.store import JobRecord
@@ -48,7 +48,7 @@ def job_params(job: JobRecord) -> JobParams:
 
 def job_rows(params: JobParams) -> int:
     """The transformer rows a job fills: a row per sample, twice with guidance."""
-    return params.samples * (2 if guidance_active(params.guidance) else 1)
+    return transformer_rows(params.samples, params.guidance)
 
 
 class LengthHints:

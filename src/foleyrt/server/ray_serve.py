@@ -45,7 +45,6 @@ from foleyrt.media.video import VideoLimits, scan_video
 from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, release_cuda_memory
 from foleyrt.request import DEFAULT_NEGATIVE_PROMPT, DEFAULT_STEPS, MAX_SEED, GenerationRequest
-from foleyrt.sampling.schedule import guidance_active
 from foleyrt.server import refusals
 from foleyrt.server.errors import NotAccepting
 from foleyrt.server.limits import SubmissionGate
@@ -112,7 +111,7 @@ class _Request:
 
     @property
     def rows(self) -> int:
-        return 2 if guidance_active(self.request.guidance) else 1
+        return self.request.rows
 
 
 def _rows(requests: list[_Request]) -> int:
