@@ -19,6 +19,8 @@ from foleyrt.media.synthetic import ClipSpec, encode_clip
 from foleyrt.media.video import decode_clip, to_model_range
 from foleyrt.models.synchformer import sync_features
 from foleyrt.pipeline import features
+from foleyrt.pipeline import pipeline as pipeline_module
+from foleyrt.pipeline.budget import WindowRows
 from foleyrt.pipeline.decode import DECODE_CONTEXT, chunk_spans, decode_latents
 from foleyrt.pipeline.models import random_models
 from foleyrt.pipeline.pipeline import FoleyPipeline, initial_noise
@@ -157,6 +159,28 @@ def test_the_long_noise_is_one_draw_and_grouping_changes_nothing(pipe: FoleyPipe
     (one,) = pipe.denoise([encoded], noises=[initial_noise(shape, 4)])
     (seeded,) = pipe.denoise([encoded], max_rows=2)
     torch.testing.assert_close(seeded, one, rtol=0, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_the_window_budget_decides_for_long_clips_also_under_a_given_row_count(
+        pipe: FoleyPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long clip's forwards follow the window budget (`RowBudget.windows`, stubbed here:
+    off CUDA it always holds): its row count is `max_rows()`'s answer, what batch mode passes
+    back to `denoise`, and its holding is kept when a row count is given."""
+    encoded = pipe.encode(None, GenerationRequest(duration=18.5, steps=1, seed=4))
+    asked: list[tuple[int, int]] = []
+
+    def windows(lengths: SequenceLengths, text: int, per_window: int, total: int) -> WindowRows:
+        asked.append((per_window, total))
+        return WindowRows(max_rows=2, hold_prepared=False)
+
+    monkeypatch.setattr(pipe.row_budget, "windows", windows)
+    held: list[bool] = []
+    monkeypatch.setattr(pipeline_module, "denoise", lambda *a, **kw: held.append(
+        kw["hold_prepared"]) or [torch.zeros(1)])
+    assert pipe.max_rows([encoded]) == 2
+    pipe.denoise([encoded], max_rows=6)
+    assert held == [False] and asked == [(2, 6), (2, 6)]  # 3 windows of 2 guided rows
 
 
 @torch.inference_mode()

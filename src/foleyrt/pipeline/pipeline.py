@@ -31,7 +31,7 @@ from foleyrt.errors import Cancelled, InputError, UsageError
 from foleyrt.lengths import SequenceLengths, WindowPlan
 from foleyrt.media.audio import check_output_path, fit_length, mux_video, numbered_paths, write_wav
 from foleyrt.media.video import DecodedClip, VideoLimits
-from foleyrt.pipeline.budget import RowBudget
+from foleyrt.pipeline.budget import RowBudget, WindowRows
 from foleyrt.pipeline.decode import decode_latents
 from foleyrt.pipeline.features import encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_denoiser, load_models
@@ -125,6 +125,11 @@ class Encoded:
     @property
     def latent_frames(self) -> int:
         return self.plan.latent_frames if self.plan is not None else self.lengths.latent_frames
+
+    @property
+    def window_count(self) -> int:
+        """The windows the audio is generated in (1: one pass)."""
+        return len(self.windows) or 1
 
     def task(self, noise: Tensor, device: torch.device) -> Task:
         """The sampler's task: one window, or the plan's windows blended."""
@@ -289,8 +294,9 @@ class FoleyPipeline:
     ) -> list[Tensor]:
         """The guided flow-matching loop for every encoded request at once (they share each
         forward when their shapes allow, at most `max_rows` rows per forward; None: what
-        `row_budget` allows for the longest) -> fp32 latents. The requests must agree on the
-        number of steps."""
+        `max_rows()` answers) -> fp32 latents. Whether the windows of long clips keep their
+        forwards prepared across the steps is the row budget's call either way. The requests
+        must agree on the number of steps."""
         steps = {e.request.steps for e in encoded}
         if len(steps) != 1:
             raise InputError(f"requests denoised together need one step count, got {sorted(steps)}")
@@ -317,8 +323,10 @@ class FoleyPipeline:
 
         with TRACING.calls(), self.models.stage(dit):
             hold = True
-            if max_rows is None:
-                max_rows, hold = self._forwards(encoded, tasks)
+            if max_rows is None or any(e.windowed for e in encoded):
+                planned = self._forwards(encoded)
+                max_rows = planned.max_rows if max_rows is None else max_rows
+                hold = planned.hold_prepared
             step = on_step if progress else None
             if self.parallel is not None:
                 return self.parallel.denoise(tasks, schedule, max_rows=max_rows, on_step=step,
@@ -330,25 +338,22 @@ class FoleyPipeline:
         """Rows one forward may hold for these requests (what `denoise` uses by default):
         what `row_budget` allows for the longest, measured on the GPU once per shape."""
         with TRACING.calls(), self.models.stage(self.models.dit):
-            return self._row_limit(encoded)
+            return self._forwards(encoded).max_rows
 
-    def _row_limit(self, encoded: Sequence[Encoded]) -> int:
-        return min(self.row_budget.rows(e.lengths, e.conditions.text_feat.shape[1])
-                   for e in encoded)
-
-    def _forwards(self, encoded: Sequence[Encoded], tasks: Sequence[Task]) -> tuple[int, bool]:
+    def _forwards(self, encoded: Sequence[Encoded]) -> WindowRows:
         """Rows per forward, and whether forwards stay prepared across steps (see
         `RowBudget`): what the free memory allows, or for the windows of long clips what
         keeps their memory near a 15 s clip's."""
         budget = self.row_budget
         if not any(e.windowed for e in encoded):
-            return self._row_limit(encoded), True
+            rows = min(budget.rows(e.lengths, e.conditions.text_feat.shape[1])
+                       for e in encoded)
+            return WindowRows(rows, hold_prepared=True)
         longest = max(encoded, key=lambda e: e.lengths.latent_frames)
         text = longest.conditions.text_feat.shape[1]
-        per_window = max(t.window_rows for t in tasks)
-        total = sum(t.window_rows * len(t.windows) for t in tasks)
-        rows = budget.windows(longest.lengths, text, per_window, total)
-        return rows.max_rows, rows.hold_prepared
+        per_window = max(e.request.rows for e in encoded)
+        total = sum(e.request.rows * e.window_count for e in encoded)
+        return budget.windows(longest.lengths, text, per_window, total)
 
     def finish(self, encoded: Encoded, latents: Tensor,
                progress: ProgressFn | None = None) -> FoleyResult:
@@ -361,7 +366,7 @@ class FoleyPipeline:
         timings = {**encoded.timings, "decode": time.perf_counter() - t0}
         return FoleyResult(audio, self.sample_rate, encoded.fit_s, latents.shape[-1],
                            encoded.video, encoded.request.seed, self.models.random_weights,
-                           timings, latents.cpu(), len(encoded.windows) or 1)
+                           timings, latents.cpu(), encoded.window_count)
 
     def decode(self, latents: Tensor, progress: ProgressFn | None = None) -> Tensor:
         """Latents `[n, 128, Na]` -> audio `[n, 1, 960 Na]` float32 on the CPU (a long latent
