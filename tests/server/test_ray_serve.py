@@ -97,6 +97,8 @@ def test_text_and_video_requests_are_batched_and_answered(url: str, clips: Clips
     ({"prompt": "x", "steps": "2"}, None, 422, "needs a duration"),
     (dict(TEXT, samples="2"), None, 422, "samples"),
     (dict(TEXT, format="mp4"), None, 422, "format mp4 needs a video"),
+    (dict(TEXT, duration="700"), None, 422, "duration must be between 1 and 600 s"),
+    (dict(TEXT, overlap="9.5"), None, 422, "overlap must be between 0 and the window less 1"),
     ({"prompt": "x"}, b"not a video" * 100, 415, "uploaded file 'clip.mp4'"),
 ])
 def test_bad_requests_are_refused_in_one_line(url: str, data: dict[str, str],

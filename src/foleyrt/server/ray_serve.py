@@ -220,7 +220,8 @@ def build_api(replica: FoleyReplica) -> FastAPI:
             negative_prompt=(DEFAULT_NEGATIVE_PROMPT if form.negative_prompt is None
                              else form.negative_prompt),
             steps=form.steps or config.default_steps, guidance=form.guidance, seed=seed,
-            duration=form.duration).check_source(form.video is not None)
+            duration=form.duration, window=form.window, overlap=form.overlap,
+            max_duration=config.video_limits.max_seconds).check_source(form.video is not None)
         with tempfile.TemporaryDirectory(prefix="foleyrt-") as tmp:
             video = None
             if form.video is not None:
