@@ -18,8 +18,10 @@ from fastapi.testclient import TestClient
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.config import TINY_RANDOM
 from foleyrt.errors import ConfigError
+from foleyrt.media.video import VideoLimits
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.request import GenerationRequest
+from foleyrt.server.batching import BatchKey, LengthHints, job_params
 from foleyrt.server.files import DataDir, new_job_id
 from foleyrt.server.schemas import JobParams
 from foleyrt.server.settings import ServerSettings
@@ -192,3 +194,24 @@ def test_gpus_option_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp
     code = main(["-q", "serve", "--model", TINY_RANDOM, "--data-dir", str(tmp_path), *args])
     err = capsys.readouterr().err
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_queued_job_s_length_hint_is_the_key_its_encoding_gets(tmp_path: Path) -> None:
+    """The hint read from a queued job's parameters is `BatchKey.of_encoded` of the job once
+    encoded: for a long duration, its windows' length, so long jobs find companions too."""
+    jobs = [{"seed": 1, "duration": 3.0}, {"seed": 2, "duration": 30.0},
+            {"seed": 3, "duration": 18.0, "window": 6.0, "overlap": 1.0}]
+    _queue(tmp_path, jobs)
+    files = DataDir(tmp_path)
+    files.open()
+    store = JobStore(files.database)
+    try:
+        queued = store.queued()
+        hints = LengthHints(files, VideoLimits()).keys(queued)
+    finally:
+        store.close()
+        files.close()
+    pipe = FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig())
+    encoded = [pipe.encode(None, job_params(job).generation_request()) for job in queued]
+    assert hints == [BatchKey.of_encoded(e) for e in encoded]
+    assert [e.windowed for e in encoded] == [False, True, True]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from foleyrt.errors import FoleyError
-from foleyrt.lengths import SequenceLengths
+from foleyrt.lengths import SequenceLengths, WindowPlan
 from foleyrt.media.video import VideoLimits, probe_video
 from foleyrt.pipeline.pipeline import Encoded
 from foleyrt.request import guidance_active, transformer_rows
@@ -68,14 +68,17 @@ class LengthHints:
         return [BatchKey.of(job_params(job), known[job.id]) for job in queued]
 
     def _latent(self, job: JobRecord) -> int | None:
+        """The latent frames of the job's forwards: its clip's, or a long clip's windows'
+        (`Encoded.lengths`, which `BatchKey.of_encoded` reads)."""
         params = job_params(job)
-        if params.duration is not None:
-            return SequenceLengths.of_duration(params.duration).latent_frames
-        try:
-            info = probe_video(self.files.input_path(job.id), self.limits)
-        except (FoleyError, OSError):  # cancelled and removed meanwhile: it will not be picked
-            return None
-        return SequenceLengths.of_duration(info.duration_s).latent_frames
+        seconds = params.duration
+        if seconds is None:
+            try:
+                seconds = probe_video(self.files.input_path(job.id), self.limits).duration_s
+            except (FoleyError, OSError):  # cancelled and removed meanwhile: not picked
+                return None
+        windowing = params.generation_request(self.limits.max_seconds).windowing
+        return WindowPlan.of(SequenceLengths.of_duration(seconds), windowing).window.latent_frames
 
 
 def companion(queued: list[JobRecord], keys: list[BatchKey], key: BatchKey,
