@@ -188,10 +188,6 @@ class JobStore:
             rows = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
         return {state: rows.get(state.value, 0) for state in JobState}
 
-    def ids(self) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute("SELECT id FROM jobs")}
-
     def queued(self) -> list[JobRecord]:
         """The queued jobs in queue order (at most the queue's limit: a short list)."""
         with self._lock:
