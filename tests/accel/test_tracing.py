@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 from torch import fx, nn
 
@@ -115,4 +116,35 @@ def test_stages_that_trace_inside_their_calls_take_turns() -> None:
         t.join(timeout=10)
     assert sorted(done) == ["a", "b"]
     with guard.tracing():  # every hold was given back
+        pass
+
+
+def test_an_interrupted_wait_for_a_trace_gives_everything_back() -> None:
+    """A trace waiting for a call in flight is interrupted (an exception, e.g. Ctrl-C, in
+    its wait): the guard is left as it was, so later calls and traces go on."""
+    guard = TraceGuard()
+    entered, release = threading.Event(), threading.Event()
+
+    def stage() -> None:
+        with guard.calls():
+            entered.set()
+            release.wait()
+
+    thread = threading.Thread(target=stage)
+    thread.start()
+    entered.wait()
+    original = guard._changed.wait_for
+
+    def wait_then_raise(predicate, timeout=None):  # type: ignore[no-untyped-def]
+        if predicate():
+            return True
+        raise KeyboardInterrupt
+
+    guard._changed.wait_for = wait_then_raise  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt), guard.tracing():
+        pass
+    guard._changed.wait_for = original  # type: ignore[method-assign]
+    release.set()
+    thread.join()
+    with guard.calls(), guard.tracing():  # nothing left claimed or counted
         pass

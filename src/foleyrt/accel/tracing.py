@@ -50,18 +50,20 @@ class TraceGuard:
     @contextmanager
     def tracing(self) -> Iterator[None]:
         lent = self._held() > 0
-        with self._changed:
-            if lent:
-                self._calls -= 1
-                self._changed.notify_all()
-            self._changed.wait_for(lambda: not self._tracing)
-            self._tracing = True
-            self._changed.wait_for(lambda: self._calls == 0)
+        claimed = False  # undone in `finally` only as far as it got (an interrupted wait)
         try:
+            with self._changed:
+                if lent:
+                    self._calls -= 1
+                    self._changed.notify_all()
+                self._changed.wait_for(lambda: not self._tracing)
+                self._tracing = claimed = True
+                self._changed.wait_for(lambda: self._calls == 0)
             yield
         finally:
             with self._changed:
-                self._tracing = False
+                if claimed:
+                    self._tracing = False
                 if lent:
                     self._calls += 1
                 self._changed.notify_all()
