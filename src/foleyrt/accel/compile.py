@@ -53,14 +53,9 @@ TRACED_PACKAGES = ("models", "accel")  # the code inside the compiled graphs
 _AOT_DYNAMO_CONFIG = {"enable_aot_compile": True, "specialize_float": True}
 
 
-def compile_blocks(dit: FoleyDiT, store: BlockGraphs | None = None, mode: str | None = None
-                   ) -> FoleyDiT:
-    """Compile every transformer block of `dit` in place: through `store`'s saved graphs where
-    PyTorch supports them (a store for `dit`'s device under the default cache when None),
-    else `nn.Module.compile`."""
-    device = next(dit.parameters()).device
-    if store is None and saved_graphs_supported():
-        store = block_graphs(device, mode)
+def compile_blocks(dit: FoleyDiT, store: BlockGraphs | None) -> FoleyDiT:
+    """Compile every transformer block of `dit` in place: through `store`'s saved graphs
+    (`block_graphs`), or with `nn.Module.compile` where this PyTorch cannot save them (None)."""
     if store is None:
         compile_settings(compile_cache_dir())
     for module in dit.modules():
@@ -68,7 +63,7 @@ def compile_blocks(dit: FoleyDiT, store: BlockGraphs | None = None, mode: str | 
             if store is not None:
                 store.attach(module)
             else:
-                module.compile(dynamic=True, mode=mode, fullgraph=True)
+                module.compile(dynamic=True, fullgraph=True)
     return dit
 
 
