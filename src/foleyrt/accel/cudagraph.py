@@ -128,15 +128,20 @@ class GraphedDenoiser:
         self.max_graphs = max_graphs
         self.pool = torch.cuda.graph_pool_handle()
         self.graphs: OrderedDict[tuple, GraphedVelocity] = OrderedDict()
+        self._table: tuple[Schedule, TimeConditioning] | None = None  # the last schedule's
 
     def prepare(self, rows: ConditionRows, schedule: Schedule) -> Velocity:
         prepared = self.model.prepare(rows.clip, rows.text, rows.sync, rows.audio_len,
                                       rows.text_mask)
-        table = self.model.time_conditioning(schedule.timesteps.to(rows.clip.device))
+        table = self._time_table(schedule, rows.clip.device)
         owner = object()  # which forward's conditions a shared graph holds
+        key: tuple | None = None  # the forward's shapes: its latent's stay those of step 0
 
         def velocity(x: Tensor, step: int) -> Tensor:
-            graph = self._graph(x, prepared, table)
+            nonlocal key
+            if key is None:
+                key = shape_key(x, (prepared, table))
+            graph = self._graph(key, x, prepared, table)
             if graph.owner is not owner:
                 graph.load(prepared, table)
                 graph.owner = owner
@@ -144,10 +149,16 @@ class GraphedDenoiser:
 
         return velocity
 
-    def _graph(self, x: Tensor, prepared: PreparedConditions,
+    def _time_table(self, schedule: Schedule, device: torch.device) -> TimeConditioning:
+        """The schedule's time table, computed once for all the forwards of a denoising (and
+        for every step's preparation when forwards are prepared per step)."""
+        if self._table is None or self._table[0] is not schedule:
+            self._table = schedule, self.model.time_conditioning(schedule.timesteps.to(device))
+        return self._table[1]
+
+    def _graph(self, key: tuple, x: Tensor, prepared: PreparedConditions,
                table: TimeConditioning) -> GraphedVelocity:
-        """The captured graph of this shape (captured now if there is none)."""
-        key = shape_key(x, (prepared, table))
+        """The captured graph of shapes `key` (captured now if there is none)."""
         graph = self.graphs.get(key)
         if graph is None:
             start = time.perf_counter()
