@@ -17,7 +17,7 @@ from pathlib import Path
 from foleyrt.accel.calibration import CONFIG_KEY, ActivationRecorder, Calibration
 from foleyrt.accel.quant import AMAX_FLOOR, quantizable_modules
 from foleyrt.accel.runtime import AccelMode
-from foleyrt.batch import BatchItem, read_inputs
+from foleyrt.batch import BatchItem, item_seed, read_inputs
 from foleyrt.config import config_digest
 from foleyrt.errors import ConfigError
 from foleyrt.media.video import probe_video
@@ -38,10 +38,10 @@ def read_clips(inputs: Sequence[Path], prompt: str = "") -> list[BatchItem]:
 
 
 def calibrate(pipe: FoleyPipeline, items: Sequence[BatchItem],
-              request: GenerationRequest = GenerationRequest(), seed: int = 0) -> Calibration:
-    """Generate for every item with `request`'s settings (clip i with noise seed `seed + i`,
-    unless its CSV row has one) and record the ranges of the quantisable GEMMs' inputs. The
-    pipeline must run its unquantised model eagerly."""
+              request: GenerationRequest = GenerationRequest()) -> Calibration:
+    """Generate for every item with `request`'s settings (seeded as `foleyrt batch` seeds
+    them, from the request's seed or 0: a calibration is reproducible) and record the ranges
+    of the quantisable GEMMs' inputs. The pipeline must run its unquantised model eagerly."""
     runtime = pipe.runtime
     if runtime.accel is not AccelMode.EAGER or runtime.quantized:
         raise ConfigError("calibration records the unquantised model run eagerly: use "
@@ -51,9 +51,9 @@ def calibrate(pipe: FoleyPipeline, items: Sequence[BatchItem],
     with ActivationRecorder(modules) as recorder:
         for i, item in enumerate(items):
             log.info("calibrating on %s (%d/%d)", item.video, i + 1, len(items))
-            clip_request = item.request(request).with_seed(
-                seed + i if item.seed is None else item.seed)
-            pipe.generate(item.video, clip_request)
+            seed = item_seed(item, i, 0 if request.seed is None else request.seed)
+            assert seed is not None  # a base was given
+            pipe.generate(item.video, item.request(request).with_seed(seed))
     silent = [name for name in modules if name not in recorder.channel_amax]
     if silent:  # `quantizable_names` and the forward disagree: a bug, not a user error
         raise RuntimeError(f"quantisable modules that never ran: {', '.join(silent[:3])}")

@@ -17,6 +17,7 @@ from foleyrt.batch.plan import (
     Status,
     check_name,
     check_report_path,
+    item_seed,
     plan_batch,
     prepare_outdir,
     read_csv,
@@ -28,6 +29,6 @@ from foleyrt.batch.plan import (
 __all__ = [
     "DEFAULT_DECODE_WORKERS", "FORMATS", "VIDEO_SUFFIXES", "BatchItem", "BatchReport",
     "BatchSettings", "ItemResult", "Job", "LocalOptions", "RunStats", "Status", "check_name",
-    "check_report_path", "plan_batch", "prepare_outdir", "read_csv", "read_inputs", "run_local",
-    "safe_name", "scan_folder",
+    "check_report_path", "item_seed", "plan_batch", "prepare_outdir", "read_csv", "read_inputs",
+    "run_local", "safe_name", "scan_folder",
 ]

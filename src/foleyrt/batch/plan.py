@@ -310,7 +310,7 @@ def plan_batch(items: Sequence[BatchItem], outdir: Path, settings: BatchSettings
         outputs = tuple(p for base in bases
                         for p in numbered_paths(base, settings.request.samples))
         jobs.append(Job(index, item, name, bases, outputs,
-                        _seed(item, index, settings.request.seed)))
+                        item_seed(item, index, settings.request.seed)))
     _refuse_inputs_as_outputs(jobs)
     return jobs
 
@@ -339,7 +339,9 @@ def _free_name(stem: str, taken: dict[str, str]) -> str:
     return name
 
 
-def _seed(item: BatchItem, index: int, base: int | None) -> int | None:
+def item_seed(item: BatchItem, index: int, base: int | None) -> int | None:
+    """Item `index`'s noise seed: its own, else `base + index` (wrapping past the largest
+    seed), else None (drawn when it starts)."""
     if item.seed is not None:
         return item.seed
     return None if base is None else (base + index) % (MAX_SEED + 1)

@@ -36,6 +36,6 @@ def _calibrate(args: argparse.Namespace) -> int:
     settings = request(args)
     clips = read_clips(args.inputs, prompt=args.prompt)
     pipe = FoleyPipeline.from_pretrained(args.model, args.size, runtime(args))
-    calib = calibrate(pipe, clips, settings, seed=0 if args.seed is None else args.seed)
+    calib = calibrate(pipe, clips, settings)
     print(save_calibration(calib, args.output, overwrite=args.overwrite))
     return 0
