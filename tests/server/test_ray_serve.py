@@ -113,3 +113,12 @@ def test_bad_requests_are_refused_in_one_line(url: str, data: dict[str, str],
 def test_health_names_the_replica(url: str) -> None:
     body = httpx.get(f"{url}/v1/health", timeout=30).json()
     assert body["status"] == "ok" and body["model"] == TINY_RANDOM and body["device"] == "cpu"
+
+
+def test_a_batch_of_no_rows_is_refused_before_ray_starts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from foleyrt.cli import main
+
+    assert main(["-q", "ray-serve", "--model", TINY_RANDOM, "--batch-rows", "0"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "batch rows must be at least 2" in err and len(err.splitlines()) == 1

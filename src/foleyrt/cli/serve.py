@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from foleyrt.cli.options import add_model_options, runtime
+from foleyrt.cli.options import add_model_options, runtime, runtime_words
 from foleyrt.errors import UsageError
 from foleyrt.request import DEFAULT_STEPS
 
@@ -207,10 +207,10 @@ def _ray_serve(args: argparse.Namespace) -> int:
     from foleyrt.server.settings import MIB
 
     config = RayServeConfig(
-        model=args.model, size=args.size, device=args.device, dtype=args.dtype,
-        accel=args.accel, precision=args.precision, offload=args.offload,
-        calibration=args.calibration, engine=args.engine, default_steps=args.steps,
-        batch_rows=args.batch_rows or DEFAULT_MAX_ROWS, batch_wait_s=args.batch_wait_ms / 1000,
+        model=args.model, size=args.size, runtime_words=runtime_words(args),
+        default_steps=args.steps,
+        batch_rows=DEFAULT_MAX_ROWS if args.batch_rows is None else args.batch_rows,
+        batch_wait_s=args.batch_wait_ms / 1000,
         max_upload_bytes=round(args.max_upload_mb * MIB),
     )
     stop = threading.Event()

@@ -67,13 +67,9 @@ class RayServeConfig:
 
     model: str = HUB_REPO
     size: str = "xxl"
-    device: str = "auto"
-    dtype: str | None = None
-    accel: str = "eager"
-    precision: str | None = None
-    offload: str = "none"
-    calibration: str | None = None  # a path every node can read
-    engine: str | None = None
+    # `RuntimeConfig.build`'s arguments (`cli.options.runtime_words`; a calibration or engine
+    # path must be one every node can read)
+    runtime_words: dict[str, Any] = field(default_factory=dict)
     default_steps: int = DEFAULT_STEPS
     batch_rows: int = DEFAULT_MAX_ROWS  # transformer rows a batch may fill
     batch_wait_s: float = 0.0  # how long the first request of a batch waits for more
@@ -88,9 +84,7 @@ class RayServeConfig:
             raise InputError("the batch wait cannot be negative, nor the upload limit below 1")
 
     def runtime(self) -> RuntimeConfig:
-        return RuntimeConfig.build(self.device, self.dtype, accel=self.accel,
-                                   precision=self.precision, offload=self.offload,
-                                   calibration=self.calibration, engine=self.engine)
+        return RuntimeConfig.build(**self.runtime_words)
 
 
 class GenerateForm(JobRequest):
