@@ -37,7 +37,7 @@ def test_a_second_run_reuses_the_clips_without_the_baseline(
     args = ["bench", "--throughput", "--size", "tiny", "--clips", "1", "--clip-seconds", "1.2",
             "--steps", "1", "--device", "cpu", "--workdir", str(tmp_path)]
     assert main(args) == 0
-    clip = tmp_path / "clips" / "clip0000.mp4"
+    clip = tmp_path / "clips" / "clip_0000.mp4"
     written = clip.stat().st_mtime_ns
     out = tmp_path / "again.json"
     assert main([*args, "--no-baseline", "--json", str(out)]) == 0

@@ -2,16 +2,13 @@
 generated in windows and written as an MP4, beside a 15 s clip (one pass: the memory
 reference the long ones are held to). Per row: the denoising loop's time, the whole
 pipeline's (file in, MP4 out), the peak GPU memory and its ratio to the 15 s clip's, and the
-peak resident host memory of the process (sampled while the row runs)."""
+peak resident host memory of the process (sampled while the timed runs run)."""
 
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -19,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from foleyrt.bench.pipeline import PROMPT, variant_pipeline
+from foleyrt.bench.host import HostPeak
+from foleyrt.bench.pipeline import PROMPT, time_pipeline, variant_pipeline
 from foleyrt.config import PRESETS
 from foleyrt.media.synthetic import ClipSpec, encode_clip
-from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult, release_cuda_memory
+from foleyrt.pipeline.pipeline import FoleyPipeline, release_cuda_memory
 from foleyrt.request import MAX_SECONDS, GenerationRequest
 
-HOST_SAMPLE_S = 0.02
 # The clips are encoded once per run of the bench: the fastest x264 preset keeps a ten-minute
 # 720p clip from taking longer to make than to score.
 CLIP_OPTIONS = {"preset": "ultrafast"}
@@ -55,16 +52,20 @@ def bench_long(size: str, durations: list[float], variants: list[str], runs: int
                reference_s: float = MAX_SECONDS) -> Iterator[LongRow]:
     """A row per variant for a `reference_s` clip, then for each of `durations` (seconds);
     clips of `frame_size` (width, height)."""
+    if video_dir is None:
+        with tempfile.TemporaryDirectory(prefix="foleyrt-bench-long-") as tmp:
+            yield from bench_long(size, durations, variants, runs, steps, device, Path(tmp),
+                                  frame_size, reference_s)
+        return
     spec = PRESETS[size]
-    workdir = Path(video_dir or tempfile.mkdtemp(prefix="foleyrt-bench-long-"))
-    clips = {d: _clip(workdir, d, frame_size) for d in [reference_s, *durations]}
+    clips = {d: _clip(video_dir, d, frame_size) for d in [reference_s, *durations]}
     request = GenerationRequest(prompt=PROMPT, steps=steps, seed=0,
                                 max_duration=max(clips) + 1)
     for n, variant in enumerate(variants):
         pipe = variant_pipeline(spec, variant, device)
         reference = math.nan
         for duration, video in clips.items():
-            row = _time(pipe, video, workdir / f"out_{n}.mp4", runs, request)
+            row = _time(pipe, video, video_dir / f"out_{n}.mp4", runs, request)
             row.size, row.duration_s, row.variant = size, duration, variant
             if duration == reference_s:
                 reference = row.peak_gpu_gb
@@ -84,50 +85,9 @@ def _clip(workdir: Path, seconds: float, size: tuple[int, int]) -> Path:
 
 def _time(pipe: FoleyPipeline, video: Path, out: Path, runs: int,
           request: GenerationRequest) -> LongRow:
-    """`runs` timed runs, after one warm-up on a GPU (compilation, graphs for new shapes)."""
-    device = pipe.runtime.device
-
-    def run() -> tuple[float, FoleyResult]:
-        start = time.perf_counter()
-        result = pipe.generate(video, request)
-        result.save(out, overwrite=True)
-        return time.perf_counter() - start, result
-
-    if device.type == "cuda":
-        run()
-        torch.cuda.reset_peak_memory_stats(device)
-    with _HostPeak() as host:
-        results = [run() for _ in range(runs)]
-    peak = (torch.cuda.max_memory_allocated(device) / 2**30
-            if device.type == "cuda" else math.nan)
-    times = [t for t, _ in results]
-    median = results[times.index(statistics.median_low(times))][1]
-    stages = {k: round(v, 3) for k, v in median.timings.items()}
-    return LongRow("", 0.0, "", median.windows, times, stages["denoise"], peak, math.nan,
-                   host.peak / 2**30, stages)
-
-
-class _HostPeak:
-    """The largest resident set of this process while the block runs, sampled on a thread
-    from Linux's /proc."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> _HostPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while True:
-            with open("/proc/self/statm") as statm:
-                self.peak = max(self.peak, int(statm.read().split()[1]) * page)
-            if self._stop.wait(HOST_SAMPLE_S):
-                return
+    """`runs` timed runs after one warm-up (compilation, graphs for new shapes), the host
+    memory sampled while they run."""
+    host = HostPeak()
+    times, stages, peak, result = time_pipeline(pipe, video, out, runs, request, host)
+    return LongRow("", 0.0, "", result.windows, times, stages["denoise"], peak, math.nan,
+                   host.peak_gb, stages)

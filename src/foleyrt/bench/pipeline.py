@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from foleyrt.bench.models import random_conditions, random_dit
 from foleyrt.config import PRESETS, RANDOM, ModelSpec
 from foleyrt.errors import UsageError
 from foleyrt.media.synthetic import write_test_clip
-from foleyrt.pipeline.pipeline import FoleyPipeline, Progress, release_cuda_memory
+from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult, Progress, release_cuda_memory
 from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_WINDOW, GenerationRequest
 from foleyrt.sampling.denoiser import ModuleDenoiser
 from foleyrt.sampling.loop import Task, denoise
@@ -84,8 +85,10 @@ def bench_pipeline(size: str, durations: list[float], variants: list[str], runs:
     for n, variant in enumerate(variants):
         pipe = variant_pipeline(spec, variant, device)
         for duration, video in clips.items():
-            runs_s, stages, peak, outputs = _time_pipeline(
+            runs_s, stages, peak, result = time_pipeline(
                 pipe, video, workdir / f"out_{n}.mp4", runs, request)
+            assert result.latents is not None
+            outputs = (result.audio, result.latents)
             ref_audio, ref_latent = first.setdefault(duration, outputs)
             yield PipelineRow(
                 size, duration, variant, runs_s, peak,
@@ -122,36 +125,36 @@ def _random_calibration(spec: ModelSpec, device: torch.device, directory: Path) 
     return save_calibration(rec.calibration(AMAX_FLOOR, {}), directory / "calibration.safetensors")
 
 
-def _time_pipeline(pipe: FoleyPipeline, video: Path, out: Path, runs: int,
-                   request: GenerationRequest
-                   ) -> tuple[list[float], dict[str, float], float, tuple[Tensor, Tensor]]:
-    """One warm-up and `runs` timed generations of `video` written to `out`: their times, the
-    median run's stages, the peak GPU memory, and the (audio, latents) made."""
+def time_pipeline(pipe: FoleyPipeline, video: Path, out: Path, runs: int,
+                  request: GenerationRequest, timed: AbstractContextManager[object] | None = None
+                  ) -> tuple[list[float], dict[str, float], float, FoleyResult]:
+    """One warm-up and `runs` timed generations of `video` written to `out` (inside `timed`,
+    e.g. a memory sampler): their times, the median run's stages, the peak GPU memory, and
+    the last result."""
     device = pipe.runtime.device
-    outputs: tuple[Tensor, Tensor] | None = None
+    last: FoleyResult | None = None
 
     def run() -> dict[str, float]:
-        nonlocal outputs
-        res = pipe.generate(video, request)
+        nonlocal last
+        last = pipe.generate(video, request)
         t = time.perf_counter()
-        res.save(out, overwrite=True)
-        assert res.latents is not None
-        outputs = (res.audio, res.latents)
-        return {**res.timings, "mux": time.perf_counter() - t}
+        last.save(out, overwrite=True)
+        return {**last.timings, "mux": time.perf_counter() - t}
 
     run()  # warm-up: compile, capture, cudnn autotune
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stages, times = [], []
-    for _ in range(runs):
-        t = time.perf_counter()
-        stages.append(run())
-        times.append(time.perf_counter() - t)
-    assert outputs is not None
+    with timed or nullcontext():
+        for _ in range(runs):
+            t = time.perf_counter()
+            stages.append(run())
+            times.append(time.perf_counter() - t)
+    assert last is not None
     peak = (torch.cuda.max_memory_allocated(device) / 2**30
             if device.type == "cuda" else math.nan)
     mid = stages[times.index(statistics.median_low(times))]
-    return times, {k: round(v, 3) for k, v in mid.items()}, peak, outputs
+    return times, {k: round(v, 3) for k, v in mid.items()}, peak, last
 
 
 def _stage_peaks(pipe: FoleyPipeline, video: Path, request: GenerationRequest

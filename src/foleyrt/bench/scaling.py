@@ -14,7 +14,6 @@ clips/s on N GPUs over N times the baseline's.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foleyrt.errors import FoleyError
-from foleyrt.media.synthetic import write_test_clip
+from foleyrt.media.synthetic import write_test_clips
 
 ONE_GPU = "one GPU"  # the baseline: the local executor
 RAY = "ray"
@@ -75,17 +74,6 @@ def batch_command(spec: ScalingSpec, engine: str, gpus: int, clips: Sequence[Pat
     return command
 
 
-def make_clips(folder: Path, count: int, seconds: float) -> list[Path]:
-    """`count` copies of one synthetic H.264 clip (distinct names: one output each)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    first = write_test_clip(folder / "clip_0000.mp4", seconds)
-    clips = [first]
-    for k in range(1, count):
-        clips.append(folder / f"clip_{k:04d}.mp4")
-        shutil.copyfile(first, clips[-1])
-    return clips
-
-
 def run_config(spec: ScalingSpec, engine: str, gpus: int, clips: Sequence[Path],
                out_dir: Path) -> ScalingRow:
     """One `foleyrt batch` run, timed from its outputs."""
@@ -103,7 +91,7 @@ def run_config(spec: ScalingSpec, engine: str, gpus: int, clips: Sequence[Path],
 
 def run_scaling(spec: ScalingSpec, work: Path) -> Iterator[ScalingRow]:
     """The one-GPU baseline, then Ray on each of `spec.gpus`, in `work`."""
-    clips = make_clips(work / "clips", spec.clips_per_gpu * max((1, *spec.gpus)),
+    clips = write_test_clips(work / "clips", spec.clips_per_gpu * max((1, *spec.gpus)),
                        spec.duration_s)
     base = run_config(spec, ONE_GPU, 1, clips[:spec.clips_per_gpu], work / "out-1")
     yield base

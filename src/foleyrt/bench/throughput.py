@@ -17,10 +17,8 @@ sampled likewise (Linux), else its lifetime peak.
 from __future__ import annotations
 
 import math
-import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,9 +42,10 @@ from foleyrt.batch import (
     run_local,
 )
 from foleyrt.batch.stages import items_per_group
+from foleyrt.bench.host import peak_gb, resident_bytes
 from foleyrt.calibrate import calibrate
 from foleyrt.config import PRESETS, RANDOM, ModelSpec
-from foleyrt.media.synthetic import write_test_clip
+from foleyrt.media.synthetic import write_test_clips
 from foleyrt.pipeline.pipeline import FoleyPipeline, release_cuda_memory
 from foleyrt.request import GenerationRequest
 
@@ -107,12 +106,8 @@ def bench_throughput(
         return
     spec = PRESETS[size]
     folder = workdir / "clips"
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(clips):
-        clip = folder / f"clip{k:04d}.mp4"
-        if not clip.is_file():
-            write_test_clip(clip, clip_s, width=CLIP_SIZE[0], height=CLIP_SIZE[1],
-                            fps=CLIP_FPS)
+    write_test_clips(folder, clips, clip_s, width=CLIP_SIZE[0], height=CLIP_SIZE[1],
+                     fps=CLIP_FPS)
     settings = BatchSettings(formats=(".mp4",), request=GenerationRequest(
         prompt=PROMPT, steps=steps, guidance=guidance, seed=0))
     if calibrate:
@@ -120,7 +115,8 @@ def bench_throughput(
                                                             settings.request))
     pipe = FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime)
     one = settings.request.rows
-    modes = {BATCHED: LocalOptions(batch_rows, decode_workers or DEFAULT_DECODE_WORKERS),
+    workers = DEFAULT_DECODE_WORKERS if decode_workers is None else decode_workers
+    modes = {BATCHED: LocalOptions(batch_rows, workers),
              ONE_AT_A_TIME: LocalOptions(batch_rows=one, overlap=False)}
     if not baseline:
         del modes[ONE_AT_A_TIME]
@@ -237,7 +233,7 @@ class _Sampler:
 
     def _loop(self) -> None:
         while not self.stop.wait(SAMPLE_S):
-            self.peak_rss = max(self.peak_rss, _resident_bytes())
+            self.peak_rss = max(self.peak_rss, resident_bytes())
             if self.source == "nvml":
                 self._sample(torch.cuda.utilization(self.device))
 
@@ -252,11 +248,7 @@ class _Sampler:
 
     @property
     def peak_host_gb(self) -> float:
-        if self.peak_rss:
-            return self.peak_rss / 2**30
-        # No /proc: the process's lifetime peak (KiB on Linux, bytes on macOS).
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / (2**30 if sys.platform == "darwin" else 2**20)
+        return peak_gb(self.peak_rss)
 
 
 def _has_nvml() -> bool:
@@ -266,11 +258,3 @@ def _has_nvml() -> bool:
         return False
     return True
 
-
-def _resident_bytes() -> int:
-    """The resident set of this process now (0 where /proc is missing)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except OSError:
-        return 0
-    return pages * resource.getpagesize()

@@ -3,6 +3,7 @@ runs, so no media has to be downloaded or committed for them."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -91,3 +92,17 @@ def write_test_clip(path: str | Path, seconds: float, *, width: int = 320, heigh
     """An H.264 MP4 of `seconds` at `fps` and `width` x `height`."""
     return encode_clip(Path(path), ClipSpec("libx264", ".mp4", Fraction(fps), seconds,
                                             size=(width, height)))
+
+
+def write_test_clips(folder: Path, count: int, seconds: float, *, width: int = 320,
+                     height: int = 240, fps: int = 30) -> list[Path]:
+    """`count` copies of one `write_test_clip` (distinct names: one output each), encoded
+    once; clips already in `folder` are kept, so several runs can measure the same files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = [folder / f"clip_{k:04d}.mp4" for k in range(count)]
+    if not clips[0].is_file():
+        write_test_clip(clips[0], seconds, width=width, height=height, fps=fps)
+    for clip in clips[1:]:
+        if not clip.is_file():
+            shutil.copyfile(clips[0], clip)
+    return clips
