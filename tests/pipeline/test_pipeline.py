@@ -3,7 +3,8 @@ not move one bit), and its stages (encode, denoise, finish) composing into `gene
 
 from __future__ import annotations
 
-import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,21 +23,37 @@ REPO = Path(__file__).resolve().parents[2]
 CLIP = REPO / "examples" / "clip.mp4"
 COND = tiny_conditions(5, clip_frames=40, sync_tokens=120, text_tokens=77)
 LENGTHS = SequenceLengths(40, 125)  # 5 s
-# sha256 (first 16 hex digits) of the final latents, by the code before the Denoiser refactor
-# (`7960923`): two samples guided at 4.5 over 4 steps, and one unguided over 3 steps.
-DIGESTS = {
-    "fp32": ("ce1f84c8cdde8342", "1350d056e9c7933c"),
-    "bf16": ("39572f148d4bb605", "b5f3c1dbc6c04f18"),
-    "fp8": ("be08ea4f4278d0e6", "683a029841369db1"),
-    "fp8+calibrated": ("6cc5013b78c8ff42", "96761120aa539f1f"),
-    "int8-weight": ("3b0508813a532681", "ca215b05b3f40075"),
-    "int8": ("2f0b2b27d15e52ee", "e01c6cd5b64b41fa"),
-}
-VIDEO_DIGEST, TEXT_DIGEST = "9358158c4f1af070", "3f4f5b80ddce0705"
+# The final latents of each exact mode, by the code before the Denoiser refactor (`7960923`):
+# two samples guided at 4.5 over 4 steps, one unguided over 3 steps; then a video and a
+# text-only generation. Pinned as fingerprints (`_fingerprint`), not hashes: another CPU picks
+# other GEMM kernels, which move the last bits (fp32 by ~1e-7 relative, rounded modes further,
+# where a flipped rounding carries through the steps); a real change of the computation moves
+# them by orders of magnitude more. `FOLEYRT_PIN=1` rewrites the file (only for a change meant
+# to move numbers; say so in its commit).
+PINNED = Path(__file__).with_name("pinned_latents.json")
+MODES = ("fp32", "bf16", "fp8", "fp8+calibrated", "int8-weight", "int8")
+# Relative distances; the modes differ from fp32 by 1e-3 to 5e-2.
+FP32_TOLERANCE, ROUNDED_TOLERANCE = 1e-5, 2e-3
 
 
-def _digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+def _fingerprint(t: torch.Tensor) -> list[float]:
+    """16 fixed random projections of `t`, over the square root of its size."""
+    x = t.double().flatten()
+    proj = torch.randn(16, x.numel(), generator=torch.Generator().manual_seed(0),
+                       dtype=torch.float64)
+    return [round(v, 9) for v in (proj @ x / x.numel() ** 0.5).tolist()]
+
+
+def _check_pinned(name: str, tensors: tuple[torch.Tensor, ...], tolerance: float) -> None:
+    got = [_fingerprint(t) for t in tensors]
+    pinned = json.loads(PINNED.read_text()) if PINNED.exists() else {}
+    if os.environ.get("FOLEYRT_PIN") == "1":
+        lines = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in {**pinned, name: got}.items()]
+        PINNED.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+        return
+    for have, want in zip(got, pinned[name], strict=True):
+        moved = float((torch.tensor(have) - torch.tensor(want)).norm() / torch.tensor(want).norm())
+        assert moved <= tolerance, f"{name}: moved by {moved:.2e} (relative)"
 
 
 def _pipeline(runtime: RuntimeConfig) -> FoleyPipeline:
@@ -54,7 +71,7 @@ def calib_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_calibration(rec.calibration(AMAX_FLOOR, {}), path)
 
 
-@pytest.mark.parametrize("mode", list(DIGESTS))
+@pytest.mark.parametrize("mode", MODES)
 @torch.inference_mode()
 def test_exact_modes_keep_their_numbers(mode: str, calib_path: Path) -> None:
     precision, _, calibrated = mode.partition("+")
@@ -68,7 +85,7 @@ def test_exact_modes_keep_their_numbers(mode: str, calib_path: Path) -> None:
     plain = GenerationRequest(steps=3, guidance=1.0, samples=1, seed=4)
     (a,) = pipe.denoise([Encoded(None, guided, COND, LENGTHS, 5.0)])
     (b,) = pipe.denoise([Encoded(None, plain, COND, LENGTHS, 5.0)])
-    assert (_digest(a), _digest(b)) == DIGESTS[mode]
+    _check_pinned(mode, (a, b), FP32_TOLERANCE if mode == "fp32" else ROUNDED_TOLERANCE)
 
 
 @torch.inference_mode()
@@ -77,7 +94,7 @@ def test_video_and_text_generations_keep_their_numbers() -> None:
     video = pipe.generate(CLIP, GenerationRequest(prompt="a ball", steps=3, seed=9, samples=2))
     text = pipe.generate(None, GenerationRequest(prompt="rain", duration=3.3, steps=3, seed=9))
     assert video.latents is not None and text.latents is not None
-    assert (_digest(video.latents), _digest(text.latents)) == (VIDEO_DIGEST, TEXT_DIGEST)
+    _check_pinned("video, text", (video.latents, text.latents), FP32_TOLERANCE)
     assert text.audio.shape[-1] == round(3.3 * 48000) and video.audio.shape[0] == 2
 
 
