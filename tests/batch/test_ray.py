@@ -16,6 +16,7 @@ from foleyrt import cli
 from foleyrt.batch.ray import RayOptions, _gpus_per_worker, _worker_device, require_ray
 from foleyrt.config import TINY_RANDOM
 from foleyrt.errors import UsageError
+from foleyrt.media.synthetic import write_test_clip
 from tests.batch.test_plan import write_csv
 
 
@@ -38,13 +39,18 @@ def _batch(csv: Path, out: Path, *options: str) -> tuple[int, dict]:
 
 
 def test_ray_writes_what_local_writes(ray_cluster: None, library: Path, tmp_path: Path) -> None:
+    """Windows of 2 s: every clip fits one but clips/windowed.mp4 (3.5 s), which the GPU
+    worker streams in windows itself, as the local executor does."""
+    write_test_clip(library / "clips/windowed.mp4", 3.5, width=64, height=48, fps=10)
     csv = write_csv(library / "ray.csv",
                     "video,prompt\n"
                     "clips/a.mp4,door\nclips/long.mp4,rain\nclips/short.mp4,steps\n"
-                    "clips/b.mp4,wind\nclips/text.mp4,glass\nother/b.mp4,birds\n")
-    local_code, local = _batch(csv, tmp_path / "local")
-    ray_code, ray = _batch(csv, tmp_path / "ray", "--executor", "ray", "--gpus-per-worker", "0",
-                           "--num-workers", "2")
+                    "clips/b.mp4,wind\nclips/text.mp4,glass\nother/b.mp4,birds\n"
+                    "clips/windowed.mp4,rain\n")
+    windows = ("--window", "2", "--overlap", "1")
+    local_code, local = _batch(csv, tmp_path / "local", *windows)
+    ray_code, ray = _batch(csv, tmp_path / "ray", *windows, "--executor", "ray",
+                           "--gpus-per-worker", "0", "--num-workers", "2")
     assert local_code == ray_code == 1  # the short clip and the text file fail alone
 
     def outcome(report: dict) -> list[tuple]:
@@ -53,15 +59,17 @@ def test_ray_writes_what_local_writes(ray_cluster: None, library: Path, tmp_path
 
     assert outcome(ray) == outcome(local)
     assert [r["status"] for r in ray["items"]] == ["done", "done", "failed", "done", "failed",
-                                                   "done"]
+                                                   "done", "done"]
     names = sorted(p.name for p in (tmp_path / "local").iterdir())
-    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == names and len(names) == 8
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == names and len(names) == 10
     for name in (n for n in names if n.endswith(".wav")):
         got, _ = soundfile.read(tmp_path / "ray" / name)
         want, _ = soundfile.read(tmp_path / "local" / name)
         cos = torch.nn.functional.cosine_similarity(
             torch.from_numpy(got).flatten(), torch.from_numpy(want).flatten(), 0)
         assert got.shape == want.shape and float(cos) >= 0.9999
+    windowed, _ = soundfile.read(tmp_path / "ray" / "windowed.wav")
+    assert len(windowed) == round(3.5 * 48000)
 
 
 def test_without_ray_the_option_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from foleyrt.batch import stages
 from foleyrt.batch.plan import BatchReport, BatchSettings, ItemResult, Status
 from foleyrt.batch.stages import Work
 from foleyrt.errors import UsageError
-from foleyrt.media.video import DecodedClip, decode_clip
+from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult
 
 log = logging.getLogger(__name__)
@@ -175,10 +176,10 @@ def _worker_device(device: str, gpus_per_worker: float) -> str:
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    """A CPU task: the clip decoded into both frame rates, resized on the CPU."""
+    """A CPU task: the clip decoded into both frame rates, resized on the CPU (a clip longer
+    than one pass: its path, for the GPU worker to stream in windows; see `stages.decode`)."""
     work = _unpack(row["work"])
-    clip, bug = _carrying_bug(lambda: stages.guarded(
-        [work], lambda: decode_clip(work.result.job.item.video)))
+    clip, bug = _carrying_bug(lambda: stages.decode(work))
     return {"work": _pack(work), "clip": clip, "bug": bug}
 
 
@@ -212,7 +213,7 @@ class _Generator:
 
         with torch.inference_mode():
             for work, clip in zip(works, batch["clip"], strict=True):
-                if not isinstance(clip, DecodedClip) or any(bugs.values()):
+                if not isinstance(clip, DecodedClip | Path) or any(bugs.values()):
                     continue  # failed to decode, or a bug ends the run: the rest stays undone
                 if step([work], partial(stages.encode, self.pipe, work, clip)):
                     closed = step([work], partial(grouper.add, work))

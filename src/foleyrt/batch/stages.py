@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor
 from foleyrt.batch.plan import BatchSettings, ItemResult, Status
 from foleyrt.errors import FoleyError
 from foleyrt.media.audio import check_output_path
-from foleyrt.media.video import DecodedClip
+from foleyrt.media.video import DURATION_SLACK_S, DecodedClip, decode_clip, probe_video
 from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult, release_cuda_memory
 from foleyrt.request import GenerationRequest
@@ -87,8 +88,25 @@ def start(result: ItemResult, settings: BatchSettings) -> Work | None:
     return guarded([work], check)
 
 
-def encode(pipe: FoleyPipeline, work: Work, clip: DecodedClip | None = None) -> bool:
-    """Decode (unless `clip` was decoded elsewhere) and compute the item's features."""
+def decode(work: Work) -> DecodedClip | Path | None:
+    """The item's clip decoded and resized on the CPU, for an encoder in another process or
+    on another machine; its path instead when it is longer than one pass: the encoder streams
+    such a clip in windows (the frames of a long clip at once would not fit in memory, and a
+    `DecodedClip` is one pass). None when it failed (recorded)."""
+    path, request = work.result.job.item.video, work.request
+
+    def run() -> DecodedClip | Path:
+        info = probe_video(path, max_seconds=request.max_duration)
+        if info.duration_s > request.windowing.single_pass_s + DURATION_SLACK_S:
+            return path
+        return decode_clip(path)
+
+    return guarded([work], run)
+
+
+def encode(pipe: FoleyPipeline, work: Work, clip: DecodedClip | Path | None = None) -> bool:
+    """Compute the item's features from `clip` (decoded elsewhere, or a path to decode here;
+    None: the item's own video)."""
     source = clip if clip is not None else work.result.job.item.video
     work.encoded = guarded([work], lambda: pipe.encode(source, work.request))
     return work.encoded is not None
