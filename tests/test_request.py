@@ -53,6 +53,7 @@ def test_out_of_bounds_values_are_one_line_errors(fields: dict, message: str) ->
 def test_long_durations_and_windows_within_bounds_are_taken() -> None:
     r = GenerationRequest(duration=1800, window=15, overlap=14)
     assert (r.windowing.window_s, r.windowing.overlap_s, r.windowing.stride) == (15, 14, 1)
+    assert GenerationRequest(window=1.4, overlap=0.4).windowing.stride == 1  # 1.4 - 1 < 0.4
     assert GenerationRequest().windowing.stride == 8  # 10 s windows, 2 s overlap
 
 

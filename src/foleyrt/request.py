@@ -124,7 +124,8 @@ def _check_windows(window: float, overlap: float) -> None:
     if not (math.isfinite(window) and MIN_SECONDS <= window <= MAX_SECONDS):
         raise InputError(f"window must be between {MIN_SECONDS:g} and {MAX_SECONDS:g} s, "
                          f"got {window:g}")
-    if not (math.isfinite(overlap) and 0.0 <= overlap <= window - WINDOW_GRID):
+    # (with the slack `Windowing.stride` allows: 1.4 - 1 is 0.39999999999999991)
+    if not (math.isfinite(overlap) and 0.0 <= overlap <= window - WINDOW_GRID + 1e-9):
         raise InputError(f"overlap must be between 0 and the window less {WINDOW_GRID:g} s "
                          f"({window - WINDOW_GRID:g} s; windows start on whole seconds), "
                          f"got {overlap:g}")

@@ -20,6 +20,7 @@ from foleyrt.batch import (
     BatchItem,
     BatchReport,
     BatchSettings,
+    DecodeIn,
     ItemResult,
     LocalOptions,
     Status,
@@ -80,6 +81,33 @@ def test_groups_give_each_clip_its_one_at_a_time_result(
         want, _ = soundfile.read(tmp_path / "alone" / name)
         assert rate == 48000 and got.shape == want.shape
         assert _cosine(got, want) >= 0.9999
+
+
+def test_decoding_processes_give_what_decoding_threads_give(
+    pipe: FoleyPipeline, library: Path, tmp_path: Path
+) -> None:
+    """Two decoding processes (spawned, frames back through shared memory): the same sounds
+    and the same failures, each named, as decoding in the threads; a clip longer than one
+    pass (windows of 1.4 s here) is streamed in windows by its thread."""
+    names = ("clips/a.mp4", "clips/short.mp4", "clips/long.mp4", "clips/text.mp4",
+             "other/b.mp4")
+    items = [BatchItem(library / n, prompt=f"sound {k}") for k, n in enumerate(names)]
+    settings = BatchSettings(formats=(".wav",), request=GenerationRequest(
+        steps=2, seed=5, window=1.4, overlap=0.4))
+    reports = {}
+    for decode_in in DecodeIn:
+        reports[decode_in] = _report(items, tmp_path / decode_in.value, settings)
+        stats = run_local(pipe, reports[decode_in], settings,
+                          LocalOptions(decode_workers=2, decode_in=decode_in))
+        assert (stats.busy_s["decode"] > 0) == (decode_in is DecodeIn.PROCESSES)
+    threads, processes = reports[DecodeIn.THREADS], reports[DecodeIn.PROCESSES]
+    assert [(r.status, r.error) for r in processes.items] == [
+        (r.status, r.error) for r in threads.items]
+    assert [r.status for r in threads.items].count(Status.FAILED) == 2
+    for name in ("a.wav", "long.wav", "b.wav"):
+        got, _ = soundfile.read(tmp_path / "processes" / name)
+        want, _ = soundfile.read(tmp_path / "threads" / name)
+        assert got.shape == want.shape and _cosine(got, want) >= 0.99999
 
 
 def failing(real: Callable[..., Any], bad: str, exc: BaseException) -> Callable[..., Any]:

@@ -1,5 +1,6 @@
-"""`foleyrt bench --throughput` on the CPU with the tiny config: both modes run the batch code
-path over the same clips, files written, and the JSON carries every figure."""
+"""`foleyrt bench --throughput` on the CPU with the tiny config: every mode (batched with
+decoding threads, batched with decoding processes, one at a time) runs the batch code path
+over the same clips, files written, and the JSON carries every figure."""
 
 from __future__ import annotations
 
@@ -15,19 +16,23 @@ def test_throughput_batched_and_one_at_a_time(tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "throughput.json"
     assert main(["bench", "--throughput", "--size", "tiny", "--clips", "2", "--clip-seconds",
-                 "1.2", "--steps", "2", "--device", "cpu", "--json", str(out)]) == 0
+                 "1.2", "--steps", "2", "--device", "cpu", "--decode-in", "threads",
+                 "processes", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "clips/s" in printed and "gain: " in printed
     data = json.loads(out.read_text())
-    batched, alone = data["throughput"]
-    assert (batched["mode"], alone["mode"]) == ("batched", "one at a time")
-    assert alone["groups"] == [1, 1] and sum(batched["groups"]) == 2
-    for row in (batched, alone):
+    threads, processes, alone = data["throughput"]
+    assert [r["mode"] for r in data["throughput"]] == [
+        "batched, threads", "batched, processes", "one at a time"]
+    assert alone["groups"] == [1, 1] and sum(threads["groups"]) == sum(processes["groups"]) == 2
+    for row in (threads, processes, alone):
         assert row["clips"] == 2 and row["failed"] == 0 and row["clips_per_s"] > 0
         assert row["audio_s_per_s"] == pytest.approx(1.2 * row["clips_per_s"])
-        assert set(row["stages_s"]) == {"encode", "denoise", "finish", "write"}
+        assert set(row["stages_s"]) == {"decode", "encode", "denoise", "finish", "write"}
         assert row["gpu_busy"] is None and row["peak_host_gb"] > 0
-    assert data["gain"] == pytest.approx(batched["clips_per_s"] / alone["clips_per_s"])
+    assert processes["stages_s"]["decode"] > 0 == threads["stages_s"]["decode"]
+    best = max(threads["clips_per_s"], processes["clips_per_s"])
+    assert data["gain"] == pytest.approx(best / alone["clips_per_s"])
 
 
 def test_a_second_run_reuses_the_clips_without_the_baseline(
@@ -43,4 +48,5 @@ def test_a_second_run_reuses_the_clips_without_the_baseline(
     assert main([*args, "--no-baseline", "--json", str(out)]) == 0
     assert clip.stat().st_mtime_ns == written
     (row,) = json.loads(out.read_text())["throughput"]
-    assert row["mode"] == "batched" and "gain" not in capsys.readouterr().out.splitlines()[-1]
+    assert row["mode"] == "batched, threads"
+    assert "gain" not in capsys.readouterr().out.splitlines()[-1]

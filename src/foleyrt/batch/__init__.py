@@ -5,7 +5,13 @@ is what happens to an item or a group of items; `local` runs the stages overlapp
 machine, `ray` on a Ray cluster.
 """
 
-from foleyrt.batch.local import DEFAULT_DECODE_WORKERS, LocalOptions, RunStats, run_local
+from foleyrt.batch.local import (
+    DEFAULT_DECODE_WORKERS,
+    DecodeIn,
+    LocalOptions,
+    RunStats,
+    run_local,
+)
 from foleyrt.batch.plan import (
     FORMATS,
     VIDEO_SUFFIXES,
@@ -28,7 +34,7 @@ from foleyrt.batch.plan import (
 
 __all__ = [
     "DEFAULT_DECODE_WORKERS", "FORMATS", "VIDEO_SUFFIXES", "BatchItem", "BatchReport",
-    "BatchSettings", "ItemResult", "Job", "LocalOptions", "RunStats", "Status", "check_name",
-    "check_report_path", "item_seed", "plan_batch", "prepare_outdir", "read_csv", "read_inputs",
-    "run_local", "safe_name", "scan_folder",
+    "BatchSettings", "DecodeIn", "ItemResult", "Job", "LocalOptions", "RunStats", "Status",
+    "check_name", "check_report_path", "item_seed", "plan_batch", "prepare_outdir", "read_csv",
+    "read_inputs", "run_local", "safe_name", "scan_folder",
 ]

@@ -7,7 +7,13 @@ Where the time of one 10 s 720p clip goes decides the shape: decoding (CPU) take
 long as the clip's share of denoising (GPU), its features a fraction of that, muxing another
 fraction, the VAE almost nothing. So:
 
-- Decoders run ahead in parallel threads (PyAV and PyTorch release the GIL). On CUDA each has
+- Decoders run ahead in parallel threads. With `DecodeIn.THREADS` each decodes in its own
+  thread and the GPU resizes the frames as they come (`FoleyPipeline.encode`); but turning
+  decoded frames into RGB holds the GIL, so a few such threads saturate one core whatever
+  the machine has. With `DecodeIn.PROCESSES` each thread hands its clip to a process of a
+  pool, which decodes and resizes it on the CPU (`stages.decode_source`, the release's own
+  arithmetic) and sends the frames back through shared memory; the thread then only
+  encodes them. On CUDA each decoder thread has
   its own stream, because the GPU thread queues a whole group's steps ahead of the GPU: on
   the one default stream a decoder's encoder kernels would wait behind all of them, and the
   next group's features would be ready only when the current group is done. On their own
@@ -31,13 +37,17 @@ compares with.
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -47,26 +57,36 @@ from foleyrt.batch import stages
 from foleyrt.batch.plan import BatchReport, BatchSettings, ItemResult, Status
 from foleyrt.batch.stages import Work
 from foleyrt.errors import UsageError
+from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.features import quick_gil_handover
 from foleyrt.pipeline.pipeline import FoleyPipeline
 
 DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 GROUP_WAIT_S = 0.5  # how long a partial group waits for more clips while the GPU idles
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
-STAGES = ("encode", "denoise", "finish", "write")
+STAGES = ("decode", "encode", "denoise", "finish", "write")
 
 _END = object()  # closes a queue: no more items will come
+
+
+class DecodeIn(str, Enum):
+    """Where the decoders decode (see the module docstring)."""
+
+    THREADS = "threads"
+    PROCESSES = "processes"
 
 
 @dataclass(frozen=True)
 class LocalOptions:
     """`batch_rows`: transformer rows per forward (None: the row budget); `decode_workers`:
-    clips decoded at once; `overlap`: False runs one stage after another."""
+    clips decoded at once, in threads or processes (`decode_in`); `overlap`: False runs one
+    stage after another."""
 
     batch_rows: int | None = None
     decode_workers: int = DEFAULT_DECODE_WORKERS
     group_wait_s: float = GROUP_WAIT_S
     overlap: bool = True
+    decode_in: DecodeIn = DecodeIn.THREADS
 
     def __post_init__(self) -> None:
         if self.batch_rows is not None and self.batch_rows < 1:
@@ -132,6 +152,7 @@ class _Run:
         self.error: BaseException | None = None
         self.cuda = pipe.runtime.device.type == "cuda"
         self.last_done: torch.cuda.Event | None = None  # the last queued group's end
+        self.pool: ProcessPoolExecutor | None = None  # decoding processes (DecodeIn.PROCESSES)
         self.t0 = time.perf_counter()
 
     # -- the two drivers ------------------------------------------------------------------
@@ -175,7 +196,9 @@ class _Run:
         # Both settings are process-wide and each decoder's encoding sets and restores them:
         # held for the whole run, the decoders' nested uses restore what they found.
         fast = self.pipe.runtime.fast_encoders
-        with quick_gil_handover(), encoder_matmul_precision(fast):
+        processes = (_decode_pool(workers) if self.options.decode_in is DecodeIn.PROCESSES
+                     else nullcontext(None))
+        with processes as self.pool, quick_gil_handover(), encoder_matmul_precision(fast):
             for t in threads:
                 t.start()
             try:
@@ -199,8 +222,13 @@ class _Run:
             work = self.start(result)
             if work is None:
                 continue
+            clip = None
+            if self.pool is not None:
+                clip = self.decode(self.pool, work)
+                if clip is None:
+                    continue
             with torch.cuda.stream(stream):
-                ok = self.encode(work)
+                ok = self.encode(work, clip)
             if ok and not self.put(encoded, work):
                 return
 
@@ -239,9 +267,19 @@ class _Run:
             self.ended(result)
         return work
 
-    def encode(self, work: Work) -> bool:
+    def decode(self, pool: ProcessPoolExecutor, work: Work) -> DecodedClip | Path | None:
+        """The clip as a decoding process made it (see `stages.decode_source`); None when
+        it failed (recorded)."""
+        with self.timed("decode"):
+            clip = stages.guarded([work], lambda: pool.submit(
+                stages.decode_source, work.result.job.item.video, work.request).result())
+        if clip is None:
+            self.ended(work.result)
+        return clip
+
+    def encode(self, work: Work, clip: DecodedClip | Path | None = None) -> bool:
         with self.timed("encode"):
-            ok = stages.encode(self.pipe, work)
+            ok = stages.encode(self.pipe, work, clip)
         if not ok:
             self.ended(work.result)
         return ok
@@ -357,3 +395,11 @@ class _Run:
                 continue
         return None
 
+
+
+def _decode_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` decoding processes sharing the CPU's cores. Spawned, not forked: this process
+    has CUDA and threads, which a fork would copy in an unusable state."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(threads,))

@@ -89,19 +89,19 @@ def start(result: ItemResult, settings: BatchSettings) -> Work | None:
 
 
 def decode(work: Work) -> DecodedClip | Path | None:
-    """The item's clip decoded and resized on the CPU, for an encoder in another process or
-    on another machine; its path instead when it is longer than one pass: the encoder streams
-    such a clip in windows (the frames of a long clip at once would not fit in memory, and a
-    `DecodedClip` is one pass). None when it failed (recorded)."""
-    path, request = work.result.job.item.video, work.request
+    """`decode_source` for the item; None when it failed (recorded)."""
+    return guarded([work], lambda: decode_source(work.result.job.item.video, work.request))
 
-    def run() -> DecodedClip | Path:
-        info = probe_video(path, max_seconds=request.max_duration)
-        if info.duration_s > request.windowing.single_pass_s + DURATION_SLACK_S:
-            return path
-        return decode_clip(path)
 
-    return guarded([work], run)
+def decode_source(path: Path, request: GenerationRequest) -> DecodedClip | Path:
+    """The clip at `path` decoded and resized on the CPU, for an encoder in another process or
+    on another machine; `path` itself when the clip is longer than one pass: the encoder
+    streams such a clip in windows (a long clip's frames at once would not fit in memory, and
+    a `DecodedClip` is one pass)."""
+    info = probe_video(path, max_seconds=request.max_duration)
+    if info.duration_s > request.windowing.single_pass_s + DURATION_SLACK_S:
+        return path
+    return decode_clip(path)
 
 
 def encode(pipe: FoleyPipeline, work: Work, clip: DecodedClip | Path | None = None) -> bool:

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from foleyrt.batch import (
     DEFAULT_DECODE_WORKERS,
     BatchReport,
     BatchSettings,
+    DecodeIn,
     LocalOptions,
     RunStats,
     Status,
@@ -91,18 +92,20 @@ def bench_throughput(
     size: str, clips: int, clip_s: float, runtime: RuntimeConfig, *, steps: int,
     guidance: float, batch_rows: int | None = None, decode_workers: int | None = None,
     calibrate: bool = False, workdir: Path | None = None, baseline: bool = True,
+    decode_in: Sequence[DecodeIn] = (DecodeIn.THREADS,),
 ) -> Iterator[ThroughputRow]:
-    """The batched row, then (`baseline`) the one-at-a-time row; clips and outputs in
-    `workdir` (clips already there are reused: several runs measure the same files), or in a
-    temporary folder removed afterwards. `calibrate`: record the random model's activation
-    ranges on two of the clips first and run `runtime` with them (fp8 with static scales,
-    int8): random weights have no calibration file."""
+    """A batched row for each of `decode_in`, then (`baseline`) the one-at-a-time row; clips
+    and outputs in `workdir` (clips already there are reused: several runs measure the same
+    files), or in a temporary folder removed afterwards. `calibrate`: record the random
+    model's activation ranges on two of the clips first and run `runtime` with them (fp8 with
+    static scales, int8): random weights have no calibration file."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="foleyrt-throughput-") as tmp:
             yield from bench_throughput(size, clips, clip_s, runtime, steps=steps,
                                         guidance=guidance, batch_rows=batch_rows,
                                         decode_workers=decode_workers, calibrate=calibrate,
-                                        workdir=Path(tmp), baseline=baseline)
+                                        workdir=Path(tmp), baseline=baseline,
+                                        decode_in=decode_in)
         return
     spec = PRESETS[size]
     folder = workdir / "clips"
@@ -116,22 +119,19 @@ def bench_throughput(
     pipe = FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime)
     one = settings.request.rows
     workers = DEFAULT_DECODE_WORKERS if decode_workers is None else decode_workers
-    modes = {BATCHED: LocalOptions(batch_rows, workers),
-             ONE_AT_A_TIME: LocalOptions(batch_rows=one, overlap=False)}
-    if not baseline:
-        del modes[ONE_AT_A_TIME]
+    modes = {f"{BATCHED}, {where.value}": LocalOptions(batch_rows, workers, decode_in=where)
+             for where in decode_in}
     # One full group (it waits for its clips), one single clip: the shapes that dominate.
-    warmup = {BATCHED: (items_per_group(settings.request, batch_rows),
-                        replace(modes[BATCHED], group_wait_s=math.inf)),
-              ONE_AT_A_TIME: (1, LocalOptions(batch_rows=one, overlap=False))}
-    for mode, (count, options) in warmup.items():
-        if mode not in modes:
-            continue
-        name = mode.replace(" ", "-")
-        _run(pipe, folder, workdir / f"warmup-{name}", settings, options, limit=count)
+    warmup = [(items_per_group(settings.request, batch_rows),
+               LocalOptions(batch_rows, workers, group_wait_s=math.inf))]
+    if baseline:
+        modes[ONE_AT_A_TIME] = LocalOptions(batch_rows=one, overlap=False)
+        warmup.append((1, modes[ONE_AT_A_TIME]))
+    for k, (count, options) in enumerate(warmup):
+        _run(pipe, folder, workdir / f"warmup-{k}", settings, options, limit=count)
     for mode, options in modes.items():
-        yield _measure(pipe, folder, workdir / mode.replace(" ", "-"), settings, options, mode,
-                       clip_s)
+        yield _measure(pipe, folder, workdir / mode.replace(" ", "-").replace(",", ""),
+                       settings, options, mode, clip_s)
 
 
 def _calibration(spec: ModelSpec, runtime: RuntimeConfig, folder: Path,
@@ -169,8 +169,8 @@ def _measure(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSet
         torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         sampler.peak_host_gb, report.count(Status.FAILED),
         {"batch_rows": options.batch_rows, "decode_workers": options.decode_workers,
-         "overlap": options.overlap, "steps": settings.request.steps,
-         "guidance": settings.request.guidance})
+         "decode_in": options.decode_in.value, "overlap": options.overlap,
+         "steps": settings.request.steps, "guidance": settings.request.guidance})
 
 
 def _gpu_busy(sampler: _Sampler, stats: RunStats, cuda: bool

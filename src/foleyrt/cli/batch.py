@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from foleyrt.cli.options import (
+    DECODE_IN_CHOICES,
     add_model_options,
     add_request_options,
     request,
@@ -58,8 +59,13 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "each filling one row per sample, two with guidance (default: auto, "
                         "what the GPU's free memory allows, at most 32)")
     p.add_argument("--decode-workers", type=int, default=None, metavar="N",
-                   help="clips decoded at once on CPU threads (default: up to 4, one per CPU "
-                        "core)")
+                   help="clips decoded at once (default: up to 4, one per CPU core)")
+    p.add_argument("--decode-in", choices=DECODE_IN_CHOICES, default=None,
+                   help="threads: each clip decoded in a thread, its frames resized on the GPU "
+                        "(default); processes: decoded and resized on the CPU in a pool of "
+                        "processes, which frees this process from converting frames (where "
+                        "one core's worth of that limits how fast clips come, see "
+                        "docs/benchmarks.md)")
     add_model_options(p)
     g = p.add_argument_group("Ray (pip install 'foleyrt[ray]')")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -79,7 +85,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 _RAY_FLAGS = ("ray_address", "gpus_per_worker", "num_workers")
-_LOCAL_FLAGS = ("decode_workers",)  # Ray decodes as tasks on the cluster's CPUs
+_LOCAL_FLAGS = ("decode_workers", "decode_in")  # Ray decodes as tasks on the cluster's CPUs
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -88,6 +94,7 @@ def _batch(args: argparse.Namespace) -> int:
         FORMATS,
         BatchReport,
         BatchSettings,
+        DecodeIn,
         ItemResult,
         LocalOptions,
         Status,
@@ -117,7 +124,8 @@ def _batch(args: argparse.Namespace) -> int:
         config = runtime(args)
         workers = args.decode_workers
         local = LocalOptions(args.batch_rows,
-                             DEFAULT_DECODE_WORKERS if workers is None else workers)
+                             DEFAULT_DECODE_WORKERS if workers is None else workers,
+                             decode_in=DecodeIn(args.decode_in or DecodeIn.THREADS))
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
                         release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)

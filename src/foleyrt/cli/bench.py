@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foleyrt.cli.options import ACCEL_CHOICES, PRECISION_CHOICES
+from foleyrt.cli.options import ACCEL_CHOICES, DECODE_IN_CHOICES, PRECISION_CHOICES
 from foleyrt.config import PRESETS
 from foleyrt.errors import UsageError
 from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -76,6 +76,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="as for 'foleyrt batch' (default: auto, the row budget)")
     t.add_argument("--decode-workers", type=int, default=None, metavar="N",
                    help="as for 'foleyrt batch' (default: up to 4)")
+    t.add_argument("--decode-in", nargs="+", default=["threads"], choices=DECODE_IN_CHOICES,
+                   metavar="WHERE", help="a batched row for each: threads, processes (as for "
+                                         "'foleyrt batch'; default: threads)")
     t.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="keep the clips and outputs in DIR; clips already there are reused, so "
                         "several runs measure the same files (default: a temporary folder)")
@@ -145,7 +148,8 @@ def _throughput(args: argparse.Namespace) -> int:
     import torch
 
     from foleyrt.accel.runtime import RuntimeConfig
-    from foleyrt.bench.throughput import bench_throughput
+    from foleyrt.batch import DecodeIn
+    from foleyrt.bench.throughput import ONE_AT_A_TIME, bench_throughput
 
     if args.clips < 1 or args.clip_seconds <= 0:
         raise UsageError("--clips must be at least 1 and --clip-seconds above 0")
@@ -162,12 +166,15 @@ def _throughput(args: argparse.Namespace) -> int:
     for row in bench_throughput(size, args.clips, args.clip_seconds, runtime, steps=args.steps,
                                 guidance=args.guidance, batch_rows=args.batch_rows,
                                 decode_workers=args.decode_workers, calibrate=args.calibrate,
-                                workdir=args.workdir, baseline=not args.no_baseline):
+                                workdir=args.workdir, baseline=not args.no_baseline,
+                                decode_in=[DecodeIn(w) for w in args.decode_in]):
         print(throughput_line(row), flush=True)
         rows.append(row)
-    gain = rows[0].clips_per_s / rows[1].clips_per_s if len(rows) == 2 else None
+    baseline = next((r for r in rows if r.mode == ONE_AT_A_TIME), None)
+    best = max(r.clips_per_s for r in rows if r is not baseline)
+    gain = None if baseline is None else best / baseline.clips_per_s
     if gain is not None:
-        print(f"gain: {gain:.2f}x clips/s over one at a time", flush=True)
+        print(f"gain: {gain:.2f}x clips/s over one at a time (the best batched row)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(
             {"device": name, "torch": torch.__version__, "size": size, "gain": gain,

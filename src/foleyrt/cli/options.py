@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 ACCEL_CHOICES = ("eager", "compile", "tensorrt", "auto")
 PRECISION_CHOICES = ("bf16", "fp16", "fp8", "int8-weight", "int8")
 PARALLEL_CHOICES = ("none", "cfg")
+DECODE_IN_CHOICES = ("threads", "processes")  # `foleyrt.batch.DecodeIn`, without importing it
 
 
 class Parser(argparse.ArgumentParser):
