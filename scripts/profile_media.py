@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import av
 import torch
 
 from foleyrt.media import video
@@ -40,6 +42,7 @@ def main() -> None:
     timed(f"sync resize x{len(sync)} serial", lambda: [video.sync_pixels_batch([f]) for f in sync])
     timed(f"sync resize x{len(sync)} batch 16", lambda: [
         video.sync_pixels_batch(sync[i:i + 16]) for i in range(0, len(sync), 16)])
+    gil_check(clip)
     for _ in range(2):
         decoded = timed("decode_clip (parallel)", lambda: video.decode_clip(clip))
     if torch.cuda.is_available():
@@ -48,6 +51,35 @@ def main() -> None:
     for _ in range(2):
         timed("mux mp4 (stream copy + aac)", lambda: mux_video(clip, tmp / "out.mp4", audio,
                                                                 48000, overwrite=True))
+
+
+def gil_check(clip: Path) -> None:
+    """Whether the RGB conversion every decoder runs per frame holds the GIL: a Python loop
+    and the conversion of the clip's frames, alone and on two threads at once (if it holds the
+    GIL, together takes their sum rather than the longer of the two)."""
+    with av.open(str(clip)) as container:
+        frames = list(container.decode(video=0))
+
+    def convert() -> None:
+        for frame in frames:
+            frame.to_ndarray(format="rgb24")
+
+    def count() -> None:
+        x = 0
+        for i in range(3_000_000):
+            x += i
+
+    def both() -> None:
+        threads = [threading.Thread(target=f) for f in (convert, count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    convert()  # warm-up: the converter's tables
+    timed(f"rgb convert x{len(frames)}", convert)
+    timed("python loop 3e6", count)
+    timed("both on two threads", both)
 
 
 def profile_stream(clip: Path) -> None:
