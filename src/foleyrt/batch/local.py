@@ -18,7 +18,12 @@ fraction, the VAE almost nothing. So:
   the one default stream a decoder's encoder kernels would wait behind all of them, and the
   next group's features would be ready only when the current group is done. On their own
   streams they run beside the transformer's kernels (a decoder waits for its own stream only,
-  see `FoleyPipeline._sync`).
+  see `FoleyPipeline._sync`). Beside is not enough: measured on an H100, a clip's features
+  took 3.3 s in batch mode against 0.2 s on an idle GPU, each of the encoders' many small
+  kernels waiting for SMs behind the transformer's, so groups went out with the few clips
+  that were ready. The decoders' and the writer's streams therefore have the highest
+  priority: the GPU hands SMs that come free to their kernels first, and the transformer
+  fills the rest (docs/benchmarks.md §6).
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   the row budget (`--batch-rows`, or what the GPU's free memory allows), or until the GPU has
   nothing else to do and the group has waited `group_wait_s` (then a power of two of its
@@ -63,6 +68,7 @@ from foleyrt.pipeline.pipeline import FoleyPipeline
 
 DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 GROUP_WAIT_S = 0.5  # how long a partial group waits for more clips while the GPU idles
+HIGH_PRIORITY = -100  # CUDA stream priority: lower is higher; clamped to the GPU's range
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
 STAGES = ("decode", "encode", "denoise", "finish", "write")
 
@@ -352,7 +358,11 @@ class _Run:
         return self.last_done is None or self.last_done.query()
 
     def new_stream(self) -> torch.cuda.Stream | None:
-        return torch.cuda.Stream(self.pipe.runtime.device) if self.cuda else None
+        """A stream for a decoder or the writer, ahead of the GPU thread's (see the module
+        docstring); PyTorch maps the priority to the highest the GPU has."""
+        if not self.cuda:
+            return None
+        return torch.cuda.Stream(self.pipe.runtime.device, priority=HIGH_PRIORITY)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
