@@ -9,12 +9,13 @@ fraction, the VAE almost nothing. So:
 
 - Decoders run ahead in parallel threads. With `DecodeIn.THREADS` each decodes in its own
   thread and the GPU resizes the frames as they come (`FoleyPipeline.encode`); but turning
-  decoded frames into RGB holds the GIL, so a few such threads saturate one core whatever
-  the machine has. With `DecodeIn.PROCESSES` each thread hands its clip to a process of a
-  pool, which decodes and resizes it on the CPU (`stages.decode_source`, the release's own
-  arithmetic) and sends the frames back through shared memory; the thread then only
-  encodes them. On CUDA each decoder thread has
-  its own stream, because the GPU thread queues a whole group's steps ahead of the GPU: on
+  decoded frames into RGB holds the GIL (`scripts/profile_media.py`), so these threads take
+  turns on one core: where that core cannot keep up (it could on an H100 host with 16 cores
+  and 720p clips, docs/benchmarks.md §6), `DecodeIn.PROCESSES` has each thread hand its
+  clip to a process of a pool, which decodes and resizes it on the CPU
+  (`stages.decode_source`, the release's own arithmetic) and sends the frames back through
+  shared memory; the thread then only encodes them. On CUDA each decoder thread has its own
+  stream, because the GPU thread queues a whole group's steps ahead of the GPU: on
   the one default stream a decoder's encoder kernels would wait behind all of them, and the
   next group's features would be ready only when the current group is done. On their own
   streams they run beside the transformer's kernels (a decoder waits for its own stream only,
@@ -404,7 +405,6 @@ class _Run:
             except queue.Empty:
                 continue
         return None
-
 
 
 def _decode_pool(workers: int) -> ProcessPoolExecutor:
