@@ -14,6 +14,7 @@ import soundfile
 import torch
 
 from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.errors import UsageError
 from foleyrt.lengths import SequenceLengths, Windowing, WindowPlan, sync_window_count
 from foleyrt.media.synthetic import ClipSpec, encode_clip
 from foleyrt.media.video import decode_clip, to_model_range
@@ -122,6 +123,19 @@ def test_long_clips_give_audio_of_their_length(pipe: FoleyPipeline, clips: dict[
     cut a 16 s clip at 15 s without a word."""
     _generate_and_check(pipe, clips[name], tmp_path / "out.mp4",
                         GenerationRequest(prompt="rain", steps=2, seed=1, guidance=1.0), windows)
+
+
+@torch.inference_mode()
+def test_a_decoded_clip_longer_than_one_pass_is_refused(pipe: FoleyPipeline,
+                                                        clips: dict[str, Path]) -> None:
+    """A `DecodedClip` (decoded in another process) stops at one pass: encoding one of a
+    longer clip would make its audio from its start only, so it is refused (stream it from
+    its path); within one pass it is taken."""
+    decoded = decode_clip(clips["16s"])
+    with pytest.raises(UsageError, match=r"16s.mp4: a decoded clip is one pass, and this one "
+                                         r"lasts 16.00 s; pass its path"):
+        pipe.encode(decoded, GenerationRequest())
+    assert pipe.encode(decode_clip(clips["12s"]), GenerationRequest()).window_count == 1
 
 
 @torch.inference_mode()

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from foleyrt.accel.process import encoder_matmul_precision
+from foleyrt.errors import UsageError
 from foleyrt.lengths import (
     SIGLIP_FPS,
     SYNC_FPS,
@@ -95,8 +96,14 @@ def encode_video(
     (`fast`: see `encoder_matmul_precision`; `limits`, `on_frame`: see `iter_ticks`;
     `max_seconds`: the longest clip taken). A clip longer than `windowing`'s window is
     streamed in windows, reported to `on_window` (see `_Windows`) instead of `on_frame`. A
-    `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded, in one pass."""
+    `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded, in one pass
+    (one of a clip longer than a pass is refused)."""
     if isinstance(path, DecodedClip):
+        if path.info.duration_s > windowing.single_pass_s + DURATION_SLACK_S:
+            # Its frames stop at one pass: the audio would be made from its start only.
+            raise UsageError(f"{path.info.path}: a decoded clip is one pass, and this one lasts "
+                             f"{path.info.duration_s:.2f} s; pass its path to generate it in "
+                             "windows")
         return _decoded_features(models, path, prompt, negative_prompt, device, fast, 0.0)
     info = probe_video(path, limits, max_seconds)
     if info.duration_s > windowing.single_pass_s + DURATION_SLACK_S:
