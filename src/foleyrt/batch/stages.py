@@ -26,7 +26,7 @@ from torch import Tensor
 from foleyrt.batch.plan import BatchSettings, ItemResult, Status
 from foleyrt.errors import FoleyError
 from foleyrt.media.audio import check_output_path
-from foleyrt.media.video import DURATION_SLACK_S, DecodedClip, decode_clip, probe_video
+from foleyrt.media.video import DecodedClip, assemble_clip, iter_ticks, probe_video
 from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult, release_cuda_memory
 from foleyrt.request import GenerationRequest
@@ -99,9 +99,9 @@ def decode_source(path: Path, request: GenerationRequest) -> DecodedClip | Path:
     streams such a clip in windows (a long clip's frames at once would not fit in memory, and
     a `DecodedClip` is one pass)."""
     info = probe_video(path, max_seconds=request.max_duration)
-    if info.duration_s > request.windowing.single_pass_s + DURATION_SLACK_S:
+    if info.takes_windows(request.windowing):
         return path
-    return decode_clip(path)
+    return assemble_clip(info, iter_ticks(info.path))  # `decode_clip`, the probe done
 
 
 def encode(pipe: FoleyPipeline, work: Work, clip: DecodedClip | Path | None = None) -> bool:

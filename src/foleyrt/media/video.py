@@ -30,7 +30,7 @@ from PIL import Image
 from torch import Tensor
 
 from foleyrt.errors import ConfigError, InputError, MediaError
-from foleyrt.lengths import SIGLIP_FPS, SYNC_FPS, SYNC_WINDOW
+from foleyrt.lengths import SIGLIP_FPS, SYNC_FPS, SYNC_WINDOW, Windowing
 from foleyrt.media.resize import pil_bilinear_resize, torch_bicubic_aa_resize
 from foleyrt.request import MAX_DURATION, MIN_SECONDS
 
@@ -73,6 +73,11 @@ class VideoInfo:
     codec: str
     n_frames: int | None
     has_audio: bool
+
+    def takes_windows(self, windowing: Windowing) -> bool:
+        """Whether the clip is longer than `windowing` takes in one pass (within the slack of
+        a header's duration)."""
+        return self.duration_s > windowing.single_pass_s + DURATION_SLACK_S
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from foleyrt.lengths import (
     sync_window_count,
 )
 from foleyrt.media.video import (
-    DURATION_SLACK_S,
     FRAME_CAP_S,
     DecodedClip,
     FrameBranch,
@@ -99,14 +98,14 @@ def encode_video(
     `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded, in one pass
     (one of a clip longer than a pass is refused)."""
     if isinstance(path, DecodedClip):
-        if path.info.duration_s > windowing.single_pass_s + DURATION_SLACK_S:
+        if path.info.takes_windows(windowing):
             # Its frames stop at one pass: the audio would be made from its start only.
             raise UsageError(f"{path.info.path}: a decoded clip is one pass, and this one lasts "
                              f"{path.info.duration_s:.2f} s; pass its path to generate it in "
                              "windows")
         return _decoded_features(models, path, prompt, negative_prompt, device, fast, 0.0)
     info = probe_video(path, limits, max_seconds)
-    if info.duration_s > windowing.single_pass_s + DURATION_SLACK_S:
+    if info.takes_windows(windowing):
         return _stream_video(models, info, prompt, negative_prompt, device, fast, limits,
                              on_frame, _Windows(windowing, info.duration_s, on_window))
     if device.type == "cpu":
