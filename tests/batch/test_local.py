@@ -187,8 +187,8 @@ class CountingPipe:
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
         return Encoded(video, request, tiny_conditions(0), SequenceLengths(8, 25), 1.0)
 
-    def max_rows(self, encoded: list[Encoded]) -> int:
-        return 32
+    def max_rows(self, encoded: list[Encoded], override: int | None = None) -> int:
+        return override or 32
 
     def denoise(self, encoded: list[Encoded], max_rows: int) -> list[torch.Tensor]:
         time.sleep(0.005)

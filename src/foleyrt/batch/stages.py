@@ -143,10 +143,8 @@ def write(work: Work, result: FoleyResult) -> None:
 
 def row_limit(pipe: FoleyPipeline, work: Work, batch_rows: int | None) -> int:
     """Rows per forward for this item's shape: `batch_rows`, or the GPU's budget."""
-    if batch_rows is not None:
-        return batch_rows
     assert work.encoded is not None
-    return pipe.max_rows([work.encoded])
+    return pipe.max_rows([work.encoded], batch_rows)
 
 
 class Grouper:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -43,6 +44,7 @@ from foleyrt.sampling.schedule import flow_schedule
 from foleyrt.version import __version__
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -334,9 +336,12 @@ class FoleyPipeline:
             return denoise(self.denoiser, tasks, schedule, max_rows=max_rows, on_step=step,
                            hold_prepared=hold)
 
-    def max_rows(self, encoded: Sequence[Encoded]) -> int:
+    def max_rows(self, encoded: Sequence[Encoded], override: int | None = None) -> int:
         """Rows one forward may hold for these requests (what `denoise` uses by default):
-        what `row_budget` allows for the longest, measured on the GPU once per shape."""
+        `override` when given (a user's `--batch-rows`), else what `row_budget` allows for
+        the longest, measured on the GPU once per shape."""
+        if override is not None:
+            return override
         with TRACING.calls(), self.models.stage(self.models.dit):
             return self._forwards(encoded).max_rows
 
@@ -381,6 +386,21 @@ class FoleyPipeline:
         several threads, and a device-wide wait would make each wait for the others'."""
         if self.runtime.device.type == "cuda":
             torch.cuda.current_stream(self.runtime.device).synchronize()
+
+
+def together_else_alone(count: int, together: Callable[[], list[T]],
+                        alone: Callable[[int], T], what: str) -> list[T]:
+    """`together()`, the results of `count` requests denoised as one batch; after it ran out
+    of GPU memory, `alone(k)` for each request instead (a smaller peak: the batch may have
+    been more than the GPU held beside other work). `what` names the requests in the log."""
+    if count > 1:
+        try:
+            return together()
+        except torch.cuda.OutOfMemoryError:
+            log.warning("a batch of %d %s ran out of GPU memory; running them one at a time",
+                        count, what)
+        release_cuda_memory()  # out of the `except`: its traceback no longer holds tensors
+    return [alone(k) for k in range(count)]
 
 
 def release_cuda_memory() -> None:

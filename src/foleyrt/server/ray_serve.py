@@ -43,7 +43,12 @@ from foleyrt.config import HUB_REPO
 from foleyrt.errors import FoleyError, InputError
 from foleyrt.media.video import VideoLimits, scan_video
 from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
-from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, release_cuda_memory
+from foleyrt.pipeline.pipeline import (
+    Encoded,
+    FoleyPipeline,
+    release_cuda_memory,
+    together_else_alone,
+)
 from foleyrt.request import DEFAULT_NEGATIVE_PROMPT, DEFAULT_STEPS, MAX_SEED, GenerationRequest
 from foleyrt.server import refusals
 from foleyrt.server.errors import NotAccepting
@@ -160,14 +165,10 @@ class FoleyReplica:
     def _denoise(self, encoded: list[Encoded]) -> list[Any]:
         """The latents of requests of one step count, together; one at a time after running
         out of memory together."""
-        if len(encoded) > 1:
-            try:
-                return list(self.pipeline.denoise(encoded, max_rows=self.config.batch_rows))
-            except torch.cuda.OutOfMemoryError:
-                log.warning("a batch of %d requests ran out of GPU memory; running them one "
-                            "at a time", len(encoded))
-            release_cuda_memory()
-        return [self._attempt(lambda e=e: self.pipeline.denoise([e])[0]) for e in encoded]
+        return together_else_alone(
+            len(encoded),
+            lambda: list(self.pipeline.denoise(encoded, max_rows=self.config.batch_rows)),
+            lambda k: self._attempt(lambda: self.pipeline.denoise([encoded[k]])[0]), "requests")
 
     def _attempt(self, work: Any) -> Any:
         """`work()`, or the one-line error its request is answered with."""

@@ -40,7 +40,13 @@ import torch
 from torch import Tensor
 
 from foleyrt.errors import Cancelled, FoleyError
-from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, Progress, release_cuda_memory
+from foleyrt.pipeline.pipeline import (
+    Encoded,
+    FoleyPipeline,
+    Progress,
+    release_cuda_memory,
+    together_else_alone,
+)
 from foleyrt.server.batching import BatchKey, LengthHints, companion, job_params, job_rows
 from foleyrt.server.files import DataDir
 from foleyrt.server.metrics import Metrics
@@ -202,7 +208,8 @@ class Worker:
         left, waiting until `batch_wait_s` after its claim for more to be queued."""
         assert first.encoded is not None
         key = BatchKey.of_encoded(first.encoded)
-        room = self._row_budget(first.encoded) - job_rows(job_params(first.record))
+        budget = self.pipeline.max_rows([first.encoded], self.settings.batch_rows)
+        room = budget - job_rows(job_params(first.record))
         wait_until = first.started + self.settings.batch_wait_s
         while room > 0 and not self.signals.draining.is_set():
             queued = self.store.queued()
@@ -222,11 +229,6 @@ class Worker:
             self._wake.wait(remaining)
             self._wake.clear()
 
-    def _row_budget(self, encoded: Encoded) -> int:
-        if self.settings.batch_rows is not None:
-            return self.settings.batch_rows
-        return self.pipeline.max_rows([encoded])
-
     # ---- stages ----------------------------------------------------------------------------
 
     def _encode(self, job: _Job) -> None:
@@ -237,14 +239,9 @@ class Worker:
     def _denoise(self, jobs: list[_Job]) -> list[Tensor | None]:
         """The latents of each job (None for a job that ended meanwhile)."""
         self.metrics.batch_jobs.observe(len(jobs))
-        if len(jobs) > 1:
-            try:
-                return self._denoise_together(jobs)
-            except torch.cuda.OutOfMemoryError:
-                log.warning("a batch of %d jobs ran out of GPU memory; running them one at a "
-                            "time", len(jobs))
-            release_cuda_memory()
-        return [None if job.ended else self._denoise_alone(job) for job in jobs]
+        return together_else_alone(
+            len(jobs), lambda: self._denoise_together(jobs),
+            lambda k: None if jobs[k].ended else self._denoise_alone(jobs[k]), "jobs")
 
     def _denoise_alone(self, job: _Job) -> Tensor | None:
         assert job.encoded is not None
