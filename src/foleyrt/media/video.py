@@ -12,7 +12,6 @@ fixture E1 checks both, on the device under test.
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -630,7 +629,9 @@ def assemble_clip(
     if siglip_fps == sync_fps:
         raise ValueError("the SigLIP2 and Synchformer rates must differ")
     prep = prep or FramePrep.for_device(None)
-    workers = max(1, min(PREPROCESS_WORKERS, os.cpu_count() or 1))
+    # As many threads as PyTorch may use here: a decoding process of a pool is given its
+    # share of the cores (`batch.local._decode_pool`), and more threads would oversubscribe it.
+    workers = max(1, min(PREPROCESS_WORKERS, torch.get_num_threads()))
     threads = (ThreadPoolExecutor(workers, thread_name_prefix="foleyrt-frames") if prep.on_cpu
                else nullcontext(None))
     with threads as pool:
