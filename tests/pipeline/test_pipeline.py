@@ -1,5 +1,6 @@
-"""`FoleyPipeline` on the tiny random model: the exact modes' numbers pinned (a refactor must
-not move one bit), and its stages (encode, denoise, finish) composing into `generate`."""
+"""`FoleyPipeline` on the tiny random model: fp32's numbers pinned (a refactor must not move
+them), the rounded modes held near them, and its stages (encode, denoise, finish) composing
+into `generate`."""
 
 from __future__ import annotations
 
@@ -23,17 +24,21 @@ REPO = Path(__file__).resolve().parents[2]
 CLIP = REPO / "examples" / "clip.mp4"
 COND = tiny_conditions(5, clip_frames=40, sync_tokens=120, text_tokens=77)
 LENGTHS = SequenceLengths(40, 125)  # 5 s
-# The final latents of each exact mode, by the code before the Denoiser refactor (`7960923`):
-# two samples guided at 4.5 over 4 steps, one unguided over 3 steps; then a video and a
-# text-only generation. Pinned as fingerprints (`_fingerprint`), not hashes: another CPU picks
-# other GEMM kernels, which move the last bits (fp32 by ~1e-7 relative, rounded modes further,
-# where a flipped rounding carries through the steps); a real change of the computation moves
+# The final latents of fp32, by the code before the Denoiser refactor (`7960923`): two
+# samples guided at 4.5 over 4 steps, one unguided over 3 steps; then a video and a text-only
+# generation. Pinned as fingerprints (`_fingerprint`), not hashes: another CPU picks other GEMM
+# kernels, which move the last bits (~1e-7 relative); a real change of the computation moves
 # them by orders of magnitude more. `FOLEYRT_PIN=1` rewrites the file (only for a change meant
-# to move numbers; say so in its commit).
+# to move numbers; say so in its commit). The rounded modes cannot be pinned so: on another CPU
+# a rounding that flips carries through the steps of this tiny random model, and their results
+# moved from the pins by as much as they differ from fp32 (bf16: 7e-3 against 6e-3). They are
+# held to the fp32 result of the same machine instead: near it, and not equal to it (the mode
+# really rounds).
 PINNED = Path(__file__).with_name("pinned_latents.json")
-MODES = ("fp32", "bf16", "fp8", "fp8+calibrated", "int8-weight", "int8")
-# Relative distances; the modes differ from fp32 by 1e-3 to 5e-2.
-FP32_TOLERANCE, ROUNDED_TOLERANCE = 1e-5, 2e-3
+MODES = ("bf16", "fp8", "fp8+calibrated", "int8-weight", "int8")
+FP32_TOLERANCE = 1e-5  # relative distance to the pin
+# Relative distance of a rounded mode to fp32: 2e-3 to 3.4e-2 on two CPUs (pins, then live).
+ROUNDED_BAND = (1e-4, 0.1)
 
 
 def _fingerprint(t: torch.Tensor) -> list[float]:
@@ -44,7 +49,8 @@ def _fingerprint(t: torch.Tensor) -> list[float]:
     return [round(v, 9) for v in (proj @ x / x.numel() ** 0.5).tolist()]
 
 
-def _check_pinned(name: str, tensors: tuple[torch.Tensor, ...], tolerance: float) -> None:
+def _check_pinned(name: str, tensors: tuple[torch.Tensor, ...], tolerance: float = FP32_TOLERANCE
+                  ) -> None:
     got = [_fingerprint(t) for t in tensors]
     pinned = json.loads(PINNED.read_text()) if PINNED.exists() else {}
     if os.environ.get("FOLEYRT_PIN") == "1":
@@ -52,8 +58,12 @@ def _check_pinned(name: str, tensors: tuple[torch.Tensor, ...], tolerance: float
         PINNED.write_text("{\n" + ",\n".join(lines) + "\n}\n")
         return
     for have, want in zip(got, pinned[name], strict=True):
-        moved = float((torch.tensor(have) - torch.tensor(want)).norm() / torch.tensor(want).norm())
+        moved = _distance(torch.tensor(have), torch.tensor(want))
         assert moved <= tolerance, f"{name}: moved by {moved:.2e} (relative)"
+
+
+def _distance(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want.double()).norm() / want.double().norm())
 
 
 def _pipeline(runtime: RuntimeConfig) -> FoleyPipeline:
@@ -71,21 +81,39 @@ def calib_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_calibration(rec.calibration(AMAX_FLOOR, {}), path)
 
 
+def _two_requests(runtime: RuntimeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two samples guided at 4.5 over 4 steps; one unguided over 3 steps."""
+    pipe = _pipeline(runtime)
+    guided = GenerationRequest(steps=4, guidance=4.5, samples=2, seed=3)
+    plain = GenerationRequest(steps=3, guidance=1.0, samples=1, seed=4)
+    (a,) = pipe.denoise([Encoded(None, guided, COND, LENGTHS, 5.0)])
+    (b,) = pipe.denoise([Encoded(None, plain, COND, LENGTHS, 5.0)])
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def fp32_latents() -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode():
+        return _two_requests(RuntimeConfig())
+
+
+def test_fp32_keeps_its_numbers(fp32_latents: tuple[torch.Tensor, torch.Tensor]) -> None:
+    _check_pinned("fp32", fp32_latents)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @torch.inference_mode()
-def test_exact_modes_keep_their_numbers(mode: str, calib_path: Path) -> None:
+def test_rounded_modes_stay_near_fp32(mode: str, calib_path: Path,
+                                      fp32_latents: tuple[torch.Tensor, torch.Tensor]) -> None:
     precision, _, calibrated = mode.partition("+")
     fields: dict = {"dtype": torch.bfloat16} if precision == "bf16" else {}
     if precision in ("fp8", "int8", "int8-weight"):
         fields["precision"] = precision
     if calibrated or precision == "int8":
         fields["calibration"] = read_calibration(calib_path)
-    pipe = _pipeline(RuntimeConfig(**fields))
-    guided = GenerationRequest(steps=4, guidance=4.5, samples=2, seed=3)
-    plain = GenerationRequest(steps=3, guidance=1.0, samples=1, seed=4)
-    (a,) = pipe.denoise([Encoded(None, guided, COND, LENGTHS, 5.0)])
-    (b,) = pipe.denoise([Encoded(None, plain, COND, LENGTHS, 5.0)])
-    _check_pinned(mode, (a, b), FP32_TOLERANCE if mode == "fp32" else ROUNDED_TOLERANCE)
+    low, high = ROUNDED_BAND
+    for got, want in zip(_two_requests(RuntimeConfig(**fields)), fp32_latents, strict=True):
+        assert low <= _distance(got.float(), want) <= high, mode
 
 
 @torch.inference_mode()
@@ -94,7 +122,7 @@ def test_video_and_text_generations_keep_their_numbers() -> None:
     video = pipe.generate(CLIP, GenerationRequest(prompt="a ball", steps=3, seed=9, samples=2))
     text = pipe.generate(None, GenerationRequest(prompt="rain", duration=3.3, steps=3, seed=9))
     assert video.latents is not None and text.latents is not None
-    _check_pinned("video, text", (video.latents, text.latents), FP32_TOLERANCE)
+    _check_pinned("video, text", (video.latents, text.latents))
     assert text.audio.shape[-1] == round(3.3 * 48000) and video.audio.shape[0] == 2
 
 
