@@ -78,6 +78,9 @@ class ThroughputRow:
     peak_host_gb: float
     failed: int = 0
     settings: dict[str, object] = field(default_factory=dict)
+    # The groups' denoising as the GPU timed it (CUDA events): whether the transformer or
+    # what runs beside it fills the busy time.
+    denoise_gpu_s: float | None = None
 
     @property
     def clips_per_s(self) -> float:
@@ -170,7 +173,8 @@ def _measure(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSet
         sampler.peak_host_gb, report.count(Status.FAILED),
         {"batch_rows": options.batch_rows, "decode_workers": options.decode_workers,
          "decode_in": options.decode_in.value, "overlap": options.overlap,
-         "steps": settings.request.steps, "guidance": settings.request.guidance})
+         "steps": settings.request.steps, "guidance": settings.request.guidance},
+        sum(stats.denoise_gpu_s) if stats.denoise_gpu_s else None)
 
 
 def _gpu_busy(sampler: _Sampler, stats: RunStats, cuda: bool
