@@ -112,6 +112,23 @@ def profile_stream(clip: Path) -> None:
             torch.cuda.synchronize()
             print(f"stream {label:<14}: decode loop {out.decode_s:.3f} s, total "
                   f"{time.perf_counter() - t:.3f} s")
+        kernel_time(lambda models=models: encode_video(models, clip, "rain", "", dev, fast=True))
+
+
+def kernel_time(encode) -> None:  # type: ignore[no-untyped-def]
+    """The GPU's own time in the encoding stage's kernels (what it takes from the transformer
+    when both run at once), by kernel: NVML's busy share counts any running kernel, however
+    few SMs it fills."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        encode()
+        torch.cuda.synchronize()
+    kernels = [k for k in prof.key_averages() if k.self_device_time_total > 0]
+    total = sum(k.self_device_time_total for k in kernels) / 1e6
+    print(f"  kernels: {total:.3f} s of GPU time in {sum(k.count for k in kernels)} launches")
+    for k in sorted(kernels, key=lambda k: -k.self_device_time_total)[:12]:
+        print(f"  {k.self_device_time_total / 1e6:8.4f} s  x{k.count:<6} {k.key[:90]}")
 
 if __name__ == "__main__":
     main()
