@@ -1,5 +1,6 @@
-"""Grouping: items of one shape fill a group up to its row limit, other shapes group apart, a
-group that waited goes as a power of two of its items, and the input's end drains the rest."""
+"""Grouping: items of one shape fill a group up to the largest power of two of them its row
+limit holds, other shapes group apart, a group that waited goes as a power of two of its items,
+and the input's end drains the rest in powers of two."""
 
 from __future__ import annotations
 
@@ -34,12 +35,27 @@ def _indices(closed: tuple[list[Work], int] | None) -> list[int] | None:
 
 
 def test_groups_fill_to_their_rows_per_shape(tmp_path: Path) -> None:
-    works = _works(tmp_path, [5, 8, 5, 5, 8])
-    grouper = Grouper(lambda work: 6)  # three guided items
-    assert [_indices(grouper.add(w)) for w in works[:3]] == [None, None, None]
-    assert _indices(grouper.add(works[3])) == [0, 2, 3]  # full: no fourth item fits
-    assert _indices(grouper.add(works[4])) is None
-    assert [_indices(g) for g in grouper.drain()] == [[1, 4]]
+    works = _works(tmp_path, [5, 8, 5, 5, 8, 8])
+    grouper = Grouper(lambda work: 6)  # three guided items fit: groups of two
+    assert [_indices(grouper.add(w)) for w in works[:2]] == [None, None]
+    assert _indices(grouper.add(works[2])) == [0, 2]
+    assert _indices(grouper.add(works[3])) is None
+    assert _indices(grouper.add(works[4])) == [1, 4]
+    assert _indices(grouper.add(works[5])) is None
+    assert sorted(_indices(g) for g in grouper.drain()) == [[3], [5]]
+
+
+def test_an_item_wider_than_the_limit_goes_alone(tmp_path: Path) -> None:
+    (work,) = _works(tmp_path, [5])
+    assert _indices(Grouper(lambda work: 1).add(work)) == [0]
+
+
+def test_the_end_drains_in_powers_of_two(tmp_path: Path) -> None:
+    works = _works(tmp_path, [5] * 7)
+    grouper = Grouper(lambda work: 32)
+    for w in works:
+        assert grouper.add(w) is None
+    assert [_indices(g) for g in grouper.drain()] == [[0, 1, 2, 3], [4, 5], [6]]
 
 
 def test_a_group_that_waited_goes_as_a_power_of_two(tmp_path: Path) -> None:

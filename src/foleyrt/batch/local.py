@@ -26,10 +26,10 @@ fraction, the VAE almost nothing. So:
   priority: the GPU hands SMs that come free to their kernels first, and the transformer
   fills the rest (docs/benchmarks.md §6).
 - The GPU thread groups items of one shape (they share each forward) until the group holds
-  the row budget (`--batch-rows`, or what the GPU's free memory allows), or until the GPU has
-  nothing else to do and the group has waited `group_wait_s` (then a power of two of its
-  items go: few group sizes, few shapes to compile and capture); it queues the group's
-  denoising and goes back to collecting while the GPU works.
+  what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
+  the GPU has nothing else to do and the group has waited `group_wait_s`; groups go as powers
+  of two of their items (`stages.Grouper`: few group sizes, few shapes to compile and
+  capture). It queues the group's denoising and goes back to collecting while the GPU works.
 - The writer waits for a group's denoising, decodes its latents with the VAE on its own stream
   (beside the next group's denoising) and muxes each item while the GPU carries on.
 

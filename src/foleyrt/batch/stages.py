@@ -148,45 +148,63 @@ def row_limit(pipe: FoleyPipeline, work: Work, batch_rows: int | None) -> int:
 
 
 class Grouper:
-    """Encoded items by shape, each shape's group open until it holds `limit(work)` rows."""
+    """Encoded items by shape, each shape's group open until it holds as many items as fit
+    `limit(work)` rows, rounded down to a power of two.
+
+    Every group goes as a power of two of its items, whether it filled, waited (`ripe`) or
+    is what the input's end left (`drain`): each new group size is a new shape for the
+    compiled blocks and a new CUDA graph to capture (seconds, with the GPU idle), and powers
+    of two keep them to a handful per clip length, each met early and reused, whatever the
+    budget and the input's pace. Batching gains little past 8 clips (docs/benchmarks.md), so
+    rounding a budget of 11 down to 8 costs little."""
 
     def __init__(self, limit: Callable[[Work], int]) -> None:
         self.limit = limit
         self.open: dict[tuple, tuple[list[Work], int, float]] = {}  # items, row limit, opened
 
     def add(self, work: Work) -> tuple[list[Work], int] | None:
-        """Add `work`; its group with its row limit when no other item fits any more."""
+        """Add `work`; its group with its row limit once it is full."""
         key = work.shape
         if key not in self.open:
             self.open[key] = ([], self.limit(work), time.monotonic())
         group, rows, _ = self.open[key]
         group.append(work)
-        return self.close(key) if (len(group) + 1) * work.rows > rows else None
+        return self.close(key) if len(group) >= _power_of_two(rows // work.rows) else None
 
     def ripe(self, wait_s: float) -> tuple[list[Work], int] | None:
         """The fullest group open for at least `wait_s`, if any, cut to a power of two items
-        (the rest stays open): every new group size is a new shape for compiled blocks and
-        CUDA graphs, and powers of two keep them few whatever the input's pace."""
+        (the rest stays open)."""
         now = time.monotonic()
         waited = [key for key, (_, _, opened) in self.open.items() if now - opened >= wait_s]
         if not waited:
             return None
         key = max(waited, key=lambda k: len(self.open[k][0]))
-        group, rows, _ = self.open[key]
-        take = 1 << (len(group).bit_length() - 1)
-        if take == len(group):
-            return self.close(key)
-        group.sort(key=lambda w: w.result.job.index)
-        self.open[key] = (group[take:], rows, now)
-        return group[:take], rows
+        return self.take(key, now)
 
     def drain(self) -> Iterator[tuple[list[Work], int]]:
+        """Every open group, in pieces of powers of two."""
         while self.open:
-            yield self.close(next(iter(self.open)))
+            yield self.take(next(iter(self.open)), time.monotonic())
+
+    def take(self, key: tuple, now: float) -> tuple[list[Work], int]:
+        """The first power of two of the group's items, in input order; the rest stays open
+        (and waits afresh from `now`)."""
+        group, rows, _ = self.open[key]
+        count = _power_of_two(len(group))
+        if count == len(group):
+            return self.close(key)
+        group.sort(key=lambda w: w.result.job.index)
+        self.open[key] = (group[count:], rows, now)
+        return group[:count], rows
 
     def close(self, key: tuple) -> tuple[list[Work], int]:
         group, rows, _ = self.open.pop(key)
         return sorted(group, key=lambda w: w.result.job.index), rows
+
+
+def _power_of_two(n: int) -> int:
+    """The largest power of two <= n (1 for n < 2)."""
+    return 1 << (max(n, 1).bit_length() - 1)
 
 
 def guarded(works: Sequence[Work], stage: Callable[[], T], out_of_memory: str = OOM_ONE

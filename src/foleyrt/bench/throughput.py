@@ -4,14 +4,14 @@ real-size random-weight networks, then the same clips one at a time (one clip pe
 no stage overlapped) in the same process, so the gain is a ratio of two figures from the
 same machine, weights and clips.
 
-Before the timed runs each mode runs once on a group's worth of clips, so compiling and
-capturing graphs for its shapes are not timed. The GPU's busy fraction comes from NVML: the
-utilisation it reports, sampled every 50 ms, is the share of each sampling period in which a
-kernel ran on the GPU, any process; read through `pynvml` (nvidia-ml-py) when installed, else
-from `nvidia-smi`'s sampling loop. Without either, from CUDA events around each group's
-denoising: the transformer's share only (features and VAE run beside it on other streams and
-are not counted). Host memory: the process's resident set,
-sampled likewise (Linux), else its lifetime peak.
+Before the timed runs each mode runs once on enough clips to meet every group size it can form,
+so compiling and capturing graphs for its shapes are not timed. The GPU's busy fraction comes
+from NVML: the utilisation it reports, sampled every 50 ms, is the share of each sampling
+period in which a kernel ran on the GPU, any process; read through `pynvml` (nvidia-ml-py) when
+installed, else from `nvidia-smi`'s sampling loop. Without either, from CUDA events around each
+group's denoising: the transformer's share only (features and VAE run beside it on other
+streams and are not counted). Host memory: the process's resident set, sampled likewise
+(Linux), else its lifetime peak.
 """
 
 from __future__ import annotations
@@ -124,8 +124,11 @@ def bench_throughput(
     workers = DEFAULT_DECODE_WORKERS if decode_workers is None else decode_workers
     modes = {f"{BATCHED}, {where.value}": LocalOptions(batch_rows, workers, decode_in=where)
              for where in decode_in}
-    # One full group (it waits for its clips), one single clip: the shapes that dominate.
-    warmup = [(items_per_group(settings.request, batch_rows),
+    # Groups go as powers of two of their clips (`stages.Grouper`): waiting for its clips, a
+    # run of twice the largest group less one fills groups, then the end drains the rest in
+    # one group of each smaller power of two, so every group size a timed run can meet is
+    # compiled and captured before it.
+    warmup = [(2 * items_per_group(settings.request, batch_rows) - 1,
                LocalOptions(batch_rows, workers, group_wait_s=math.inf))]
     if baseline:
         modes[ONE_AT_A_TIME] = LocalOptions(batch_rows=one, overlap=False)
