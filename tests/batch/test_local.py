@@ -21,6 +21,7 @@ from foleyrt.batch import (
     BatchReport,
     BatchSettings,
     DecodeIn,
+    Encoders,
     ItemResult,
     LocalOptions,
     Status,
@@ -29,6 +30,7 @@ from foleyrt.batch import (
     stages,
 )
 from foleyrt.lengths import SequenceLengths
+from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult
 from foleyrt.request import GenerationRequest
 from tests.tiny import tiny_conditions
@@ -84,31 +86,56 @@ def test_groups_give_each_clip_its_one_at_a_time_result(
         assert _cosine(got, want) >= 0.9999
 
 
-def test_decoding_processes_give_what_decoding_threads_give(
-    pipe: FoleyPipeline, library: Path, tmp_path: Path
+RUNS = {  # where clips are decoded, where their features are computed
+    "threads": LocalOptions(decode_workers=2),
+    "processes": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES),
+    "between": LocalOptions(decode_workers=2, encoders=Encoders.BETWEEN),
+    "processes-between": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES,
+                                      encoders=Encoders.BETWEEN),
+}
+
+
+def test_every_place_to_decode_and_encode_gives_the_same_sounds(
+    pipe: FoleyPipeline, library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two decoding processes (spawned, frames back through shared memory): the same sounds
-    and the same failures, each named, as decoding in the threads; a clip longer than one
-    pass (windows of 1.4 s here) is streamed in windows by its thread."""
+    """Decoding in two processes (spawned, frames back through shared memory) or in the
+    threads, features computed by the decoders or by the GPU thread between groups: the same
+    sounds and the same failures, each named; a clip longer than one pass (windows of 1.4 s
+    here) is streamed in windows by its decoder thread in every case."""
     names = ("clips/a.mp4", "clips/short.mp4", "clips/long.mp4", "clips/text.mp4",
              "other/b.mp4")
     items = [BatchItem(library / n, prompt=f"sound {k}") for k, n in enumerate(names)]
     settings = BatchSettings(formats=(".wav",), request=GenerationRequest(
         steps=2, seed=5, window=1.4, overlap=0.4))
+    encoders: list[str] = []  # the thread that encoded each clip decoded on the CPU
+    real = pipe.encode
+
+    def encode(video: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(video, DecodedClip):
+            encoders.append(threading.current_thread().name)
+        return real(video, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "encode", encode)
     reports = {}
-    for decode_in in DecodeIn:
-        reports[decode_in] = _report(items, tmp_path / decode_in.value, settings)
-        stats = run_local(pipe, reports[decode_in], settings,
-                          LocalOptions(decode_workers=2, decode_in=decode_in))
-        assert (stats.busy_s["decode"] > 0) == (decode_in is DecodeIn.PROCESSES)
-    threads, processes = reports[DecodeIn.THREADS], reports[DecodeIn.PROCESSES]
-    assert [(r.status, r.error) for r in processes.items] == [
-        (r.status, r.error) for r in threads.items]
+    for name, options in RUNS.items():
+        encoders.clear()
+        reports[name] = _report(items, tmp_path / name, settings)
+        stats = run_local(pipe, reports[name], settings, options)
+        # Decoding is a stage apart, on the CPU, unless the decoders stream frames to the GPU
+        # and encode them as they come (the default).
+        apart = name != "threads"
+        assert (stats.busy_s["decode"] > 0) == apart == bool(encoders)
+        between = options.encoders is Encoders.BETWEEN
+        assert all((t == threading.current_thread().name) == between for t in encoders)
+    threads = reports["threads"]
     assert [r.status for r in threads.items].count(Status.FAILED) == 2
-    for name in ("a.wav", "long.wav", "b.wav"):
-        got, _ = soundfile.read(tmp_path / "processes" / name)
-        want, _ = soundfile.read(tmp_path / "threads" / name)
-        assert got.shape == want.shape and _cosine(got, want) >= 0.99999
+    for name in RUNS:
+        assert [(r.status, r.error) for r in reports[name].items] == [
+            (r.status, r.error) for r in threads.items]
+        for clip in ("a.wav", "long.wav", "b.wav"):
+            got, _ = soundfile.read(tmp_path / name / clip)
+            want, _ = soundfile.read(tmp_path / "threads" / clip)
+            assert got.shape == want.shape and _cosine(got, want) >= 0.99999
 
 
 def failing(real: Callable[..., Any], bad: str, exc: BaseException) -> Callable[..., Any]:

@@ -8,6 +8,7 @@ machine, `ray` on a Ray cluster.
 from foleyrt.batch.local import (
     DEFAULT_DECODE_WORKERS,
     DecodeIn,
+    Encoders,
     LocalOptions,
     RunStats,
     run_local,
@@ -34,7 +35,7 @@ from foleyrt.batch.plan import (
 
 __all__ = [
     "DEFAULT_DECODE_WORKERS", "FORMATS", "VIDEO_SUFFIXES", "BatchItem", "BatchReport",
-    "BatchSettings", "DecodeIn", "ItemResult", "Job", "LocalOptions", "RunStats", "Status",
-    "check_name", "check_report_path", "item_seed", "plan_batch", "prepare_outdir", "read_csv",
-    "read_inputs", "run_local", "safe_name", "scan_folder",
+    "BatchSettings", "DecodeIn", "Encoders", "ItemResult", "Job", "LocalOptions", "RunStats",
+    "Status", "check_name", "check_report_path", "item_seed", "plan_batch", "prepare_outdir",
+    "read_csv", "read_inputs", "run_local", "safe_name", "scan_folder",
 ]

@@ -25,6 +25,14 @@ fraction, the VAE almost nothing. So:
   that were ready. The decoders' and the writer's streams therefore have the highest
   priority: the GPU hands SMs that come free to their kernels first, and the transformer
   fills the rest (docs/benchmarks.md §6).
+- Where the features are computed is a choice (`Encoders`), since beside is not free either:
+  with priority the groups filled, yet the transformer took 1.11 s of GPU time per clip
+  against 0.78 s alone (run AT, docs/benchmarks.md §6), the encoders' kernels holding SMs its
+  GEMMs wait for. `Encoders.BETWEEN` has each decoder decode and resize its clip on the CPU
+  (in its thread, or in a process with `DecodeIn.PROCESSES`) and hand the frames to the GPU
+  thread, which encodes them on its own stream: after the queued denoising, before the next,
+  one network on the GPU at a time. A clip longer than one pass is still encoded by its
+  decoder (it streams in windows: its frames at once would not fit in memory).
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do and the group has waited `group_wait_s`; groups go as powers
@@ -83,17 +91,26 @@ class DecodeIn(str, Enum):
     PROCESSES = "processes"
 
 
+class Encoders(str, Enum):
+    """Where the clips' features are computed on the GPU (see the module docstring): on each
+    decoder's stream beside the transformer, or on the GPU thread's, between groups."""
+
+    BESIDE = "beside"
+    BETWEEN = "between"
+
+
 @dataclass(frozen=True)
 class LocalOptions:
     """`batch_rows`: transformer rows per forward (None: the row budget); `decode_workers`:
-    clips decoded at once, in threads or processes (`decode_in`); `overlap`: False runs one
-    stage after another."""
+    clips decoded at once, in threads or processes (`decode_in`); `encoders`: where their
+    features are computed; `overlap`: False runs one stage after another."""
 
     batch_rows: int | None = None
     decode_workers: int = DEFAULT_DECODE_WORKERS
     group_wait_s: float = GROUP_WAIT_S
     overlap: bool = True
     decode_in: DecodeIn = DecodeIn.THREADS
+    encoders: Encoders = Encoders.BESIDE
 
     def __post_init__(self) -> None:
         if self.batch_rows is not None and self.batch_rows < 1:
@@ -114,6 +131,14 @@ class RunStats:
     groups: list[int] = field(default_factory=list)
     denoise_gpu_s: list[float] = field(default_factory=list)
     first_group_s: float | None = None
+
+
+@dataclass
+class _Decoded:
+    """An item decoded on the CPU, on its way to be encoded by the GPU thread."""
+
+    work: Work
+    clip: DecodedClip
 
 
 @dataclass
@@ -230,10 +255,14 @@ class _Run:
             if work is None:
                 continue
             clip = None
-            if self.pool is not None:
-                clip = self.decode(self.pool, work)
+            if self.pool is not None or self.options.encoders is Encoders.BETWEEN:
+                clip = self.decode(work)
                 if clip is None:
                     continue
+            if isinstance(clip, DecodedClip) and self.options.encoders is Encoders.BETWEEN:
+                if not self.put(encoded, _Decoded(work, clip)):
+                    return
+                continue
             with torch.cuda.stream(stream):
                 ok = self.encode(work, clip)
             if ok and not self.put(encoded, work):
@@ -251,6 +280,10 @@ class _Run:
                     for closed in grouper.drain():
                         self.put(denoised, self.denoise(*closed))
                     return
+                if isinstance(item, _Decoded):  # encoded here, after the queued denoising
+                    if not self.encode(item.work, item.clip):
+                        continue
+                    item = item.work
                 assert isinstance(item, Work)
                 closed = grouper.add(item)
             if closed is not None:
@@ -274,12 +307,14 @@ class _Run:
             self.ended(result)
         return work
 
-    def decode(self, pool: ProcessPoolExecutor, work: Work) -> DecodedClip | Path | None:
-        """The clip as a decoding process made it (see `stages.decode_source`); None when
-        it failed (recorded)."""
+    def decode(self, work: Work) -> DecodedClip | Path | None:
+        """The clip decoded and resized on the CPU by a decoding process, or without one in
+        this thread (see `stages.decode_source`); None when it failed (recorded)."""
+        pool = self.pool
         with self.timed("decode"):
-            clip = stages.guarded([work], lambda: pool.submit(
-                stages.decode_source, work.result.job.item.video, work.request).result())
+            clip = stages.decode(work) if pool is None else stages.guarded(
+                [work], lambda: pool.submit(stages.decode_source, work.result.job.item.video,
+                                            work.request).result())
         if clip is None:
             self.ended(work.result)
         return clip

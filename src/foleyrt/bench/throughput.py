@@ -35,6 +35,7 @@ from foleyrt.batch import (
     BatchReport,
     BatchSettings,
     DecodeIn,
+    Encoders,
     LocalOptions,
     RunStats,
     Status,
@@ -96,19 +97,21 @@ def bench_throughput(
     guidance: float, batch_rows: int | None = None, decode_workers: int | None = None,
     calibrate: bool = False, workdir: Path | None = None, baseline: bool = True,
     decode_in: Sequence[DecodeIn] = (DecodeIn.THREADS,),
+    encoders: Sequence[Encoders] = (Encoders.BESIDE,),
 ) -> Iterator[ThroughputRow]:
-    """A batched row for each of `decode_in`, then (`baseline`) the one-at-a-time row; clips
-    and outputs in `workdir` (clips already there are reused: several runs measure the same
-    files), or in a temporary folder removed afterwards. `calibrate`: record the random
-    model's activation ranges on two of the clips first and run `runtime` with them (fp8 with
-    static scales, int8): random weights have no calibration file."""
+    """A batched row for each of `decode_in` and `encoders`, then (`baseline`) the
+    one-at-a-time row; clips and outputs in `workdir` (clips already there are reused:
+    several runs measure the same files), or in a temporary folder removed afterwards.
+    `calibrate`: record the random model's activation ranges on two of the clips first and
+    run `runtime` with them (fp8 with static scales, int8): random weights have no
+    calibration file."""
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="foleyrt-throughput-") as tmp:
             yield from bench_throughput(size, clips, clip_s, runtime, steps=steps,
                                         guidance=guidance, batch_rows=batch_rows,
                                         decode_workers=decode_workers, calibrate=calibrate,
                                         workdir=Path(tmp), baseline=baseline,
-                                        decode_in=decode_in)
+                                        decode_in=decode_in, encoders=encoders)
         return
     spec = PRESETS[size]
     folder = workdir / "clips"
@@ -122,8 +125,8 @@ def bench_throughput(
     pipe = FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime)
     one = settings.request.rows
     workers = DEFAULT_DECODE_WORKERS if decode_workers is None else decode_workers
-    modes = {f"{BATCHED}, {where.value}": LocalOptions(batch_rows, workers, decode_in=where)
-             for where in decode_in}
+    modes = {_mode(where, enc): LocalOptions(batch_rows, workers, decode_in=where, encoders=enc)
+             for where in decode_in for enc in encoders}
     # Groups go as powers of two of their clips (`stages.Grouper`): waiting for its clips, a
     # run of twice the largest group less one fills groups, then the end drains the rest in
     # one group of each smaller power of two, so every group size a timed run can meet is
@@ -138,6 +141,12 @@ def bench_throughput(
     for mode, options in modes.items():
         yield _measure(pipe, folder, workdir / mode.replace(" ", "-").replace(",", ""),
                        settings, options, mode, clip_s)
+
+
+def _mode(decode_in: DecodeIn, encoders: Encoders) -> str:
+    """A batched row's name: "batched, threads", "batched, processes, encoders between"..."""
+    between = ", encoders between" if encoders is Encoders.BETWEEN else ""
+    return f"{BATCHED}, {decode_in.value}{between}"
 
 
 def _calibration(spec: ModelSpec, runtime: RuntimeConfig, folder: Path,
@@ -175,7 +184,8 @@ def _measure(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSet
         torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
         sampler.peak_host_gb, report.count(Status.FAILED),
         {"batch_rows": options.batch_rows, "decode_workers": options.decode_workers,
-         "decode_in": options.decode_in.value, "overlap": options.overlap,
+         "decode_in": options.decode_in.value, "encoders": options.encoders.value,
+         "overlap": options.overlap,
          "steps": settings.request.steps, "guidance": settings.request.guidance},
         sum(stats.denoise_gpu_s) if stats.denoise_gpu_s else None)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from foleyrt.cli.options import (
     DECODE_IN_CHOICES,
+    ENCODERS_CHOICES,
     add_model_options,
     add_request_options,
     request,
@@ -66,6 +67,12 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "processes, which frees this process from converting frames (where "
                         "one core's worth of that limits how fast clips come, see "
                         "docs/benchmarks.md)")
+    p.add_argument("--encoders", choices=ENCODERS_CHOICES, default=None,
+                   help="beside: each clip's features computed by its decoder on a "
+                        "high-priority CUDA stream, beside the transformer's denoising "
+                        "(default); between: clips decoded and resized on the CPU, their "
+                        "features computed by the GPU thread between groups, one network on "
+                        "the GPU at a time")
     add_model_options(p)
     g = p.add_argument_group("Ray (pip install 'foleyrt[ray]')")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -85,7 +92,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 _RAY_FLAGS = ("ray_address", "gpus_per_worker", "num_workers")
-_LOCAL_FLAGS = ("decode_workers", "decode_in")  # Ray decodes as tasks on the cluster's CPUs
+# Ray decodes as tasks on the cluster's CPUs and encodes on its GPU workers
+_LOCAL_FLAGS = ("decode_workers", "decode_in", "encoders")
 
 
 def _batch(args: argparse.Namespace) -> int:
@@ -95,6 +103,7 @@ def _batch(args: argparse.Namespace) -> int:
         BatchReport,
         BatchSettings,
         DecodeIn,
+        Encoders,
         ItemResult,
         LocalOptions,
         Status,
@@ -125,7 +134,8 @@ def _batch(args: argparse.Namespace) -> int:
         workers = args.decode_workers
         local = LocalOptions(args.batch_rows,
                              DEFAULT_DECODE_WORKERS if workers is None else workers,
-                             decode_in=DecodeIn(args.decode_in or DecodeIn.THREADS))
+                             decode_in=DecodeIn(args.decode_in or DecodeIn.THREADS),
+                             encoders=Encoders(args.encoders or Encoders.BESIDE))
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
                         release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)

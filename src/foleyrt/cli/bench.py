@@ -10,7 +10,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foleyrt.cli.options import ACCEL_CHOICES, DECODE_IN_CHOICES, PRECISION_CHOICES
+from foleyrt.cli.options import (
+    ACCEL_CHOICES,
+    DECODE_IN_CHOICES,
+    ENCODERS_CHOICES,
+    PRECISION_CHOICES,
+)
 from foleyrt.config import PRESETS
 from foleyrt.errors import UsageError
 from foleyrt.request import DEFAULT_GUIDANCE, DEFAULT_STEPS
@@ -79,6 +84,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--decode-in", nargs="+", default=["threads"], choices=DECODE_IN_CHOICES,
                    metavar="WHERE", help="a batched row for each: threads, processes (as for "
                                          "'foleyrt batch'; default: threads)")
+    t.add_argument("--encoders", nargs="+", default=["beside"], choices=ENCODERS_CHOICES,
+                   metavar="WHERE", help="a batched row for each (and each --decode-in): "
+                                         "beside, between (as for 'foleyrt batch'; default: "
+                                         "beside)")
     t.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="keep the clips and outputs in DIR; clips already there are reused, so "
                         "several runs measure the same files (default: a temporary folder)")
@@ -148,7 +157,7 @@ def _throughput(args: argparse.Namespace) -> int:
     import torch
 
     from foleyrt.accel.runtime import RuntimeConfig
-    from foleyrt.batch import DecodeIn
+    from foleyrt.batch import DecodeIn, Encoders
     from foleyrt.bench.throughput import ONE_AT_A_TIME, bench_throughput
 
     if args.clips < 1 or args.clip_seconds <= 0:
@@ -167,7 +176,8 @@ def _throughput(args: argparse.Namespace) -> int:
                                 guidance=args.guidance, batch_rows=args.batch_rows,
                                 decode_workers=args.decode_workers, calibrate=args.calibrate,
                                 workdir=args.workdir, baseline=not args.no_baseline,
-                                decode_in=[DecodeIn(w) for w in args.decode_in]):
+                                decode_in=[DecodeIn(w) for w in args.decode_in],
+                                encoders=[Encoders(w) for w in args.encoders]):
         print(throughput_line(row), flush=True)
         rows.append(row)
     baseline = next((r for r in rows if r.mode == ONE_AT_A_TIME), None)
