@@ -56,9 +56,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="write a JSON report: per item input, outputs, status, error, "
                         "seconds, seed")
     p.add_argument("--batch-rows", type=int, default=None, metavar="N",
-                   help="transformer rows per forward: clips of one length share forwards, "
-                        "each filling one row per sample, two with guidance (default: auto, "
-                        "what the GPU's free memory allows, at most 32)")
+                   help="transformer rows per forward at most: clips of one length share "
+                        "forwards, each filling one row per sample, two with guidance, in "
+                        "groups of a power of two of clips (default: auto, what the GPU's "
+                        "free memory allows, at most 32)")
     p.add_argument("--decode-workers", type=int, default=None, metavar="N",
                    help="clips decoded at once (default: up to 4, one per CPU core)")
     p.add_argument("--decode-in", choices=DECODE_IN_CHOICES, default=None,
