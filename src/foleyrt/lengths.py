@@ -17,6 +17,7 @@ SYNC_WINDOW = 16  # frames per Synchformer window
 SYNC_STRIDE = 8  # windows overlap by half
 SYNC_TOKENS_PER_WINDOW = 8
 LATENT_RATE = 50  # audio latent frames per second (48 kHz / the VAE's hop of 960)
+SECONDS_SLACK = 1e-9  # float error allowed when seconds are compared on the whole-second grid
 
 
 def sync_window_count(sync_frames: int) -> int:
@@ -94,7 +95,7 @@ class Windowing:
     @property
     def stride(self) -> int:
         """Whole seconds from one inner window's start to the next (at least one)."""
-        return max(1, math.floor(self.window_s - self.overlap_s + 1e-9))
+        return max(1, math.floor(self.window_s - self.overlap_s + SECONDS_SLACK))
 
     def window(self, latent_rate: int = LATENT_RATE) -> SequenceLengths:
         return SequenceLengths.of_duration(self.window_s, latent_rate)

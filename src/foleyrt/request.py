@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 
 from foleyrt.errors import InputError
-from foleyrt.lengths import Windowing
+from foleyrt.lengths import SECONDS_SLACK, Windowing
 
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 4.5  # the release's default CFG scale
@@ -125,7 +125,7 @@ def _check_windows(window: float, overlap: float) -> None:
         raise InputError(f"window must be between {MIN_SECONDS:g} and {MAX_SECONDS:g} s, "
                          f"got {window:g}")
     # (with the slack `Windowing.stride` allows: 1.4 - 1 is 0.39999999999999991)
-    if not (math.isfinite(overlap) and 0.0 <= overlap <= window - WINDOW_GRID + 1e-9):
+    if not (math.isfinite(overlap) and 0.0 <= overlap <= window - WINDOW_GRID + SECONDS_SLACK):
         raise InputError(f"overlap must be between 0 and the window less {WINDOW_GRID:g} s "
                          f"({window - WINDOW_GRID:g} s; windows start on whole seconds), "
                          f"got {overlap:g}")
