@@ -26,7 +26,9 @@ from foleyrt.sampling.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
-MAX_GRAPHS = 4  # distinct request shapes kept captured (each holds its activations)
+# Distinct request shapes kept captured: a batch run's group sizes (powers of two, 1-16 clips)
+# of a length or two. The graphs share one memory pool, so each adds its static buffers only.
+MAX_GRAPHS = 8
 WARMUP_ITERS = 2
 
 
