@@ -310,11 +310,8 @@ class _Run:
     def decode(self, work: Work) -> DecodedClip | Path | None:
         """The clip decoded and resized on the CPU by a decoding process, or without one in
         this thread (see `stages.decode_source`); None when it failed (recorded)."""
-        pool = self.pool
         with self.timed("decode"):
-            clip = stages.decode(work) if pool is None else stages.guarded(
-                [work], lambda: pool.submit(stages.decode_source, work.result.job.item.video,
-                                            work.request).result())
+            clip = stages.decode(work, self.pool)
         if clip is None:
             self.ended(work.result)
         return clip

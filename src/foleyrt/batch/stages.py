@@ -16,6 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -88,9 +89,12 @@ def start(result: ItemResult, settings: BatchSettings) -> Work | None:
     return guarded([work], check)
 
 
-def decode(work: Work) -> DecodedClip | Path | None:
-    """`decode_source` for the item; None when it failed (recorded)."""
-    return guarded([work], lambda: decode_source(work.result.job.item.video, work.request))
+def decode(work: Work, pool: Executor | None = None) -> DecodedClip | Path | None:
+    """`decode_source` for the item, in `pool` when given (a decoding process); None when it
+    failed (recorded)."""
+    args = (work.result.job.item.video, work.request)
+    return guarded([work], lambda: decode_source(*args) if pool is None
+                   else pool.submit(decode_source, *args).result())
 
 
 def decode_source(path: Path, request: GenerationRequest) -> DecodedClip | Path:
