@@ -1,7 +1,7 @@
-"""The row budget: the cap off CUDA; on CUDA the free memory, less the reserve, over one row's
-measured bytes, between 1 and the cap; and long clips' windows held to 1.2x a 15 s clip's
-denoising memory (the GPU's answers are stubbed: the arithmetic is what is tested here; the
-measurement runs on the GPU machine)."""
+"""The row budget: the cap off CUDA; on CUDA the free memory (the allocator's unused cache
+included), less the reserve, over one row's measured bytes, between 1 and the cap; and long
+clips' windows held to 1.2x a 15 s clip's denoising memory (the GPU's answers are stubbed:
+the arithmetic is what is tested here; the measurement runs on the GPU machine)."""
 
 from __future__ import annotations
 
@@ -27,16 +27,20 @@ def test_off_cuda_the_cap_is_the_budget() -> None:
     assert RowBudget(_on("cpu"), max_rows=6).rows(LENGTHS, 77) == 6  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("free_gib", "rows"), [(40, 14), (12.5, 1), (10, 1), (200, 32)])
+@pytest.mark.parametrize(("free_gib", "cached_gib", "rows"),
+                         [(40, 0, 14), (12.5, 0, 1), (10, 0, 1), (200, 0, 32), (25, 15, 14)])
 def test_on_cuda_free_memory_over_a_rows_bytes(
-    monkeypatch: pytest.MonkeyPatch, free_gib: float, rows: int
+    monkeypatch: pytest.MonkeyPatch, free_gib: float, cached_gib: float, rows: int
 ) -> None:
     budget = RowBudget(_on("cuda"))  # type: ignore[arg-type]
     measured: list[tuple] = []
     cost = RowCost(prepared=GIB // 4, peak=2 * GIB)
     monkeypatch.setattr(budget, "_measure", lambda *shape: measured.append(shape) or cost)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free_gib * GIB, 80 * GIB))
-    # (free - 15 % of 80 GiB) // 2 GiB, at least 1, at most the cap
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: (30 + cached_gib) * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 30 * GIB)
+    # (free + the allocator's unused cache - 15 % of 80 GiB) // 2 GiB, at least 1, at most
+    # the cap
     assert budget.rows(LENGTHS, 77) == rows
     assert budget.rows(LENGTHS, 77) == rows and measured == [(LENGTHS, 77)]  # measured once
 

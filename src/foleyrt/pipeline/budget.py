@@ -4,7 +4,8 @@ Rows share a forward when their shapes match (several clips of one length, the w
 long clip); more rows per forward keep the GPU busier, up to a point, and cost activation
 memory in proportion. The bytes one row needs are measured, not guessed: one eager forward of
 a single row at the request's lengths, its peak allocation above what was allocated before
-(cached per shape). The budget is the free memory, less a reserve, over that, capped.
+(cached per shape). The budget is the free memory (what PyTorch's allocator caches unused
+included), less a reserve, over that, capped.
 
 The windows of a long clip are held to more than the free memory: their denoising keeps
 within `LONG_MEMORY_FACTOR` of a guided 15 s clip's (the resident weights plus that clip's
@@ -63,7 +64,11 @@ class RowBudget:
             return self.max_rows
         per_row = self.bytes_per_row(lengths, text_tokens)
         free, total = torch.cuda.mem_get_info(device)
-        usable = free - self.reserve_fraction * total
+        # What PyTorch's allocator holds unused counts as free: it releases its cache rather
+        # than fail an allocation, and a new CUDA graph reuses its shared pool's free blocks.
+        # The driver's figure alone fell as the cache grew, and groups shrank with it.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        usable = free + cached - self.reserve_fraction * total
         return max(1, min(self.max_rows, int(usable // max(per_row, 1))))
 
     def windows(self, lengths: SequenceLengths, text_tokens: int, rows_per_window: int,
