@@ -14,7 +14,8 @@ environment or from module-level configuration. foleyrt sets them here and nowhe
 - `compile_settings(root)`: Inductor's on-disk FX-graph cache and Dynamo's recompile limit,
   applied by the compile recipe just before it compiles.
 - `encoder_matmul_precision(fast)`: TF32 for the fp32 encoders while they run, in the
-  accelerated modes only (restored afterwards: the VAE and the eager mode keep full fp32).
+  accelerated modes only (restored afterwards: the VAE and the eager mode keep full fp32);
+  on CUDA SigLIP2 runs under fp16 autocast instead (`pipeline.features.siglip_autocast`).
 """
 
 from __future__ import annotations

@@ -190,8 +190,9 @@ class RuntimeConfig:
 
     @property
     def fast_encoders(self) -> bool:
-        """TF32 matmuls for the fp32 encoders: the accelerated modes trade the release's full
-        fp32 for a faster SigLIP2 (the bench reports the audio-level distance)."""
+        """Faster encoders (SigLIP2 under fp16 autocast on CUDA, TF32 matmuls elsewhere): the
+        accelerated modes trade the release's full fp32 for a faster SigLIP2 (the bench
+        reports the audio-level distance)."""
         return self.accel is not AccelMode.EAGER
 
     @classmethod

@@ -12,6 +12,7 @@ the frames are resized on threads and encoded afterwards (`video_conditions`).
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import sys
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,8 @@ from foleyrt.pipeline.models import FoleyModels
 from foleyrt.request import DEFAULT_WINDOWING, MAX_DURATION
 from foleyrt.sampling.conditions import Conditions
 
+log = logging.getLogger(__name__)
+
 SIGLIP_CHUNK = 16  # frames per streamed SigLIP2 call
 SYNC_GROUP = 6  # windows per streamed Synchformer call
 STREAM_PENDING = 4  # chunks per branch queued for the feeding thread (bounds raw frames held)
@@ -65,6 +69,17 @@ STREAM_SWITCH_INTERVAL_S = 2e-4  # see `quick_gil_handover`
 def sync_autocast(device: torch.device) -> AbstractContextManager[object]:
     """The release runs Synchformer under CUDA fp16 autocast; we keep its numbers on CUDA."""
     if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def siglip_autocast(device: torch.device, fast: bool) -> AbstractContextManager[object]:
+    """SigLIP2 under CUDA fp16 autocast in the fast modes (the release runs it in fp32). Its
+    GEMMs then read inputs with TF32's 10-bit mantissa at twice TF32's rate, while autocast
+    keeps norms, softmax and the residual sums in fp32: the features differ from fp32 about
+    as much as TF32's do (docs/benchmarks.md §6). `encode_video` redoes a clip whose fp16
+    features overflowed in fp32."""
+    if fast and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return nullcontext()
 
@@ -84,6 +99,11 @@ class EncodedClip:
     plan: WindowPlan | None = None
     windows: tuple[Conditions, ...] = ()
 
+    def siglip_finite(self) -> bool:
+        """Whether every SigLIP2 feature is finite (waits for the GPU's work on them)."""
+        feats = [c.clip_feat for c in (self.conditions, *self.windows)]
+        return bool(torch.stack([torch.isfinite(f).all() for f in feats]).all())
+
 
 def encode_video(
     models: FoleyModels, path: str | Path | DecodedClip, prompt: str, negative_prompt: str,
@@ -92,11 +112,28 @@ def encode_video(
     max_seconds: float = MAX_DURATION, on_window: Callable[[int, int], None] | None = None,
 ) -> EncodedClip:
     """Decode `path` once and compute its SigLIP2, Synchformer and CLAP features on `device`
-    (`fast`: see `encoder_matmul_precision`; `limits`, `on_frame`: see `iter_ticks`;
-    `max_seconds`: the longest clip taken). A clip longer than `windowing`'s window is
-    streamed in windows, reported to `on_window` (see `_Windows`) instead of `on_frame`. A
-    `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded, in one pass
-    (one of a clip longer than a pass is refused)."""
+    (`fast`: see `encoder_matmul_precision` and `siglip_autocast`; `limits`, `on_frame`: see
+    `iter_ticks`; `max_seconds`: the longest clip taken). A clip longer than `windowing`'s
+    window is streamed in windows, reported to `on_window` (see `_Windows`) instead of
+    `on_frame`. A `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded,
+    in one pass (one of a clip longer than a pass is refused)."""
+    encode = partial(_encode_video, models, path, prompt, negative_prompt, device,
+                     limits=limits, on_frame=on_frame, windowing=windowing,
+                     max_seconds=max_seconds, on_window=on_window)
+    clip = encode(fast)
+    if fast and not clip.siglip_finite():
+        log.warning("%s: SigLIP2 overflowed in fp16; encoding the clip again in fp32",
+                    clip.info.path)
+        clip = encode(False)
+    return clip
+
+
+def _encode_video(
+    models: FoleyModels, path: str | Path | DecodedClip, prompt: str, negative_prompt: str,
+    device: torch.device, fast: bool, *, limits: VideoLimits | None,
+    on_frame: Callable[[int], None] | None, windowing: Windowing, max_seconds: float,
+    on_window: Callable[[int, int], None] | None,
+) -> EncodedClip:
     if isinstance(path, DecodedClip):
         if path.info.takes_windows(windowing):
             # Its frames stop at one pass: the audio would be made from its start only.
@@ -132,7 +169,8 @@ def video_conditions(
     """SigLIP2, Synchformer and CLAP features of a decoded clip, computed on `device`."""
     with encoder_matmul_precision(fast):
         siglip_px = to_model_range(clip.siglip_u8.to(device, non_blocking=True))
-        clip_feat = models.siglip(siglip_px)
+        with siglip_autocast(device, fast):
+            clip_feat = models.siglip(siglip_px)
         sync_px = to_model_range(clip.sync_u8.to(device, non_blocking=True))
         with sync_autocast(device):
             sync_feat = sync_features(models.synchformer, sync_px).float()
@@ -186,7 +224,9 @@ def _stream_video(
                              None if windows is None else windows.windowing)
 
         def siglip_rows(frames: Sequence[np.ndarray]) -> Tensor:
-            return models.siglip(to_model_range(_as_batch(prep.siglip(frames))))[0]
+            pixels = to_model_range(_as_batch(prep.siglip(frames)))
+            with siglip_autocast(device, fast):  # autocast is per thread: this is the feeder
+                return models.siglip(pixels)[0]
 
         siglip = FrameBranch(_in_inference(siglip_rows, stream), SIGLIP_CHUNK, feeder,
                              max_pending=STREAM_PENDING)
