@@ -87,11 +87,11 @@ def test_groups_give_each_clip_its_one_at_a_time_result(
 
 
 RUNS = {  # where clips are decoded, where their features are computed
-    "threads": LocalOptions(decode_workers=2),
-    "processes": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES),
-    "between": LocalOptions(decode_workers=2, encoders=Encoders.BETWEEN),
-    "processes-between": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES,
-                                      encoders=Encoders.BETWEEN),
+    "threads": LocalOptions(decode_workers=2, encoders=Encoders.BESIDE),
+    "processes": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES,
+                              encoders=Encoders.BESIDE),
+    "between": LocalOptions(decode_workers=2),  # the default
+    "processes-between": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES),
 }
 
 
@@ -122,7 +122,7 @@ def test_every_place_to_decode_and_encode_gives_the_same_sounds(
         reports[name] = _report(items, tmp_path / name, settings)
         stats = run_local(pipe, reports[name], settings, options)
         # Decoding is a stage apart, on the CPU, unless the decoders stream frames to the GPU
-        # and encode them as they come (the default).
+        # and encode them as they come (threads, encoders beside).
         apart = name != "threads"
         assert (stats.busy_s["decode"] > 0) == apart == bool(encoders)
         between = options.encoders is Encoders.BETWEEN
@@ -139,9 +139,11 @@ def test_every_place_to_decode_and_encode_gives_the_same_sounds(
 
 
 def failing(real: Callable[..., Any], bad: str, exc: BaseException) -> Callable[..., Any]:
-    """`real`, raising `exc` when its first argument (a clip, or encoded clips) is `bad`."""
+    """`real`, raising `exc` when its first argument (a clip, decoded or not, or encoded
+    clips) is `bad`."""
     def call(first: Any, *args: Any, **kwargs: Any) -> Any:
         videos = [e.video for e in first] if isinstance(first, list) else [first]
+        videos = [v.info.path if isinstance(v, DecodedClip) else v for v in videos]
         if any(v is not None and Path(v).name == bad for v in videos):
             raise exc
         return real(first, *args, **kwargs)
@@ -209,11 +211,24 @@ class CountingPipe:
         self.lock = threading.Lock()
         self.in_flight = self.most_in_flight = 0
 
-    def encode(self, video: Path, request: GenerationRequest) -> Encoded:
+    def decode_source(self, path: Path, request: GenerationRequest) -> DecodedClip:
+        """`stages.decode_source`'s stand-in (encoders between): an item starts here."""
+        self.started()
+        empty = torch.zeros(0, dtype=torch.uint8)
+        return DecodedClip(SimpleNamespace(path=path), empty, empty,  # type: ignore[arg-type]
+                           [], [], [], [], 1.0)
+
+    def encode(self, video: Path | DecodedClip, request: GenerationRequest) -> Encoded:
+        if isinstance(video, DecodedClip):
+            video = video.info.path
+        else:
+            self.started()
+        return Encoded(video, request, tiny_conditions(0), SequenceLengths(8, 25), 1.0)
+
+    def started(self) -> None:
         with self.lock:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        return Encoded(video, request, tiny_conditions(0), SequenceLengths(8, 25), 1.0)
 
     def max_rows(self, encoded: list[Encoded], override: int | None = None) -> int:
         return override or 32
@@ -230,14 +245,18 @@ class CountingPipe:
             self.in_flight -= 1
 
 
-def test_queues_bound_the_items_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("encoders", list(Encoders))
+def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          encoders: Encoders) -> None:
     """200 items, two per group, two decoders: at most a decoder's item each, two queued,
     one waiting for its group, a group denoising, one queued for the writer and the one
-    being written are ever in flight, whatever the input's length."""
+    being written are ever in flight, whatever the input's length, wherever the features
+    are computed."""
     fake = CountingPipe()
+    monkeypatch.setattr(stages, "decode_source", fake.decode_source)
     items = [BatchItem(Path(f"clip{k:03d}.mp4")) for k in range(200)]
     report = _report(items, tmp_path)
-    stats = run_local(fake, report, WAV, LocalOptions(batch_rows=4, decode_workers=2),  # type: ignore[arg-type]
-                      on_item=fake.ended)
+    options = LocalOptions(batch_rows=4, decode_workers=2, encoders=encoders)
+    stats = run_local(fake, report, WAV, options, on_item=fake.ended)  # type: ignore[arg-type]
     assert report.count(Status.DONE) == 200 and sum(stats.groups) == 200
     assert fake.in_flight == 0 and fake.most_in_flight <= 2 + 2 + 1 + 2 + 2 + 2

@@ -8,13 +8,14 @@ long as the clip's share of denoising (GPU), its features a fraction of that, mu
 fraction, the VAE almost nothing. So:
 
 - Decoders run ahead in parallel threads. With `DecodeIn.THREADS` each decodes in its own
-  thread and the GPU resizes the frames as they come (`FoleyPipeline.encode`); but turning
+  thread (with `Encoders.BESIDE` the GPU resizes and encodes the frames as they come,
+  `FoleyPipeline.encode`; by default the thread resizes them on the CPU); but turning
   decoded frames into RGB holds the GIL (`scripts/profile_media.py`), so these threads take
   turns on one core: where that core cannot keep up (it could on an H100 host with 16 cores
   and 720p clips, docs/benchmarks.md §6), `DecodeIn.PROCESSES` has each thread hand its
   clip to a process of a pool, which decodes and resizes it on the CPU
   (`stages.decode_source`, the release's own arithmetic) and sends the frames back through
-  shared memory; the thread then only encodes them. On CUDA each decoder thread has its own
+  shared memory. With `Encoders.BESIDE` each decoder thread encodes its clip on its own CUDA
   stream, because the GPU thread queues a whole group's steps ahead of the GPU: on
   the one default stream a decoder's encoder kernels would wait behind all of them, and the
   next group's features would be ready only when the current group is done. On their own
@@ -26,13 +27,14 @@ fraction, the VAE almost nothing. So:
   priority: the GPU hands SMs that come free to their kernels first, and the transformer
   fills the rest (docs/benchmarks.md §6).
 - Where the features are computed is a choice (`Encoders`), since beside is not free either:
-  with priority the groups filled, yet the transformer took 1.11 s of GPU time per clip
-  against 0.78 s alone (run AT, docs/benchmarks.md §6), the encoders' kernels holding SMs its
-  GEMMs wait for. `Encoders.BETWEEN` has each decoder decode and resize its clip on the CPU
-  (in its thread, or in a process with `DecodeIn.PROCESSES`) and hand the frames to the GPU
-  thread, which encodes them on its own stream: after the queued denoising, before the next,
-  one network on the GPU at a time. A clip longer than one pass is still encoded by its
-  decoder (it streams in windows: its frames at once would not fit in memory).
+  with priority the groups filled, yet the transformer's GPU time per clip grew by about
+  what batching saves, the encoders' kernels holding SMs its GEMMs wait for (docs §6). So by
+  default (`Encoders.BETWEEN`) each decoder decodes and resizes its clip on the CPU (in its
+  thread, or in a process with `DecodeIn.PROCESSES`) and hands the frames to the GPU thread,
+  which encodes them on its own stream: after the queued denoising, before the next, one
+  network on the GPU at a time (end to end the faster of the two, docs §6). A clip longer
+  than one pass is still encoded by its decoder (it streams in windows: its frames at once
+  would not fit in memory).
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do and the group has waited `group_wait_s`; groups go as powers
@@ -110,7 +112,7 @@ class LocalOptions:
     group_wait_s: float = GROUP_WAIT_S
     overlap: bool = True
     decode_in: DecodeIn = DecodeIn.THREADS
-    encoders: Encoders = Encoders.BESIDE
+    encoders: Encoders = Encoders.BETWEEN
 
     def __post_init__(self) -> None:
         if self.batch_rows is not None and self.batch_rows < 1:

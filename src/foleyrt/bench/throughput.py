@@ -97,7 +97,7 @@ def bench_throughput(
     guidance: float, batch_rows: int | None = None, decode_workers: int | None = None,
     calibrate: bool = False, workdir: Path | None = None, baseline: bool = True,
     decode_in: Sequence[DecodeIn] = (DecodeIn.THREADS,),
-    encoders: Sequence[Encoders] = (Encoders.BESIDE,),
+    encoders: Sequence[Encoders] = (Encoders.BETWEEN,),
 ) -> Iterator[ThroughputRow]:
     """A batched row for each of `decode_in` and `encoders`, then (`baseline`) the
     one-at-a-time row; clips and outputs in `workdir` (clips already there are reused:
@@ -144,9 +144,8 @@ def bench_throughput(
 
 
 def _mode(decode_in: DecodeIn, encoders: Encoders) -> str:
-    """A batched row's name: "batched, threads", "batched, processes, encoders between"..."""
-    between = ", encoders between" if encoders is Encoders.BETWEEN else ""
-    return f"{BATCHED}, {decode_in.value}{between}"
+    """A batched row's name: "batched, threads, encoders between"..."""
+    return f"{BATCHED}, {decode_in.value}, encoders {encoders.value}"
 
 
 def _calibration(spec: ModelSpec, runtime: RuntimeConfig, folder: Path,

@@ -63,17 +63,17 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-workers", type=int, default=None, metavar="N",
                    help="clips decoded at once (default: up to 4, one per CPU core)")
     p.add_argument("--decode-in", choices=DECODE_IN_CHOICES, default=None,
-                   help="threads: each clip decoded in a thread, its frames resized on the GPU "
-                        "(default); processes: decoded and resized on the CPU in a pool of "
+                   help="threads: each clip decoded in a thread of this process (default); "
+                        "processes: decoded and resized on the CPU in a pool of "
                         "processes, which frees this process from converting frames (where "
                         "one core's worth of that limits how fast clips come, see "
                         "docs/benchmarks.md)")
     p.add_argument("--encoders", choices=ENCODERS_CHOICES, default=None,
-                   help="beside: each clip's features computed by its decoder on a "
-                        "high-priority CUDA stream, beside the transformer's denoising "
-                        "(default); between: clips decoded and resized on the CPU, their "
-                        "features computed by the GPU thread between groups, one network on "
-                        "the GPU at a time")
+                   help="between: clips decoded and resized on the CPU, their features "
+                        "computed by the GPU thread between groups, one network on the GPU "
+                        "at a time (default); beside: each clip's features computed by its "
+                        "decoder on a high-priority CUDA stream, beside the transformer's "
+                        "denoising (which they slow down, see docs/benchmarks.md §6)")
     add_model_options(p)
     g = p.add_argument_group("Ray (pip install 'foleyrt[ray]')")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -136,7 +136,7 @@ def _batch(args: argparse.Namespace) -> int:
         local = LocalOptions(args.batch_rows,
                              DEFAULT_DECODE_WORKERS if workers is None else workers,
                              decode_in=DecodeIn(args.decode_in or DecodeIn.THREADS),
-                             encoders=Encoders(args.encoders or Encoders.BESIDE))
+                             encoders=Encoders(args.encoders or Encoders.BETWEEN))
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
                         release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)

@@ -84,10 +84,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--decode-in", nargs="+", default=["threads"], choices=DECODE_IN_CHOICES,
                    metavar="WHERE", help="a batched row for each: threads, processes (as for "
                                          "'foleyrt batch'; default: threads)")
-    t.add_argument("--encoders", nargs="+", default=["beside"], choices=ENCODERS_CHOICES,
+    t.add_argument("--encoders", nargs="+", default=["between"], choices=ENCODERS_CHOICES,
                    metavar="WHERE", help="a batched row for each (and each --decode-in): "
-                                         "beside, between (as for 'foleyrt batch'; default: "
-                                         "beside)")
+                                         "between, beside (as for 'foleyrt batch'; default: "
+                                         "between)")
     t.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="keep the clips and outputs in DIR; clips already there are reused, so "
                         "several runs measure the same files (default: a temporary folder)")
