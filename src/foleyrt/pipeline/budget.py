@@ -66,7 +66,7 @@ class RowBudget:
         free, total = torch.cuda.mem_get_info(device)
         # What PyTorch's allocator holds unused counts as free: it releases its cache rather
         # than fail an allocation, and a new CUDA graph reuses its shared pool's free blocks.
-        # The driver's figure alone fell as the cache grew, and groups shrank with it.
+        # The driver's figure alone falls as the cache grows, and the groups would with it.
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         usable = free + cached - self.reserve_fraction * total
         return max(1, min(self.max_rows, int(usable // max(per_row, 1))))
