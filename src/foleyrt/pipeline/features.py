@@ -79,9 +79,7 @@ def siglip_autocast(device: torch.device, fast: bool) -> AbstractContextManager[
     keeps norms, softmax and the residual sums in fp32: the features differ from fp32 about
     as much as TF32's do (docs/benchmarks.md §6). `encode_video` redoes a clip whose fp16
     features overflowed in fp32."""
-    if fast and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
+    return sync_autocast(device) if fast else nullcontext()
 
 
 @dataclass
