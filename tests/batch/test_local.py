@@ -218,7 +218,8 @@ class CountingPipe:
         return DecodedClip(SimpleNamespace(path=path), empty, empty,  # type: ignore[arg-type]
                            [], [], [], [], 1.0)
 
-    def encode(self, video: Path | DecodedClip, request: GenerationRequest) -> Encoded:
+    def encode(self, video: Path | DecodedClip, request: GenerationRequest, *,
+               wait: bool = True) -> Encoded:
         if isinstance(video, DecodedClip):
             video = video.info.path
         else:

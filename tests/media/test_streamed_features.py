@@ -6,14 +6,17 @@ features that overflow are computed again in fp32."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
+import pytest
 import torch
 
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.media.video import decode_clip, probe_video
 from foleyrt.pipeline import features
 from foleyrt.pipeline.models import random_models
+from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.request import GenerationRequest
 
 from .conftest import Media
 
@@ -50,7 +53,11 @@ class _OverflowsWhenFast(torch.nn.Module):
         return out * torch.inf if fast and self.overflow else out
 
 
-def test_fast_features_that_overflow_are_encoded_again_in_fp32(media: Media) -> None:
+@pytest.mark.parametrize("check_now", [True, False], ids=["checked", "checked-later"])
+def test_fast_features_that_overflow_are_encoded_again_in_fp32(media: Media,
+                                                                check_now: bool) -> None:
+    """Checked at once, or later (batch mode's GPU thread queues the encoders and checks
+    once per group): either way an overflow is encoded again in fp32, and only then."""
     models = random_models().place(RuntimeConfig())
     cpu = torch.device("cpu")
     clip = decode_clip(media["h264_5s_25"])
@@ -59,8 +66,33 @@ def test_fast_features_that_overflow_are_encoded_again_in_fp32(media: Media) -> 
         for overflow, calls in ((False, [True]), (True, [True, False])):
             stub = _OverflowsWhenFast(models.siglip, overflow)
             got = features.encode_video(replace(models, siglip=stub), clip, "rain", "", cpu,
-                                        fast=True)
-            assert stub.fast_calls == calls
+                                        fast=True, check_now=check_now)
+            if not check_now:
+                assert stub.fast_calls == [True] and got.fallback is not None
+                got = got.checked()
+            assert stub.fast_calls == calls and got.fallback is None
             assert got.siglip_finite()
             torch.testing.assert_close(got.conditions.clip_feat, want.conditions.clip_feat,
                                        rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_queued_encoding_does_not_wait_for_queued_gpu_work(media: Media) -> None:
+    """Batch mode's GPU thread queues a clip's encoders behind a group's denoising
+    (`encode(wait=False)`, stood in for here by a GPU spin): it returns while the spin runs,
+    and the features, once checked, are those of a waited encoding."""
+    runtime = RuntimeConfig(device=torch.device("cuda"))
+    pipe = FoleyPipeline(random_models().place(runtime), runtime)
+    clip = decode_clip(media["h264_5s_25"])
+    request = GenerationRequest(prompt="rain")
+    with torch.inference_mode():
+        want = pipe.encode(clip, request)
+        torch.cuda._sleep(4_000_000_000)  # cycles: seconds at any GPU clock
+        spinning = torch.cuda.Event()
+        spinning.record()
+        queued = pipe.encode(clip, request, wait=False)
+        assert not spinning.query()
+        got = queued.checked()
+    for f in fields(want.conditions):
+        torch.testing.assert_close(getattr(got.conditions, f.name),
+                                   getattr(want.conditions, f.name), msg=f.name)

@@ -31,10 +31,14 @@ fraction, the VAE almost nothing. So:
   what batching saves, the encoders' kernels holding SMs its GEMMs wait for (docs §6). So by
   default (`Encoders.BETWEEN`) each decoder decodes and resizes its clip on the CPU (in its
   thread, or in a process with `DecodeIn.PROCESSES`) and hands the frames to the GPU thread,
-  which encodes them on its own stream: after the queued denoising, before the next, one
-  network on the GPU at a time (end to end the faster of the two, docs §6). A clip longer
-  than one pass is still encoded by its decoder (it streams in windows: its frames at once
-  would not fit in memory).
+  which queues their encoding on its own stream: after the queued denoising, before the
+  next, one network on the GPU at a time (end to end the faster of the two, docs §6). It
+  does not wait for it (`FoleyPipeline.encode(wait=False)`: the uploads and the text encoder,
+  which would wait for the queued denoising, go on a side stream), so the GPU goes from one
+  group's denoising to the next group's encoders with nothing to wait for; the one wait per
+  group is for the features' check, before its denoising is queued. A clip longer than one
+  pass is still encoded by its decoder (it streams in windows: its frames at once would not
+  fit in memory).
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do and the group has waited `group_wait_s`; groups go as powers
@@ -282,8 +286,8 @@ class _Run:
                     for closed in grouper.drain():
                         self.put(denoised, self.denoise(*closed))
                     return
-                if isinstance(item, _Decoded):  # encoded here, after the queued denoising
-                    if not self.encode(item.work, item.clip):
+                if isinstance(item, _Decoded):  # encoded here, queued after the denoising
+                    if not self.encode(item.work, item.clip, wait=False):
                         continue
                     item = item.work
                 assert isinstance(item, Work)
@@ -318,9 +322,10 @@ class _Run:
             self.ended(work.result)
         return clip
 
-    def encode(self, work: Work, clip: DecodedClip | Path | None = None) -> bool:
+    def encode(self, work: Work, clip: DecodedClip | Path | None = None, *,
+               wait: bool = True) -> bool:
         with self.timed("encode"):
-            ok = stages.encode(self.pipe, work, clip)
+            ok = stages.encode(self.pipe, work, clip, wait=wait)
         if not ok:
             self.ended(work.result)
         return ok
@@ -336,8 +341,9 @@ class _Run:
                 conditions = work.encoded.conditions
                 for f in dataclasses.fields(conditions):
                     getattr(conditions, f.name).record_stream(torch.cuda.current_stream())
-            # The previous group's end: `denoise` waits for it anyway (its first copy to the
-            # GPU does), and so the event below times this group's work only.
+            # The previous group's end and this group's encoders: `denoise` waits for them
+            # anyway (the features' check and the first copy to the GPU do), and so the event
+            # below times this group's denoising only.
             torch.cuda.current_stream().synchronize()
             started = torch.cuda.Event(enable_timing=True)
             started.record()

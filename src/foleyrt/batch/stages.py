@@ -108,24 +108,31 @@ def decode_source(path: Path, request: GenerationRequest) -> DecodedClip | Path:
     return assemble_clip(info, iter_ticks(info.path))  # `decode_clip`, the probe done
 
 
-def encode(pipe: FoleyPipeline, work: Work, clip: DecodedClip | Path | None = None) -> bool:
+def encode(pipe: FoleyPipeline, work: Work, clip: DecodedClip | Path | None = None, *,
+           wait: bool = True) -> bool:
     """Compute the item's features from `clip` (decoded elsewhere, or a path to decode here;
-    None: the item's own video)."""
+    None: the item's own video); `wait=False`: queue them (see `FoleyPipeline.encode`)."""
     source = clip if clip is not None else work.result.job.item.video
-    work.encoded = guarded([work], lambda: pipe.encode(source, work.request))
+    work.encoded = guarded([work], lambda: pipe.encode(source, work.request, wait=wait))
     return work.encoded is not None
 
 
 def denoise(pipe: FoleyPipeline, group: Sequence[Work], max_rows: int | None
             ) -> list[Tensor] | None:
-    """The group's items denoised together (`max_rows` per forward; None: the budget)."""
-    encoded = []
-    for work in group:
-        assert work.encoded is not None
-        encoded.append(work.encoded)
+    """The group's items denoised together (`max_rows` per forward; None: the budget). Their
+    features are checked first (`Encoded.checked`), each item keeping the checked ones: what
+    a pending check held for a fallback (the decoded frames) goes back now."""
+
+    def run() -> list[Tensor]:
+        encoded = []
+        for work in group:
+            assert work.encoded is not None
+            work.encoded = work.encoded.checked()
+            encoded.append(work.encoded)
+        return pipe.denoise(encoded, max_rows=max_rows)
+
     message = OOM_ONE if len(group) == 1 else OOM_GROUP.format(n=len(group))
-    return guarded(group, lambda: pipe.denoise(encoded, max_rows=max_rows),
-                   out_of_memory=message)
+    return guarded(group, run, out_of_memory=message)
 
 
 def finish(pipe: FoleyPipeline, work: Work, latents: Tensor) -> FoleyResult | None:

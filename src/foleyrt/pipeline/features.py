@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -96,11 +96,23 @@ class EncodedClip:
     decode_s: float
     plan: WindowPlan | None = None
     windows: tuple[Conditions, ...] = ()
+    fallback: Callable[[], EncodedClip] | None = None  # fp32 encoding, while fp16 is unchecked
 
     def siglip_finite(self) -> bool:
         """Whether every SigLIP2 feature is finite (waits for the GPU's work on them)."""
         feats = [c.clip_feat for c in (self.conditions, *self.windows)]
         return bool(torch.stack([torch.isfinite(f).all() for f in feats]).all())
+
+    def checked(self) -> EncodedClip:
+        """This clip once its fp16 SigLIP2 features are known to be finite (the check waits
+        for the GPU), or the clip encoded again in fp32 where they overflowed."""
+        if self.fallback is None:
+            return self
+        if self.siglip_finite():
+            return replace(self, fallback=None)
+        log.warning("%s: SigLIP2 overflowed in fp16; encoding the clip again in fp32",
+                    self.info.path)
+        return self.fallback()
 
 
 def encode_video(
@@ -108,22 +120,22 @@ def encode_video(
     device: torch.device, fast: bool = False, limits: VideoLimits | None = None,
     on_frame: Callable[[int], None] | None = None, windowing: Windowing = DEFAULT_WINDOWING,
     max_seconds: float = MAX_DURATION, on_window: Callable[[int, int], None] | None = None,
+    check_now: bool = True,
 ) -> EncodedClip:
     """Decode `path` once and compute its SigLIP2, Synchformer and CLAP features on `device`
     (`fast`: see `encoder_matmul_precision` and `siglip_autocast`; `limits`, `on_frame`: see
     `iter_ticks`; `max_seconds`: the longest clip taken). A clip longer than `windowing`'s
     window is streamed in windows, reported to `on_window` (see `_Windows`) instead of
     `on_frame`. A `DecodedClip` (decoded elsewhere, e.g. by a Ray CPU task) is only encoded,
-    in one pass (one of a clip longer than a pass is refused)."""
+    in one pass (one of a clip longer than a pass is refused). `check_now=False` leaves the
+    fp16 overflow check to the caller (`EncodedClip.checked`): it waits for the GPU."""
     encode = partial(_encode_video, models, path, prompt, negative_prompt, device,
                      limits=limits, on_frame=on_frame, windowing=windowing,
                      max_seconds=max_seconds, on_window=on_window)
     clip = encode(fast)
-    if fast and not clip.siglip_finite():
-        log.warning("%s: SigLIP2 overflowed in fp16; encoding the clip again in fp32",
-                    clip.info.path)
-        clip = encode(False)
-    return clip
+    if fast:
+        clip.fallback = partial(encode, False)
+    return clip.checked() if check_now else clip
 
 
 def _encode_video(
@@ -164,16 +176,51 @@ def video_conditions(
     models: FoleyModels, clip: DecodedClip, prompt: str, negative_prompt: str,
     device: torch.device, fast: bool = False,
 ) -> Conditions:
-    """SigLIP2, Synchformer and CLAP features of a decoded clip, computed on `device`."""
+    """SigLIP2, Synchformer and CLAP features of a decoded clip, computed on `device`: the
+    encoders on the current stream, the uploads and the text encoder on a side stream (see
+    `side_stream`), so that none of it waits for work queued before it."""
     with encoder_matmul_precision(fast):
-        siglip_px = to_model_range(clip.siglip_u8.to(device, non_blocking=True))
+        with side_stream(device, after_current=models.offloader is not None) as hand_over:
+            siglip_u8 = hand_over(clip.siglip_u8.to(device))
+            sync_u8 = hand_over(clip.sync_u8.to(device))
+            text, uncond = map(hand_over, models.clap(prompt, negative_prompt))
         with siglip_autocast(device, fast):
-            clip_feat = models.siglip(siglip_px)
-        sync_px = to_model_range(clip.sync_u8.to(device, non_blocking=True))
+            clip_feat = models.siglip(to_model_range(siglip_u8))
         with sync_autocast(device):
-            sync_feat = sync_features(models.synchformer, sync_px).float()
-        text, uncond = models.clap(prompt, negative_prompt)
+            sync_feat = sync_features(models.synchformer, to_model_range(sync_u8)).float()
     return Conditions(clip_feat, sync_feat, text, uncond)
+
+
+@contextmanager
+def side_stream(device: torch.device, after_current: bool = False
+                ) -> Iterator[Callable[[Tensor], Tensor]]:
+    """Run the block's GPU work on a side stream, then make the current stream wait for it.
+
+    For work that waits for its stream to drain: a copy from pageable memory does, and so
+    does the text encoder (its mask check reads a GPU value). Batch mode queues a group's
+    denoising on the current stream and encodes the next clips behind it; on the side stream
+    such work waits for nothing queued, and the GPU thread goes on queueing. Pass each tensor
+    the block makes for the current stream through the yielded `hand_over`: the allocator
+    then keeps its memory until the current stream is done with it. `after_current`: start
+    after the current stream's work (an offloader's weight uploads are queued there)."""
+    if device.type != "cuda":
+        yield lambda t: t
+        return
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    if after_current:
+        side.wait_stream(current)
+    made: list[Tensor] = []
+
+    def hand_over(t: Tensor) -> Tensor:
+        made.append(t)
+        return t
+
+    with torch.cuda.stream(side):
+        yield hand_over
+    current.wait_stream(side)
+    for t in made:
+        t.record_stream(current)
 
 
 @dataclass

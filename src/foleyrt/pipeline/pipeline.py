@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -34,7 +34,7 @@ from foleyrt.media.audio import check_output_path, fit_length, mux_video, number
 from foleyrt.media.video import DecodedClip, VideoLimits
 from foleyrt.pipeline.budget import RowBudget, WindowRows
 from foleyrt.pipeline.decode import decode_latents
-from foleyrt.pipeline.features import encode_video, text_only_conditions
+from foleyrt.pipeline.features import EncodedClip, encode_video, text_only_conditions
 from foleyrt.pipeline.models import FoleyModels, load_denoiser, load_models
 from foleyrt.request import GenerationRequest
 from foleyrt.sampling.conditions import Conditions
@@ -119,6 +119,15 @@ class Encoded:
     timings: dict[str, float] = field(default_factory=dict)
     plan: WindowPlan | None = None
     windows: tuple[Conditions, ...] = ()
+    unchecked: EncodedClip | None = None  # features whose fp16 overflow check is pending
+
+    def checked(self) -> Encoded:
+        """This request once its features are checked (`EncodedClip.checked`: waits for the
+        GPU while a check is pending, and may encode the clip again in fp32)."""
+        if self.unchecked is None:
+            return self
+        clip = self.unchecked.checked()
+        return replace(self, conditions=clip.conditions, windows=clip.windows, unchecked=None)
 
     @property
     def windowed(self) -> bool:
@@ -244,15 +253,19 @@ class FoleyPipeline:
         return result
 
     def encode(self, video: str | Path | DecodedClip | None, request: GenerationRequest,
-               progress: ProgressFn | None = None, video_limits: VideoLimits | None = None
-               ) -> Encoded:
+               progress: ProgressFn | None = None, video_limits: VideoLimits | None = None,
+               *, wait: bool = True) -> Encoded:
         """Decode `video` and compute its features (or, text-only, the empty visual ones; a
-        `DecodedClip`, decoded on another machine or process, is only encoded)."""
+        `DecodedClip`, decoded on another machine or process, is only encoded). `wait=False`
+        returns once the GPU work is queued on this thread's stream, for a caller that queues
+        it behind other work (batch mode's GPU thread); `denoise` then waits for the
+        features' check (`Encoded.checked`)."""
         with TRACING.calls():
-            return self._encode(video, request, progress, video_limits)
+            return self._encode(video, request, progress, video_limits, wait)
 
     def _encode(self, video: str | Path | DecodedClip | None, request: GenerationRequest,
-                progress: ProgressFn | None, video_limits: VideoLimits | None) -> Encoded:
+                progress: ProgressFn | None, video_limits: VideoLimits | None,
+                wait: bool) -> Encoded:
         models, device = self.models, self.runtime.device
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -265,7 +278,8 @@ class FoleyPipeline:
                                     on_frame=lambda n: report(progress, "video", n, 0),
                                     windowing=request.windowing,
                                     max_seconds=request.max_duration,
-                                    on_window=lambda n, of: report(progress, "windows", n, of))
+                                    on_window=lambda n, of: report(progress, "windows", n, of),
+                                    check_now=wait)
             cond, lengths, fit_s = clip.conditions, clip.lengths, clip.info.duration_s
             plan, windows = clip.plan, clip.windows
             source: Path | None = clip.info.path
@@ -281,9 +295,12 @@ class FoleyPipeline:
                 cond = text_only_conditions(models, lengths, request.prompt, negative)
             windows = (cond,) * len(plan.starts)
             fit_s, source = request.duration, None
-        self._sync()
+            clip = None
+        if wait:
+            self._sync()
         timings["features"] = time.perf_counter() - t0 - timings.get("video", 0.0)
-        return Encoded(source, request, cond, lengths, fit_s, timings, plan, windows)
+        unchecked = clip if clip is not None and clip.fallback is not None else None
+        return Encoded(source, request, cond, lengths, fit_s, timings, plan, windows, unchecked)
 
     def denoise(
         self,
@@ -299,6 +316,7 @@ class FoleyPipeline:
         `max_rows()` answers) -> fp32 latents. Whether the windows of long clips keep their
         forwards prepared across the steps is the row budget's call either way. The requests
         must agree on the number of steps."""
+        encoded = [e.checked() for e in encoded]
         steps = {e.request.steps for e in encoded}
         if len(steps) != 1:
             raise InputError(f"requests denoised together need one step count, got {sorted(steps)}")
