@@ -215,7 +215,8 @@ class _Generator:
             for work, clip in zip(works, batch["clip"], strict=True):
                 if not isinstance(clip, DecodedClip | Path) or any(bugs.values()):
                     continue  # failed to decode, or a bug ends the run: the rest stays undone
-                if step([work], partial(stages.encode, self.pipe, work, clip)):
+                # Queued, not waited for: `stages.denoise` checks a group's features once.
+                if step([work], partial(stages.encode, self.pipe, work, clip, wait=False)):
                     closed = step([work], partial(grouper.add, work))
                     if closed is not None:
                         step(closed[0], partial(generate, *closed))
