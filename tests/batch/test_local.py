@@ -29,6 +29,7 @@ from foleyrt.batch import (
     run_local,
     stages,
 )
+from foleyrt.batch.local import MUXERS
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult
@@ -250,9 +251,9 @@ class CountingPipe:
 def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           encoders: Encoders) -> None:
     """200 items, two per group, two decoders: at most a decoder's item each, two queued,
-    one waiting for its group, a group denoising, one queued for the writer and the one
-    being written are ever in flight, whatever the input's length, wherever the features
-    are computed."""
+    one waiting for its group, a group denoising, one queued for the writer, the one being
+    finished and one per muxing thread are ever in flight, whatever the input's length,
+    wherever the features are computed."""
     fake = CountingPipe()
     monkeypatch.setattr(stages, "decode_source", fake.decode_source)
     items = [BatchItem(Path(f"clip{k:03d}.mp4")) for k in range(200)]
@@ -260,4 +261,4 @@ def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.Mo
     options = LocalOptions(batch_rows=4, decode_workers=2, encoders=encoders)
     stats = run_local(fake, report, WAV, options, on_item=fake.ended)  # type: ignore[arg-type]
     assert report.count(Status.DONE) == 200 and sum(stats.groups) == 200
-    assert fake.in_flight == 0 and fake.most_in_flight <= 2 + 2 + 1 + 2 + 2 + 2
+    assert fake.in_flight == 0 and fake.most_in_flight <= 2 + 2 + 1 + 2 + 2 + 2 + MUXERS

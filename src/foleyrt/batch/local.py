@@ -44,8 +44,11 @@ fraction, the VAE almost nothing. So:
   the GPU has nothing else to do and the group has waited `group_wait_s`; groups go as powers
   of two of their items (`stages.Grouper`: few group sizes, few shapes to compile and
   capture). It queues the group's denoising and goes back to collecting while the GPU works.
-- The writer waits for a group's denoising, decodes its latents with the VAE on its own stream
-  (beside the next group's denoising) and muxes each item while the GPU carries on.
+- The writer waits for a group's denoising and decodes its latents with the VAE on its own
+  stream (beside the next group's denoising); a few muxing threads write the items while the
+  GPU carries on. Muxing a 10 s clip takes about a fifth of a second of CPU: one thread
+  would leave the run's last group waiting on it clip after clip, and would be what limits
+  once the GPU's share of a clip falls under it (FP8).
 
 Queues are bounded, so a folder of 10,000 clips holds a group or two of items at a time:
 what stays per clip is its report row. With `--offload` the stages run one after another
@@ -63,10 +66,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -79,11 +83,12 @@ from foleyrt.batch.stages import Work
 from foleyrt.errors import UsageError
 from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.features import quick_gil_handover
-from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult
 
 DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 GROUP_WAIT_S = 0.5  # how long a partial group waits for more clips while the GPU idles
 HIGH_PRIORITY = -100  # CUDA stream priority: lower is higher; clamped to the GPU's range
+MUXERS = 4  # threads that write the items' outputs (see the module docstring)
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
 STAGES = ("decode", "encode", "denoise", "finish", "write")
 
@@ -191,6 +196,8 @@ class _Run:
         self.cuda = pipe.runtime.device.type == "cuda"
         self.last_done: torch.cuda.Event | None = None  # the last queued group's end
         self.pool: ProcessPoolExecutor | None = None  # decoding processes (DecodeIn.PROCESSES)
+        self.muxers: ThreadPoolExecutor | None = None  # None: items are written in turn
+        self.muxing = threading.BoundedSemaphore(MUXERS)  # results held for the muxers
         self.t0 = time.perf_counter()
 
     # -- the two drivers ------------------------------------------------------------------
@@ -236,7 +243,9 @@ class _Run:
         fast = self.pipe.runtime.fast_encoders
         processes = (_decode_pool(workers) if self.options.decode_in is DecodeIn.PROCESSES
                      else nullcontext(None))
-        with processes as self.pool, quick_gil_handover(), encoder_matmul_precision(fast):
+        muxers = ThreadPoolExecutor(MUXERS, thread_name_prefix="foleyrt-mux")
+        with processes as self.pool, muxers as self.muxers, quick_gil_handover(), \
+                encoder_matmul_precision(fast):
             for t in threads:
                 t.start()
             try:
@@ -359,7 +368,7 @@ class _Run:
         return _Denoised(group, latents, started, done)
 
     def write(self, denoised: _Denoised) -> None:
-        """Wait for the group's latents, then finish and write each of its items."""
+        """Wait for the group's latents, then finish each of its items and have it written."""
         if denoised.latents is None or self.stop.is_set():
             return
         if denoised.done is not None and denoised.started is not None:
@@ -373,13 +382,21 @@ class _Run:
         for work, latents in zip(denoised.group, denoised.latents, strict=True):
             with self.timed("finish"):
                 result = stages.finish(self.pipe, work, latents)
-            if result is not None:
-                with self.timed("write"):
-                    stages.write(work, result)
             work.encoded = None  # the features' memory goes back now, not with the group
-            self.ended(work.result)
+            if result is None:
+                self.ended(work.result)
+            elif self.muxers is None:
+                self.write_one(work, result)
+            elif self.acquire(self.muxing):
+                job = self.muxers.submit(self.guard, partial(self.write_one, work, result))
+                job.add_done_callback(lambda _: self.muxing.release())
             if self.stop.is_set():
                 return
+
+    def write_one(self, work: Work, result: FoleyResult) -> None:
+        with self.timed("write"):
+            stages.write(work, result)
+        self.ended(work.result)
 
     def ended(self, result: ItemResult) -> None:
         """An item is done or failed: tell `on_item`; stop after a failure with fail_fast."""
@@ -426,6 +443,13 @@ class _Run:
             with self.lock:
                 self.error = self.error or exc
             self.stop.set()
+
+    def acquire(self, slots: threading.BoundedSemaphore) -> bool:
+        """Take a slot unless the run stops first (False then)."""
+        while not self.stop.is_set():
+            if slots.acquire(timeout=POLL_S):
+                return True
+        return False
 
     def put(self, q: queue.Queue[object], item: object) -> bool:
         """Put unless the run stops first (False then)."""
