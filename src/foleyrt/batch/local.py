@@ -289,18 +289,18 @@ class _Run:
             try:
                 item = encoded.get(timeout=POLL_S)
             except queue.Empty:
-                closed = grouper.ripe(self.options.group_wait_s) if self.gpu_idle() else None
-            else:
-                if item is _END:
-                    for closed in grouper.drain():
-                        self.put(denoised, self.denoise(*closed))
-                    return
-                if isinstance(item, _Decoded):  # encoded here, queued after the denoising
-                    if not self.encode(item.work, item.clip, wait=False):
-                        continue
-                    item = item.work
-                assert isinstance(item, Work)
-                closed = grouper.add(item)
+                item = None
+            if item is _END:
+                for rest in grouper.drain():
+                    self.put(denoised, self.denoise(*rest))
+                return
+            if isinstance(item, _Decoded):  # encoded here, queued after the denoising
+                item = item.work if self.encode(item.work, item.clip, wait=False) else None
+            closed = grouper.add(item) if isinstance(item, Work) else None
+            # With no denoising queued, a group that waited goes with what it has, even while
+            # clips keep coming (as at the start, where they come as fast as they encode).
+            if closed is None and self.gpu_idle():
+                closed = grouper.ripe(self.options.group_wait_s)
             if closed is not None:
                 self.put(denoised, self.denoise(*closed))
 
