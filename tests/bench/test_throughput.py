@@ -31,6 +31,7 @@ def test_throughput_batched_and_one_at_a_time(tmp_path: Path,
         assert row["audio_s_per_s"] == pytest.approx(1.2 * row["clips_per_s"])
         assert set(row["stages_s"]) == {"decode", "encode", "denoise", "finish", "write"}
         assert row["gpu_busy"] is None and row["peak_host_gb"] > 0
+        assert 0 < row["first_group_s"] <= row["wall_s"]
     assert processes["stages_s"]["decode"] > 0 and threads["stages_s"]["decode"] > 0
     best = max(threads["clips_per_s"], processes["clips_per_s"])
     assert data["gain"] == pytest.approx(best / alone["clips_per_s"])

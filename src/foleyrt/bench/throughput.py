@@ -82,6 +82,9 @@ class ThroughputRow:
     # The groups' denoising as the GPU timed it (CUDA events): whether the transformer or
     # what runs beside it fills the busy time.
     denoise_gpu_s: float | None = None
+    # When the first group's latents were ready: the pipeline's filling, before the GPU's
+    # steady work (the run's end, its last group's VAE and muxing, is the other overhead).
+    first_group_s: float | None = None
 
     @property
     def clips_per_s(self) -> float:
@@ -186,7 +189,7 @@ def _measure(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSet
          "decode_in": options.decode_in.value, "encoders": options.encoders.value,
          "overlap": options.overlap,
          "steps": settings.request.steps, "guidance": settings.request.guidance},
-        sum(stats.denoise_gpu_s) if stats.denoise_gpu_s else None)
+        sum(stats.denoise_gpu_s) if stats.denoise_gpu_s else None, stats.first_group_s)
 
 
 def _gpu_busy(sampler: _Sampler, stats: RunStats, cuda: bool

@@ -199,10 +199,11 @@ def throughput_line(r: ThroughputRow) -> str:
 
     gpu = "-" if r.peak_gpu_gb is None else f"{r.peak_gpu_gb:.1f} GB"
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in r.stages_s.items())
+    first = "" if r.first_group_s is None else f" (first group done at {r.first_group_s:.1f}s)"
     if r.denoise_gpu_s is not None:
         stages += f"; denoising on the GPU {r.denoise_gpu_s:.2f}s"
     return (f"{r.mode:<14} {r.clips_per_s:6.3f} clips/s  {r.audio_s_per_s:6.2f} audio s/s  "
-            f"wall {r.wall_s:.1f}s  GPU busy {share(r.gpu_busy)} (after the first group "
+            f"wall {r.wall_s:.1f}s{first}  GPU busy {share(r.gpu_busy)} (after the first group "
             f"{share(r.gpu_busy_after_first)}; {r.gpu_busy_source})  peak GPU {gpu}, host "
             f"{r.peak_host_gb:.1f} GB  groups {r.groups}  busy per stage: {stages}"
             + (f"  FAILED {r.failed}" if r.failed else ""))
