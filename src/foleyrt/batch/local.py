@@ -1,7 +1,8 @@
 """The local executor: `foleyrt batch`'s stages on one machine, overlapped.
 
-    decoders (threads) --encoded (bounded)--> GPU thread: groups, denoises
-        --denoised groups (bounded)--> writer thread: VAE decode, mux, write
+    decoders (threads) --encoded (bounded)--> GPU thread: encodes, groups, denoises
+        --denoised groups (bounded)--> writer thread: VAE decode
+        --results (bounded)--> muxing threads: mux, write
 
 Where the time of one 10 s 720p clip goes decides the shape: decoding (CPU) takes about as
 long as the clip's share of denoising (GPU), its features a fraction of that, muxing another
