@@ -262,3 +262,22 @@ def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.Mo
     stats = run_local(fake, report, WAV, options, on_item=fake.ended)  # type: ignore[arg-type]
     assert report.count(Status.DONE) == 200 and sum(stats.groups) == 200
     assert fake.in_flight == 0 and fake.most_in_flight <= 2 + 2 + 1 + 2 + 2 + 2 + MUXERS
+
+
+def test_an_idle_gpu_takes_a_group_that_waited_while_clips_keep_coming(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clips come every 20 ms, faster than the GPU thread's 50 ms poll, with no denoising
+    queued (as at a run's start): the first group goes once it has waited `group_wait_s`,
+    not when it is full (32 clips here), so the GPU starts early."""
+    fake = CountingPipe()
+
+    def decode_source(path: Path, request: GenerationRequest) -> DecodedClip:
+        time.sleep(0.02)
+        return fake.decode_source(path, request)
+
+    monkeypatch.setattr(stages, "decode_source", decode_source)
+    report = _report([BatchItem(Path(f"clip{k:02d}.mp4")) for k in range(32)], tmp_path)
+    options = LocalOptions(batch_rows=64, decode_workers=1, group_wait_s=0.1)
+    stats = run_local(fake, report, WAV, options, on_item=fake.ended)  # type: ignore[arg-type]
+    assert report.count(Status.DONE) == 32 and sum(stats.groups) == 32
+    assert stats.groups[0] <= 8 and len(stats.groups) > 1
