@@ -77,8 +77,8 @@ def siglip_autocast(device: torch.device, fast: bool) -> AbstractContextManager[
     """SigLIP2 under CUDA fp16 autocast in the fast modes (the release runs it in fp32). Its
     GEMMs then read inputs with TF32's 10-bit mantissa at twice TF32's rate, while autocast
     keeps norms, softmax and the residual sums in fp32: the features differ from fp32 about
-    as much as TF32's do (docs/benchmarks.md §6). `encode_video` redoes a clip whose fp16
-    features overflowed in fp32."""
+    as much as TF32's do (docs/benchmarks.md §6). `EncodedClip.checked` redoes a clip whose
+    fp16 features overflowed in fp32."""
     return sync_autocast(device) if fast else nullcontext()
 
 
