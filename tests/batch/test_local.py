@@ -30,7 +30,6 @@ from foleyrt.batch import (
     stages,
 )
 from foleyrt.batch.local import MUXERS
-from foleyrt.config import TINY_RANDOM
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult
@@ -93,7 +92,6 @@ RUNS = {  # where clips are decoded, where their features are computed
     "processes": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES,
                               encoders=Encoders.BESIDE),
     "between": LocalOptions(decode_workers=2),  # the default
-    "gaps": LocalOptions(decode_workers=2, encoders=Encoders.GAPS),
     "processes-between": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES),
 }
 
@@ -128,8 +126,8 @@ def test_every_place_to_decode_and_encode_gives_the_same_sounds(
         # and encode them as they come (threads, encoders beside).
         apart = name != "threads"
         assert (stats.busy_s["decode"] > 0) == apart == bool(encoders)
-        gpu_thread = options.encoders.by_gpu_thread
-        assert all((t == threading.current_thread().name) == gpu_thread for t in encoders)
+        between = options.encoders is Encoders.BETWEEN
+        assert all((t == threading.current_thread().name) == between for t in encoders)
     threads = reports["threads"]
     assert [r.status for r in threads.items].count(Status.FAILED) == 2
     for name in RUNS:
@@ -139,29 +137,6 @@ def test_every_place_to_decode_and_encode_gives_the_same_sounds(
             got, _ = soundfile.read(tmp_path / name / clip)
             want, _ = soundfile.read(tmp_path / "threads" / clip)
             assert got.shape == want.shape and _cosine(got, want) >= 0.99999
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_encoders_in_the_gaps_give_the_sounds_of_encoders_between(
-    library: Path, tmp_path: Path
-) -> None:
-    """On CUDA, encoders on a low-priority stream under the denoising (a stream of its own)
-    give what encoders between groups give: each group waits for its features."""
-    cuda = FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.build("cuda"))
-    items = [BatchItem(library / n, prompt=f"sound {k}")
-             for k, n in enumerate(("clips/a.mp4", "clips/b.mp4", "other/b.mp4"))]
-    for encoders in (Encoders.BETWEEN, Encoders.GAPS):
-        options = LocalOptions(decode_workers=2, encoders=encoders)
-        report = _report(items, tmp_path / encoders.value)
-        run_local(cuda, report, WAV, options)
-        assert report.count(Status.DONE) == 3
-    names = sorted(p.relative_to(tmp_path / "between")
-                   for p in (tmp_path / "between").rglob("*.wav"))
-    assert len(names) == 3
-    for name in names:
-        got, _ = soundfile.read(tmp_path / "gaps" / name)
-        want, _ = soundfile.read(tmp_path / "between" / name)
-        assert got.shape == want.shape and _cosine(got, want) >= 0.9999
 
 
 def failing(real: Callable[..., Any], bad: str, exc: BaseException) -> Callable[..., Any]:

@@ -40,11 +40,6 @@ fraction, the VAE almost nothing. So:
   group is for the features' check, before its denoising is queued. A clip longer than one
   pass is still encoded by its decoder (it streams in windows: its frames at once would not
   fit in memory).
-- Between groups the encoders cost their whole GPU time, serially (in FP8 a quarter of a
-  clip's, docs §6). `Encoders.GAPS` has the GPU thread queue them on a stream of the lowest
-  priority instead, its denoising on one of the highest: the GPU gives the encoders' kernels
-  only SMs that no denoising kernel is waiting for (a GEMM's last partial wave, the gaps
-  between kernels), and what is left of them runs once the group is done, as between.
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do and the group has waited `group_wait_s`; groups go as powers
@@ -94,7 +89,6 @@ from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult
 DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 GROUP_WAIT_S = 0.5  # how long a partial group waits for more clips while the GPU idles
 HIGH_PRIORITY = -100  # CUDA stream priority: lower is higher; clamped to the GPU's range
-LOW_PRIORITY = 0  # the lowest CUDA stream priority (also the default streams')
 MUXERS = 4  # threads that write the items' outputs (see the module docstring)
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
 STAGES = ("decode", "encode", "denoise", "finish", "write")
@@ -111,17 +105,10 @@ class DecodeIn(str, Enum):
 
 class Encoders(str, Enum):
     """Where the clips' features are computed on the GPU (see the module docstring): on each
-    decoder's stream beside the transformer, on the GPU thread's between groups, or by the
-    GPU thread on a stream of the lowest priority, in the gaps the transformer leaves."""
+    decoder's stream beside the transformer, or on the GPU thread's, between groups."""
 
     BESIDE = "beside"
     BETWEEN = "between"
-    GAPS = "gaps"
-
-    @property
-    def by_gpu_thread(self) -> bool:
-        """The decoders decode and resize on the CPU, the GPU thread computes the features."""
-        return self is not Encoders.BESIDE
 
 
 @dataclass(frozen=True)
@@ -209,9 +196,6 @@ class _Run:
         self.error: BaseException | None = None
         self.cuda = pipe.runtime.device.type == "cuda"
         self.last_done: torch.cuda.Event | None = None  # the last queued group's end
-        # Encoders.GAPS: the GPU thread's encoders, below its denoising's priority
-        self.gaps = (torch.cuda.Stream(pipe.runtime.device, priority=LOW_PRIORITY)
-                     if self.cuda and options.encoders is Encoders.GAPS else None)
         self.pool: ProcessPoolExecutor | None = None  # decoding processes (DecodeIn.PROCESSES)
         self.muxers: ThreadPoolExecutor | None = None  # None: items are written in turn
         self.muxing = threading.BoundedSemaphore(MUXERS)  # results held for the muxers
@@ -266,9 +250,7 @@ class _Run:
             for t in threads:
                 t.start()
             try:
-                # Under the gaps' encoders, the denoising needs a priority above theirs.
-                with torch.cuda.stream(self.new_stream() if self.gaps is not None else None):
-                    self.guard(lambda: self.denoise_all(encoded, denoised))
+                self.guard(lambda: self.denoise_all(encoded, denoised))
             finally:
                 self.put(denoised, _END)
                 for t in threads:
@@ -289,11 +271,11 @@ class _Run:
             if work is None:
                 continue
             clip = None
-            if self.pool is not None or self.options.encoders.by_gpu_thread:
+            if self.pool is not None or self.options.encoders is Encoders.BETWEEN:
                 clip = self.decode(work)
                 if clip is None:
                     continue
-            if isinstance(clip, DecodedClip) and self.options.encoders.by_gpu_thread:
+            if isinstance(clip, DecodedClip) and self.options.encoders is Encoders.BETWEEN:
                 if not self.put(encoded, _Decoded(work, clip)):
                     return
                 continue
@@ -313,9 +295,8 @@ class _Run:
                 for rest in grouper.drain():
                     self.put(denoised, self.denoise(*rest))
                 return
-            if isinstance(item, _Decoded):  # encoded here, queued behind or under the denoising
-                with torch.cuda.stream(self.gaps):
-                    item = item.work if self.encode(item.work, item.clip, wait=False) else None
+            if isinstance(item, _Decoded):  # encoded here, queued after the denoising
+                item = item.work if self.encode(item.work, item.clip, wait=False) else None
             closed = grouper.add(item) if isinstance(item, Work) else None
             # With no denoising queued, a group that waited goes with what it has, even while
             # clips keep coming (as at the start, where they come as fast as they encode).
@@ -373,8 +354,6 @@ class _Run:
             # The previous group's end and this group's encoders: `denoise` waits for them
             # anyway (the features' check and the first copy to the GPU do), and so the event
             # below times this group's denoising only.
-            if self.gaps is not None:
-                torch.cuda.current_stream().wait_stream(self.gaps)
             torch.cuda.current_stream().synchronize()
             started = torch.cuda.Event(enable_timing=True)
             started.record()
@@ -438,9 +417,8 @@ class _Run:
         return self.last_done is None or self.last_done.query()
 
     def new_stream(self) -> torch.cuda.Stream | None:
-        """A stream of the highest priority: a decoder's or the writer's, ahead of the GPU
-        thread's, or with `Encoders.GAPS` the GPU thread's own, ahead of its encoders' (see the
-        module docstring); PyTorch maps the priority to the highest the GPU has."""
+        """A stream for a decoder or the writer, ahead of the GPU thread's (see the module
+        docstring); PyTorch maps the priority to the highest the GPU has."""
         if not self.cuda:
             return None
         return torch.cuda.Stream(self.pipe.runtime.device, priority=HIGH_PRIORITY)
