@@ -42,7 +42,9 @@ fraction, the VAE almost nothing. So:
   fit in memory).
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
-  the GPU has nothing else to do and the group has waited `group_wait_s`; groups go as powers
+  the GPU has nothing else to do: the run's first group once it has waited `group_wait_s`
+  (clips come in a burst then, as fast as they encode), any later one at once (an idle GPU
+  gains nothing from waiting, and while it works the next group grows); groups go as powers
   of two of their items (`stages.Grouper`: few group sizes, few shapes to compile and
   capture). It queues the group's denoising and goes back to collecting while the GPU works.
 - The writer waits for a group's denoising and decodes its latents with the VAE on its own
@@ -87,7 +89,7 @@ from foleyrt.pipeline.features import quick_gil_handover
 from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult
 
 DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
-GROUP_WAIT_S = 0.5  # how long a partial group waits for more clips while the GPU idles
+GROUP_WAIT_S = 0.5  # how long the first partial group waits for more clips (see above)
 HIGH_PRIORITY = -100  # CUDA stream priority: lower is higher; clamped to the GPU's range
 MUXERS = 4  # threads that write the items' outputs (see the module docstring)
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
@@ -115,11 +117,15 @@ class Encoders(str, Enum):
 class LocalOptions:
     """`batch_rows`: transformer rows per forward (None: the row budget); `decode_workers`:
     clips decoded at once, in threads or processes (`decode_in`); `encoders`: where their
-    features are computed; `overlap`: False runs one stage after another."""
+    features are computed; `overlap`: False runs one stage after another; `group_wait_s`:
+    how long the first partial group waits while the GPU idles (see the module docstring);
+    `fill_groups`: groups go only full or at the input's end (every group size met, as the
+    throughput bench's warm-up needs)."""
 
     batch_rows: int | None = None
     decode_workers: int = DEFAULT_DECODE_WORKERS
     group_wait_s: float = GROUP_WAIT_S
+    fill_groups: bool = False
     overlap: bool = True
     decode_in: DecodeIn = DecodeIn.THREADS
     encoders: Encoders = Encoders.BETWEEN
@@ -298,10 +304,11 @@ class _Run:
             if isinstance(item, _Decoded):  # encoded here, queued after the denoising
                 item = item.work if self.encode(item.work, item.clip, wait=False) else None
             closed = grouper.add(item) if isinstance(item, Work) else None
-            # With no denoising queued, a group that waited goes with what it has, even while
-            # clips keep coming (as at the start, where they come as fast as they encode).
-            if closed is None and self.gpu_idle():
-                closed = grouper.ripe(self.options.group_wait_s)
+            # With no denoising queued, a group goes with what it has, even while clips keep
+            # coming: the first once it has waited, any later one at once.
+            if closed is None and not self.options.fill_groups and self.gpu_idle():
+                closed = grouper.ripe(self.options.group_wait_s if not self.stats.groups
+                                      else 0.0)
             if closed is not None:
                 self.put(denoised, self.denoise(*closed))
 

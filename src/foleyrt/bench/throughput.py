@@ -16,7 +16,6 @@ streams and are not counted). Host memory: the process's resident set, sampled l
 
 from __future__ import annotations
 
-import math
 import shutil
 import subprocess
 import tempfile
@@ -135,7 +134,7 @@ def bench_throughput(
     # one group of each smaller power of two, so every group size a timed run can meet is
     # compiled and captured before it.
     warmup = [(2 * items_per_group(settings.request, batch_rows) - 1,
-               LocalOptions(batch_rows, workers, group_wait_s=math.inf))]
+               LocalOptions(batch_rows, workers, fill_groups=True))]
     if baseline:
         modes[ONE_AT_A_TIME] = LocalOptions(batch_rows=one, overlap=False)
         warmup.append((1, modes[ONE_AT_A_TIME]))
