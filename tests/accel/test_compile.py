@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from torch._dynamo.utils import counters
 
-from foleyrt.accel.compile import graph_key
+from foleyrt.accel.compile import compile_encoders, graph_key
+from foleyrt.models.encoders import SIGLIP_IMAGE_SIZE
+from foleyrt.pipeline.models import random_models
 
 # Run in a fresh process: prints the velocity's max |error| against eager for two lengths,
 # after `compile_blocks` with the cache directory given as argv[1] (and, with a second
@@ -65,3 +69,37 @@ def test_graph_key_names_what_guards_do_not_check() -> None:
     cpu = torch.device("cpu")
     assert graph_key(cpu, None) == graph_key(cpu, None)
     assert graph_key(cpu, None) != graph_key(cpu, "max-autotune")
+
+
+def test_compiled_encoders_give_eager_features_and_stop_compiling_after_two_sizes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compile_encoders` on the tiny SigLIP2 and Synchformer (Inductor compiles for the CPU):
+    every batch size gives the eager features, and after a first size and a second (a clip's
+    last, partial batch) a third compiles nothing (the batch dimension has become dynamic)."""
+    for name, folder in (("FOLEYRT_CACHE", ""), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+                         ("TRITON_CACHE_DIR", "triton")):  # set here, so restored after
+        monkeypatch.setenv(name, str(tmp_path / folder))
+    models = random_models()
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(4, 3, SIGLIP_IMAGE_SIZE, SIGLIP_IMAGE_SIZE, generator=g) * 2 - 1
+    cfg = models.synchformer.config
+    windows = torch.rand(4, 1, cfg.frames_per_segment, cfg.in_channels, cfg.img_size,
+                         cfg.img_size, generator=g) * 2 - 1
+
+    def siglip(x: torch.Tensor) -> torch.Tensor:
+        return models.siglip.vision_model(pixel_values=x).pooler_output
+
+    runs = ((siglip, frames), (models.synchformer, windows))
+    with torch.inference_mode():
+        eager = [[run(x[:n]) for n in (4, 3, 2)] for run, x in runs]
+        compile_encoders(models.siglip.vision_model, models.synchformer)
+        try:
+            for (run, x), want in zip(runs, eager, strict=True):
+                compiles = []
+                for n, expected in zip((4, 3, 2), want, strict=True):
+                    got = run(x[:n])
+                    compiles.append(counters["stats"]["unique_graphs"])
+                    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+                assert compiles[0] < compiles[1] == compiles[2]
+        finally:
+            torch._dynamo.reset()

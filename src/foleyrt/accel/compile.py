@@ -53,6 +53,18 @@ TRACED_PACKAGES = ("models", "accel")  # the code inside the compiled graphs
 _AOT_DYNAMO_CONFIG = {"enable_aot_compile": True, "specialize_float": True}
 
 
+def compile_encoders(*encoders: nn.Module) -> None:
+    """Compile the encoders in place (`nn.Module.compile`, in process): Inductor fuses their
+    norms, activations and residual sums into fewer kernels, which shortens both their GPU
+    time and the host time of queueing them (docs/benchmarks.md §6, run AW). They are called
+    per batch of frames or windows: the first batch size compiles a static graph, a second
+    (a clip's last, partial batch) one with the batch dimension dynamic (Dynamo's automatic
+    dynamic shapes), which then serves every size."""
+    compile_settings(compile_cache_dir())
+    for encoder in encoders:
+        encoder.compile()
+
+
 def compile_blocks(dit: FoleyDiT, store: BlockGraphs | None) -> FoleyDiT:
     """Compile every transformer block of `dit` in place: through `store`'s saved graphs
     (`block_graphs`), or with `nn.Module.compile` where this PyTorch cannot save them (None)."""

@@ -195,6 +195,12 @@ class RuntimeConfig:
         reports the audio-level distance)."""
         return self.accel is not AccelMode.EAGER
 
+    @property
+    def compiles_encoders(self) -> bool:
+        """SigLIP2 and Synchformer compiled too (`accel.compile.compile_encoders`): with the
+        compiled transformer, where the encoders stay on the GPU (an offloader moves them)."""
+        return self.accel is AccelMode.COMPILE and self.offload.kind is OffloadKind.NONE
+
     @classmethod
     def build(
         cls, device: str = "auto", dtype: str | None = None, *, accel: str = "eager",
