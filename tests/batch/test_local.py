@@ -92,6 +92,7 @@ RUNS = {  # where clips are decoded, where their features are computed
     "processes": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES,
                               encoders=Encoders.BESIDE),
     "between": LocalOptions(decode_workers=2),  # the default
+    "ahead": LocalOptions(decode_workers=2, encoders=Encoders.AHEAD),
     "processes-between": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES),
 }
 
@@ -126,8 +127,8 @@ def test_every_place_to_decode_and_encode_gives_the_same_sounds(
         # and encode them as they come (threads, encoders beside).
         apart = name != "threads"
         assert (stats.busy_s["decode"] > 0) == apart == bool(encoders)
-        between = options.encoders is Encoders.BETWEEN
-        assert all((t == threading.current_thread().name) == between for t in encoders)
+        gpu_thread = options.encoders.by_gpu_thread
+        assert all((t == threading.current_thread().name) == gpu_thread for t in encoders)
     threads = reports["threads"]
     assert [r.status for r in threads.items].count(Status.FAILED) == 2
     for name in RUNS:
@@ -251,9 +252,9 @@ class CountingPipe:
 def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           encoders: Encoders) -> None:
     """200 items, two per group, two decoders: at most a decoder's item each, two queued,
-    one waiting for its group, a group denoising, one queued for the writer, the one being
-    finished and one per muxing thread are ever in flight, whatever the input's length,
-    wherever the features are computed."""
+    one waiting for its group, (ahead: a group handed to the denoising thread,) a group
+    denoising, one queued for the writer, the one being finished and one per muxing thread
+    are ever in flight, whatever the input's length, wherever the features are computed."""
     fake = CountingPipe()
     monkeypatch.setattr(stages, "decode_source", fake.decode_source)
     items = [BatchItem(Path(f"clip{k:03d}.mp4")) for k in range(200)]
@@ -261,7 +262,9 @@ def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.Mo
     options = LocalOptions(batch_rows=4, decode_workers=2, encoders=encoders)
     stats = run_local(fake, report, WAV, options, on_item=fake.ended)  # type: ignore[arg-type]
     assert report.count(Status.DONE) == 200 and sum(stats.groups) == 200
-    assert fake.in_flight == 0 and fake.most_in_flight <= 2 + 2 + 1 + 2 + 2 + 2 + MUXERS
+    handed_over = 2 if encoders is Encoders.AHEAD else 0  # a group for the denoising thread
+    assert fake.in_flight == 0
+    assert fake.most_in_flight <= 2 + 2 + 1 + handed_over + 2 + 2 + 2 + MUXERS
 
 
 def test_an_idle_gpu_takes_a_group_that_waited_while_clips_keep_coming(
@@ -283,3 +286,38 @@ def test_an_idle_gpu_takes_a_group_that_waited_while_clips_keep_coming(
     assert report.count(Status.DONE) == 32 and sum(stats.groups) == 32
     assert 2 <= stats.groups[0] <= 8 and len(stats.groups) > 1
     assert max(stats.groups[1:]) <= 2  # waiting 0.1 s again would gather about 4 each
+
+
+class HeldPipe(CountingPipe):
+    """Encoding takes 10 ms of the calling thread, a group's denoising holds it 100 ms (as
+    queueing a group on a GPU holds the host about as long as the GPU runs it)."""
+
+    def encode(self, video: Path | DecodedClip, request: GenerationRequest, *,
+               wait: bool = True) -> Encoded:
+        time.sleep(0.01)
+        return super().encode(video, request, wait=wait)
+
+    def denoise(self, encoded: list[Encoded], max_rows: int) -> list[torch.Tensor]:
+        time.sleep(0.1)
+        return [torch.zeros(1) for _ in encoded]
+
+
+def test_encoders_ahead_fill_the_groups_that_a_held_denoising_call_leaves_small(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a group's denoising call holds the thread that made it, encoders between groups
+    take no clips: each later group holds what came in one encoding. Ahead, the GPU thread
+    goes on encoding while the denoising thread is held, and the groups fill."""
+    fake = HeldPipe()
+    monkeypatch.setattr(stages, "decode_source", fake.decode_source)
+    groups = {}
+    for encoders in (Encoders.BETWEEN, Encoders.AHEAD):
+        report = _report([BatchItem(Path(f"clip{k:02d}.mp4")) for k in range(48)],
+                         tmp_path / encoders.value)
+        options = LocalOptions(batch_rows=32, decode_workers=2, group_wait_s=0.05,
+                               encoders=encoders)
+        stats = run_local(fake, report, WAV, options,  # type: ignore[arg-type]
+                          on_item=fake.ended)
+        assert report.count(Status.DONE) == 48 and sum(stats.groups) == 48
+        groups[encoders] = stats.groups
+    assert max(groups[Encoders.BETWEEN][1:]) <= 2
+    assert max(groups[Encoders.AHEAD][1:]) >= 8 and len(groups[Encoders.AHEAD]) <= 12

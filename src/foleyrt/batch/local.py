@@ -1,6 +1,7 @@
 """The local executor: `foleyrt batch`'s stages on one machine, overlapped.
 
     decoders (threads) --encoded (bounded)--> GPU thread: encodes, groups, denoises
+        [--groups (one)--> denoising thread: denoises; with `Encoders.AHEAD`]
         --denoised groups (bounded)--> writer thread: VAE decode
         --results (bounded)--> muxing threads: mux, write
 
@@ -40,6 +41,13 @@ fraction, the VAE almost nothing. So:
   group is for the features' check, before its denoising is queued. A clip longer than one
   pass is still encoded by its decoder (it streams in windows: its frames at once would not
   fit in memory).
+- Queueing a group's denoising holds the GPU thread about as long as the GPU takes to run
+  it (measured: the call's host time matches the group's GPU time, docs §6 run AX; the
+  loop has no wait of its own, so the host likely can queue only so far ahead). Between
+  groups the thread then encodes the next clips one by one, the GPU doing little but their
+  encoders. `Encoders.AHEAD` splits the thread: a denoising thread queues each group (and
+  waits there), while the GPU thread goes on encoding on a stream of its own, so the next
+  group's features are computed beside the current group's denoising and the group fills.
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do: the run's first group once it has waited `group_wait_s`
@@ -107,10 +115,17 @@ class DecodeIn(str, Enum):
 
 class Encoders(str, Enum):
     """Where the clips' features are computed on the GPU (see the module docstring): on each
-    decoder's stream beside the transformer, or on the GPU thread's, between groups."""
+    decoder's stream beside the transformer; on the GPU thread's, between groups; or by the
+    GPU thread on a stream of its own, ahead of the groups a second thread denoises."""
 
     BESIDE = "beside"
     BETWEEN = "between"
+    AHEAD = "ahead"
+
+    @property
+    def by_gpu_thread(self) -> bool:
+        """The decoders decode and resize on the CPU; the GPU thread computes the features."""
+        return self is not Encoders.BESIDE
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,16 @@ class _Decoded:
 
 
 @dataclass
+class _Group:
+    """A closed group on its way to the denoising thread (`Encoders.AHEAD`), with the event
+    after its items' encoders on the GPU thread's encoding stream (None off CUDA)."""
+
+    group: list[Work]
+    max_rows: int
+    encoded: torch.cuda.Event | None
+
+
+@dataclass
 class _Denoised:
     """A group on its way to the writer: its latents, and on CUDA the events that bracket
     its denoising on the GPU thread's stream."""
@@ -202,6 +227,7 @@ class _Run:
         self.error: BaseException | None = None
         self.cuda = pipe.runtime.device.type == "cuda"
         self.last_done: torch.cuda.Event | None = None  # the last queued group's end
+        self.queued = 0  # groups whose denoising has been queued
         self.pool: ProcessPoolExecutor | None = None  # decoding processes (DecodeIn.PROCESSES)
         self.muxers: ThreadPoolExecutor | None = None  # None: items are written in turn
         self.muxing = threading.BoundedSemaphore(MUXERS)  # results held for the muxers
@@ -245,6 +271,13 @@ class _Run:
 
         threads = [self.thread(decoder, f"foleyrt-decode-{k}") for k in range(workers)]
         threads.append(self.thread(lambda: self.write_all(denoised), "foleyrt-write"))
+        # Encoders.AHEAD: closed groups go to a thread of their own, which queues their
+        # denoising (and is held there while the GPU works) as this one goes on encoding.
+        handoff = denoised
+        if self.options.encoders is Encoders.AHEAD:
+            handoff = queue.Queue(maxsize=1)
+            threads.append(self.thread(lambda: self.denoise_all(handoff, denoised),
+                                       "foleyrt-denoise"))
         # Both settings are process-wide and each decoder's encoding sets and restores them:
         # held for the whole run, the decoders' nested uses restore what they found.
         fast = self.pipe.runtime.fast_encoders
@@ -256,9 +289,9 @@ class _Run:
             for t in threads:
                 t.start()
             try:
-                self.guard(lambda: self.denoise_all(encoded, denoised))
+                self.guard(lambda: self.group_all(encoded, handoff))
             finally:
-                self.put(denoised, _END)
+                self.put(handoff, _END)
                 for t in threads:
                     t.join()
         if self.error is not None:
@@ -277,11 +310,11 @@ class _Run:
             if work is None:
                 continue
             clip = None
-            if self.pool is not None or self.options.encoders is Encoders.BETWEEN:
+            if self.pool is not None or self.options.encoders.by_gpu_thread:
                 clip = self.decode(work)
                 if clip is None:
                     continue
-            if isinstance(clip, DecodedClip) and self.options.encoders is Encoders.BETWEEN:
+            if isinstance(clip, DecodedClip) and self.options.encoders.by_gpu_thread:
                 if not self.put(encoded, _Decoded(work, clip)):
                     return
                 continue
@@ -290,8 +323,28 @@ class _Run:
             if ok and not self.put(encoded, work):
                 return
 
-    def denoise_all(self, encoded: queue.Queue[object], denoised: queue.Queue[object]) -> None:
+    def group_all(self, encoded: queue.Queue[object], handoff: queue.Queue[object]) -> None:
+        """The GPU thread: encodes what the decoders hand over, groups the items and hands
+        each closed group on: denoised here (queued behind this thread's encoders), or with
+        `Encoders.AHEAD` as a `_Group` for the denoising thread."""
+        ahead = self.options.encoders is Encoders.AHEAD
+        stream = (torch.cuda.Stream(self.pipe.runtime.device) if ahead and self.cuda
+                  else None)
         grouper = stages.Grouper(self.row_limit)
+        sent = 0
+
+        def send(closed: tuple[list[Work], int]) -> None:
+            nonlocal sent
+            sent += 1
+            if not ahead:
+                self.put(handoff, self.denoise(*closed))
+                return
+            done_encoding = None
+            if stream is not None:
+                done_encoding = torch.cuda.Event()
+                done_encoding.record(stream)
+            self.put(handoff, _Group(*closed, done_encoding))
+
         while not self.stop.is_set():
             try:
                 item = encoded.get(timeout=POLL_S)
@@ -299,18 +352,32 @@ class _Run:
                 item = None
             if item is _END:
                 for rest in grouper.drain():
-                    self.put(denoised, self.denoise(*rest))
+                    send(rest)
                 return
-            if isinstance(item, _Decoded):  # encoded here, queued after the denoising
-                item = item.work if self.encode(item.work, item.clip, wait=False) else None
+            if isinstance(item, _Decoded):  # encoded here, queued behind the denoising
+                with torch.cuda.stream(stream):  # or ahead of it, on a stream of its own
+                    item = item.work if self.encode(item.work, item.clip, wait=False) else None
             closed = grouper.add(item) if isinstance(item, Work) else None
             # With no denoising queued, a group goes with what it has, even while clips keep
             # coming: the first once it has waited, any later one at once.
-            if closed is None and not self.options.fill_groups and self.gpu_idle():
-                closed = grouper.ripe(self.options.group_wait_s if not self.stats.groups
-                                      else 0.0)
+            if closed is None and not self.options.fill_groups and self.gpu_idle(sent):
+                closed = grouper.ripe(self.options.group_wait_s if sent == 0 else 0.0)
             if closed is not None:
-                self.put(denoised, self.denoise(*closed))
+                send(closed)
+
+    def denoise_all(self, groups: queue.Queue[object], denoised: queue.Queue[object]) -> None:
+        """The denoising thread (`Encoders.AHEAD`): queues each group's denoising once its
+        encoders are done, and hands it to the writer."""
+        while True:
+            item = self.get(groups)
+            if item is None or item is _END:
+                self.put(denoised, _END)
+                return
+            assert isinstance(item, _Group)
+            if item.encoded is not None:
+                torch.cuda.current_stream().wait_event(item.encoded)
+            if not self.put(denoised, self.denoise(item.group, item.max_rows)):
+                return
 
     def write_all(self, denoised: queue.Queue[object]) -> None:
         stream = self.new_stream()
@@ -373,6 +440,8 @@ class _Run:
             done = torch.cuda.Event(enable_timing=True)
             done.record()
             self.last_done = done
+        with self.lock:
+            self.queued += 1
         return _Denoised(group, latents, started, done)
 
     def write(self, denoised: _Denoised) -> None:
@@ -419,8 +488,12 @@ class _Run:
     def row_limit(self, work: Work) -> int:
         return stages.row_limit(self.pipe, work, self.options.batch_rows)
 
-    def gpu_idle(self) -> bool:
-        """True when the last queued group is done (always, off CUDA: denoising blocks)."""
+    def gpu_idle(self, sent: int) -> bool:
+        """True when each of the `sent` groups has been queued and the last one is done (off
+        CUDA: queued, since denoising blocks)."""
+        with self.lock:
+            if self.queued < sent:
+                return False
         return self.last_done is None or self.last_done.query()
 
     def new_stream(self) -> torch.cuda.Stream | None:

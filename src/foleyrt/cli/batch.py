@@ -71,7 +71,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoders", choices=ENCODERS_CHOICES, default=None,
                    help="between: clips decoded and resized on the CPU, their features "
                         "computed by the GPU thread between groups, one network on the GPU "
-                        "at a time (default); beside: each clip's features computed by its "
+                        "at a time (default); ahead: computed by the GPU thread on a stream "
+                        "of its own while a second thread queues the denoising; beside: "
+                        "each clip's features computed by its "
                         "decoder on a high-priority CUDA stream, beside the transformer's "
                         "denoising (which they slow down, see docs/benchmarks.md §6)")
     add_model_options(p)

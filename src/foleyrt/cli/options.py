@@ -27,7 +27,7 @@ ACCEL_CHOICES = ("eager", "compile", "tensorrt", "auto")
 PRECISION_CHOICES = ("bf16", "fp16", "fp8", "int8-weight", "int8")
 PARALLEL_CHOICES = ("none", "cfg")
 DECODE_IN_CHOICES = ("threads", "processes")  # `foleyrt.batch.DecodeIn`, without importing it
-ENCODERS_CHOICES = ("beside", "between")  # `foleyrt.batch.Encoders`, likewise
+ENCODERS_CHOICES = ("beside", "between", "ahead")  # `foleyrt.batch.Encoders`, likewise
 
 
 class Parser(argparse.ArgumentParser):
