@@ -267,12 +267,13 @@ def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.Mo
     assert fake.most_in_flight <= 2 + 2 + 1 + handed_over + 2 + 2 + 2 + MUXERS
 
 
-def test_an_idle_gpu_takes_a_group_that_waited_while_clips_keep_coming(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Clips come every 20 ms, faster than the GPU thread's 50 ms poll, with no denoising
-    queued (as at a run's start): the first group goes once it has waited `group_wait_s`,
-    not when it is full (32 clips here), so the GPU starts early; after it an idle GPU (off
-    CUDA the GPU thread is idle between its calls) takes what waits at once."""
+@pytest.mark.parametrize("encoders", [Encoders.BETWEEN, Encoders.AHEAD])
+def test_when_an_idle_gpu_takes_a_group_while_clips_keep_coming(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoders: Encoders) -> None:
+    """Clips come every 20 ms, faster than the GPU thread's 50 ms poll, and denoising takes
+    no time. Ahead (a denoising thread of its own), the first group goes once it has waited
+    `group_wait_s`, not when full (32 clips here), and every later one at once. Between
+    (the GPU thread denoises, which holds it), a group goes full or in a lull: here, full."""
     fake = CountingPipe()
 
     def decode_source(path: Path, request: GenerationRequest) -> DecodedClip:
@@ -280,37 +281,52 @@ def test_an_idle_gpu_takes_a_group_that_waited_while_clips_keep_coming(
         return fake.decode_source(path, request)
 
     monkeypatch.setattr(stages, "decode_source", decode_source)
-    report = _report([BatchItem(Path(f"clip{k:02d}.mp4")) for k in range(32)], tmp_path)
-    options = LocalOptions(batch_rows=64, decode_workers=1, group_wait_s=0.1)
+    report = _report([BatchItem(Path(f"clip{k:02d}.mp4")) for k in range(40)], tmp_path)
+    options = LocalOptions(batch_rows=64, decode_workers=1, group_wait_s=0.1,
+                           encoders=encoders)
     stats = run_local(fake, report, WAV, options, on_item=fake.ended)  # type: ignore[arg-type]
-    assert report.count(Status.DONE) == 32 and sum(stats.groups) == 32
-    assert 2 <= stats.groups[0] <= 8 and len(stats.groups) > 1
-    assert max(stats.groups[1:]) <= 2  # waiting 0.1 s again would gather about 4 each
+    assert report.count(Status.DONE) == 40 and sum(stats.groups) == 40
+    if encoders is Encoders.AHEAD:
+        assert 2 <= stats.groups[0] <= 8 and max(stats.groups[1:]) <= 2
+    else:
+        assert 32 in stats.groups  # [32, 8], unless the decoder stalled past a poll
 
 
 class HeldPipe(CountingPipe):
     """Encoding takes 10 ms of the calling thread, a group's denoising holds it 100 ms (as
-    queueing a group on a GPU holds the host about as long as the GPU runs it)."""
+    queueing a group on a GPU holds the host about as long as the GPU runs it); it counts
+    the encodings made while a denoising call was held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.denoising = 0
+        self.encoded_meanwhile = 0
 
     def encode(self, video: Path | DecodedClip, request: GenerationRequest, *,
                wait: bool = True) -> Encoded:
         time.sleep(0.01)
+        with self.lock:
+            self.encoded_meanwhile += self.denoising > 0
         return super().encode(video, request, wait=wait)
 
     def denoise(self, encoded: list[Encoded], max_rows: int) -> list[torch.Tensor]:
+        with self.lock:
+            self.denoising += 1
         time.sleep(0.1)
+        with self.lock:
+            self.denoising -= 1
         return [torch.zeros(1) for _ in encoded]
 
 
-def test_encoders_ahead_fill_the_groups_that_a_held_denoising_call_leaves_small(
+def test_encoders_ahead_go_on_while_a_denoising_call_holds_its_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """While a group's denoising call holds the thread that made it, encoders between groups
-    take no clips: each later group holds what came in one encoding. Ahead, the GPU thread
-    goes on encoding while the denoising thread is held, and the groups fill."""
+    """Between groups, no clip is encoded while a group's denoising call holds the GPU
+    thread; ahead, the GPU thread encodes on meanwhile, and the groups grow past their
+    first even though an idle GPU takes what waits at once."""
     fake = HeldPipe()
     monkeypatch.setattr(stages, "decode_source", fake.decode_source)
-    groups = {}
     for encoders in (Encoders.BETWEEN, Encoders.AHEAD):
+        fake.encoded_meanwhile = 0
         report = _report([BatchItem(Path(f"clip{k:02d}.mp4")) for k in range(48)],
                          tmp_path / encoders.value)
         options = LocalOptions(batch_rows=32, decode_workers=2, group_wait_s=0.05,
@@ -318,6 +334,7 @@ def test_encoders_ahead_fill_the_groups_that_a_held_denoising_call_leaves_small(
         stats = run_local(fake, report, WAV, options,  # type: ignore[arg-type]
                           on_item=fake.ended)
         assert report.count(Status.DONE) == 48 and sum(stats.groups) == 48
-        groups[encoders] = stats.groups
-    assert max(groups[Encoders.BETWEEN][1:]) <= 2
-    assert max(groups[Encoders.AHEAD][1:]) >= 8 and len(groups[Encoders.AHEAD]) <= 12
+        if encoders is Encoders.AHEAD:
+            assert fake.encoded_meanwhile >= 24 and max(stats.groups[1:]) >= 8
+        else:
+            assert fake.encoded_meanwhile == 0

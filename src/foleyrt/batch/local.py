@@ -50,11 +50,9 @@ fraction, the VAE almost nothing. So:
   group's features are computed beside the current group's denoising and the group fills.
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
-  the GPU has nothing else to do: the run's first group once it has waited `group_wait_s`
-  (clips come in a burst then, as fast as they encode), any later one at once (an idle GPU
-  gains nothing from waiting, and while it works the next group grows); groups go as powers
-  of two of their items (`stages.Grouper`: few group sizes, few shapes to compile and
-  capture). It queues the group's denoising and goes back to collecting while the GPU works.
+  the GPU has nothing else to do and no clip came for a while (`_Run.ripe_wait`); groups go
+  as powers of two of their items (`stages.Grouper`: few group sizes, few shapes to compile
+  and capture). It queues the group's denoising and goes back to collecting.
 - The writer waits for a group's denoising and decodes its latents with the VAE on its own
   stream (beside the next group's denoising); a few muxing threads write the items while the
   GPU carries on. Muxing a 10 s clip takes about a fifth of a second of CPU: one thread
@@ -71,6 +69,7 @@ compares with.
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import os
 import queue
@@ -97,7 +96,7 @@ from foleyrt.pipeline.features import quick_gil_handover
 from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult
 
 DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
-GROUP_WAIT_S = 0.5  # how long the first partial group waits for more clips (see above)
+GROUP_WAIT_S = 0.5  # how long a partial group waits while the GPU idles (`_Run.ripe_wait`)
 HIGH_PRIORITY = -100  # CUDA stream priority: lower is higher; clamped to the GPU's range
 MUXERS = 4  # threads that write the items' outputs (see the module docstring)
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
@@ -133,7 +132,7 @@ class LocalOptions:
     """`batch_rows`: transformer rows per forward (None: the row budget); `decode_workers`:
     clips decoded at once, in threads or processes (`decode_in`); `encoders`: where their
     features are computed; `overlap`: False runs one stage after another; `group_wait_s`:
-    how long the first partial group waits while the GPU idles (see the module docstring);
+    how long a partial group waits while the GPU idles (see `_Run.ripe_wait`);
     `fill_groups`: groups go only full or at the input's end (every group size met, as the
     throughput bench's warm-up needs)."""
 
@@ -358,10 +357,8 @@ class _Run:
                 with torch.cuda.stream(stream):  # or ahead of it, on a stream of its own
                     item = item.work if self.encode(item.work, item.clip, wait=False) else None
             closed = grouper.add(item) if isinstance(item, Work) else None
-            # With no denoising queued, a group goes with what it has, even while clips keep
-            # coming: the first once it has waited, any later one at once.
             if closed is None and not self.options.fill_groups and self.gpu_idle(sent):
-                closed = grouper.ripe(self.options.group_wait_s if sent == 0 else 0.0)
+                closed = grouper.ripe(self.ripe_wait(sent, lull=item is None))
             if closed is not None:
                 send(closed)
 
@@ -487,6 +484,18 @@ class _Run:
 
     def row_limit(self, work: Work) -> int:
         return stages.row_limit(self.pipe, work, self.options.batch_rows)
+
+    def ripe_wait(self, sent: int, lull: bool) -> float:
+        """How long a group must have waited to go while the GPU idles, `sent` groups into
+        the run. With `Encoders.AHEAD` the first `group_wait_s` (clips come in a burst
+        then), any later one not at all: the GPU thread encodes on while groups denoise, so
+        the next group grows meanwhile. Where it denoises itself, each group holds it while
+        the GPU runs it: a group then goes only in a lull of the clips (`lull`: none came
+        for `POLL_S`) once it has waited `group_wait_s`, else only full, for fewer, fuller
+        groups (docs/benchmarks.md §6, runs AV-AX)."""
+        if self.options.encoders is Encoders.AHEAD:
+            return self.options.group_wait_s if sent == 0 else 0.0
+        return self.options.group_wait_s if lull else math.inf
 
     def gpu_idle(self, sent: int) -> bool:
         """True when each of the `sent` groups has been queued and the last one is done (off
