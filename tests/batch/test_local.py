@@ -30,6 +30,7 @@ from foleyrt.batch import (
     stages,
 )
 from foleyrt.batch.local import MUXERS
+from foleyrt.config import TINY_RANDOM
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult
@@ -138,6 +139,28 @@ def test_every_place_to_decode_and_encode_gives_the_same_sounds(
             got, _ = soundfile.read(tmp_path / name / clip)
             want, _ = soundfile.read(tmp_path / "threads" / clip)
             assert got.shape == want.shape and _cosine(got, want) >= 0.99999
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_encoders_ahead_on_cuda_give_the_sounds_of_encoders_between(
+    library: Path, tmp_path: Path
+) -> None:
+    """On CUDA, features computed ahead (the GPU thread's own stream, a denoising thread
+    waiting for them by event) give what features computed between groups give."""
+    cuda = FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.build("cuda"))
+    items = [BatchItem(library / n, prompt=f"sound {k}")
+             for k, n in enumerate(("clips/a.mp4", "clips/b.mp4", "other/b.mp4"))]
+    for encoders in (Encoders.BETWEEN, Encoders.AHEAD):
+        report = _report(items, tmp_path / encoders.value)
+        run_local(cuda, report, WAV, LocalOptions(decode_workers=2, encoders=encoders))
+        assert report.count(Status.DONE) == 3
+    names = sorted(p.relative_to(tmp_path / "between")
+                   for p in (tmp_path / "between").rglob("*.wav"))
+    assert len(names) == 3
+    for name in names:
+        got, _ = soundfile.read(tmp_path / "ahead" / name)
+        want, _ = soundfile.read(tmp_path / "between" / name)
+        assert got.shape == want.shape and _cosine(got, want) >= 0.9999
 
 
 def failing(real: Callable[..., Any], bad: str, exc: BaseException) -> Callable[..., Any]:
