@@ -349,6 +349,7 @@ class _Run:
                 item = encoded.get(timeout=POLL_S)
             except queue.Empty:
                 item = None
+            lull = item is None  # no clip came for POLL_S
             if item is _END:
                 for rest in grouper.drain():
                     send(rest)
@@ -358,7 +359,7 @@ class _Run:
                     item = item.work if self.encode(item.work, item.clip, wait=False) else None
             closed = grouper.add(item) if isinstance(item, Work) else None
             if closed is None and not self.options.fill_groups and self.gpu_idle(sent):
-                closed = grouper.ripe(self.ripe_wait(sent, lull=item is None))
+                closed = grouper.ripe(self.ripe_wait(sent, lull))
             if closed is not None:
                 send(closed)
 
