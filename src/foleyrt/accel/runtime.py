@@ -197,8 +197,9 @@ class RuntimeConfig:
 
     @property
     def compiles_encoders(self) -> bool:
-        """SigLIP2 and Synchformer compiled too (`accel.compile.compile_encoders`): with the
-        compiled transformer, where the encoders stay on the GPU (an offloader moves them)."""
+        """SigLIP2 and Synchformer can be compiled too (`FoleyPipeline.compile_encoders`, which
+        batch and serving call): with the compiled transformer, where the encoders stay on the
+        GPU (an offloader moves them)."""
         return self.accel is AccelMode.COMPILE and self.offload.kind is OffloadKind.NONE
 
     @classmethod

@@ -189,7 +189,8 @@ class _Generator:
 
     def __init__(self, model: str, size: str, runtime: dict[str, Any],
                  batch_rows: int | None) -> None:
-        self.pipe = FoleyPipeline.from_pretrained(model, size, RuntimeConfig.build(**runtime))
+        self.pipe = FoleyPipeline.from_pretrained(
+            model, size, RuntimeConfig.build(**runtime)).compile_encoders()
         self.batch_rows = batch_rows
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:

@@ -124,7 +124,7 @@ def bench_throughput(
     if calibrate:
         runtime = replace(runtime, calibration=_calibration(spec, runtime, folder,
                                                             settings.request))
-    pipe = FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime)
+    pipe = FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime).compile_encoders()
     one = settings.request.rows
     workers = DEFAULT_DECODE_WORKERS if decode_workers is None else decode_workers
     modes = {_mode(where, enc): LocalOptions(batch_rows, workers, decode_in=where, encoders=enc)

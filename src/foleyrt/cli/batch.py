@@ -158,7 +158,7 @@ def _batch(args: argparse.Namespace) -> int:
     try:
         pending = len(report.pending)
         # Loaded before the bar starts: its clips/s and ETA count generation only.
-        pipe = (FoleyPipeline.from_pretrained(args.model, args.size, config)
+        pipe = (FoleyPipeline.from_pretrained(args.model, args.size, config).compile_encoders()
                 if pending and not on_ray else None)
         with item_bar(args.quiet or not pending, pending) as advance:
             def ended(result: ItemResult) -> None:

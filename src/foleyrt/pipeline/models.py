@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from foleyrt.accel.compile import BlockGraphs, compile_encoders
+from foleyrt.accel.compile import BlockGraphs
 from foleyrt.accel.offload import ModelOffloader, StreamedDenoiser
 from foleyrt.accel.quant import quantizable_modules, stored_fp8_modules
 from foleyrt.accel.recipes import apply, preload
@@ -70,8 +70,6 @@ class FoleyModels:
         self.vae.to(home, runtime.vae_dtype).eval().requires_grad_(False)
         for enc in (self.synchformer, self.siglip, self.clap):
             enc.to(home, runtime.encoder_dtype).eval().requires_grad_(False)
-        if runtime.compiles_encoders:  # per batch, so not SigLIP2Encoder's loop over them
-            compile_encoders(self.siglip.vision_model, self.synchformer)
         self.denoiser = apply(self.dit, runtime, stored_fp8=self.stored_fp8, graphs=graphs)
         if offload:
             streamed = (self.denoiser.streamer.tensor_ids

@@ -33,7 +33,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 def load_pipelines(settings: ServerSettings) -> list[FoleyPipeline]:
     """The server's pipelines, one per worker's device, with their acceleration (loaded one
     after the other: the weights are read from disk once per device)."""
-    return [FoleyPipeline.from_pretrained(settings.model, settings.size, runtime)
+    return [FoleyPipeline.from_pretrained(settings.model, settings.size,
+                                          runtime).compile_encoders()
             for runtime in settings.runtimes]
 
 

@@ -125,7 +125,7 @@ class FoleyReplica:
     def __init__(self, config: RayServeConfig) -> None:
         self.config = config
         self.pipeline = FoleyPipeline.from_pretrained(config.model, config.size,
-                                                      config.runtime())
+                                                      config.runtime()).compile_encoders()
         # Ray's batch wrapper carries its setters as attributes.
         self.generate.set_max_batch_size(config.batch_rows)  # type: ignore[attr-defined]
         self.generate.set_batch_wait_timeout_s(config.batch_wait_s)  # type: ignore[attr-defined]
