@@ -11,6 +11,7 @@ from dataclasses import fields, replace
 import pytest
 import torch
 
+from foleyrt.accel.compile import compile_encoders
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.media.video import decode_clip, probe_video
 from foleyrt.pipeline import features
@@ -96,3 +97,20 @@ def test_queued_encoding_does_not_wait_for_queued_gpu_work(media: Media) -> None
     for f in fields(want.conditions):
         torch.testing.assert_close(getattr(got.conditions, f.name),
                                    getattr(want.conditions, f.name), msg=f.name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_encoders_stream_the_eager_features(media: Media) -> None:
+    """On CUDA, a clip streamed through compiled encoders (SigLIP2 called on the feeding
+    thread, chunks of `SIGLIP_CHUNK` frames then a partial one) gives the eager features."""
+    cuda = torch.device("cuda")
+    models = random_models().place(RuntimeConfig(device=cuda))
+    path = media["h264_5s_25"]
+    with torch.inference_mode():
+        eager = features._stream_video(models, probe_video(path), "rain", "", cuda, True)
+        compile_encoders(models.siglip.vision_model, models.synchformer)
+        compiled = features._stream_video(models, probe_video(path), "rain", "", cuda, True)
+    for f in fields(eager.conditions):
+        torch.testing.assert_close(getattr(compiled.conditions, f.name),
+                                   getattr(eager.conditions, f.name), rtol=2e-3, atol=2e-3,
+                                   msg=f.name)
