@@ -154,9 +154,10 @@ class LocalOptions:
 @dataclass
 class RunStats:
     """Where a run's time went: seconds each stage was busy (summed over its threads; on CUDA
-    the host's view: a denoising call returns once queued, a decoder once its stream is
-    done), the clips of each group, and each group's denoising as the GPU timed it (CUDA
-    events; empty elsewhere). `first_group_s`: when the first group's latents were ready."""
+    the host's view: a denoising call returns once queued, which holds it about as long as
+    the GPU runs the group, a decoder once its stream is done), the clips of each group, and
+    each group's denoising as the GPU timed it (CUDA events; empty elsewhere).
+    `first_group_s`: when the first group's latents were ready."""
 
     wall_s: float = 0.0
     busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
