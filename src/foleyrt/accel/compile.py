@@ -56,7 +56,7 @@ _AOT_DYNAMO_CONFIG = {"enable_aot_compile": True, "specialize_float": True}
 def compile_encoders(*encoders: nn.Module) -> None:
     """Compile the encoders in place (`nn.Module.compile`, in process): Inductor fuses their
     norms, activations and residual sums into fewer kernels, which shortens both their GPU
-    time and the host time of queueing them (docs/benchmarks.md §6, run AW). They are called
+    time and the host time of queueing them (docs/benchmarks.md §6, runs AW-AX). They are called
     per batch of frames or windows: the first batch size compiles a static graph, a second
     (a clip's last, partial batch) one with the batch dimension dynamic (Dynamo's automatic
     dynamic shapes), which then serves every size."""
