@@ -69,7 +69,6 @@ compares with.
 from __future__ import annotations
 
 import dataclasses
-import math
 import multiprocessing
 import os
 import queue
@@ -181,7 +180,7 @@ class _Group:
 
     group: list[Work]
     max_rows: int
-    encoded: torch.cuda.Event | None
+    encoders_done: torch.cuda.Event | None
 
 
 @dataclass
@@ -339,11 +338,11 @@ class _Run:
             if not ahead:
                 self.put(handoff, self.denoise(*closed))
                 return
-            done_encoding = None
+            encoders_done = None
             if stream is not None:
-                done_encoding = torch.cuda.Event()
-                done_encoding.record(stream)
-            self.put(handoff, _Group(*closed, done_encoding))
+                encoders_done = torch.cuda.Event()
+                encoders_done.record(stream)
+            self.put(handoff, _Group(*closed, encoders_done))
 
         while not self.stop.is_set():
             try:
@@ -359,8 +358,9 @@ class _Run:
                 with torch.cuda.stream(stream):  # or ahead of it, on a stream of its own
                     item = item.work if self.encode(item.work, item.clip, wait=False) else None
             closed = grouper.add(item) if isinstance(item, Work) else None
-            if closed is None and not self.options.fill_groups and self.gpu_idle(sent):
-                closed = grouper.ripe(self.ripe_wait(sent, lull))
+            wait = self.ripe_wait(sent, lull)
+            if closed is None and wait is not None and self.gpu_idle(sent):
+                closed = grouper.ripe(wait)
             if closed is not None:
                 send(closed)
 
@@ -373,8 +373,8 @@ class _Run:
                 self.put(denoised, _END)
                 return
             assert isinstance(item, _Group)
-            if item.encoded is not None:
-                torch.cuda.current_stream().wait_event(item.encoded)
+            if item.encoders_done is not None:
+                torch.cuda.current_stream().wait_event(item.encoders_done)
             if not self.put(denoised, self.denoise(item.group, item.max_rows)):
                 return
 
@@ -487,17 +487,20 @@ class _Run:
     def row_limit(self, work: Work) -> int:
         return stages.row_limit(self.pipe, work, self.options.batch_rows)
 
-    def ripe_wait(self, sent: int, lull: bool) -> float:
+    def ripe_wait(self, sent: int, lull: bool) -> float | None:
         """How long a group must have waited to go while the GPU idles, `sent` groups into
-        the run. With `Encoders.AHEAD` the first `group_wait_s` (clips come in a burst
-        then), any later one not at all: the GPU thread encodes on while groups denoise, so
-        the next group grows meanwhile. Where it denoises itself, each group holds it while
-        the GPU runs it: a group then goes only in a lull of the clips (`lull`: none came
-        for `POLL_S`) once it has waited `group_wait_s`, else only full, for fewer, fuller
-        groups (docs/benchmarks.md §6, runs AV-AX)."""
+        the run (None: it goes only full, or at the input's end). With `fill_groups`, None.
+        With `Encoders.AHEAD` the first `group_wait_s` (clips come in a burst then), any
+        later one not at all: the GPU thread encodes on while groups denoise, so the next
+        group grows meanwhile. Where it denoises itself, each group holds it while the GPU
+        runs it: a group then goes only in a lull of the clips (`lull`: none came for
+        `POLL_S`) once it has waited `group_wait_s`, for fewer, fuller groups
+        (docs/benchmarks.md §6, runs AV-AX)."""
+        if self.options.fill_groups:
+            return None
         if self.options.encoders is Encoders.AHEAD:
             return self.options.group_wait_s if sent == 0 else 0.0
-        return self.options.group_wait_s if lull else math.inf
+        return self.options.group_wait_s if lull else None
 
     def gpu_idle(self, sent: int) -> bool:
         """True when each of the `sent` groups has been queued and the last one is done (off
