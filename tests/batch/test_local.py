@@ -92,9 +92,9 @@ RUNS = {  # where clips are decoded, where their features are computed
     "threads": LocalOptions(decode_workers=2, encoders=Encoders.BESIDE),
     "processes": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES,
                               encoders=Encoders.BESIDE),
-    "between": LocalOptions(decode_workers=2),  # the default
-    "ahead": LocalOptions(decode_workers=2, encoders=Encoders.AHEAD),
-    "processes-between": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES),
+    "between": LocalOptions(decode_workers=2, encoders=Encoders.BETWEEN),
+    "ahead": LocalOptions(decode_workers=2),  # the default
+    "processes-ahead": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES),
 }
 
 

@@ -23,7 +23,7 @@ def test_throughput_batched_and_one_at_a_time(tmp_path: Path,
     data = json.loads(out.read_text())
     threads, processes, alone = data["throughput"]
     assert [r["mode"] for r in data["throughput"]] == [
-        "batched, threads, encoders between", "batched, processes, encoders between",
+        "batched, threads, encoders ahead", "batched, processes, encoders ahead",
         "one at a time"]
     assert alone["groups"] == [1, 1] and sum(threads["groups"]) == sum(processes["groups"]) == 2
     for row in (threads, processes, alone):
@@ -50,5 +50,5 @@ def test_a_second_run_reuses_the_clips_without_the_baseline(
     assert main([*args, "--no-baseline", "--json", str(out)]) == 0
     assert clip.stat().st_mtime_ns == written
     (row,) = json.loads(out.read_text())["throughput"]
-    assert row["mode"] == "batched, threads, encoders between"
+    assert row["mode"] == "batched, threads, encoders ahead"
     assert "gain" not in capsys.readouterr().out.splitlines()[-1]

@@ -1,7 +1,7 @@
 """The local executor: `foleyrt batch`'s stages on one machine, overlapped.
 
-    decoders (threads) --encoded (bounded)--> GPU thread: encodes, groups, denoises
-        [--groups (one)--> denoising thread: denoises; with `Encoders.AHEAD`]
+    decoders (threads) --encoded (bounded)--> GPU thread: encodes, groups
+        --groups (one)--> denoising thread: denoises [the GPU thread does, `Encoders.BETWEEN`]
         --denoised groups (bounded)--> writer thread: VAE decode
         --results (bounded)--> muxing threads: mux, write
 
@@ -30,24 +30,23 @@ fraction, the VAE almost nothing. So:
   fills the rest (docs/benchmarks.md §6).
 - Where the features are computed is a choice (`Encoders`), since beside is not free either:
   with priority the groups filled, yet the transformer's GPU time per clip grew by about
-  what batching saves, the encoders' kernels holding SMs its GEMMs wait for (docs §6). So by
-  default (`Encoders.BETWEEN`) each decoder decodes and resizes its clip on the CPU (in its
-  thread, or in a process with `DecodeIn.PROCESSES`) and hands the frames to the GPU thread,
-  which queues their encoding on its own stream: after the queued denoising, before the
-  next, one network on the GPU at a time (end to end the faster of the two, docs §6). It
-  does not wait for it (`FoleyPipeline.encode(wait=False)`: the uploads and the text encoder,
-  which would wait for the queued denoising, go on a side stream), so the GPU goes from one
-  group's denoising to the next group's encoders with nothing to wait for; the one wait per
-  group is for the features' check, before its denoising is queued. A clip longer than one
-  pass is still encoded by its decoder (it streams in windows: its frames at once would not
-  fit in memory).
-- Queueing a group's denoising holds the GPU thread about as long as the GPU takes to run
-  it (measured: the call's host time matches the group's GPU time, docs §6 run AX; the
-  loop has no wait of its own, so the host likely can queue only so far ahead). Between
-  groups the thread then encodes the next clips one by one, the GPU doing little but their
-  encoders. `Encoders.AHEAD` splits the thread: a denoising thread queues each group (and
-  waits there), while the GPU thread goes on encoding on a stream of its own, so the next
-  group's features are computed beside the current group's denoising and the group fills.
+  what batching saves, the encoders' kernels holding SMs its GEMMs wait for (docs §6). So
+  each decoder decodes and resizes its clip on the CPU (in its thread, or in a process with
+  `DecodeIn.PROCESSES`) and hands the frames to the GPU thread, which computes their
+  features. A clip longer than one pass is still encoded by its decoder (it streams in
+  windows: its frames at once would not fit in memory).
+- Queueing a group's denoising holds the thread that queues it about as long as the GPU
+  takes to run it (measured: the call's host time matches the group's GPU time, docs §6 run
+  AX; the loop has no wait of its own, so the host likely can queue only so far ahead). By
+  default (`Encoders.AHEAD`) a denoising thread of its own therefore queues each group (and
+  waits there), while the GPU thread goes on encoding on a high-priority stream, so the next
+  group's features are computed beside the current group's denoising and the group fills
+  meanwhile (end to end the fastest place, docs §6 run AY). `Encoders.BETWEEN` has the GPU
+  thread queue the encoding behind the denoising, one network on the GPU at a time, without
+  waiting for it (`FoleyPipeline.encode(wait=False)`: the uploads and the text encoder,
+  which would wait for the queued denoising, go on a side stream); being held while a group
+  denoises, that thread then encodes the next clips one by one, the GPU doing little but
+  their encoders.
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do and no clip came for a while (`_Run.ripe_wait`); groups go
@@ -141,7 +140,7 @@ class LocalOptions:
     fill_groups: bool = False
     overlap: bool = True
     decode_in: DecodeIn = DecodeIn.THREADS
-    encoders: Encoders = Encoders.BETWEEN
+    encoders: Encoders = Encoders.AHEAD
 
     def __post_init__(self) -> None:
         if self.batch_rows is not None and self.batch_rows < 1:
@@ -327,8 +326,7 @@ class _Run:
         each closed group on: denoised here (queued behind this thread's encoders), or with
         `Encoders.AHEAD` as a `_Group` for the denoising thread."""
         ahead = self.options.encoders is Encoders.AHEAD
-        stream = (torch.cuda.Stream(self.pipe.runtime.device) if ahead and self.cuda
-                  else None)
+        stream = self.new_stream() if ahead else None
         grouper = stages.Grouper(self.row_limit)
         sent = 0
 
@@ -511,8 +509,9 @@ class _Run:
         return self.last_done is None or self.last_done.query()
 
     def new_stream(self) -> torch.cuda.Stream | None:
-        """A stream for a decoder or the writer, ahead of the GPU thread's (see the module
-        docstring); PyTorch maps the priority to the highest the GPU has."""
+        """A stream for a decoder, the writer or the encoders ahead of the groups, served
+        before the denoising's (see the module docstring); PyTorch maps the priority to the
+        highest the GPU has."""
         if not self.cuda:
             return None
         return torch.cuda.Stream(self.pipe.runtime.device, priority=HIGH_PRIORITY)

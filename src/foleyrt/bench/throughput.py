@@ -99,7 +99,7 @@ def bench_throughput(
     guidance: float, batch_rows: int | None = None, decode_workers: int | None = None,
     calibrate: bool = False, workdir: Path | None = None, baseline: bool = True,
     decode_in: Sequence[DecodeIn] = (DecodeIn.THREADS,),
-    encoders: Sequence[Encoders] = (Encoders.BETWEEN,),
+    encoders: Sequence[Encoders] = (LocalOptions.encoders,),
 ) -> Iterator[ThroughputRow]:
     """A batched row for each of `decode_in` and `encoders`, then (`baseline`) the
     one-at-a-time row; clips and outputs in `workdir` (clips already there are reused:

@@ -69,13 +69,13 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "one core's worth of that limits how fast clips come, see "
                         "docs/benchmarks.md)")
     p.add_argument("--encoders", choices=ENCODERS_CHOICES, default=None,
-                   help="between: clips decoded and resized on the CPU, their features "
-                        "computed by the GPU thread between groups, one network on the GPU "
-                        "at a time (default); ahead: computed by the GPU thread on a stream "
-                        "of its own while a second thread queues the denoising; beside: "
-                        "each clip's features computed by its "
-                        "decoder on a high-priority CUDA stream, beside the transformer's "
-                        "denoising (which they slow down, see docs/benchmarks.md §6)")
+                   help="ahead: clips decoded and resized on the CPU, their features "
+                        "computed by the GPU thread on a stream of its own while a second "
+                        "thread queues the denoising (default); between: computed by the GPU "
+                        "thread between groups, one network on the GPU at a time; beside: "
+                        "each clip's features computed by its decoder on a high-priority "
+                        "CUDA stream, beside the transformer's denoising (which they slow "
+                        "down, see docs/benchmarks.md §6)")
     add_model_options(p)
     g = p.add_argument_group("Ray (pip install 'foleyrt[ray]')")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -138,7 +138,7 @@ def _batch(args: argparse.Namespace) -> int:
         local = LocalOptions(args.batch_rows,
                              DEFAULT_DECODE_WORKERS if workers is None else workers,
                              decode_in=DecodeIn(args.decode_in or DecodeIn.THREADS),
-                             encoders=Encoders(args.encoders or Encoders.BETWEEN))
+                             encoders=Encoders(args.encoders or Encoders.AHEAD))
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
                         release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)

@@ -84,10 +84,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--decode-in", nargs="+", default=["threads"], choices=DECODE_IN_CHOICES,
                    metavar="WHERE", help="a batched row for each: threads, processes (as for "
                                          "'foleyrt batch'; default: threads)")
-    t.add_argument("--encoders", nargs="+", default=["between"], choices=ENCODERS_CHOICES,
+    t.add_argument("--encoders", nargs="+", default=["ahead"], choices=ENCODERS_CHOICES,
                    metavar="WHERE", help="a batched row for each (and each --decode-in): "
-                                         "between, ahead, beside (as for 'foleyrt batch'; "
-                                         "default: between)")
+                                         "ahead, between, beside (as for 'foleyrt batch'; "
+                                         "default: ahead)")
     t.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="keep the clips and outputs in DIR; clips already there are reused, so "
                         "several runs measure the same files (default: a temporary folder)")

@@ -202,12 +202,14 @@ def side_stream(device: torch.device, after_current: bool = False
     such work waits for nothing queued, and the GPU thread goes on queueing. Pass each tensor
     the block makes for the current stream through the yielded `hand_over`: the allocator
     then keeps its memory until the current stream is done with it. `after_current`: start
-    after the current stream's work (an offloader's weight uploads are queued there)."""
+    after the current stream's work (an offloader's weight uploads are queued there). The
+    side stream has the current stream's priority: the text encoder's wait on it must not
+    queue behind the kernels that the current stream's priority puts it ahead of."""
     if device.type != "cuda":
         yield lambda t: t
         return
     current = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
+    side = torch.cuda.Stream(device, priority=current.priority)
     if after_current:
         side.wait_stream(current)
     made: list[Tensor] = []
