@@ -83,6 +83,12 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     configure_process()
+    t0 = time.perf_counter()
+
+    def phase(what: str) -> None:
+        """A timestamped line as each phase ends: a run cut off by a time limit still shows
+        where its time went."""
+        print(f"[{time.perf_counter() - t0:7.1f} s] {what}", flush=True)
 
     spec = PRESETS[args.size]
     devices = [parse_device(d.strip()) for d in args.devices.split(",")]
@@ -92,6 +98,7 @@ def main() -> None:
         runtime = RuntimeConfig.build(str(device), accel=args.accel, precision=args.precision,
                                       calibration=args.calibration)
         pipelines.append(FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime))
+    phase(f"{len(pipelines)} pipeline(s) built")
     job = LoadSpec(url="", jobs=args.jobs, clients=args.clients, steps=args.steps,
                    video=args.video, duration=args.duration, deadline_s=3600)
     rows = []
@@ -104,8 +111,10 @@ def main() -> None:
             max_samples=1, job_timeout_s=3600, devices=tuple(devices), batch_rows=batch_rows,
             batch_wait_s=args.batch_wait_ms / 1000, allowed_hosts=("127.0.0.1",),
         ), pipelines) as url:
+            phase(f"batch rows {setting}: server up")
             warmup = args.warmup if args.warmup is not None else args.clients
             run_loadtest(LoadSpec(**{**job.__dict__, "url": url, "jobs": warmup}))
+            phase(f"batch rows {setting}: {warmup} warm-up jobs done")
             jobs_before, batches_before = batch_totals(url)
             report = run_loadtest(LoadSpec(**{**job.__dict__, "url": url}))
             jobs_after, batches_after = batch_totals(url)
@@ -119,8 +128,9 @@ def main() -> None:
                 "peak_gpu_gib": round(max((torch.cuda.max_memory_allocated(d) for d in cuda),
                                           default=0) / 2**30, 1),
             }
+        phase(f"batch rows {setting}: {args.jobs} measured jobs done")
         print(report.summary())
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
         rows.append(row)
     if len(rows) > 1:
         base = rows[0]["jobs_per_s"]
