@@ -41,12 +41,12 @@ fraction, the VAE almost nothing. So:
   default (`Encoders.AHEAD`) a denoising thread of its own therefore queues each group (and
   waits there), while the GPU thread goes on encoding on a high-priority stream, so the next
   group's features are computed beside the current group's denoising and the group fills
-  meanwhile (end to end the fastest place, docs §6 run AY). `Encoders.BETWEEN` has the GPU
-  thread queue the encoding behind the denoising, one network on the GPU at a time, without
-  waiting for it (`FoleyPipeline.encode(wait=False)`: the uploads and the text encoder,
-  which would wait for the queued denoising, go on a side stream); being held while a group
-  denoises, that thread then encodes the next clips one by one, the GPU doing little but
-  their encoders.
+  meanwhile (in bf16 the faster place end to end, docs §6 run AY; in fp8 within a few per
+  cent of between, run BA). `Encoders.BETWEEN` has the GPU thread queue the encoding behind
+  the denoising, one network on the GPU at a time, without waiting for it
+  (`FoleyPipeline.encode(wait=False)`: the uploads and the text encoder, which would wait
+  for the queued denoising, go on a side stream); being held while a group denoises, that
+  thread then encodes the next clips one by one, the GPU doing little but their encoders.
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do and no clip came for a while (`_Run.ripe_wait`); groups go

@@ -137,8 +137,8 @@ def _batch(args: argparse.Namespace) -> int:
         workers = args.decode_workers
         local = LocalOptions(args.batch_rows,
                              DEFAULT_DECODE_WORKERS if workers is None else workers,
-                             decode_in=DecodeIn(args.decode_in or DecodeIn.THREADS),
-                             encoders=Encoders(args.encoders or Encoders.AHEAD))
+                             decode_in=DecodeIn(args.decode_in or LocalOptions.decode_in),
+                             encoders=Encoders(args.encoders or LocalOptions.encoders))
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
                         release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)
