@@ -94,6 +94,7 @@ RUNS = {  # where clips are decoded, where their features are computed
                               encoders=Encoders.BESIDE),
     "between": LocalOptions(decode_workers=2, encoders=Encoders.BETWEEN),
     "ahead": LocalOptions(decode_workers=2),  # the default
+    "interleaved": LocalOptions(decode_workers=2, encoders=Encoders.INTERLEAVED),
     "processes-ahead": LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES),
 }
 
@@ -146,11 +147,12 @@ def test_encoders_ahead_on_cuda_give_the_sounds_of_encoders_between(
     library: Path, tmp_path: Path
 ) -> None:
     """On CUDA, features computed ahead (the GPU thread's own stream, a denoising thread
-    waiting for them by event) give what features computed between groups give."""
+    waiting for them by event) or interleaved (queued on the denoising's stream by the GPU
+    thread) give what features computed between groups give."""
     cuda = FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig.build("cuda"))
     items = [BatchItem(library / n, prompt=f"sound {k}")
              for k, n in enumerate(("clips/a.mp4", "clips/b.mp4", "other/b.mp4"))]
-    for encoders in (Encoders.BETWEEN, Encoders.AHEAD):
+    for encoders in (Encoders.BETWEEN, Encoders.AHEAD, Encoders.INTERLEAVED):
         report = _report(items, tmp_path / encoders.value)
         run_local(cuda, report, WAV, LocalOptions(decode_workers=2, encoders=encoders))
         assert report.count(Status.DONE) == 3
@@ -158,9 +160,10 @@ def test_encoders_ahead_on_cuda_give_the_sounds_of_encoders_between(
                    for p in (tmp_path / "between").rglob("*.wav"))
     assert len(names) == 3
     for name in names:
-        got, _ = soundfile.read(tmp_path / "ahead" / name)
         want, _ = soundfile.read(tmp_path / "between" / name)
-        assert got.shape == want.shape and _cosine(got, want) >= 0.9999
+        for place in ("ahead", "interleaved"):
+            got, _ = soundfile.read(tmp_path / place / name)
+            assert got.shape == want.shape and _cosine(got, want) >= 0.9999
 
 
 def failing(real: Callable[..., Any], bad: str, exc: BaseException) -> Callable[..., Any]:
@@ -275,7 +278,7 @@ class CountingPipe:
 def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           encoders: Encoders) -> None:
     """200 items, two per group, two decoders: at most a decoder's item each, two queued,
-    one waiting for its group, (ahead: a group handed to the denoising thread,) a group
+    one waiting for its group, (a denoising thread apart: a group handed to it,) a group
     denoising, one queued for the writer, the one being finished and one per muxing thread
     are ever in flight, whatever the input's length, wherever the features are computed."""
     fake = CountingPipe()
@@ -285,18 +288,19 @@ def test_queues_bound_the_items_in_flight(tmp_path: Path, monkeypatch: pytest.Mo
     options = LocalOptions(batch_rows=4, decode_workers=2, encoders=encoders)
     stats = run_local(fake, report, WAV, options, on_item=fake.ended)  # type: ignore[arg-type]
     assert report.count(Status.DONE) == 200 and sum(stats.groups) == 200
-    handed_over = 2 if encoders is Encoders.AHEAD else 0  # a group for the denoising thread
+    handed_over = 2 if encoders.denoised_apart else 0  # a group for the denoising thread
     assert fake.in_flight == 0
     assert fake.most_in_flight <= 2 + 2 + 1 + handed_over + 2 + 2 + 2 + MUXERS
 
 
-@pytest.mark.parametrize("encoders", [Encoders.BETWEEN, Encoders.AHEAD])
+@pytest.mark.parametrize("encoders", [Encoders.BETWEEN, Encoders.AHEAD, Encoders.INTERLEAVED])
 def test_when_an_idle_gpu_takes_a_group_while_clips_keep_coming(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoders: Encoders) -> None:
     """Clips come every 20 ms, faster than the GPU thread's 50 ms poll, and denoising takes
-    no time. Ahead (a denoising thread of its own), the first group goes once it has waited
-    `group_wait_s`, not when full (32 clips here), and every later one at once. Between
-    (the GPU thread denoises, which holds it), a group goes full or in a lull: here, full."""
+    no time. With a denoising thread of its own (ahead, interleaved), the first group goes
+    once it has waited `group_wait_s`, not when full (32 clips here), and every later one at
+    once. Between (the GPU thread denoises, which holds it), a group goes full or in a lull:
+    here, full."""
     fake = CountingPipe()
 
     def decode_source(path: Path, request: GenerationRequest) -> DecodedClip:
@@ -309,7 +313,7 @@ def test_when_an_idle_gpu_takes_a_group_while_clips_keep_coming(
                            encoders=encoders)
     stats = run_local(fake, report, WAV, options, on_item=fake.ended)  # type: ignore[arg-type]
     assert report.count(Status.DONE) == 40 and sum(stats.groups) == 40
-    if encoders is Encoders.AHEAD:
+    if encoders.denoised_apart:
         assert 2 <= stats.groups[0] <= 8 and max(stats.groups[1:]) <= 2
     else:
         assert 32 in stats.groups  # [32, 8], unless the decoder stalled past a poll
@@ -344,11 +348,11 @@ class HeldPipe(CountingPipe):
 def test_encoders_ahead_go_on_while_a_denoising_call_holds_its_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Between groups, no clip is encoded while a group's denoising call holds the GPU
-    thread; ahead, the GPU thread encodes on meanwhile, and the groups grow past their
-    first even though an idle GPU takes what waits at once."""
+    thread; ahead or interleaved, the GPU thread encodes on meanwhile, and the groups grow
+    past their first even though an idle GPU takes what waits at once."""
     fake = HeldPipe()
     monkeypatch.setattr(stages, "decode_source", fake.decode_source)
-    for encoders in (Encoders.BETWEEN, Encoders.AHEAD):
+    for encoders in (Encoders.BETWEEN, Encoders.AHEAD, Encoders.INTERLEAVED):
         fake.encoded_meanwhile = 0
         report = _report([BatchItem(Path(f"clip{k:02d}.mp4")) for k in range(48)],
                          tmp_path / encoders.value)
@@ -357,7 +361,7 @@ def test_encoders_ahead_go_on_while_a_denoising_call_holds_its_thread(
         stats = run_local(fake, report, WAV, options,  # type: ignore[arg-type]
                           on_item=fake.ended)
         assert report.count(Status.DONE) == 48 and sum(stats.groups) == 48
-        if encoders is Encoders.AHEAD:
+        if encoders.denoised_apart:
             assert fake.encoded_meanwhile >= 24 and max(stats.groups[1:]) >= 8
         else:
             assert fake.encoded_meanwhile == 0

@@ -47,6 +47,11 @@ fraction, the VAE almost nothing. So:
   (`FoleyPipeline.encode(wait=False)`: the uploads and the text encoder, which would wait
   for the queued denoising, go on a side stream); being held while a group denoises, that
   thread then encodes the next clips one by one, the GPU doing little but their encoders.
+  `Encoders.INTERLEAVED` keeps ahead's two threads but has the GPU thread queue the
+  encoders on the denoising's own stream, between the steps of the group being queued
+  there: one network on the GPU at a time, as between (beside the transformer, ahead's
+  encoders slowed it by about their own GPU time, most in fp8: docs §6 runs AY, BA), with
+  neither thread waiting for the other. Not yet measured on a GPU.
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do and no clip came for a while (`_Run.ripe_wait`); groups go
@@ -112,17 +117,25 @@ class DecodeIn(str, Enum):
 
 class Encoders(str, Enum):
     """Where the clips' features are computed on the GPU (see the module docstring): on each
-    decoder's stream beside the transformer; on the GPU thread's, between groups; or by the
-    GPU thread on a stream of its own, ahead of the groups a second thread denoises."""
+    decoder's stream beside the transformer; on the GPU thread's, between groups; by the GPU
+    thread on a stream of its own, ahead of the groups a second thread denoises; or by the
+    GPU thread on the denoising's own stream, interleaved with the steps a second thread
+    queues there (one network on the GPU at a time, neither thread held by the other)."""
 
     BESIDE = "beside"
     BETWEEN = "between"
     AHEAD = "ahead"
+    INTERLEAVED = "interleaved"
 
     @property
     def by_gpu_thread(self) -> bool:
         """The decoders decode and resize on the CPU; the GPU thread computes the features."""
         return self is not Encoders.BESIDE
+
+    @property
+    def denoised_apart(self) -> bool:
+        """A denoising thread of its own queues the groups (and is held there)."""
+        return self in (Encoders.AHEAD, Encoders.INTERLEAVED)
 
 
 @dataclass(frozen=True)
@@ -154,7 +167,8 @@ class RunStats:
     """Where a run's time went: seconds each stage was busy (summed over its threads; on CUDA
     the host's view: a denoising call returns once queued, which holds it about as long as
     the GPU runs the group, a decoder once its stream is done), the clips of each group, and
-    each group's denoising as the GPU timed it (CUDA events; empty elsewhere).
+    each group's denoising as the GPU timed it (CUDA events; empty elsewhere; interleaved,
+    the encoders queued among its steps count too).
     `first_group_s`: when the first group's latents were ready."""
 
     wall_s: float = 0.0
@@ -174,8 +188,9 @@ class _Decoded:
 
 @dataclass
 class _Group:
-    """A closed group on its way to the denoising thread (`Encoders.AHEAD`), with the event
-    after its items' encoders on the GPU thread's encoding stream (None off CUDA)."""
+    """A closed group on its way to the denoising thread, with the event after its items'
+    encoders on the GPU thread's encoding stream (None off CUDA, or where the GPU thread
+    encodes on the denoising's stream)."""
 
     group: list[Work]
     max_rows: int
@@ -269,10 +284,10 @@ class _Run:
 
         threads = [self.thread(decoder, f"foleyrt-decode-{k}") for k in range(workers)]
         threads.append(self.thread(lambda: self.write_all(denoised), "foleyrt-write"))
-        # Encoders.AHEAD: closed groups go to a thread of their own, which queues their
-        # denoising (and is held there while the GPU works) as this one goes on encoding.
+        # Closed groups may go to a thread of their own, which queues their denoising (and
+        # is held there while the GPU works) as this one goes on encoding.
         handoff = denoised
-        if self.options.encoders is Encoders.AHEAD:
+        if self.options.encoders.denoised_apart:
             handoff = queue.Queue(maxsize=1)
             threads.append(self.thread(lambda: self.denoise_all(handoff, denoised),
                                        "foleyrt-denoise"))
@@ -323,17 +338,19 @@ class _Run:
 
     def group_all(self, encoded: queue.Queue[object], handoff: queue.Queue[object]) -> None:
         """The GPU thread: encodes what the decoders hand over, groups the items and hands
-        each closed group on: denoised here (queued behind this thread's encoders), or with
-        `Encoders.AHEAD` as a `_Group` for the denoising thread."""
-        ahead = self.options.encoders is Encoders.AHEAD
-        stream = self.new_stream() if ahead else None
+        each closed group on: denoised here (queued behind this thread's encoders), or as a
+        `_Group` for the denoising thread. Ahead, this thread encodes on a stream of its own;
+        otherwise on its current stream, the device's default, which is also the denoising
+        thread's (interleaved: its encoders queue between the steps queued there)."""
+        apart = self.options.encoders.denoised_apart
+        stream = self.new_stream() if self.options.encoders is Encoders.AHEAD else None
         grouper = stages.Grouper(self.row_limit)
         sent = 0
 
         def send(closed: tuple[list[Work], int]) -> None:
             nonlocal sent
             sent += 1
-            if not ahead:
+            if not apart:
                 self.put(handoff, self.denoise(*closed))
                 return
             encoders_done = None
@@ -352,7 +369,7 @@ class _Run:
                 for rest in grouper.drain():
                     send(rest)
                 return
-            if isinstance(item, _Decoded):  # encoded here, queued behind the denoising
+            if isinstance(item, _Decoded):  # encoded here, queued with the denoising
                 with torch.cuda.stream(stream):  # or ahead of it, on a stream of its own
                     item = item.work if self.encode(item.work, item.clip, wait=False) else None
             closed = grouper.add(item) if isinstance(item, Work) else None
@@ -363,8 +380,8 @@ class _Run:
                 send(closed)
 
     def denoise_all(self, groups: queue.Queue[object], denoised: queue.Queue[object]) -> None:
-        """The denoising thread (`Encoders.AHEAD`): queues each group's denoising once its
-        encoders are done, and hands it to the writer."""
+        """The denoising thread (`Encoders.denoised_apart`): queues each group's denoising
+        once its encoders are done, and hands it to the writer."""
         while True:
             item = self.get(groups)
             if item is None or item is _END:
@@ -488,15 +505,15 @@ class _Run:
     def ripe_wait(self, sent: int, lull: bool) -> float | None:
         """How long a group must have waited to go while the GPU idles, `sent` groups into
         the run (None: it goes only full, or at the input's end). With `fill_groups`, None.
-        With `Encoders.AHEAD` the first `group_wait_s` (clips come in a burst then), any
-        later one not at all: the GPU thread encodes on while groups denoise, so the next
+        With a denoising thread apart the first `group_wait_s` (clips come in a burst then),
+        any later one not at all: the GPU thread encodes on while groups denoise, so the next
         group grows meanwhile. Where it denoises itself, each group holds it while the GPU
         runs it: a group then goes only in a lull of the clips (`lull`: none came for
         `POLL_S`) once it has waited `group_wait_s`, for fewer, fuller groups
         (docs/benchmarks.md §6, runs AV-AX)."""
         if self.options.fill_groups:
             return None
-        if self.options.encoders is Encoders.AHEAD:
+        if self.options.encoders.denoised_apart:
             return self.options.group_wait_s if sent == 0 else 0.0
         return self.options.group_wait_s if lull else None
 

@@ -72,7 +72,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="ahead: clips decoded and resized on the CPU, their features "
                         "computed by the GPU thread on a stream of its own while a second "
                         "thread queues the denoising (default); between: computed by the GPU "
-                        "thread between groups, one network on the GPU at a time; beside: "
+                        "thread between groups, one network on the GPU at a time; "
+                        "interleaved: as ahead, but queued on the denoising's stream between "
+                        "its steps, one network on the GPU at a time; beside: "
                         "each clip's features computed by its decoder on a high-priority "
                         "CUDA stream, beside the transformer's denoising (which they slow "
                         "down, see docs/benchmarks.md §6)")

@@ -86,8 +86,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                                          "'foleyrt batch'; default: threads)")
     t.add_argument("--encoders", nargs="+", default=["ahead"], choices=ENCODERS_CHOICES,
                    metavar="WHERE", help="a batched row for each (and each --decode-in): "
-                                         "ahead, between, beside (as for 'foleyrt batch'; "
-                                         "default: ahead)")
+                                         "ahead, between, interleaved, beside (as for "
+                                         "'foleyrt batch'; default: ahead)")
     t.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="keep the clips and outputs in DIR; clips already there are reused, so "
                         "several runs measure the same files (default: a temporary folder)")

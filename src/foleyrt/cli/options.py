@@ -27,7 +27,8 @@ ACCEL_CHOICES = ("eager", "compile", "tensorrt", "auto")
 PRECISION_CHOICES = ("bf16", "fp16", "fp8", "int8-weight", "int8")
 PARALLEL_CHOICES = ("none", "cfg")
 DECODE_IN_CHOICES = ("threads", "processes")  # `foleyrt.batch.DecodeIn`, without importing it
-ENCODERS_CHOICES = ("beside", "between", "ahead")  # `foleyrt.batch.Encoders`, likewise
+# `foleyrt.batch.Encoders`, likewise
+ENCODERS_CHOICES = ("beside", "between", "ahead", "interleaved")
 
 
 class Parser(argparse.ArgumentParser):
