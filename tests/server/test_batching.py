@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from foleyrt.server.files import DataDir, new_job_id
 from foleyrt.server.schemas import JobParams
 from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobStore
+from foleyrt.server.worker import COMPANION_ENCODERS
 from tests.server.conftest import MakeApp
 from tests.server.support import STEPS, SlowPipeline, submit_text, wait_for
 
@@ -101,6 +103,45 @@ def test_queued_jobs_that_match_share_one_denoising(
         metrics = client.get("/metrics").text
         assert f"foleyrt_batch_jobs_count {len(calls)}.0" in metrics
         assert "foleyrt_batch_jobs_sum 5.0" in metrics
+
+
+class SlowEncoding(Recording):
+    """Each `encode` holds its thread 0.3 s (as decoding a clip does); notes how many ran at
+    once and on which threads."""
+
+    def __init__(self, pipeline: Any) -> None:
+        super().__init__(pipeline)
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        self.encoders: list[str] = []
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.encoders.append(threading.current_thread().name)
+        try:
+            time.sleep(0.3)
+            return self._pipeline.encode(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_companions_are_encoded_at_once_on_encoding_threads(
+    make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
+) -> None:
+    """The first job is encoded by the worker, its companions on encoding threads as they are
+    claimed, all at once, not one after another; the batch still shares one denoising."""
+    ids = _queue(data_dir, [{"seed": k} for k in range(1, 6)])
+    recording = SlowEncoding(tiny_pipeline)
+    with TestClient(make_app(recording)) as client:
+        assert [wait_for(client, j)["state"] for j in ids] == ["succeeded"] * 5
+    assert recording.calls == [[1, 2, 3, 4, 5]]
+    assert recording.most == COMPANION_ENCODERS == 4
+    first, *companions = recording.encoders
+    assert first.startswith("foleyrt-worker") and len(companions) == 4
+    assert all(name.startswith("foleyrt-encode") for name in companions)
 
 
 def test_a_batch_waits_for_companions_up_to_the_batch_wait(make_app: MakeApp,

@@ -2,13 +2,16 @@
 from the one store.
 
 A worker owns its pipeline: the weights, the CUDA context and the compiled graphs of a GPU
-are only ever touched from its thread, and a batch's memory peak is never stacked on
-another's. It runs jobs in batches, as Triton's dynamic batcher does: it claims the oldest
-queued job and encodes it (decode, features), then claims the queued jobs that will share its
-forwards (`batching`) while their rows fit the row budget (`batch_rows`, else what
-`FoleyPipeline.row_budget` measures for the first job's shape), waiting at most
-`batch_wait_s` from its first claim for more to arrive. Each companion is encoded as it is
-claimed; the batch is denoised in one `FoleyPipeline.denoise` call; each job is then decoded
+are only ever touched from its thread (the encoders also from its encoding threads, below),
+and a batch's memory peak is never stacked on another's. It runs jobs in batches, as
+Triton's dynamic batcher does: it claims the oldest queued job and encodes it (decode,
+features), then claims the queued jobs that will share its forwards (`batching`) while their
+rows fit the row budget (`batch_rows`, else what `FoleyPipeline.row_budget` measures for the
+first job's shape), waiting at most `batch_wait_s` from its first claim for more to arrive.
+Each companion is encoded as it is claimed, up to `COMPANION_ENCODERS` at once on threads of
+their own: decoding a clip is mostly CPU work that would otherwise leave the GPU idle one
+companion after another (nothing else of this worker runs on the GPU while its batch
+gathers). The batch is denoised in one `FoleyPipeline.denoise` call; each job is then decoded
 and written on its own. The HTTP threads only talk to the workers through the store (new
 jobs) and the `WorkerPool`.
 
@@ -32,6 +35,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
@@ -57,6 +61,7 @@ from foleyrt.server.store import JobRecord, JobState, JobStore, OutputFiles
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # a missed wake-up costs at most this long
+COMPANION_ENCODERS = 4  # companions of a batch encoded at once (see the module docstring)
 PROGRESS_WRITE_S = 0.1  # progress is stored at most this often within a stage
 STOP_GRACE_S = 5.0  # after the shutdown timeout, how long a step may still take to end
 OOM_MESSAGE = (
@@ -204,30 +209,33 @@ class Worker:
         return job
 
     def _gather(self, first: _Job) -> None:
-        """Claim and encode the queued jobs that share `first`'s forwards, while rows are
-        left, waiting until `batch_wait_s` after its claim for more to be queued."""
+        """Claim the queued jobs that share `first`'s forwards, while rows are left, waiting
+        until `batch_wait_s` after its claim for more to be queued; each is encoded on an
+        encoding thread as it is claimed (its rows counted then: one that fails to encode
+        leaves them unused), and this returns once every one is encoded."""
         assert first.encoded is not None
         key = BatchKey.of_encoded(first.encoded)
         budget = self.pipeline.max_rows([first.encoded], self.settings.batch_rows)
         room = budget - job_rows(job_params(first.record))
         wait_until = first.started + self.settings.batch_wait_s
-        while room > 0 and not self.signals.draining.is_set():
-            queued = self.store.queued()
-            found = companion(queued, self.hints.keys(queued), key, room)
-            record = None if found is None else self.store.claim(found.id)
-            if record is not None:
-                job = self._start(record)
-                self._encode(job)
-                if job.encoded is not None:
+        device = self.pipeline.runtime.device
+        with ThreadPoolExecutor(COMPANION_ENCODERS, thread_name_prefix="foleyrt-encode",
+                                initializer=_encoding_thread, initargs=(device,)) as encoders:
+            while room > 0 and not self.signals.draining.is_set():
+                queued = self.store.queued()
+                found = companion(queued, self.hints.keys(queued), key, room)
+                record = None if found is None else self.store.claim(found.id)
+                if record is not None:
+                    encoders.submit(self._encode_apart, self._start(record))
                     room -= job_rows(job_params(record))
-                continue
-            if found is not None:
-                continue  # another worker or a cancel took it first: look again
-            remaining = wait_until - time.monotonic()
-            if remaining <= 0:
-                break
-            self._wake.wait(remaining)
-            self._wake.clear()
+                    continue
+                if found is not None:
+                    continue  # another worker or a cancel took it first: look again
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.wait(remaining)
+                self._wake.clear()
 
     # ---- stages ----------------------------------------------------------------------------
 
@@ -235,6 +243,11 @@ class Worker:
         job.encoded = self._guarded(job, lambda: encode_job(
             self.pipeline, job.record, self.files, self._progress(job),
             self.settings.video_limits))
+
+    def _encode_apart(self, job: _Job) -> None:
+        """`_encode` on an encoding thread, which inherits no inference mode."""
+        with torch.inference_mode():
+            self._encode(job)
 
     def _denoise(self, jobs: list[_Job]) -> list[Tensor | None]:
         """The latents of each job (None for a job that ended meanwhile)."""
@@ -391,6 +404,12 @@ class Worker:
                for e in (exc, exc.__cause__, exc.__context__)):
             return True
         return shutil.disk_usage(self.files.jobs).free < _DISK_FULL_BYTES
+
+
+def _encoding_thread(device: torch.device) -> None:
+    """An encoding thread works on its worker's GPU (the current device is per thread)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 class WorkerPool:
