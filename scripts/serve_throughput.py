@@ -49,6 +49,8 @@ def serving(settings: ServerSettings, pipelines: list[FoleyPipeline]) -> Iterato
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
+        if not thread.is_alive():  # its start-up failed: say so rather than wait forever
+            raise SystemExit("the server did not start; its log above says why")
         time.sleep(0.1)
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
