@@ -144,6 +144,37 @@ def test_companions_are_encoded_at_once_on_encoding_threads(
     assert all(name.startswith("foleyrt-encode") for name in companions)
 
 
+class HeldEncoding(Recording):
+    """The encoding of the job of seed `held` waits for `release` before it starts."""
+
+    def __init__(self, pipeline: Any, held: int) -> None:
+        super().__init__(pipeline)
+        self.held = held
+        self.release = threading.Event()
+
+    def encode(self, video: Any, request: GenerationRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.seed == self.held:
+            assert self.release.wait(30)
+        return self._pipeline.encode(video, request, *args, **kwargs)
+
+
+def test_a_companion_cancelled_while_it_encodes_leaves_the_batch(
+    make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
+) -> None:
+    """A companion cancelled while an encoding thread encodes it ends there, cancelled, its
+    files gone; the batch denoises without it."""
+    kept, cancelled = _queue(data_dir, [{"seed": 1}, {"seed": 2}])
+    recording = HeldEncoding(tiny_pipeline, held=2)
+    with TestClient(make_app(recording)) as client:
+        wait_for(client, cancelled, {"running"})  # claimed: its encoding is held
+        assert client.delete(f"/v1/jobs/{cancelled}").status_code == 202
+        recording.release.set()
+        assert wait_for(client, cancelled)["state"] == "cancelled"
+        assert wait_for(client, kept)["state"] == "succeeded"
+        assert not (data_dir / "jobs" / cancelled).exists()
+    assert recording.calls == [[1]]
+
+
 def test_a_batch_waits_for_companions_up_to_the_batch_wait(make_app: MakeApp,
                                                            tiny_pipeline: FoleyPipeline) -> None:
     recording = Recording(tiny_pipeline)
