@@ -22,12 +22,13 @@ from foleyrt.errors import ConfigError
 from foleyrt.media.video import VideoLimits
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.request import GenerationRequest
+from foleyrt.server import worker
 from foleyrt.server.batching import BatchKey, LengthHints, job_params
 from foleyrt.server.files import DataDir, new_job_id
 from foleyrt.server.schemas import JobParams
 from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobStore
-from foleyrt.server.worker import COMPANION_ENCODERS
+from foleyrt.server.worker import COMPANION_ENCODERS, OUTPUT_WRITERS
 from tests.server.conftest import MakeApp
 from tests.server.support import STEPS, SlowPipeline, submit_text, wait_for
 
@@ -142,6 +143,40 @@ def test_companions_are_encoded_at_once_on_encoding_threads(
     first, *companions = recording.encoders
     assert first.startswith("foleyrt-worker") and len(companions) == 4
     assert all(name.startswith("foleyrt-encode") for name in companions)
+
+
+def test_a_batch_is_written_by_writer_threads_at_once(
+    make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the batch's one denoising, each job's sound is decoded by the worker and its files
+    written on writer threads, several at once; every job ends with its files."""
+    ids = _queue(data_dir, [{"seed": k} for k in range(1, 6)])
+    lock = threading.Lock()
+    running, most, writers = [0], [0], set()
+    real = worker.write_outputs
+
+    def slow_write(*args: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            writers.add(threading.current_thread().name)
+        try:
+            time.sleep(0.3)  # as muxing a clip holds a CPU
+            return real(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(worker, "write_outputs", slow_write)
+    recording = Recording(tiny_pipeline)
+    with TestClient(make_app(recording)) as client:
+        jobs = [wait_for(client, j) for j in ids]
+        assert [job["state"] for job in jobs] == ["succeeded"] * 5
+        assert all(client.get(job["outputs"][0]["wav"]).status_code == 200 for job in jobs)
+    assert recording.calls == [[1, 2, 3, 4, 5]]
+    assert most[0] == OUTPUT_WRITERS == 4
+    assert all(name.startswith("foleyrt-write") for name in writers)
 
 
 class HeldEncoding(Recording):

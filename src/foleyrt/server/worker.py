@@ -12,8 +12,10 @@ Each companion is encoded as it is claimed, up to `COMPANION_ENCODERS` at once o
 their own: decoding a clip is mostly CPU work that would otherwise leave the GPU idle one
 companion after another (nothing else of this worker runs on the GPU while its batch
 gathers). The batch is denoised in one `FoleyPipeline.denoise` call; each job is then decoded
-and written on its own. The HTTP threads only talk to the workers through the store (new
-jobs) and the `WorkerPool`.
+by the VAE on the worker thread and its files written on one of `OUTPUT_WRITERS` threads
+(muxing and the spectrogram are CPU work, a fifth of a second or so per 10 s clip: one job
+after another they would hold the GPU idle); the batch ends when every job is written. The
+HTTP threads only talk to the workers through the store (new jobs) and the `WorkerPool`.
 
 Stopping is cooperative: the pipeline calls the progress callback after every decoded frame,
 between stages and after every denoising step, and the callback answers True to stop (user
@@ -47,6 +49,7 @@ from foleyrt.errors import Cancelled, FoleyError
 from foleyrt.pipeline.pipeline import (
     Encoded,
     FoleyPipeline,
+    FoleyResult,
     Progress,
     release_cuda_memory,
     together_else_alone,
@@ -62,6 +65,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # a missed wake-up costs at most this long
 COMPANION_ENCODERS = 4  # companions of a batch encoded at once (see the module docstring)
+OUTPUT_WRITERS = 4  # jobs of a batch written at once (see the module docstring)
 PROGRESS_WRITE_S = 0.1  # progress is stored at most this often within a stage
 STOP_GRACE_S = 5.0  # after the shutdown timeout, how long a step may still take to end
 OOM_MESSAGE = (
@@ -197,9 +201,10 @@ class Worker:
         self._gather(first)
         ready = [job for job in self._batch if job.encoded is not None and not job.ended]
         latents = self._denoise(ready)
-        for job, latent in zip(ready, latents, strict=True):
-            if latent is not None and not job.ended:
-                self._finish(job, latent)
+        with ThreadPoolExecutor(OUTPUT_WRITERS, thread_name_prefix="foleyrt-write") as writers:
+            for job, latent in zip(ready, latents, strict=True):
+                if latent is not None and not job.ended:
+                    self._finish(job, latent, writers)
 
     def _start(self, record: JobRecord) -> _Job:
         now = time.monotonic()
@@ -307,27 +312,38 @@ class Worker:
             job.encoded.timings["denoise"] = time.perf_counter() - started
         return latents
 
-    def _finish(self, job: _Job, latent: Tensor) -> None:
+    def _finish(self, job: _Job, latent: Tensor, writers: ThreadPoolExecutor) -> None:
+        """Decode the job's sound here (the GPU's part), then have a writer write it."""
         assert job.encoded is not None
         encoded, progress = job.encoded, self._progress(job)
+        result = self._guarded(job, lambda: self.pipeline.finish(encoded, latent, progress))
+        if result is not None:
+            writers.submit(self._write, job, result)
 
-        def finish() -> tuple[dict[str, float], tuple[OutputFiles, ...]]:
-            result = self.pipeline.finish(encoded, latent, progress)
+    def _write(self, job: _Job, result: FoleyResult) -> None:
+        """A writer thread: the job's files, then its record (a bug is logged, as the
+        worker's loop logs its own)."""
+
+        def write() -> tuple[float, tuple[OutputFiles, ...]]:
             self.store.set_progress(job.id, "saving", 0, 1)
             saving = time.monotonic()
             outputs = write_outputs(result, self.files.job_dir(job.id))
-            return {**result.timings, "saving": time.monotonic() - saving}, outputs
+            return time.monotonic() - saving, outputs
 
-        done = self._guarded(job, finish)
-        if done is None:
-            return
-        timings, outputs = done
-        self.files.remove_input(job.id)
-        self.store.finish(job.id, JobState.SUCCEEDED, outputs=outputs)
-        for stage in _STAGES:
-            if stage in timings:
-                self.metrics.stage_seconds.labels(stage).observe(timings[stage])
-        self._end(job, "succeeded")
+        try:
+            done = self._guarded(job, write)
+            if done is None:
+                return
+            saving_s, outputs = done
+            self.files.remove_input(job.id)
+            self.store.finish(job.id, JobState.SUCCEEDED, outputs=outputs)
+            timings = {**result.timings, "saving": saving_s}
+            for stage in _STAGES:
+                if stage in timings:
+                    self.metrics.stage_seconds.labels(stage).observe(timings[stage])
+            self._end(job, "succeeded")
+        except Exception:
+            log.exception("worker error while writing job %s; carrying on", job.id)
 
     # ---- one job's progress and end --------------------------------------------------------
 
