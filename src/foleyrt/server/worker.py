@@ -175,9 +175,7 @@ class Worker:
     # ---- the thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        device = self.pipeline.runtime.device
-        if device.type == "cuda":  # streams and graphs made without a device use this one
-            torch.cuda.set_device(device)
+        _use_device(self.pipeline.runtime.device)
         while not self.signals.draining.is_set():
             try:
                 head = self.store.claim_next()
@@ -225,7 +223,7 @@ class Worker:
         wait_until = first.started + self.settings.batch_wait_s
         device = self.pipeline.runtime.device
         with ThreadPoolExecutor(COMPANION_ENCODERS, thread_name_prefix="foleyrt-encode",
-                                initializer=_encoding_thread, initargs=(device,)) as encoders:
+                                initializer=_use_device, initargs=(device,)) as encoders:
             while room > 0 and not self.signals.draining.is_set():
                 queued = self.store.queued()
                 found = companion(queued, self.hints.keys(queued), key, room)
@@ -422,8 +420,9 @@ class Worker:
         return shutil.disk_usage(self.files.jobs).free < _DISK_FULL_BYTES
 
 
-def _encoding_thread(device: torch.device) -> None:
-    """An encoding thread works on its worker's GPU (the current device is per thread)."""
+def _use_device(device: torch.device) -> None:
+    """Make the worker's GPU this thread's current device (it is per thread): streams and
+    graphs made without a device use it. The worker's thread and its encoding threads."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
