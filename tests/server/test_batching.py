@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,27 +107,38 @@ def test_queued_jobs_that_match_share_one_denoising(
         assert "foleyrt_batch_jobs_sum 5.0" in metrics
 
 
+class Overlap:
+    """Calls that each hold their thread 0.3 s (as decoding or muxing a clip does): how many
+    ran at once at most, and the threads that made them, in order."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+        self.threads: list[str] = []
+
+    def slow(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def held(*args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+                self.threads.append(threading.current_thread().name)
+            try:
+                time.sleep(0.3)
+                return call(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+        return held
+
+
 class SlowEncoding(Recording):
-    """Each `encode` holds its thread 0.3 s (as decoding a clip does); notes how many ran at
-    once and on which threads."""
+    """Each `encode` is slow (`Overlap`)."""
 
     def __init__(self, pipeline: Any) -> None:
         super().__init__(pipeline)
-        self.lock = threading.Lock()
-        self.running = self.most = 0
-        self.encoders: list[str] = []
-
-    def encode(self, *args: Any, **kwargs: Any) -> Any:
-        with self.lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-            self.encoders.append(threading.current_thread().name)
-        try:
-            time.sleep(0.3)
-            return self._pipeline.encode(*args, **kwargs)
-        finally:
-            with self.lock:
-                self.running -= 1
+        self.overlap = Overlap()
+        self.encode = self.overlap.slow(pipeline.encode)
 
 
 def test_companions_are_encoded_at_once_on_encoding_threads(
@@ -139,8 +151,8 @@ def test_companions_are_encoded_at_once_on_encoding_threads(
     with TestClient(make_app(recording)) as client:
         assert [wait_for(client, j)["state"] for j in ids] == ["succeeded"] * 5
     assert recording.calls == [[1, 2, 3, 4, 5]]
-    assert recording.most == COMPANION_ENCODERS == 4
-    first, *companions = recording.encoders
+    assert recording.overlap.most == COMPANION_ENCODERS == 4
+    first, *companions = recording.overlap.threads
     assert first.startswith("foleyrt-worker") and len(companions) == 4
     assert all(name.startswith("foleyrt-encode") for name in companions)
 
@@ -152,31 +164,16 @@ def test_a_batch_is_written_by_writer_threads_at_once(
     """After the batch's one denoising, each job's sound is decoded by the worker and its files
     written on writer threads, several at once; every job ends with its files."""
     ids = _queue(data_dir, [{"seed": k} for k in range(1, 6)])
-    lock = threading.Lock()
-    running, most, writers = [0], [0], set()
-    real = worker.write_outputs
-
-    def slow_write(*args: Any) -> Any:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-            writers.add(threading.current_thread().name)
-        try:
-            time.sleep(0.3)  # as muxing a clip holds a CPU
-            return real(*args)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(worker, "write_outputs", slow_write)
+    writes = Overlap()
+    monkeypatch.setattr(worker, "write_outputs", writes.slow(worker.write_outputs))
     recording = Recording(tiny_pipeline)
     with TestClient(make_app(recording)) as client:
         jobs = [wait_for(client, j) for j in ids]
         assert [job["state"] for job in jobs] == ["succeeded"] * 5
         assert all(client.get(job["outputs"][0]["wav"]).status_code == 200 for job in jobs)
     assert recording.calls == [[1, 2, 3, 4, 5]]
-    assert most[0] == OUTPUT_WRITERS == 4
-    assert all(name.startswith("foleyrt-write") for name in writers)
+    assert writes.most == OUTPUT_WRITERS == 4
+    assert all(name.startswith("foleyrt-write") for name in writes.threads)
 
 
 class HeldEncoding(Recording):
