@@ -88,7 +88,7 @@ def test_files_with_duplicate_stems_then_rerun_without_loading(
     files = (library / "clips/b.mp4", library / "other/b.mp4")
     out = tmp_path / "out"
     code, stdout, _ = run_cli(capsys, *files, "-o", out, "--format", "wav", "--prompt", "rain",
-                              "--model", TINY_RANDOM)
+                              "--model", TINY_RANDOM, "--decode-in", "processes")
     assert code == 0
     *written, summary = stdout.splitlines()  # paths as items end, in any order
     assert sorted(written) == [str(out / "b-2.wav"), str(out / "b.wav")]

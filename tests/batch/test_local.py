@@ -4,6 +4,7 @@ run and is re-raised, and the queues bound what is in flight (a fake pipeline, m
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
@@ -28,9 +29,11 @@ from foleyrt.batch import (
     plan_batch,
     run_local,
     stages,
+    start_decode_pool,
 )
 from foleyrt.batch.local import MUXERS
 from foleyrt.config import TINY_RANDOM
+from foleyrt.errors import UsageError
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult
@@ -140,6 +143,31 @@ def test_every_place_to_decode_and_encode_gives_the_same_sounds(
             got, _ = soundfile.read(tmp_path / name / clip)
             want, _ = soundfile.read(tmp_path / "threads" / clip)
             assert got.shape == want.shape and _cosine(got, want) >= 0.99999
+
+
+def test_decoding_processes_started_beforehand_serve_runs_and_stay_open(
+    pipe: FoleyPipeline, library: Path, tmp_path: Path
+) -> None:
+    """`start_decode_pool` starts every process at once (as `foleyrt batch` does while the
+    models load); runs given them decode there and leave them open for the next run; a run
+    that decodes in threads refuses them."""
+    items = [BatchItem(library / n) for n in ("clips/a.mp4", "clips/b.mp4")]
+    options = LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES)
+    with start_decode_pool(2) as decoders:
+        assert len(multiprocessing.active_children()) == 2  # spawned before any clip
+        pids = {p.pid for p in multiprocessing.active_children()}
+        for run in ("first", "second"):
+            report = _report(items, tmp_path / run)
+            stats = run_local(pipe, report, WAV, options, decoders=decoders)
+            assert report.count(Status.DONE) == 2 and stats.busy_s["decode"] > 0
+            assert {p.pid for p in multiprocessing.active_children()} == pids
+        with pytest.raises(UsageError, match="decodes in threads"):
+            run_local(pipe, _report(items, tmp_path / "threads"), WAV,
+                      LocalOptions(decode_workers=2), decoders=decoders)
+    for clip in ("a.wav", "b.wav"):
+        first, _ = soundfile.read(tmp_path / "first" / clip)
+        second, _ = soundfile.read(tmp_path / "second" / clip)
+        assert _cosine(first, second) >= 0.99999
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -12,6 +12,7 @@ from foleyrt.batch.local import (
     LocalOptions,
     RunStats,
     run_local,
+    start_decode_pool,
 )
 from foleyrt.batch.plan import (
     FORMATS,
@@ -37,5 +38,5 @@ __all__ = [
     "DEFAULT_DECODE_WORKERS", "FORMATS", "VIDEO_SUFFIXES", "BatchItem", "BatchReport",
     "BatchSettings", "DecodeIn", "Encoders", "ItemResult", "Job", "LocalOptions", "RunStats",
     "Status", "check_name", "check_report_path", "item_seed", "plan_batch", "prepare_outdir",
-    "read_csv", "read_inputs", "run_local", "safe_name", "scan_folder",
+    "read_csv", "read_inputs", "run_local", "safe_name", "scan_folder", "start_decode_pool",
 ]

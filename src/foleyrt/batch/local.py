@@ -17,10 +17,12 @@ fraction, the VAE almost nothing. So:
   and 720p clips, docs/benchmarks.md §6), `DecodeIn.PROCESSES` has each thread hand its
   clip to a process of a pool, which decodes and resizes it on the CPU
   (`stages.decode_source`, the release's own arithmetic) and sends the frames back through
-  shared memory. With `Encoders.BESIDE` each decoder thread encodes its clip on its own CUDA
-  stream, because the GPU thread queues a whole group's steps ahead of the GPU: on
-  the one default stream a decoder's encoder kernels would wait behind all of them, and the
-  next group's features would be ready only when the current group is done. On their own
+  shared memory; `foleyrt batch` starts the processes while the models load
+  (`start_decode_pool`), so they are ready for the first clips. With `Encoders.BESIDE` each
+  decoder thread encodes its clip on its own CUDA stream, because the GPU thread queues a
+  whole group's steps ahead of the GPU: on the one default stream a decoder's encoder
+  kernels would wait behind all of them, and the next group's features would be ready only
+  when the current group is done. On their own
   streams they run beside the transformer's kernels (a decoder waits for its own stream only,
   see `FoleyPipeline._sync`). Beside is not enough: measured on an H100, a clip's features
   took 3.3 s in batch mode against 0.2 s on an idle GPU, each of the encoders' many small
@@ -80,7 +82,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
@@ -212,11 +214,19 @@ def run_local(
     pipe: FoleyPipeline, report: BatchReport, settings: BatchSettings,
     options: LocalOptions | None = None, *,
     on_item: Callable[[ItemResult], None] | None = None,
+    decoders: ProcessPoolExecutor | None = None,
 ) -> RunStats:
     """Generate every pending item of `report`, recording each outcome and calling `on_item`
     with it as it ends (from the thread that ended it, one call at a time). A bug in any
-    stage stops the run and is re-raised here once every thread has stopped."""
-    run = _Run(pipe, settings, options or LocalOptions(), on_item)
+    stage stops the run and is re-raised here once every thread has stopped. `decoders`:
+    decoding processes already started (`start_decode_pool`) for `DecodeIn.PROCESSES`;
+    without them the run starts its own, and their start (each imports PyTorch: seconds)
+    delays its first clips."""
+    options = options or LocalOptions()
+    if decoders is not None and options.decode_in is not DecodeIn.PROCESSES:
+        raise UsageError(f"decoding processes were given to a run that decodes in "
+                         f"{options.decode_in.value}")
+    run = _Run(pipe, settings, options, on_item, decoders)
     pending = report.pending
     with torch.inference_mode():
         if pending and run.options.overlap and pipe.models.offloader is None:
@@ -231,8 +241,10 @@ class _Run:
     """One run's stages, queues and bookkeeping (see the module docstring)."""
 
     def __init__(self, pipe: FoleyPipeline, settings: BatchSettings, options: LocalOptions,
-                 on_item: Callable[[ItemResult], None] | None) -> None:
+                 on_item: Callable[[ItemResult], None] | None,
+                 decoders: ProcessPoolExecutor | None = None) -> None:
         self.pipe, self.settings, self.options = pipe, settings, options
+        self.decoders = decoders  # started by the caller, used for `DecodeIn.PROCESSES`
         self.on_item = on_item
         self.stats = RunStats()
         self.lock = threading.Lock()  # stats, the feed, `on_item`
@@ -294,8 +306,10 @@ class _Run:
         # Both settings are process-wide and each decoder's encoding sets and restores them:
         # held for the whole run, the decoders' nested uses restore what they found.
         fast = self.pipe.runtime.fast_encoders
-        processes = (_decode_pool(workers) if self.options.decode_in is DecodeIn.PROCESSES
-                     else nullcontext(None))
+        processes: AbstractContextManager[ProcessPoolExecutor | None] = nullcontext(
+            self.decoders)
+        if self.decoders is None and self.options.decode_in is DecodeIn.PROCESSES:
+            processes = start_decode_pool(workers)
         muxers = ThreadPoolExecutor(MUXERS, thread_name_prefix="foleyrt-mux")
         with processes as self.pool, muxers as self.muxers, quick_gil_handover(), \
                 encoder_matmul_precision(fast):
@@ -582,9 +596,20 @@ class _Run:
         return None
 
 
-def _decode_pool(workers: int) -> ProcessPoolExecutor:
-    """`workers` decoding processes sharing the CPU's cores. Spawned, not forked: this process
-    has CUDA and threads, which a fork would copy in an unusable state."""
+def start_decode_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` decoding processes sharing the CPU's cores (`DecodeIn.PROCESSES`), each
+    started now: started while the models load, they are ready for a run's first clips.
+    Spawned, not forked: this process has CUDA and threads, which a fork would copy in an
+    unusable state."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=torch.set_num_threads, initargs=(threads,))
+    # The pool spawns a process per task that finds none idle: one task each starts them all
+    # (importing this module, as a decoding task does), without waiting for them here.
+    for _ in range(workers):
+        pool.submit(_started)
+    return pool
+
+
+def _started() -> None:
+    """A decoding process's first task: its start (spawning, imports) is all it does."""

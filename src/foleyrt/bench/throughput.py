@@ -5,7 +5,9 @@ no stage overlapped) in the same process, so the gain is a ratio of two figures 
 same machine, weights and clips.
 
 Before the timed runs each mode runs once on enough clips to meet every group size it can form,
-so compiling and capturing graphs for its shapes are not timed. The GPU's busy fraction comes
+so compiling and capturing graphs for its shapes are not timed. Decoding processes
+(`--decode-in processes`) start before the models load and serve every run, as `foleyrt batch`
+starts them while its models load, so their start is not timed either. The GPU's busy fraction comes
 from NVML: the utilisation it reports, sampled every 50 ms, is the share of each sampling
 period in which a kernel ran on the GPU, any process; read through `pynvml` (nvidia-ml-py) when
 installed, else from `nvidia-smi`'s sampling loop. Without either, from CUDA events around each
@@ -22,6 +24,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -41,6 +45,7 @@ from foleyrt.batch import (
     plan_batch,
     read_inputs,
     run_local,
+    start_decode_pool,
 )
 from foleyrt.batch.stages import items_per_group
 from foleyrt.bench.host import peak_gb, resident_bytes
@@ -121,12 +126,26 @@ def bench_throughput(
                      fps=CLIP_FPS)
     settings = BatchSettings(formats=(".mp4",), request=GenerationRequest(
         prompt=PROMPT, steps=steps, guidance=guidance, seed=0))
-    if calibrate:
-        runtime = replace(runtime, calibration=_calibration(spec, runtime, folder,
-                                                            settings.request))
-    pipe = FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime).compile_encoders()
-    one = settings.request.rows
     workers = DEFAULT_DECODE_WORKERS if decode_workers is None else decode_workers
+    with ExitStack() as stack:
+        # As `foleyrt batch` does: decoding processes start while the models load.
+        decoders = (stack.enter_context(start_decode_pool(workers))
+                    if DecodeIn.PROCESSES in decode_in else None)
+        if calibrate:
+            runtime = replace(runtime, calibration=_calibration(spec, runtime, folder,
+                                                                settings.request))
+        pipe = FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime).compile_encoders()
+        yield from _rows(pipe, folder, workdir, settings, clip_s, workers, decoders,
+                         batch_rows=batch_rows, baseline=baseline, decode_in=decode_in,
+                         encoders=encoders)
+
+
+def _rows(pipe: FoleyPipeline, folder: Path, workdir: Path, settings: BatchSettings,
+          clip_s: float, workers: int, decoders: ProcessPoolExecutor | None, *,
+          batch_rows: int | None, baseline: bool, decode_in: Sequence[DecodeIn],
+          encoders: Sequence[Encoders]) -> Iterator[ThroughputRow]:
+    """The warm-up runs, then a timed row per mode (see `bench_throughput`)."""
+    one = settings.request.rows
     modes = {_mode(where, enc): LocalOptions(batch_rows, workers, decode_in=where, encoders=enc)
              for where in decode_in for enc in encoders}
     # Groups go as powers of two of their clips (`stages.Grouper`): waiting for its clips, a
@@ -142,7 +161,8 @@ def bench_throughput(
         _run(pipe, folder, workdir / f"warmup-{k}", settings, options, limit=count)
     for mode, options in modes.items():
         yield _measure(pipe, folder, workdir / mode.replace(" ", "-").replace(",", ""),
-                       settings, options, mode, clip_s)
+                       settings, options, mode, clip_s,
+                       decoders if options.decode_in is DecodeIn.PROCESSES else None)
 
 
 def _mode(decode_in: DecodeIn, encoders: Encoders) -> str:
@@ -161,23 +181,25 @@ def _calibration(spec: ModelSpec, runtime: RuntimeConfig, folder: Path,
 
 
 def _run(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSettings,
-         options: LocalOptions, limit: int | None = None) -> tuple[BatchReport, RunStats]:
+         options: LocalOptions, limit: int | None = None,
+         decoders: ProcessPoolExecutor | None = None) -> tuple[BatchReport, RunStats]:
     """`foleyrt batch FOLDER -o OUTDIR` as the command runs it (the first `limit` clips)."""
     outdir.mkdir(exist_ok=True)
     items = read_inputs([folder])[:limit]
     report = BatchReport.start(plan_batch(items, outdir, settings), overwrite=True)
-    return report, run_local(pipe, report, settings, options)
+    return report, run_local(pipe, report, settings, options, decoders=decoders)
 
 
 def _measure(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSettings,
-             options: LocalOptions, mode: str, clip_s: float) -> ThroughputRow:
+             options: LocalOptions, mode: str, clip_s: float,
+             decoders: ProcessPoolExecutor | None) -> ThroughputRow:
     device = pipe.runtime.device
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     with _Sampler(device) as sampler:
-        report, stats = _run(pipe, folder, outdir, settings, options)
+        report, stats = _run(pipe, folder, outdir, settings, options, decoders=decoders)
     busy, after, source = _gpu_busy(sampler, stats, cuda)
     return ThroughputRow(
         mode, len(report.items), clip_s, stats.wall_s, stats.groups,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from foleyrt.cli.options import (
@@ -117,6 +118,7 @@ def _batch(args: argparse.Namespace) -> int:
         prepare_outdir,
         read_inputs,
         run_local,
+        start_decode_pool,
     )
     from foleyrt.pipeline.pipeline import FoleyPipeline
 
@@ -159,17 +161,24 @@ def _batch(args: argparse.Namespace) -> int:
              report.count(Status.SKIPPED))
     try:
         pending = len(report.pending)
-        # Loaded before the bar starts: its clips/s and ETA count generation only.
-        pipe = (FoleyPipeline.from_pretrained(args.model, args.size, config).compile_encoders()
-                if pending and not on_ray else None)
-        with item_bar(args.quiet or not pending, pending) as advance:
+        local_run = pending and not on_ray
+        with ExitStack() as stack:
+            # Decoding processes start while the models load, ready for the first clips.
+            decoders = (stack.enter_context(start_decode_pool(min(local.decode_workers,
+                                                                  pending)))
+                        if local_run and local.decode_in is DecodeIn.PROCESSES else None)
+            # Loaded before the bar starts: its clips/s and ETA count generation only.
+            pipe = (FoleyPipeline.from_pretrained(args.model, args.size, config)
+                    .compile_encoders() if local_run else None)
+            advance = stack.enter_context(item_bar(args.quiet or not pending, pending))
+
             def ended(result: ItemResult) -> None:
                 show(result)
                 if advance is not None:
                     advance()
 
             if pipe is not None:
-                run_local(pipe, report, settings, local, on_item=ended)
+                run_local(pipe, report, settings, local, on_item=ended, decoders=decoders)
             elif pending:
                 from foleyrt.batch.ray import run_ray
 
