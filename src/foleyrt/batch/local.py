@@ -242,7 +242,7 @@ class _Run:
 
     def __init__(self, pipe: FoleyPipeline, settings: BatchSettings, options: LocalOptions,
                  on_item: Callable[[ItemResult], None] | None,
-                 decoders: ProcessPoolExecutor | None = None) -> None:
+                 decoders: ProcessPoolExecutor | None) -> None:
         self.pipe, self.settings, self.options = pipe, settings, options
         self.decoders = decoders  # started by the caller, used for `DecodeIn.PROCESSES`
         self.on_item = on_item
