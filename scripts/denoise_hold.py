@@ -10,6 +10,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections import Counter
 
 import torch
 
@@ -29,10 +30,11 @@ def main() -> None:
                for k in range(clips)]
     pipe.denoise(encoded)  # compiles and captures this group's shapes
     torch.cuda.synchronize()
-    syncs: list[str] = []
+    syncs: Counter[str] = Counter()  # where each synchronising call came from, and how often
 
     def record(message: warnings.WarningMessage | Warning | str, *args: object) -> None:
-        syncs.append(f"{message}\n{''.join(traceback.format_stack(limit=8)[:-1])}")
+        ours = [f for f in traceback.extract_stack()[:-1] if "/foleyrt/" in f.filename]
+        syncs[f"{ours[-1].filename}:{ours[-1].lineno} {ours[-1].line}" if ours else "?"] += 1
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -47,9 +49,10 @@ def main() -> None:
     end.record()
     end.synchronize()
     print(f"{clips} clips of 10 s: the call held its caller {host:.2f} s; the GPU ran the "
-          f"group {start.elapsed_time(end) / 1000:.2f} s; synchronising calls: {len(syncs)}")
-    for sync in syncs[:5]:
-        print(sync)
+          f"group {start.elapsed_time(end) / 1000:.2f} s; synchronising calls: "
+          f"{sum(syncs.values())}, from:")
+    for site, count in syncs.most_common():
+        print(f"  {count} x {site}")
 
 
 if __name__ == "__main__":
