@@ -244,7 +244,6 @@ class _Run:
                  on_item: Callable[[ItemResult], None] | None,
                  decoders: ProcessPoolExecutor | None) -> None:
         self.pipe, self.settings, self.options = pipe, settings, options
-        self.decoders = decoders  # started by the caller, used for `DecodeIn.PROCESSES`
         self.on_item = on_item
         self.stats = RunStats()
         self.lock = threading.Lock()  # stats, the feed, `on_item`
@@ -253,7 +252,8 @@ class _Run:
         self.cuda = pipe.runtime.device.type == "cuda"
         self.last_done: torch.cuda.Event | None = None  # the last queued group's end
         self.queued = 0  # groups whose denoising has been queued
-        self.pool: ProcessPoolExecutor | None = None  # decoding processes (DecodeIn.PROCESSES)
+        # Decoding processes (`DecodeIn.PROCESSES`): the caller's, else the run's own.
+        self.pool = decoders
         self.muxers: ThreadPoolExecutor | None = None  # None: items are written in turn
         self.muxing = threading.BoundedSemaphore(MUXERS)  # results held for the muxers
         self.t0 = time.perf_counter()
@@ -306,9 +306,8 @@ class _Run:
         # Both settings are process-wide and each decoder's encoding sets and restores them:
         # held for the whole run, the decoders' nested uses restore what they found.
         fast = self.pipe.runtime.fast_encoders
-        processes: AbstractContextManager[ProcessPoolExecutor | None] = nullcontext(
-            self.decoders)
-        if self.decoders is None and self.options.decode_in is DecodeIn.PROCESSES:
+        processes: AbstractContextManager[ProcessPoolExecutor | None] = nullcontext(self.pool)
+        if self.pool is None and self.options.decode_in is DecodeIn.PROCESSES:
             processes = start_decode_pool(workers)
         muxers = ThreadPoolExecutor(MUXERS, thread_name_prefix="foleyrt-mux")
         with processes as self.pool, muxers as self.muxers, quick_gil_handover(), \

@@ -161,7 +161,7 @@ def _batch(args: argparse.Namespace) -> int:
              report.count(Status.SKIPPED))
     try:
         pending = len(report.pending)
-        local_run = pending and not on_ray
+        local_run = bool(pending) and not on_ray
         with ExitStack() as stack:
             # Decoding processes start while the models load, ready for the first clips.
             decoders = (stack.enter_context(start_decode_pool(min(local.decode_workers,
