@@ -107,6 +107,18 @@ def test_queued_jobs_that_match_share_one_denoising(
         assert "foleyrt_batch_jobs_sum 5.0" in metrics
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_worker_on_the_gpu_named_without_its_index_serves(make_app: MakeApp) -> None:
+    """`cuda` is the current GPU: the worker thread makes it its own (`set_device`, which
+    refuses a device without an index) and serves, where it used to die at its start."""
+    runtime = RuntimeConfig(device="cuda", dtype=torch.bfloat16)
+    assert runtime.device == torch.device("cuda", torch.cuda.current_device())
+    gpu_pipeline = FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=runtime)
+    with TestClient(make_app(gpu_pipeline)) as client:
+        job = wait_for(client, submit_text(client).json()["id"])
+        assert job["state"] == "succeeded" and client.get("/v1/health").json()["worker_alive"]
+
+
 class Overlap:
     """Calls that each hold their thread 0.3 s (as decoding or muxing a clip does): how many
     ran at once at most, and the threads that made them, in order."""

@@ -118,10 +118,11 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def parse_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; an unavailable device is a clear error."""
+    """`auto` picks CUDA, then MPS, then CPU; an unavailable device is a clear error. A GPU
+    comes back `indexed`."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return indexed(torch.device("cuda"))
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -140,6 +141,14 @@ def parse_device(name: str) -> torch.device:
         raise ConfigError("device 'mps' requested but MPS is not available here")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return indexed(device)
+
+
+def indexed(device: torch.device) -> torch.device:
+    """A GPU with its index (`cuda` is the current one): `torch.cuda.set_device`, which every
+    worker thread calls, refuses a device without one, and `cuda` and `cuda:0` are one GPU."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
     return device
 
 
@@ -166,6 +175,7 @@ class RuntimeConfig:
     parallel: ParallelMode = ParallelMode.NONE
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", indexed(torch.device(self.device)))
         object.__setattr__(self, "accel", parse_enum(AccelMode, self.accel, "acceleration mode"))
         object.__setattr__(self, "parallel",
                            parse_enum(ParallelMode, self.parallel, "parallel mode"))
