@@ -116,6 +116,13 @@ class DecodeIn(str, Enum):
     THREADS = "threads"
     PROCESSES = "processes"
 
+    @classmethod
+    def default_for(cls, device: torch.device) -> DecodeIn:
+        """Processes on a GPU (their frames' RGB conversion no longer holds the GIL the GPU
+        threads need; docs/benchmarks.md §6, run BD); threads elsewhere, where the CPU is
+        the model's too and a process each would cost a PyTorch import."""
+        return cls.PROCESSES if device.type == "cuda" else cls.THREADS
+
 
 class Encoders(str, Enum):
     """Where the clips' features are computed on the GPU (see the module docstring): on each

@@ -64,10 +64,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decode-workers", type=int, default=None, metavar="N",
                    help="clips decoded at once (default: up to 4, one per CPU core)")
     p.add_argument("--decode-in", choices=DECODE_IN_CHOICES, default=None,
-                   help="threads: each clip decoded in a thread of this process (default); "
-                        "processes: decoded and resized on the CPU in a pool of "
-                        "processes, which frees this process from converting frames (where "
-                        "one core's worth of that limits how fast clips come, see "
+                   help="threads: each clip decoded in a thread of this process (the "
+                        "default on a CPU); processes: decoded and resized on the CPU in a "
+                        "pool of processes, which frees this process from converting frames "
+                        "(the default on a GPU: 11-14 %% more clips/s on an H100, see "
                         "docs/benchmarks.md)")
     p.add_argument("--encoders", choices=ENCODERS_CHOICES, default=None,
                    help="ahead: clips decoded and resized on the CPU, their features "
@@ -141,7 +141,8 @@ def _batch(args: argparse.Namespace) -> int:
         workers = args.decode_workers
         local = LocalOptions(args.batch_rows,
                              DEFAULT_DECODE_WORKERS if workers is None else workers,
-                             decode_in=DecodeIn(args.decode_in or LocalOptions.decode_in),
+                             decode_in=(DecodeIn(args.decode_in) if args.decode_in
+                                        else DecodeIn.default_for(config.device)),
                              encoders=Encoders(args.encoders or LocalOptions.encoders))
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
                         release_names=args.release_names)

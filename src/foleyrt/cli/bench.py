@@ -81,9 +81,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="as for 'foleyrt batch' (default: auto, the row budget)")
     t.add_argument("--decode-workers", type=int, default=None, metavar="N",
                    help="as for 'foleyrt batch' (default: up to 4)")
-    t.add_argument("--decode-in", nargs="+", default=["threads"], choices=DECODE_IN_CHOICES,
+    t.add_argument("--decode-in", nargs="+", default=None, choices=DECODE_IN_CHOICES,
                    metavar="WHERE", help="a batched row for each: threads, processes (as for "
-                                         "'foleyrt batch'; default: threads)")
+                                         "'foleyrt batch', and its default)")
     t.add_argument("--encoders", nargs="+", default=["ahead"], choices=ENCODERS_CHOICES,
                    metavar="WHERE", help="a batched row for each (and each --decode-in): "
                                          "ahead, between, interleaved, beside (as for "
@@ -176,7 +176,8 @@ def _throughput(args: argparse.Namespace) -> int:
                                 guidance=args.guidance, batch_rows=args.batch_rows,
                                 decode_workers=args.decode_workers, calibrate=args.calibrate,
                                 workdir=args.workdir, baseline=not args.no_baseline,
-                                decode_in=[DecodeIn(w) for w in args.decode_in],
+                                decode_in=[DecodeIn(w) for w in args.decode_in]
+                                if args.decode_in else [DecodeIn.default_for(runtime.device)],
                                 encoders=[Encoders(w) for w in args.encoders]):
         print(throughput_line(row), flush=True)
         rows.append(row)
