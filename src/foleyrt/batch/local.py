@@ -13,9 +13,10 @@ fraction, the VAE almost nothing. So:
   thread (with `Encoders.BESIDE` the GPU resizes and encodes the frames as they come,
   `FoleyPipeline.encode`; by default the thread resizes them on the CPU); but turning
   decoded frames into RGB holds the GIL (`scripts/profile_media.py`), so these threads take
-  turns on one core: where that core cannot keep up (it could on an H100 host with 16 cores
-  and 720p clips, docs/benchmarks.md §6), `DecodeIn.PROCESSES` has each thread hand its
-  clip to a process of a pool, which decodes and resizes it on the CPU
+  turns on one core and hold up the GPU threads (on an H100 host, processes gave 11-14 %
+  more clips/s, docs/benchmarks.md §6 run BD, so they are the default on a GPU,
+  `DecodeIn.default_for`): `DecodeIn.PROCESSES` has each thread hand its clip to a process
+  of a pool, which decodes and resizes it on the CPU
   (`stages.decode_source`, the release's own arithmetic) and sends the frames back through
   shared memory; `foleyrt batch` starts the processes while the models load
   (`start_decode_pool`), so they are ready for the first clips. With `Encoders.BESIDE` each
@@ -53,7 +54,8 @@ fraction, the VAE almost nothing. So:
   encoders on the denoising's own stream, between the steps of the group being queued
   there: one network on the GPU at a time, as between (beside the transformer, ahead's
   encoders slowed it by about their own GPU time, most in fp8: docs §6 runs AY, BA), with
-  neither thread waiting for the other. Not yet measured on a GPU.
+  neither thread waiting for the other. Measured, it is within 1-2 % of ahead (docs §6 runs
+  BD, BE): the transformer keeps its pace, but the stream also carries the encoders.
 - The GPU thread groups items of one shape (they share each forward) until the group holds
   what the row budget allows (`--batch-rows`, or what the GPU's free memory allows), or until
   the GPU has nothing else to do and no clip came for a while (`_Run.ripe_wait`); groups go
