@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import tempfile
@@ -52,12 +53,26 @@ def serving(settings: ServerSettings, pipelines: list[FoleyPipeline]) -> Iterato
         if not thread.is_alive():  # its start-up failed: say so rather than wait forever
             raise SystemExit("the server did not start; its log above says why")
         time.sleep(0.1)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop = threading.Event()
+    threading.Thread(target=_watch_workers, args=(url, stop), daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield url
     finally:
+        stop.set()
         server.should_exit = True
         thread.join()
         sock.close()
+
+
+def _watch_workers(url: str, stop: threading.Event) -> None:
+    """End the run with one line once a worker thread is dead: its queued jobs would wait for
+    ever, and the measurement with them, spending the GPU machine's time (run BF)."""
+    while not stop.wait(2.0):
+        if not httpx.get(f"{url}/v1/health").json()["worker_alive"]:
+            print("a worker thread died (its traceback is above): no job can finish",
+                  flush=True)
+            os._exit(3)
 
 
 def batch_totals(url: str) -> tuple[float, float]:
