@@ -188,6 +188,39 @@ def test_a_batch_is_written_by_writer_threads_at_once(
     assert all(name.startswith("foleyrt-write") for name in writes.threads)
 
 
+def test_the_next_batch_denoises_while_the_last_one_is_written(
+    make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One job per batch (two rows), each job's files slow to write: the worker denoises the
+    next batch while a writer still writes the last one, and every job ends with its files."""
+    ids = _queue(data_dir, [{"seed": k} for k in range(1, 4)])
+    written: list[float] = []
+    write = worker.write_outputs
+
+    def slow_write(*args: Any) -> Any:
+        time.sleep(0.5)
+        outputs = write(*args)
+        written.append(time.monotonic())
+        return outputs
+
+    denoised: list[float] = []
+    recording = Recording(tiny_pipeline)
+
+    def timed(encoded: Any, **kwargs: Any) -> Any:
+        denoised.append(time.monotonic())
+        return Recording.denoise(recording, encoded, **kwargs)
+
+    monkeypatch.setattr(worker, "write_outputs", slow_write)
+    monkeypatch.setattr(recording, "denoise", timed)
+    with TestClient(make_app(recording, batch_rows=2)) as client:
+        jobs = [wait_for(client, j) for j in ids]
+        assert [job["state"] for job in jobs] == ["succeeded"] * 3
+        assert all(client.get(job["outputs"][0]["wav"]).status_code == 200 for job in jobs)
+    assert recording.calls == [[1], [2], [3]]
+    assert denoised[1] < written[0] and denoised[2] < written[1]
+
+
 class HeldEncoding(Recording):
     """The encoding of the job of seed `held` waits for `release` before it starts."""
 

@@ -14,8 +14,10 @@ companion after another (nothing else of this worker runs on the GPU while its b
 gathers). The batch is denoised in one `FoleyPipeline.denoise` call; each job is then decoded
 by the VAE on the worker thread and its files written on one of `OUTPUT_WRITERS` threads
 (muxing and the spectrogram are CPU work, a fifth of a second or so per 10 s clip: one job
-after another they would hold the GPU idle); the batch ends when every job is written. The
-HTTP threads only talk to the workers through the store (new jobs) and the `WorkerPool`.
+after another they would hold the GPU idle), and the worker goes on to its next batch while
+they write (at most `PENDING_WRITES` jobs' sounds wait for a writer; past that the worker
+waits). The HTTP threads only talk to the workers through the store (new jobs) and the
+`WorkerPool`.
 
 Stopping is cooperative: the pipeline calls the progress callback after every decoded frame,
 between stages and after every denoising step, and the callback answers True to stop (user
@@ -65,7 +67,8 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # a missed wake-up costs at most this long
 COMPANION_ENCODERS = 4  # companions of a batch encoded at once (see the module docstring)
-OUTPUT_WRITERS = 4  # jobs of a batch written at once (see the module docstring)
+OUTPUT_WRITERS = 4  # jobs written at once (see the module docstring)
+PENDING_WRITES = 64  # jobs' sounds held for the writers at most: a few batches' worth
 PROGRESS_WRITE_S = 0.1  # progress is stored at most this often within a stage
 STOP_GRACE_S = 5.0  # after the shutdown timeout, how long a step may still take to end
 OOM_MESSAGE = (
@@ -118,9 +121,9 @@ class Signals:
         return None
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one object per claim
 class _Job:
-    """A claimed job while its batch runs."""
+    """A claimed job while its batch runs, and until its files are written."""
 
     record: JobRecord
     started: float  # monotonic
@@ -149,6 +152,9 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._wake = threading.Event()
         self._batch: list[_Job] = []
+        self._writing: set[_Job] = set()  # finished jobs a writer has yet to write
+        self._writing_lock = threading.Lock()
+        self._write_slots = threading.BoundedSemaphore(PENDING_WRITES)
 
     @property
     def alive(self) -> bool:
@@ -162,11 +168,14 @@ class Worker:
         self._wake.set()
 
     def join(self, timeout_s: float) -> None:
-        """Wait for the thread to end. Past `timeout_s` (a batch stuck inside one long stage),
-        its unfinished jobs are re-queued here, so none is lost when the process exits."""
+        """Wait for the thread to end (it ends once its writers are done). Past `timeout_s`
+        (a batch stuck inside one long stage, or a write), its unfinished jobs are re-queued
+        here, so none is lost when the process exits."""
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            for job in list(self._batch):
+            with self._writing_lock:
+                writing = list(self._writing)
+            for job in [*self._batch, *writing]:
                 if not job.ended:
                     log.warning("job %s still running after the shutdown timeout; re-queued",
                                 job.id)
@@ -176,22 +185,24 @@ class Worker:
 
     def _loop(self) -> None:
         _use_device(self.pipeline.runtime.device)
-        while not self.signals.draining.is_set():
-            try:
-                head = self.store.claim_next()
-                if head is None:
-                    self._wake.wait(IDLE_POLL_S)
-                    self._wake.clear()
-                    continue
-                with torch.inference_mode():
-                    self._run(head)
-            except Exception:  # the worker must outlive any one failure, store errors too
-                log.exception("worker error; carrying on")
-                time.sleep(IDLE_POLL_S)
-            finally:
-                self._batch = []
+        # The writers outlive each batch; leaving this block waits for their last files.
+        with ThreadPoolExecutor(OUTPUT_WRITERS, thread_name_prefix="foleyrt-write") as writers:
+            while not self.signals.draining.is_set():
+                try:
+                    head = self.store.claim_next()
+                    if head is None:
+                        self._wake.wait(IDLE_POLL_S)
+                        self._wake.clear()
+                        continue
+                    with torch.inference_mode():
+                        self._run(head, writers)
+                except Exception:  # the worker must outlive any one failure, store errors too
+                    log.exception("worker error; carrying on")
+                    time.sleep(IDLE_POLL_S)
+                finally:
+                    self._batch = []
 
-    def _run(self, head: JobRecord) -> None:
+    def _run(self, head: JobRecord, writers: ThreadPoolExecutor) -> None:
         first = self._start(head)
         self._encode(first)
         if first.encoded is None:
@@ -199,10 +210,9 @@ class Worker:
         self._gather(first)
         ready = [job for job in self._batch if job.encoded is not None and not job.ended]
         latents = self._denoise(ready)
-        with ThreadPoolExecutor(OUTPUT_WRITERS, thread_name_prefix="foleyrt-write") as writers:
-            for job, latent in zip(ready, latents, strict=True):
-                if latent is not None and not job.ended:
-                    self._finish(job, latent, writers)
+        for job, latent in zip(ready, latents, strict=True):
+            if latent is not None and not job.ended:
+                self._finish(job, latent, writers)
 
     def _start(self, record: JobRecord) -> _Job:
         now = time.monotonic()
@@ -316,6 +326,9 @@ class Worker:
         encoded, progress = job.encoded, self._progress(job)
         result = self._guarded(job, lambda: self.pipeline.finish(encoded, latent, progress))
         if result is not None:
+            self._write_slots.acquire()
+            with self._writing_lock:
+                self._writing.add(job)
             writers.submit(self._write, job, result)
 
     def _write(self, job: _Job, result: FoleyResult) -> None:
@@ -342,6 +355,10 @@ class Worker:
             self._end(job, "succeeded")
         except Exception:
             log.exception("worker error while writing job %s; carrying on", job.id)
+        finally:
+            with self._writing_lock:
+                self._writing.discard(job)
+            self._write_slots.release()
 
     # ---- one job's progress and end --------------------------------------------------------
 
