@@ -5,9 +5,12 @@ run and is re-raised, and the queues bound what is in flight (a fake pipeline, m
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +25,7 @@ from foleyrt.batch import (
     BatchReport,
     BatchSettings,
     DecodeIn,
+    DecodePool,
     Encoders,
     ItemResult,
     LocalOptions,
@@ -29,11 +33,10 @@ from foleyrt.batch import (
     plan_batch,
     run_local,
     stages,
-    start_decode_pool,
 )
 from foleyrt.batch.local import MUXERS
 from foleyrt.config import TINY_RANDOM
-from foleyrt.errors import UsageError
+from foleyrt.errors import MediaError, UsageError
 from foleyrt.lengths import SequenceLengths
 from foleyrt.media.video import DecodedClip
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult
@@ -148,12 +151,12 @@ def test_every_place_to_decode_and_encode_gives_the_same_sounds(
 def test_decoding_processes_started_beforehand_serve_runs_and_stay_open(
     pipe: FoleyPipeline, library: Path, tmp_path: Path
 ) -> None:
-    """`start_decode_pool` starts every process at once (as `foleyrt batch` does while the
+    """`DecodePool` starts every process at once (as `foleyrt batch` does while the
     models load); runs given them decode there and leave them open for the next run; a run
     that decodes in threads refuses them."""
     items = [BatchItem(library / n) for n in ("clips/a.mp4", "clips/b.mp4")]
     options = LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES)
-    with start_decode_pool(2) as decoders:
+    with DecodePool(2) as decoders:
         assert len(multiprocessing.active_children()) == 2  # spawned before any clip
         pids = {p.pid for p in multiprocessing.active_children()}
         for run in ("first", "second"):
@@ -168,6 +171,47 @@ def test_decoding_processes_started_beforehand_serve_runs_and_stay_open(
         first, _ = soundfile.read(tmp_path / "first" / clip)
         second, _ = soundfile.read(tmp_path / "second" / clip)
         assert _cosine(first, second) >= 0.99999
+
+
+def test_a_run_outlives_its_decoding_processes_dying(
+    pipe: FoleyPipeline, library: Path, tmp_path: Path
+) -> None:
+    """Processes killed under a run (as the OOM killer does) are replaced and the clips in
+    flight decoded again: every clip of the run is done, with the sound of a run whose
+    processes lived."""
+    items = [BatchItem(library / n) for n in ("clips/a.mp4", "clips/b.mp4", "other/b.mp4")]
+    options = LocalOptions(decode_workers=2, decode_in=DecodeIn.PROCESSES)
+    with DecodePool(2) as decoders:
+        run_local(pipe, _report(items, tmp_path / "lived"), WAV, options, decoders=decoders)
+        for process in multiprocessing.active_children():
+            os.kill(process.pid, signal.SIGKILL)
+        report = _report(items, tmp_path / "killed")
+        run_local(pipe, report, WAV, options, decoders=decoders)
+        assert report.count(Status.DONE) == 3 and decoders.restarts == 1
+    for path in (tmp_path / "lived").rglob("*.wav"):
+        want, _ = soundfile.read(path)
+        got, _ = soundfile.read(tmp_path / "killed" / path.relative_to(tmp_path / "lived"))
+        assert _cosine(want, got) >= 0.99999
+
+
+def _dies_on(value: str) -> str:
+    """A decoding task that kills its process for "bad" (as a decoder crashing on a file)."""
+    if value == "bad":
+        os._exit(1)
+    time.sleep(0.2)  # in flight while the bad one dies
+    return value
+
+
+def test_a_clip_that_kills_its_decoding_process_fails_alone() -> None:
+    """A task whose process dies fails with one line once it died alone in the pool; the
+    tasks beside it, broken with the same pool, are tried again and succeed."""
+    with DecodePool(2) as decoders, ThreadPoolExecutor(4) as callers:
+        futures = [callers.submit(decoders.run, _dies_on, v) for v in ("a", "bad", "b", "c")]
+        with pytest.raises(MediaError, match="its decoding process died"):
+            futures[1].result()
+        assert [futures[k].result() for k in (0, 2, 3)] == ["a", "b", "c"]
+        assert decoders.restarts == 2  # the first death, then its own, alone
+        assert decoders.run(_dies_on, "d") == "d"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,10 +1,12 @@
 """`foleyrt batch`: a library of clips in, one sound track per clip out, the models loaded once.
 
 `plan` reads the inputs, names the outputs and keeps the report (no model needed); `stages`
-is what happens to an item or a group of items; `local` runs the stages overlapped on one
-machine, `ray` on a Ray cluster.
+is what happens to an item or a group of items; `decoders` the processes that decode clips
+apart from the GPU's threads; `local` runs the stages overlapped on one machine, `ray` on a
+Ray cluster.
 """
 
+from foleyrt.batch.decoders import DecodePool
 from foleyrt.batch.local import (
     DEFAULT_DECODE_WORKERS,
     DecodeIn,
@@ -12,7 +14,6 @@ from foleyrt.batch.local import (
     LocalOptions,
     RunStats,
     run_local,
-    start_decode_pool,
 )
 from foleyrt.batch.plan import (
     FORMATS,
@@ -36,7 +37,7 @@ from foleyrt.batch.plan import (
 
 __all__ = [
     "DEFAULT_DECODE_WORKERS", "FORMATS", "VIDEO_SUFFIXES", "BatchItem", "BatchReport",
-    "BatchSettings", "DecodeIn", "Encoders", "ItemResult", "Job", "LocalOptions", "RunStats",
-    "Status", "check_name", "check_report_path", "item_seed", "plan_batch", "prepare_outdir",
-    "read_csv", "read_inputs", "run_local", "safe_name", "scan_folder", "start_decode_pool",
+    "BatchSettings", "DecodeIn", "DecodePool", "Encoders", "ItemResult", "Job", "LocalOptions",
+    "RunStats", "Status", "check_name", "check_report_path", "item_seed", "plan_batch",
+    "prepare_outdir", "read_csv", "read_inputs", "run_local", "safe_name", "scan_folder",
 ]

@@ -19,7 +19,7 @@ fraction, the VAE almost nothing. So:
   of a pool, which decodes and resizes it on the CPU
   (`stages.decode_source`, the release's own arithmetic) and sends the frames back through
   shared memory; `foleyrt batch` starts the processes while the models load
-  (`start_decode_pool`), so they are ready for the first clips. With `Encoders.BESIDE` each
+  (`DecodePool`), so they are ready for the first clips. With `Encoders.BESIDE` each
   decoder thread encodes its clip on its own CUDA stream, because the GPU thread queues a
   whole group's steps ahead of the GPU: on the one default stream a decoder's encoder
   kernels would wait behind all of them, and the next group's features would be ready only
@@ -77,13 +77,12 @@ compares with.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
@@ -95,6 +94,7 @@ from torch import Tensor
 
 from foleyrt.accel.process import encoder_matmul_precision
 from foleyrt.batch import stages
+from foleyrt.batch.decoders import DecodePool
 from foleyrt.batch.plan import BatchReport, BatchSettings, ItemResult, Status
 from foleyrt.batch.stages import Work
 from foleyrt.errors import UsageError
@@ -223,12 +223,12 @@ def run_local(
     pipe: FoleyPipeline, report: BatchReport, settings: BatchSettings,
     options: LocalOptions | None = None, *,
     on_item: Callable[[ItemResult], None] | None = None,
-    decoders: ProcessPoolExecutor | None = None,
+    decoders: DecodePool | None = None,
 ) -> RunStats:
     """Generate every pending item of `report`, recording each outcome and calling `on_item`
     with it as it ends (from the thread that ended it, one call at a time). A bug in any
     stage stops the run and is re-raised here once every thread has stopped. `decoders`:
-    decoding processes already started (`start_decode_pool`) for `DecodeIn.PROCESSES`;
+    decoding processes already started (`DecodePool`) for `DecodeIn.PROCESSES`;
     without them the run starts its own, and their start (each imports PyTorch: seconds)
     delays its first clips."""
     options = options or LocalOptions()
@@ -251,7 +251,7 @@ class _Run:
 
     def __init__(self, pipe: FoleyPipeline, settings: BatchSettings, options: LocalOptions,
                  on_item: Callable[[ItemResult], None] | None,
-                 decoders: ProcessPoolExecutor | None) -> None:
+                 decoders: DecodePool | None) -> None:
         self.pipe, self.settings, self.options = pipe, settings, options
         self.on_item = on_item
         self.stats = RunStats()
@@ -315,9 +315,9 @@ class _Run:
         # Both settings are process-wide and each decoder's encoding sets and restores them:
         # held for the whole run, the decoders' nested uses restore what they found.
         fast = self.pipe.runtime.fast_encoders
-        processes: AbstractContextManager[ProcessPoolExecutor | None] = nullcontext(self.pool)
+        processes: AbstractContextManager[DecodePool | None] = nullcontext(self.pool)
         if self.pool is None and self.options.decode_in is DecodeIn.PROCESSES:
-            processes = start_decode_pool(workers)
+            processes = DecodePool(workers)
         muxers = ThreadPoolExecutor(MUXERS, thread_name_prefix="foleyrt-mux")
         with processes as self.pool, muxers as self.muxers, quick_gil_handover(), \
                 encoder_matmul_precision(fast):
@@ -603,21 +603,3 @@ class _Run:
                 continue
         return None
 
-
-def start_decode_pool(workers: int) -> ProcessPoolExecutor:
-    """`workers` decoding processes sharing the CPU's cores (`DecodeIn.PROCESSES`), each
-    started now: started while the models load, they are ready for a run's first clips.
-    Spawned, not forked: this process has CUDA and threads, which a fork would copy in an
-    unusable state."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=torch.set_num_threads, initargs=(threads,))
-    # The pool spawns a process per task that finds none idle: one task each starts them all
-    # (importing this module, as a decoding task does), without waiting for them here.
-    for _ in range(workers):
-        pool.submit(_started)
-    return pool
-
-
-def _started() -> None:
-    """A decoding process's first task: its start (spawning, imports) is all it does."""

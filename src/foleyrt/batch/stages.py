@@ -16,7 +16,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +23,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from foleyrt.batch.decoders import DecodePool
 from foleyrt.batch.plan import BatchSettings, ItemResult, Status
 from foleyrt.errors import FoleyError
 from foleyrt.media.audio import check_output_path
@@ -89,12 +89,12 @@ def start(result: ItemResult, settings: BatchSettings) -> Work | None:
     return guarded([work], check)
 
 
-def decode(work: Work, pool: Executor | None = None) -> DecodedClip | Path | None:
+def decode(work: Work, pool: DecodePool | None = None) -> DecodedClip | Path | None:
     """`decode_source` for the item, in `pool` when given (a decoding process); None when it
     failed (recorded)."""
     args = (work.result.job.item.video, work.request)
     return guarded([work], lambda: decode_source(*args) if pool is None
-                   else pool.submit(decode_source, *args).result())
+                   else pool.run(decode_source, *args))
 
 
 def decode_source(path: Path, request: GenerationRequest) -> DecodedClip | Path:

@@ -24,7 +24,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from foleyrt.batch import (
     BatchReport,
     BatchSettings,
     DecodeIn,
+    DecodePool,
     Encoders,
     LocalOptions,
     RunStats,
@@ -45,7 +45,6 @@ from foleyrt.batch import (
     plan_batch,
     read_inputs,
     run_local,
-    start_decode_pool,
 )
 from foleyrt.batch.stages import items_per_group
 from foleyrt.bench.host import peak_gb, resident_bytes
@@ -129,7 +128,7 @@ def bench_throughput(
     workers = DEFAULT_DECODE_WORKERS if decode_workers is None else decode_workers
     with ExitStack() as stack:
         # As `foleyrt batch` does: decoding processes start while the models load.
-        decoders = (stack.enter_context(start_decode_pool(workers))
+        decoders = (stack.enter_context(DecodePool(workers))
                     if DecodeIn.PROCESSES in decode_in else None)
         if calibrate:
             runtime = replace(runtime, calibration=_calibration(spec, runtime, folder,
@@ -141,7 +140,7 @@ def bench_throughput(
 
 
 def _rows(pipe: FoleyPipeline, folder: Path, workdir: Path, settings: BatchSettings,
-          clip_s: float, workers: int, decoders: ProcessPoolExecutor | None, *,
+          clip_s: float, workers: int, decoders: DecodePool | None, *,
           batch_rows: int | None, baseline: bool, decode_in: Sequence[DecodeIn],
           encoders: Sequence[Encoders]) -> Iterator[ThroughputRow]:
     """The warm-up runs, then a timed row per mode (see `bench_throughput`)."""
@@ -182,7 +181,7 @@ def _calibration(spec: ModelSpec, runtime: RuntimeConfig, folder: Path,
 
 def _run(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSettings,
          options: LocalOptions, limit: int | None = None,
-         decoders: ProcessPoolExecutor | None = None) -> tuple[BatchReport, RunStats]:
+         decoders: DecodePool | None = None) -> tuple[BatchReport, RunStats]:
     """`foleyrt batch FOLDER -o OUTDIR` as the command runs it (the first `limit` clips)."""
     outdir.mkdir(exist_ok=True)
     items = read_inputs([folder])[:limit]
@@ -192,7 +191,7 @@ def _run(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSetting
 
 def _measure(pipe: FoleyPipeline, folder: Path, outdir: Path, settings: BatchSettings,
              options: LocalOptions, mode: str, clip_s: float,
-             decoders: ProcessPoolExecutor | None) -> ThroughputRow:
+             decoders: DecodePool | None) -> ThroughputRow:
     device = pipe.runtime.device
     cuda = device.type == "cuda"
     if cuda:

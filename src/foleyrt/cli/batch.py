@@ -109,6 +109,7 @@ def _batch(args: argparse.Namespace) -> int:
         BatchReport,
         BatchSettings,
         DecodeIn,
+        DecodePool,
         Encoders,
         ItemResult,
         LocalOptions,
@@ -118,7 +119,6 @@ def _batch(args: argparse.Namespace) -> int:
         prepare_outdir,
         read_inputs,
         run_local,
-        start_decode_pool,
     )
     from foleyrt.pipeline.pipeline import FoleyPipeline
 
@@ -165,8 +165,7 @@ def _batch(args: argparse.Namespace) -> int:
         local_run = bool(pending) and not on_ray
         with ExitStack() as stack:
             # Decoding processes start while the models load, ready for the first clips.
-            decoders = (stack.enter_context(start_decode_pool(min(local.decode_workers,
-                                                                  pending)))
+            decoders = (stack.enter_context(DecodePool(min(local.decode_workers, pending)))
                         if local_run and local.decode_in is DecodeIn.PROCESSES else None)
             # Loaded before the bar starts: its clips/s and ETA count generation only.
             pipe = (FoleyPipeline.from_pretrained(args.model, args.size, config)

@@ -630,7 +630,7 @@ def assemble_clip(
         raise ValueError("the SigLIP2 and Synchformer rates must differ")
     prep = prep or FramePrep.for_device(None)
     # As many threads as PyTorch may use here: a decoding process of a pool is given its
-    # share of the cores (`batch.local.start_decode_pool`), and more threads would oversubscribe it.
+    # share of the cores (`batch.decoders.DecodePool`), and more threads would oversubscribe it.
     workers = max(1, min(PREPROCESS_WORKERS, torch.get_num_threads()))
     threads = (ThreadPoolExecutor(workers, thread_name_prefix="foleyrt-frames") if prep.on_cpu
                else nullcontext(None))
