@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from functools import partial
 from types import TracebackType
 from typing import ParamSpec, TypeVar
 
@@ -46,20 +47,16 @@ class DecodePool:
         self._pool = self._start()
 
     def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`fn(*args)` in a decoding process (`fn` and its arguments picklable)."""
-        with self._gate.shared():
-            pool = self._pool
-            try:
-                return pool.submit(fn, *args, **kwargs).result()
-            except BrokenProcessPool:
-                self._replace(pool)
-        # In flight when a process died: alone in the pool now, so a death is its own.
-        with self._gate.exclusive():
-            pool = self._pool
-            try:
-                return pool.submit(fn, *args, **kwargs).result()
-            except BrokenProcessPool:
-                self._replace(pool)
+        """`fn(*args)` in a decoding process (`fn` and its arguments picklable): beside the
+        others, then, if a process died meanwhile, alone in the pool, where a death is its own."""
+        call = partial(fn, *args, **kwargs)
+        for gate in (self._gate.shared, self._gate.exclusive):
+            with gate():
+                pool = self._pool
+                try:
+                    return pool.submit(call).result()
+                except BrokenProcessPool:
+                    self._replace(pool)
         raise MediaError("its decoding process died (the video decoder crashed on it, or the "
                          "machine ran out of memory)")
 
