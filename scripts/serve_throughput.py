@@ -10,7 +10,7 @@ memory. `--batch-rows 2` is the one-at-a-time baseline (a guided job fills two r
 is the row budget. Measurements go to docs/benchmarks.md.
 
     PYTHONPATH=src python scripts/serve_throughput.py [--devices cuda:0[,cuda:1...]]
-        [--accel compile] [--precision fp8] [--duration 10 | --video CLIP]
+        [--accel compile] [--precision fp8] [--duration 10 | --video CLIP | --video-seconds 10]
         [--jobs 32] [--clients 32] [--steps 50] [--batch-rows 2,auto] [--batch-wait-ms 0]
 """
 
@@ -33,7 +33,9 @@ import torch
 
 from foleyrt.accel.process import configure_process
 from foleyrt.accel.runtime import RuntimeConfig, parse_device
+from foleyrt.bench.throughput import CLIP_FPS, CLIP_SIZE
 from foleyrt.config import PRESETS, RANDOM
+from foleyrt.media.synthetic import write_test_clip
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.app import create_app
 from foleyrt.server.loadtest import LoadSpec, Outcome, run_loadtest
@@ -91,6 +93,9 @@ def main() -> None:
     p.add_argument("--calibration", default=None)
     p.add_argument("--duration", type=float, default=10.0, help="text-only jobs of this length")
     p.add_argument("--video", type=Path, default=None, help="video jobs of this clip instead")
+    p.add_argument("--video-seconds", type=float, default=None,
+                   help="video jobs of a synthetic 720p clip of this length instead (the "
+                        "throughput bench's clips)")
     p.add_argument("--jobs", type=int, default=32)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--warmup", type=int, default=None, help="warm-up jobs (default: --clients)")
@@ -99,7 +104,13 @@ def main() -> None:
     p.add_argument("--batch-wait-ms", type=float, default=0.0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+    if args.video is not None and args.video_seconds is not None:
+        p.error("--video or --video-seconds, not both")
     configure_process()
+    clips = tempfile.TemporaryDirectory()  # removed when the script ends
+    if args.video_seconds is not None:
+        args.video = write_test_clip(Path(clips.name) / "clip.mp4", args.video_seconds,
+                                     width=CLIP_SIZE[0], height=CLIP_SIZE[1], fps=CLIP_FPS)
     t0 = time.perf_counter()
 
     def phase(what: str) -> None:
