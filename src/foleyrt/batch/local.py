@@ -93,6 +93,7 @@ import torch
 from torch import Tensor
 
 from foleyrt.accel.process import encoder_matmul_precision
+from foleyrt.accel.runtime import OffloadKind, RuntimeConfig
 from foleyrt.batch import stages
 from foleyrt.batch.decoders import DecodePool
 from foleyrt.batch.plan import BatchReport, BatchSettings, ItemResult, Status
@@ -119,11 +120,13 @@ class DecodeIn(str, Enum):
     PROCESSES = "processes"
 
     @classmethod
-    def default_for(cls, device: torch.device) -> DecodeIn:
-        """Processes on a GPU (their frames' RGB conversion no longer holds the GIL the GPU
-        threads need; docs/benchmarks.md §6, run BD); threads elsewhere, where the CPU is
-        the model's too and a process each would cost a PyTorch import."""
-        return cls.PROCESSES if device.type == "cuda" else cls.THREADS
+    def default_for(cls, runtime: RuntimeConfig) -> DecodeIn:
+        """Processes where the stages overlap on a GPU (their frames' RGB conversion no
+        longer holds the GIL the GPU threads need; docs/benchmarks.md §6, run BD); threads
+        elsewhere: on a CPU the cores are the model's too and a process each would cost a
+        PyTorch import, and with offloading one thread runs every stage, decoding too."""
+        overlapped = runtime.device.type == "cuda" and runtime.offload.kind is OffloadKind.NONE
+        return cls.PROCESSES if overlapped else cls.THREADS
 
 
 class Encoders(str, Enum):

@@ -103,6 +103,7 @@ _LOCAL_FLAGS = ("decode_workers", "decode_in", "encoders")
 
 
 def _batch(args: argparse.Namespace) -> int:
+    from foleyrt.accel.runtime import OffloadKind
     from foleyrt.batch import (
         DEFAULT_DECODE_WORKERS,
         FORMATS,
@@ -142,8 +143,11 @@ def _batch(args: argparse.Namespace) -> int:
         local = LocalOptions(args.batch_rows,
                              DEFAULT_DECODE_WORKERS if workers is None else workers,
                              decode_in=(DecodeIn(args.decode_in) if args.decode_in
-                                        else DecodeIn.default_for(config.device)),
+                                        else DecodeIn.default_for(config)),
                              encoders=Encoders(args.encoders or LocalOptions.encoders))
+        if local.decode_in is DecodeIn.PROCESSES and config.offload.kind is not OffloadKind.NONE:
+            raise UsageError("--decode-in processes: with --offload one thread runs every "
+                             "stage in turn and decodes each clip itself; drop one of them")
     items = read_inputs(args.inputs, prompt=args.prompt, negative_prompt=args.negative_prompt,
                         release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)

@@ -177,7 +177,7 @@ def _throughput(args: argparse.Namespace) -> int:
                                 decode_workers=args.decode_workers, calibrate=args.calibrate,
                                 workdir=args.workdir, baseline=not args.no_baseline,
                                 decode_in=[DecodeIn(w) for w in args.decode_in]
-                                if args.decode_in else [DecodeIn.default_for(runtime.device)],
+                                if args.decode_in else [DecodeIn.default_for(runtime)],
                                 encoders=[Encoders(w) for w in args.encoders]):
         print(throughput_line(row), flush=True)
         rows.append(row)
