@@ -67,8 +67,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="threads: each clip decoded in a thread of this process (the "
                         "default on a CPU); processes: decoded and resized on the CPU in a "
                         "pool of processes, which frees this process from converting frames "
-                        "(the default on a GPU: 11-14 %% more clips/s on an H100, see "
-                        "docs/benchmarks.md)")
+                        "(the default on a GPU without --offload: 11-14 %% more clips/s on an "
+                        "H100, see docs/benchmarks.md)")
     p.add_argument("--encoders", choices=ENCODERS_CHOICES, default=None,
                    help="ahead: clips decoded and resized on the CPU, their features "
                         "computed by the GPU thread on a stream of its own while a second "
