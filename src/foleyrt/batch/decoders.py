@@ -76,7 +76,7 @@ class DecodePool:
         pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=torch.set_num_threads, initargs=(threads,))
         # The pool spawns a process per task that finds none idle: one task each starts them
-        # all (importing this module, as a decoding task does), without waiting for them here.
+        # all (importing what a decoding task imports), without waiting for them here.
         for _ in range(self.workers):
             pool.submit(_started)
         return pool
