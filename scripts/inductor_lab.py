@@ -27,17 +27,16 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quant_check import Case, _needs_calibration, calibrate_on  # noqa: E402
+from quant_check import Case, _needs_calibration, calibrate_on
 
-
-from foleyrt.accel.cudagraph import capture  # noqa: E402
-from foleyrt.accel.fused import FUSED  # noqa: E402
-from foleyrt.accel.process import configure_process  # noqa: E402
-from foleyrt.accel.quant import quantize_  # noqa: E402
-from foleyrt.bench.models import random_dit  # noqa: E402
-from foleyrt.bench.profile import profiled_kernels  # noqa: E402
-from foleyrt.config import PRESETS  # noqa: E402
-from foleyrt.sampling.conditions import cfg_rows  # noqa: E402
+from foleyrt.accel.cudagraph import capture
+from foleyrt.accel.fused import FUSED
+from foleyrt.accel.process import configure_process
+from foleyrt.accel.quant import quantize_
+from foleyrt.bench.models import random_dit
+from foleyrt.bench.profile import profiled_kernels
+from foleyrt.config import PRESETS
+from foleyrt.sampling.conditions import cfg_rows
 
 # name: (Inductor config patch, dynamic shapes, wide persistent reductions: None, "inner"
 # (reductions Inductor hints as inner only) or "any" (every reduction not hinted outer),
@@ -246,7 +245,7 @@ def main() -> None:
             keep.append((dit, calls))  # the graphs read these weights and inputs
         medians = interleaved(graphs)
     print("\nsummary (us per block call; interleaved: medians of round-robin replays)")
-    for (label, ms, compile_s), key in zip(results, graphs):
+    for (label, ms, compile_s), key in zip(results, graphs, strict=True):
         print(f"{label} {ms * 1e3:8.1f}  interleaved {medians[key] * 1e3:8.1f}  "
               f"compile {compile_s:5.1f} s")
 

@@ -28,6 +28,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -141,7 +142,7 @@ def main() -> None:
                     print(format_profile(kernels,
                                          f"{spec.name} {precision} 8 clips {SECONDS:g}s"),
                           flush=True)
-            except Exception as exc:  # report it and go on: GPU time is scarce
+            except Exception as exc:  # noqa: BLE001 - report it and go on: GPU time is scarce
                 print(f"  {precision}: FAILED: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                       flush=True)
                 continue
@@ -191,7 +192,7 @@ def prepare(precision: str, spec: ModelSpec, case: Case, ref: dict[str, Tensor],
     dit, denoiser = denoiser_for(precision, spec, case, calibration)
     row = {"precision": precision, "velocity_cos": cosine(case.velocity(dit), ref["velocity"])}
     for clips in (1, 8):
-        row[f"first_{clips}"], latent = timed(lambda: case.loop(denoiser, clips), device)
+        row[f"first_{clips}"], latent = timed(partial(case.loop, denoiser, clips), device)
         if clips == 1:
             ref.setdefault("latent", latent)
             row["latent_cos"] = cosine(latent, ref["latent"])
@@ -209,7 +210,7 @@ def time_interleaved(rows: list[dict], models: dict[str, Denoiser], case: Case,
         for row in rows:
             denoiser = models[row["precision"]]
             for clips in (1, 8):
-                seconds = timed(lambda: case.loop(denoiser, clips), case.device)[0]
+                seconds = timed(partial(case.loop, denoiser, clips), case.device)[0]
                 times.setdefault((row["precision"], clips), []).append(seconds)
     for row in rows:
         for clips in (1, 8):
