@@ -15,9 +15,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
+
+from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.server.app import create_app
+from foleyrt.server.loadtest import LoadSpec, Outcome, run_loadtest
+from tests.server.conftest import MakeSettings
+from tests.server.support import live_server, service_of, submit_text
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = ("--model", "tiny-random", "--device", "cpu", "--max-queue", "4", "--steps", "2",
@@ -215,3 +223,38 @@ def test_startup_failures_are_one_line(served: Served, tmp_path: Path,
             lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
             assert len(lines) == 1 and lines[0].startswith("foleyrt: error:"), run.stderr
             assert expected in lines[0]
+
+
+class _FatalPipeline:
+    """The real pipeline whose denoising ends the worker's thread (an error `except
+    Exception` does not catch), the way a broken device or driver leaves a worker."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self._pipeline = pipeline
+
+    def denoise(self, *args: Any, **kwargs: Any) -> Any:
+        raise SystemExit("the worker's device is gone")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_refusal_that_passes_says_when_and_a_dead_worker_ends_the_load_test(
+        make_settings: MakeSettings, tiny_pipeline: FoleyPipeline) -> None:
+    with TestClient(create_app(make_settings(), [tiny_pipeline])) as client:
+        service_of(client).drain()
+        refused = submit_text(client)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    with live_server(make_settings(), _FatalPipeline(tiny_pipeline)) as url:
+        assert httpx.post(f"{url}/v1/jobs", data={"prompt": "rain", "duration": "1",
+                                                  "steps": "2"}).status_code == 202
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/v1/health").status_code != 503:
+            assert time.monotonic() < deadline, "the worker did not die"
+            time.sleep(0.05)
+        started = time.monotonic()
+        report = run_loadtest(LoadSpec(url, jobs=2, clients=2, duration=1, deadline_s=120))
+    assert time.monotonic() - started < 10  # not a wait until the deadline
+    assert report.count(Outcome.ERROR) == 2 and not report.ok
+    assert all("needs a restart" in line for line in report.errors)

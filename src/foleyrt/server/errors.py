@@ -32,9 +32,16 @@ class QueueFull(FoleyError):
 
 
 class NotAccepting(FoleyError):
-    """The server is shutting down (or its worker died): try another instance or later."""
+    """The server is shutting down (or its worker died): try another instance or later. A
+    `retry_after_s` marks a refusal that passes by itself (answered with Retry-After); one
+    without it (a dead worker) lasts until someone restarts the server, so clients stop
+    retrying it."""
 
     http_status = 503
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DiskFull(FoleyError):

@@ -4,9 +4,11 @@
 end before taking the next, as a real caller would; a 429 or 507 counts as rejected and is
 not retried (the test measures the back-pressure, it does not fight it), though the client
 waits the Retry-After it was given before its next submission. Every submission carries an
-Idempotency-Key, and one that meets no server (killed, restarting) or a 503 (shutting down)
-is sent again with the same key until the deadline, so the faults a test inflicts meanwhile
-(kill -9, SIGTERM, restarts) never make a duplicate. Every accepted job must reach a final
+Idempotency-Key, and one that meets no server (killed, restarting) or a passing 503 (shutting
+down: it carries Retry-After; the connection cap's plain one) is sent again with the same key
+until the deadline, so the faults a test inflicts meanwhile (kill -9, SIGTERM, restarts) never
+make a duplicate. A 503 that will not pass (a dead worker: JSON without Retry-After) is an
+error at once, not a wait until the deadline. Every accepted job must reach a final
 state before the deadline: one that does not, or that vanishes, is *lost*, and a healthy
 server loses none. At the end the outputs of completed jobs are downloaded again and must be
 byte for byte what they were when the job completed (`changed` counts those that are not).
@@ -124,7 +126,7 @@ def run_loadtest(spec: LoadSpec) -> LoadReport:
                 error = f"job {k}: {response.status_code} {response.text[:200]}"
             except httpx.TransportError as exc:
                 response, error = None, f"job {k}: submit failed: {exc!r}"
-            if (response is None or response.status_code == 503) and \
+            if (response is None or _passing_refusal(response)) and \
                     time.monotonic() + RETRY_S < deadline:
                 time.sleep(RETRY_S)  # a server stopping or restarting: same key again
                 continue
@@ -168,6 +170,15 @@ def _output_digest(client: httpx.Client, job_id: str) -> str:
     response = client.get(f"/v1/jobs/{job_id}/outputs/0.wav")
     return hashlib.sha256(response.content).hexdigest() if response.status_code == 200 else \
         f"HTTP {response.status_code}"
+
+
+def _passing_refusal(response: httpx.Response) -> bool:
+    """A 503 that goes away by itself: the server's own say so (Retry-After) or uvicorn's
+    connection cap (plain text). The server's JSON 503 without Retry-After needs a restart."""
+    if response.status_code != 503:
+        return False
+    json_answer = response.headers.get("content-type", "").startswith("application/json")
+    return "Retry-After" in response.headers or not json_answer
 
 
 def _slow_client(url: str, stop: threading.Event, deadline: float) -> bool:

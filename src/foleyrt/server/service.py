@@ -38,6 +38,7 @@ from foleyrt.server.worker import DISK_FULL_ERRNOS, DISK_FULL_MESSAGE, WorkerPoo
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_AFTER_S = 10  # before any job has finished there is no run time to go by
+DRAINING_RETRY_AFTER_S = 1  # a supervisor's restart (or another instance) is seconds away
 PROBE_WORKERS = 2  # uploads checked at once: probing reads headers and packet indexes
 MAX_SHOWN_ID = 36  # a job id (a UUID) is this long; longer "ids" are not echoed back
 _COPY_CHUNK = 1024 * 1024
@@ -84,7 +85,8 @@ class JobService:
         """Refuse a submission before its upload is read, when it could not be queued."""
         if self._draining.is_set():
             raise NotAccepting("the server is shutting down and takes no new jobs; retry "
-                               "in a moment or on another instance")
+                               "in a moment or on another instance",
+                               retry_after_s=DRAINING_RETRY_AFTER_S)
         if not self.worker.alive:
             raise NotAccepting("a worker of the server has stopped; it needs a restart")
         if self.store.count(JobState.QUEUED) >= self.settings.max_queue:
