@@ -27,7 +27,13 @@ from foleyrt.batch.decoders import DecodePool
 from foleyrt.batch.plan import BatchSettings, ItemResult, Status
 from foleyrt.errors import FoleyError
 from foleyrt.media.audio import check_output_path
-from foleyrt.media.video import DecodedClip, assemble_clip, iter_ticks, probe_video
+from foleyrt.media.video import (
+    DecodedClip,
+    VideoLimits,
+    assemble_clip,
+    iter_ticks,
+    probe_video,
+)
 from foleyrt.pipeline.budget import DEFAULT_MAX_ROWS
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult, release_cuda_memory
 from foleyrt.request import GenerationRequest
@@ -97,15 +103,16 @@ def decode(work: Work, pool: DecodePool | None = None) -> DecodedClip | Path | N
                    else pool.run(decode_source, *args))
 
 
-def decode_source(path: Path, request: GenerationRequest) -> DecodedClip | Path:
-    """The clip at `path` decoded and resized on the CPU, for an encoder in another process or
-    on another machine; `path` itself when the clip is longer than one pass: the encoder
-    streams such a clip in windows (a long clip's frames at once would not fit in memory, and
-    a `DecodedClip` is one pass)."""
-    info = probe_video(path, max_seconds=request.max_duration)
+def decode_source(path: Path, request: GenerationRequest,
+                  limits: VideoLimits | None = None) -> DecodedClip | Path:
+    """The clip at `path` decoded and resized on the CPU (within `limits`, a server's), for an
+    encoder in another process or on another machine; `path` itself when the clip is longer
+    than one pass: the encoder streams such a clip in windows (a long clip's frames at once
+    would not fit in memory, and a `DecodedClip` is one pass)."""
+    info = probe_video(path, limits, max_seconds=request.max_duration)
     if info.takes_windows(request.windowing):
         return path
-    return assemble_clip(info, iter_ticks(info.path))  # `decode_clip`, the probe done
+    return assemble_clip(info, iter_ticks(info.path, limits=limits))  # `decode_clip`, probed
 
 
 def encode(pipe: FoleyPipeline, work: Work, clip: DecodedClip | Path | None = None, *,

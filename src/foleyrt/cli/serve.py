@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from foleyrt.cli.options import add_model_options, runtime, runtime_words
+from foleyrt.cli.options import DECODE_IN_CHOICES, add_model_options, runtime, runtime_words
 from foleyrt.errors import UsageError
 from foleyrt.request import DEFAULT_STEPS
 
@@ -74,6 +74,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=0.0, metavar="MS",
                    help="how long a batch's first job waits for more jobs to share its "
                         "forwards (default: 0, take those already queued)")
+    p.add_argument("--decode-in", choices=DECODE_IN_CHOICES, default=None,
+                   help="threads: a worker decodes each video job's clip when it claims the "
+                        "job; processes: queued jobs' clips are decoded ahead in a pool of "
+                        "processes while the GPU runs the batch before (default on a GPU "
+                        "without --offload; threads elsewhere)")
+    p.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                   help="decoding processes with --decode-in processes (default: up to 4, "
+                        "one per CPU core)")
     p.add_argument("--access-log", action="store_true", help="log every HTTP request")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="json: one JSON object per log line, with request ids (default: text)")
@@ -94,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             f"the server needs the 'serve' extra ({exc.name} is missing): "
             "pip install 'foleyrt[serve]'"
         ) from None
+    from foleyrt.batch import DecodeIn
     from foleyrt.media.video import VideoLimits
     from foleyrt.server.logs import tag_request_ids, use_json_logs
     from foleyrt.server.settings import (
@@ -125,6 +134,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections, default_steps=args.steps,
         api_token=token_from_env(), allowed_hosts=tuple(args.allowed_host), devices=devices,
         batch_rows=args.batch_rows, batch_wait_s=args.batch_wait_ms / 1000,
+        decode_in=DecodeIn(args.decode_in) if args.decode_in else None,
+        **({} if args.decode_workers is None else {"decode_workers": args.decode_workers}),
     )
     # Everything that can fail without the model is checked before it loads: the data
     # directory (another server on it, a damaged database) and the port. (Closing twice is

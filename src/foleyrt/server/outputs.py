@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foleyrt.media.video import VideoLimits
+from foleyrt.media.video import DecodedClip, VideoLimits
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult, ProgressFn
 from foleyrt.server.files import DataDir
+from foleyrt.server.prefetch import ClipPrefetch
 from foleyrt.server.schemas import JobParams
 from foleyrt.server.spectrogram import write_spectrogram
 from foleyrt.server.store import JobRecord, OutputFiles
@@ -21,14 +22,17 @@ SAMPLE_STEM = "sample"  # FoleyResult.save numbers it: sample.wav, or sample_1.w
 
 def encode_job(
     pipeline: FoleyPipeline, job: JobRecord, files: DataDir, progress: ProgressFn,
-    video_limits: VideoLimits,
+    video_limits: VideoLimits, clips: ClipPrefetch | None = None,
 ) -> Encoded:
-    """The first stage of a job: its upload (if any) decoded within the server's limits and
-    its features computed, from its stored parameters."""
+    """The first stage of a job: its upload (if any) decoded within the server's limits (by
+    this thread, or by `clips`' processes) and its features computed, from its stored
+    parameters."""
     params = JobParams.model_validate(job.params)
-    video = None if params.text_only else files.input_path(job.id)
     request = params.generation_request(video_limits.max_seconds)
-    request.check_source(video is not None)
+    request.check_source(not params.text_only)
+    video: Path | DecodedClip | None = None
+    if not params.text_only:
+        video = files.input_path(job.id) if clips is None else clips.take(job)
     return pipeline.encode(video, request, progress, video_limits)
 
 

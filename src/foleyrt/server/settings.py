@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from foleyrt.accel.runtime import RuntimeConfig
+from foleyrt.batch.local import DEFAULT_DECODE_WORKERS, DecodeIn
 from foleyrt.config import HUB_REPO
 from foleyrt.errors import ConfigError
 from foleyrt.media.video import VideoLimits
@@ -83,9 +84,17 @@ class ServerSettings:
     devices: tuple[torch.device, ...] = ()
     batch_rows: int | None = None  # transformer rows a batch may fill; None: the row budget
     batch_wait_s: float = 0.0  # how long a batch's first job waits for companions
+    # Video jobs' clips: decoded by the worker (threads), or in processes ahead of their claim
+    # (`server.prefetch`); None: `DecodeIn.default_for(runtime)`, processes on a GPU.
+    decode_in: DecodeIn | None = None
+    decode_workers: int = DEFAULT_DECODE_WORKERS  # decoding processes
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.decode_in is None:
+            object.__setattr__(self, "decode_in", DecodeIn.default_for(self.runtime))
+        if self.decode_workers < 1:
+            raise ConfigError(f"decode workers must be at least 1, got {self.decode_workers}")
         if self.max_queue < 1:
             raise ConfigError(f"max queue must be at least 1, got {self.max_queue}")
         if self.max_upload_bytes < 1:

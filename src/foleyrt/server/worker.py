@@ -47,6 +47,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from foleyrt.batch.local import DecodeIn
 from foleyrt.errors import Cancelled, FoleyError
 from foleyrt.pipeline.pipeline import (
     Encoded,
@@ -60,6 +61,7 @@ from foleyrt.server.batching import BatchKey, LengthHints, companion, job_params
 from foleyrt.server.files import DataDir
 from foleyrt.server.metrics import Metrics
 from foleyrt.server.outputs import encode_job, write_outputs
+from foleyrt.server.prefetch import ClipPrefetch
 from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobRecord, JobState, JobStore, OutputFiles
 
@@ -141,8 +143,9 @@ class _Job:
 class Worker:
     def __init__(self, pipeline: FoleyPipeline, store: JobStore, files: DataDir,
                  settings: ServerSettings, metrics: Metrics, signals: Signals,
-                 name: str = "foleyrt-worker") -> None:
+                 clips: ClipPrefetch | None = None, name: str = "foleyrt-worker") -> None:
         self.pipeline = pipeline
+        self.clips = clips  # None: this thread decodes each clip itself
         self.store = store
         self.files = files
         self.settings = settings
@@ -208,6 +211,8 @@ class Worker:
         if first.encoded is None:
             return
         self._gather(first)
+        if self.clips is not None and not self.signals.draining.is_set():
+            self.clips.look_ahead()  # the next jobs' clips decode while this batch denoises
         ready = [job for job in self._batch if job.encoded is not None and not job.ended]
         latents = self._denoise(ready)
         for job, latent in zip(ready, latents, strict=True):
@@ -255,7 +260,7 @@ class Worker:
     def _encode(self, job: _Job) -> None:
         job.encoded = self._guarded(job, lambda: encode_job(
             self.pipeline, job.record, self.files, self._progress(job),
-            self.settings.video_limits))
+            self.settings.video_limits, self.clips))
 
     def _encode_apart(self, job: _Job) -> None:
         """`_encode` on an encoding thread, which inherits no inference mode."""
@@ -445,14 +450,19 @@ def _use_device(device: torch.device) -> None:
 
 
 class WorkerPool:
-    """The server's workers, one per pipeline, sharing the store, the data directory and the
-    stop signals. A job is claimed by exactly one of them (the store's claims are atomic)."""
+    """The server's workers, one per pipeline, sharing the store, the data directory, the
+    stop signals and, with `--decode-in processes`, the decoding processes. A job is claimed
+    by exactly one of them (the store's claims are atomic)."""
 
     def __init__(self, pipelines: list[FoleyPipeline], store: JobStore, files: DataDir,
                  settings: ServerSettings, metrics: Metrics) -> None:
         self.signals = Signals()
+        self.clips = (
+            ClipPrefetch(store, files, settings.video_limits, settings.decode_workers)
+            if settings.decode_in is DecodeIn.PROCESSES else None
+        )
         self.workers = [
-            Worker(pipeline, store, files, settings, metrics, self.signals,
+            Worker(pipeline, store, files, settings, metrics, self.signals, self.clips,
                    name=f"foleyrt-worker-{k}")
             for k, pipeline in enumerate(pipelines)
         ]
@@ -467,9 +477,12 @@ class WorkerPool:
             worker.start()
 
     def wake(self) -> None:
-        """A job was queued: every idle worker looks, one claims it."""
+        """A job was queued: every idle worker looks, one claims it; its clip starts
+        decoding if it waits."""
         for worker in self.workers:
             worker.wake()
+        if self.clips is not None and not self.signals.draining.is_set():
+            self.clips.look_ahead()
 
     def request_cancel(self, job_id: str) -> None:
         """Stop `job_id` at its next step if it is (or is about to be) running."""
@@ -489,3 +502,5 @@ class WorkerPool:
         until = max(time.monotonic(), self.signals.drain_deadline) + STOP_GRACE_S
         for worker in self.workers:
             worker.join(max(0.0, until - time.monotonic()))
+        if self.clips is not None:
+            self.clips.close()

@@ -1,0 +1,70 @@
+"""Video jobs' clips decoded in processes ahead of their claim (`--decode-in processes`): the
+same sounds as a worker decoding each clip itself, decoded while the job before runs, and
+dropped when a queued job is cancelled. Real decoding processes, a real server app."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from foleyrt.batch import DecodeIn
+from foleyrt.pipeline.pipeline import FoleyPipeline
+from foleyrt.server.prefetch import ClipPrefetch
+from tests.server.conftest import Clips, MakeApp
+from tests.server.support import SlowPipeline, service_of, submit_video, wait_for
+
+
+def _prefetch(client: TestClient) -> ClipPrefetch:
+    clips = service_of(client).worker.clips
+    assert clips is not None
+    return clips
+
+
+def _wav(client: TestClient, job_id: str) -> bytes:
+    return client.get(f"/v1/jobs/{job_id}/outputs/0/wav").content
+
+
+def _until(condition: object, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_queued_clip_is_decoded_while_the_job_before_runs_with_the_same_sound(
+        make_app: MakeApp, tiny_pipeline: FoleyPipeline, clips: Clips) -> None:
+    with TestClient(make_app(decode_in=DecodeIn.THREADS)) as client:
+        alone = submit_video(client, clips.video, seed="7").json()["id"]
+        assert wait_for(client, alone)["state"] == "succeeded"
+        expected = _wav(client, alone)
+    slow = SlowPipeline(tiny_pipeline, delay_s=0.3)
+    with TestClient(make_app(slow, decode_in=DecodeIn.PROCESSES, decode_workers=1)) as client:
+        first = submit_video(client, clips.video, seed="1").json()["id"]
+        wait_for(client, first, {"running"})
+        second = submit_video(client, clips.video, seed="7").json()["id"]
+        prefetch = _prefetch(client)
+        _until(lambda: second in prefetch.held(), "the queued clip's decoding never started")
+        assert client.get(f"/v1/jobs/{second}").json()["state"] == "queued"
+        taken = prefetch.taken_ahead
+        assert wait_for(client, second)["state"] == "succeeded"
+        assert prefetch.taken_ahead == taken + 1 and second not in prefetch.held()
+        # Decoded in a process, ahead: the bytes of the clip decoded by the worker itself.
+        assert _wav(client, second) == expected
+
+
+def test_a_cancelled_queued_job_s_clip_is_dropped(
+        make_app: MakeApp, tiny_pipeline: FoleyPipeline, clips: Clips, tmp_path: Path) -> None:
+    slow = SlowPipeline(tiny_pipeline, delay_s=0.3)
+    with TestClient(make_app(slow, decode_in=DecodeIn.PROCESSES, decode_workers=1)) as client:
+        first = submit_video(client, clips.video).json()["id"]
+        wait_for(client, first, {"running"})
+        queued = submit_video(client, clips.video).json()["id"]
+        prefetch = _prefetch(client)
+        _until(lambda: queued in prefetch.held(), "the queued clip's decoding never started")
+        assert client.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
+        later = submit_video(client, clips.video).json()["id"]  # queuing looks ahead again
+        assert queued not in prefetch.held() and later in prefetch.held()
+        client.delete(f"/v1/jobs/{first}")
+        assert wait_for(client, later)["state"] == "succeeded"
