@@ -117,6 +117,16 @@ def test_long_text_only_in_windows(tmp_path: Path) -> None:
     assert soundfile.info(str(out)).frames == round(16.5 * 48_000)
 
 
+def test_a_clip_past_one_pass_is_windowed_by_default_and_said_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Without --window or -q: the default windows, named in the log (not a crash after the
+    file was written)."""
+    out = tmp_path / "rain.wav"
+    assert main(["generate", "--duration", "16", "-p", "rain", "-o", str(out), *TINY]) == 0
+    assert soundfile.info(str(out)).frames == 16 * 48_000
+    assert "in 2 windows of 10 s overlapping by at least 2 s" in capsys.readouterr().err
+
+
 def _fails(args: list[str], capsys: pytest.CaptureFixture, words: str) -> None:
     try:
         status = main(args)

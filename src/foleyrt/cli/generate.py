@@ -58,6 +58,6 @@ def _generate(args: argparse.Namespace) -> int:
         print(path)
     if result.windows > 1:
         log.info("generated in %d windows of %g s overlapping by at least %g s",
-                 result.windows, wanted.window, wanted.overlap)
+                 result.windows, wanted.windowing.window_s, wanted.windowing.overlap_s)
     log.info("timings: %s", ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
     return 0
