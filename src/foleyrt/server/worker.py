@@ -16,8 +16,9 @@ by the VAE on the worker thread and its files written on one of `OUTPUT_WRITERS`
 (muxing and the spectrogram are CPU work, a fifth of a second or so per 10 s clip: one job
 after another they would hold the GPU idle), and the worker goes on to its next batch while
 they write (at most `PENDING_WRITES` jobs' sounds wait for a writer; past that the worker
-waits). The HTTP threads only talk to the workers through the store (new jobs) and the
-`WorkerPool`.
+waits). With decoding processes (`ClipPrefetch`), queued video jobs' clips are decoded
+ahead while a batch runs, and a claimed job's encoding only waits for its frames. The HTTP
+threads only talk to the workers through the store (new jobs) and the `WorkerPool`.
 
 Stopping is cooperative: the pipeline calls the progress callback after every decoded frame,
 between stages and after every denoising step, and the callback answers True to stop (user
