@@ -9,10 +9,12 @@ from pathlib import Path
 import av
 import pytest
 import soundfile
+import torch
 
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.config import TINY_RANDOM
 from foleyrt.media.video import probe_video
+from foleyrt.media.video_track import Timing, retime
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.request import GenerationRequest
 from tests.media.conftest import Media
@@ -85,3 +87,56 @@ def test_unusual_clip_gives_a_wav_and_a_playable_mp4(
         assert (codec, packets) == (src_codec, src_packets)
     else:
         assert codec == "h264"
+
+
+LATE_S = 10  # where a late clip's timestamps start (FFmpeg's MPEG-TS adds 1.4 s of its own)
+
+
+def _remuxed_later(source: Path, out: Path, seconds: float) -> Path:
+    """`source`'s picture, packet for packet, its timestamps `seconds` later (what a cut
+    from a broadcast capture or a camcorder's .MTS looks like)."""
+    with av.open(str(source)) as src, av.open(str(out), "w") as dst:
+        stream = src.streams.video[0]
+        copy = dst.add_stream_from_template(stream)
+        assert stream.time_base is not None
+        shift = round(seconds / stream.time_base)
+        for packet in src.demux(stream):
+            if packet.dts is None:  # the demuxer's empty end-of-stream packet
+                continue
+            assert packet.pts is not None
+            packet.pts, packet.dts, packet.stream = packet.pts + shift, packet.dts + shift, copy
+            dst.mux(packet)
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
+def test_a_clip_whose_timestamps_start_late_sounds_as_one_from_zero(
+    pipeline: FoleyPipeline, media: Media, tmp_path: Path, suffix: str
+) -> None:
+    """Frames are timed from the stream's start: the length and the sound of the same clip
+    stamped from 0 (not its first frame held for 10 s), and an MP4 whose picture starts at
+    0 with its sound."""
+    zero = media["h264_2s_25_two_audio"]
+    late = _remuxed_later(zero, tmp_path / f"late{suffix}", LATE_S)
+    assert probe_video(late).duration_s == pytest.approx(probe_video(zero).duration_s, abs=0.05)
+    request = GenerationRequest(prompt="footsteps", steps=2, seed=7)
+    result = pipeline.generate(late, request)
+    assert torch.equal(result.audio, pipeline.generate(zero, request).audio)
+
+    (mp4,) = result.save(tmp_path / "out.mp4")
+    with av.open(str(mp4)) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert next(c.decode(video)).time == pytest.approx(0.0, abs=1e-3)
+        video_s = float(video.duration * video.time_base)
+        audio_s = float(audio.duration * audio.time_base)
+    assert video_s == pytest.approx(2.0, abs=TOLERANCE_S)
+    assert audio_s == pytest.approx(video_s, abs=TOLERANCE_S)
+
+
+def test_an_edit_list_s_hidden_frames_do_not_lengthen_the_sound() -> None:
+    """A stream-copied cut keeps the frames before the cut at negative times, hidden by an
+    edit list: the track the sound is fitted to spans the frames shown (0 on), not those."""
+    # 25 fps in 1/100 s: two hidden frames, then three shown, decode order = display order
+    packets = [Timing(pts=t, dts=t, duration=4) for t in (-8, -4, 0, 4, 8)]
+    assert retime(packets) == 12  # 0.12 s: three frames, not five
+    assert [p.dts for p in packets] == [-8, -4, 0, 4, 8]

@@ -254,7 +254,9 @@ def _duration(
     may include other streams); else the end of the last video packet."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    if container.duration is not None:
+    if container.duration is not None and not stream_start(stream):
+        # (With a late start, some containers' duration is the end's time, Matroska's: the
+        # packets' span below is the length either way.)
         return container.duration / av.time_base
     start, end = math.inf, -math.inf
     try:
@@ -273,10 +275,22 @@ def _duration(
 
 
 def _header_end(stream: av.video.VideoStream) -> float | None:
-    """Where the stream's own header says the video ends (None: it does not say)."""
+    """Where the stream's own header says the video ends, from its start (None: it does
+    not say)."""
     if stream.duration is None or stream.time_base is None:
         return None
-    return float((stream.start_time or 0) + stream.duration) * float(stream.time_base)
+    return float(stream.duration * stream.time_base)
+
+
+def stream_start(stream: av.video.VideoStream) -> int:
+    """When the stream's first frame is shown, in its time base: 0 for most files, 1.4 s
+    for FFmpeg's MPEG-TS, anything for a broadcast capture or a camcorder's .MTS. Frames are
+    timed from there, so a clip's sound does not depend on where its timestamps start (the
+    release times them from 0 and holds the first frame until its timestamp). A start before
+    0 is left alone: the frames before 0 are the hidden ones of an edit list."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0
+    return max(0, stream.start_time)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,7 +328,9 @@ def iter_ticks(
     addition of 1/rate (so it drifts exactly like the release's and, like it, can miss a
     tick that coincides with a frame time); each decoded frame at `τ` is emitted while
     `τ >= t_next` (forward sample-and-hold). Frames with `τ < 0` are skipped; decoding stops
-    at the first frame later than `end_s` (the release decodes on and discards them).
+    at the first frame later than `end_s` (the release decodes on and discards them). `τ` is
+    counted from the stream's start (`stream_start`, 0 for most files), in whole timestamps
+    first, so a late clip's frames get exactly the times the same clip from 0 gets.
     """
     path = Path(path)
     schedules = [_Schedule(rate) for rate in rates]
@@ -322,6 +338,7 @@ def iter_ticks(
     with open_media(path, limits) as container:
         stream = first_video_stream(container, path)
         stream.thread_type = "AUTO"
+        origin = stream_start(stream)
         if limits is not None:
             stream.codec_context.options = limits.codec_options
         # closed explicitly on an early stop, before the container it reads from
@@ -331,11 +348,11 @@ def iter_ticks(
                     _check_frame(path, frame, frame_index, limits)
                 if on_frame is not None:
                     on_frame(frame_index + 1)
-                tau = frame.time
-                if tau is None:
+                if frame.pts is None or frame.time_base is None:
                     raise MediaError(
                         f"{path}: video frames carry no timestamps; remux the file into MP4"
                     )
+                tau = float((frame.pts - origin) * frame.time_base)  # `frame.time` from 0
                 if tau < 0:
                     continue
                 if tau > end_s:

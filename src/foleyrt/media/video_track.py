@@ -28,7 +28,7 @@ import av
 import av.container
 
 from foleyrt.errors import MediaError
-from foleyrt.media.video import codec_name, first_video_stream, open_media
+from foleyrt.media.video import codec_name, first_video_stream, open_media, stream_start
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,19 @@ def add_video_track(
         raise MediaError(f"{path}: has no video to write")
     if any(t.pts is None for t in timings):
         raise MediaError(f"{path}: video packets carry no timestamps; remux the file into MP4")
+    _start_at_zero(timings, stream_start(source))
     seconds = float(retime(timings) * time_base)
     return VideoTrack(_retimed(packets, timings, stream, path), seconds)
+
+
+def _start_at_zero(timings: Sequence[Timing], start: int) -> None:
+    """Shift the picture's timestamps so its first frame is shown at 0, where the sound
+    starts (`start`: `stream_start`, in the packets' time base, the source's)."""
+    for timing in timings:
+        assert timing.pts is not None
+        timing.pts -= start
+        if timing.dts is not None:
+            timing.dts -= start
 
 
 def _with_data(source: av.video.VideoStream) -> Iterator[av.Packet]:
@@ -105,7 +116,8 @@ def _retimed(packets: Iterable[av.Packet], timings: Sequence[Timing],
              stream: av.video.VideoStream, path: Path) -> Iterator[av.Packet]:
     try:
         for packet, timing in zip(packets, timings, strict=True):
-            packet.dts, packet.duration, packet.stream = timing.dts, timing.duration, stream
+            packet.pts, packet.dts = timing.pts, timing.dts
+            packet.duration, packet.stream = timing.duration, stream
             yield packet
     except ValueError:  # the second read found another number of packets
         raise MediaError(f"{path}: the video changed while it was being written") from None
@@ -113,8 +125,9 @@ def _retimed(packets: Iterable[av.Packet], timings: Sequence[Timing],
 
 def retime(packets: Sequence[Timing]) -> int:
     """Rebuild the decode timestamps of `packets` (one stream, in decode order) and give each
-    packet its presentation duration; return the span from the first frame shown to the end
-    of the last one, in the packets' time base. See the module docstring for why.
+    packet its presentation duration; return the span from the first frame shown (at 0 or
+    later) to the end of the last one, in the packets' time base. See the module docstring
+    for why.
 
     The delay is the source's own first-packet offset where that keeps every decode time at
     or before its presentation time, else the smallest that does. The last frame lasts as
@@ -133,7 +146,8 @@ def retime(packets: Sequence[Timing]) -> int:
     # The muxer writes the track's length as the decode span plus the last decoded packet's
     # duration: that packet gets the last frame's.
     shown[-1].duration = packets[-1].duration = last
-    return times[-1] + last - times[0]
+    # Frames before 0 are an edit list's hidden ones (a stream-copied cut): not played.
+    return times[-1] + last - max(times[0], 0)
 
 
 def _pts(timing: Timing) -> int:
