@@ -13,7 +13,7 @@ import soundfile
 import torch
 
 from foleyrt.cli import main
-from foleyrt.media.synthetic import ClipSpec, encode_clip
+from foleyrt.media.synthetic import ClipSpec, encode_clip, png_movie
 from foleyrt.media.video import probe_video
 
 TINY = ["--model", "tiny-random", "--steps", "2", "--seed", "7"]
@@ -159,6 +159,12 @@ def test_bad_input_is_one_line_a_status_and_no_file(
         ([src, "--parallel", "cfg", "--offload", "model"], "use one or the other"),
         ([src, "-o", str(tmp_path / "no" / "dir" / "out.mp4")], "does not exist"),
         (["--duration", "2"], ".wav"),  # an .mp4 needs a source video
+        # Media bombs (a few MB of PNG frames of 16000x16000: 768 MB each decoded), refused
+        # before one is decoded, whether the header says so or a later frame does.
+        ([str(png_movie(tmp_path / "bomb.mov", [(16000, 16000)] * 2))],
+         "cannot be read within the limit of 67,108,864 pixels per frame"),
+        ([str(png_movie(tmp_path / "liar.mov", [(64, 48)] * 2 + [(16000, 16000)] * 2))],
+         "over the limit of 67,108,864 pixels per frame"),
     ]
     for extra, words in cases:
         args = ["-q", "generate", *extra, "-p", "x", *TINY]

@@ -12,13 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from foleyrt.errors import MediaError
-from foleyrt.media.synthetic import ClipSpec, encode_clip
+from foleyrt.media.synthetic import ClipSpec, encode_clip, png_movie
 from foleyrt.media.video import VideoLimits, iter_ticks
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from tests.server.conftest import Clips, MakeApp
 from tests.server.support import (
     SlowPipeline,
-    png_movie,
     service_of,
     submit_video,
     wait_for,

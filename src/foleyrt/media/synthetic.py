@@ -4,6 +4,8 @@ runs, so no media has to be downloaded or committed for them."""
 from __future__ import annotations
 
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -106,3 +108,36 @@ def write_test_clips(folder: Path, count: int, seconds: float, *, width: int = 3
         if not clip.is_file():
             shutil.copyfile(clips[0], clip)
     return clips
+
+
+def png_frame(width: int, height: int) -> bytes:
+    """A black RGB PNG, compressed row by row: a 8192x8192 picture (200 MB decoded) is a few
+    hundred kB, the stuff of media bombs."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * width)  # filter byte + pixels
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+def png_movie(path: Path, sizes: list[tuple[int, int]], fps: int = 2) -> Path:
+    """A QuickTime file of PNG frames of the given sizes, muxed without decoding them; its
+    header states the first frame's size."""
+    frames = {size: png_frame(*size) for size in set(sizes)}
+    with av.open(str(path), "w", format="mov") as out:
+        stream = out.add_stream("png", rate=fps)
+        stream.width, stream.height = sizes[0]
+        stream.pix_fmt = "rgb24"
+        for k, size in enumerate(sizes):
+            packet = av.Packet(frames[size])
+            packet.stream = stream
+            packet.pts = packet.dts = k
+            packet.duration = 1
+            packet.time_base = Fraction(1, fps)
+            out.mux(packet)
+    return path

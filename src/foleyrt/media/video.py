@@ -40,6 +40,9 @@ DURATION_SLACK_S = 0.05
 # (a longer clip is decoded whole, in windows).
 FRAME_CAP_S = 15.0
 SERVER_MAX_SECONDS = 600.0  # the longest clip a server takes unless configured otherwise
+# The largest picture decoded without limits (the CLI, batch): past 8K (8192x4320), a frame
+# is a media bomb (a few MB of 16000x16000 MJPEG decode to gigabytes a frame).
+ANY_MAX_PIXELS = 8192 * 8192
 
 SIGLIP_SIZE = 512
 SYNC_SIZE = 224
@@ -104,9 +107,16 @@ class VideoLimits:
         """Frames decoded at most: the highest rate over the longest clip, a second spare."""
         return math.ceil(self.max_fps * (self.max_seconds + 1))
 
-    @property
-    def codec_options(self) -> dict[str, str]:
-        return {"max_pixels": str(self.max_pixels)}
+
+
+def max_pixels(limits: VideoLimits | None) -> int:
+    """The largest picture decoded: the limits', else `ANY_MAX_PIXELS`."""
+    return ANY_MAX_PIXELS if limits is None else limits.max_pixels
+
+
+def _codec_options(limits: VideoLimits | None) -> dict[str, str]:
+    """FFmpeg's own cap: a larger picture is refused before it is allocated."""
+    return {"max_pixels": str(max_pixels(limits))}
 
 
 @contextmanager
@@ -114,8 +124,8 @@ def open_media(
     path: Path, limits: VideoLimits | None = None
 ) -> Iterator[av.container.InputContainer]:
     """Open a media file for reading (clips here, mux sources in `audio`), turning every way
-    it can fail to open into a one-line MediaError naming it. With `limits`, the frames FFmpeg
-    decodes to fill in stream parameters are held to them too."""
+    it can fail to open into a one-line MediaError naming it. The frames FFmpeg decodes to
+    fill in stream parameters are held to `max_pixels(limits)` too."""
     if not path.exists():
         raise MediaError(f"{path}: no such file")
     if path.is_dir():
@@ -123,7 +133,7 @@ def open_media(
     try:
         if path.stat().st_size == 0:
             raise MediaError(f"{path}: file is empty")
-        options = [limits.codec_options] if limits is not None else None
+        options = [_codec_options(limits)]
         # PyAV's stub says list[str]; it takes a dict of options per stream
         container = av.open(  # type: ignore[call-overload]
             str(path), mode="r", stream_options=options
@@ -198,18 +208,22 @@ def probe_video(path: str | Path, limits: VideoLimits | None = None,
     if duration > limit + DURATION_SLACK_S:
         raise InputError(f"{path}: video is {duration:.2f} s long; the limit is {limit:g} s, "
                          "trim the clip (or raise the maximum duration)")
+    _check_size(info, max_pixels(limits))
     if limits is not None:
-        _check_header(info, limits)
+        _check_rate(info, limits)
     return info
 
 
-def _check_header(info: VideoInfo, limits: VideoLimits) -> None:
-    if info.width * info.height == 0:  # FFmpeg could not decode one within `max_pixels`
+def _check_size(info: VideoInfo, pixels: int) -> None:
+    if info.width * info.height == 0:  # FFmpeg could not decode one within `pixels`
         raise MediaError(f"{info.path}: frames cannot be read within the limit of "
-                         f"{limits.max_pixels:,} pixels per frame")
-    if info.width * info.height > limits.max_pixels:
+                         f"{pixels:,} pixels per frame")
+    if info.width * info.height > pixels:
         raise MediaError(f"{info.path}: frames are {info.width}x{info.height}; the limit is "
-                         f"{limits.max_pixels:,} pixels per frame, scale the video down")
+                         f"{pixels:,} pixels per frame, scale the video down")
+
+
+def _check_rate(info: VideoInfo, limits: VideoLimits) -> None:
     if info.fps is not None and info.fps > limits.max_fps * _FPS_SLACK:
         raise MediaError(f"{info.path}: video runs at {info.fps:.4g} fps; the limit is "
                          f"{limits.max_fps:g} fps, convert it to a lower frame rate")
@@ -223,7 +237,7 @@ def scan_video(path: str | Path, limits: VideoLimits) -> VideoInfo:
     count, end = 0, -math.inf
     with open_media(info.path, limits) as container:
         stream = first_video_stream(container, info.path)
-        header_end = _header_end(stream)
+        header_end, start = _header_end(stream), stream_start(stream)
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
@@ -234,7 +248,7 @@ def scan_video(path: str | Path, limits: VideoLimits) -> VideoInfo:
                         f"{info.path}: video has more than {limits.max_frames} frames; the "
                         f"limit is {limits.max_fps:g} fps over {limits.max_seconds:g} s")
                 if packet.pts is not None and packet.time_base is not None:
-                    end = max(end, float((packet.pts + (packet.duration or 0))
+                    end = max(end, float((packet.pts - start + (packet.duration or 0))
                                          * packet.time_base))
         except av.error.FFmpegError as exc:
             raise MediaError(f"{info.path}: video stream cannot be read ({_reason(exc)}); "
@@ -339,13 +353,11 @@ def iter_ticks(
         stream = first_video_stream(container, path)
         stream.thread_type = "AUTO"
         origin = stream_start(stream)
-        if limits is not None:
-            stream.codec_context.options = limits.codec_options
+        stream.codec_context.options = _codec_options(limits)
         # closed explicitly on an early stop, before the container it reads from
-        with closing(_decoded(container, stream, path)) as frames:
+        with closing(_decoded(container, stream, path, max_pixels(limits))) as frames:
             for frame_index, frame in enumerate(frames):
-                if limits is not None:
-                    _check_frame(path, frame, frame_index, limits)
+                _check_frame(path, frame, frame_index, limits)
                 if on_frame is not None:
                     on_frame(frame_index + 1)
                 if frame.pts is None or frame.time_base is None:
@@ -366,14 +378,15 @@ def iter_ticks(
         _check_complete(path, stream, last_end, end_s)
 
 
-def _check_frame(path: Path, frame: av.VideoFrame, index: int, limits: VideoLimits) -> None:
+def _check_frame(path: Path, frame: av.VideoFrame, index: int,
+                 limits: VideoLimits | None) -> None:
     """The limits again on what was really decoded (a header may understate either)."""
-    if index >= limits.max_frames:
+    if limits is not None and index >= limits.max_frames:
         raise MediaError(f"{path}: video decodes to more than {limits.max_frames} frames; the "
                          f"limit is {limits.max_fps:g} fps over {limits.max_seconds:g} s")
-    if frame.width * frame.height > limits.max_pixels:
+    if frame.width * frame.height > max_pixels(limits):
         raise MediaError(f"{path}: a frame is {frame.width}x{frame.height}; the limit is "
-                         f"{limits.max_pixels:,} pixels per frame")
+                         f"{max_pixels(limits):,} pixels per frame")
 
 
 class _Schedule:
@@ -395,16 +408,18 @@ class _Schedule:
 
 
 def _decoded(
-    container: av.container.InputContainer, stream: av.video.VideoStream, path: Path
+    container: av.container.InputContainer, stream: av.video.VideoStream, path: Path,
+    pixels: int,
 ) -> Generator[av.VideoFrame, None, None]:
-    """Decoded frames in output order; decoder errors become a one-line MediaError."""
+    """Decoded frames in output order; decoder errors become a one-line MediaError (FFmpeg
+    refuses a picture over `pixels` that way too, unnamed)."""
     try:
         for packet in container.demux(stream):
             yield from packet.decode()
     except av.error.FFmpegError as exc:
         raise MediaError(
             f"{path}: video cannot be decoded ({_reason(exc)}); the file looks corrupt or "
-            "truncated"
+            f"truncated, or a frame is over the limit of {pixels:,} pixels per frame"
         ) from None
 
 
