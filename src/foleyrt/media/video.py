@@ -108,7 +108,6 @@ class VideoLimits:
         return math.ceil(self.max_fps * (self.max_seconds + 1))
 
 
-
 def max_pixels(limits: VideoLimits | None) -> int:
     """The largest picture decoded: the limits', else `ANY_MAX_PIXELS`."""
     return ANY_MAX_PIXELS if limits is None else limits.max_pixels
