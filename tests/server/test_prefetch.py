@@ -5,7 +5,7 @@ dropped when a queued job is cancelled. Real decoding processes, a real server a
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
@@ -26,9 +26,9 @@ def _wav(client: TestClient, job_id: str) -> bytes:
     return client.get(f"/v1/jobs/{job_id}/outputs/0/wav").content
 
 
-def _until(condition: object, what: str, timeout_s: float = 60.0) -> None:
+def _until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
 
@@ -55,7 +55,7 @@ def test_a_queued_clip_is_decoded_while_the_job_before_runs_with_the_same_sound(
 
 
 def test_a_cancelled_queued_job_s_clip_is_dropped(
-        make_app: MakeApp, tiny_pipeline: FoleyPipeline, clips: Clips, tmp_path: Path) -> None:
+        make_app: MakeApp, tiny_pipeline: FoleyPipeline, clips: Clips) -> None:
     slow = SlowPipeline(tiny_pipeline, delay_s=0.3)
     with TestClient(make_app(slow, decode_in=DecodeIn.PROCESSES, decode_workers=1)) as client:
         first = submit_video(client, clips.video).json()["id"]
