@@ -17,6 +17,7 @@ expired) are dropped at the next look ahead.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,8 +38,9 @@ class ClipPrefetch:
     worker. Thread-safe."""
 
     def __init__(self, store: JobStore, files: DataDir, limits: VideoLimits,
-                 workers: int) -> None:
+                 workers: int, stopping: Callable[[], bool]) -> None:
         self._store = store
+        self._stopping = stopping  # the server drains: queued jobs wait for the next start
         self._files = files
         self._limits = limits
         self._decoders = DecodePool(workers)
@@ -50,7 +52,10 @@ class ClipPrefetch:
 
     def look_ahead(self) -> None:
         """Start decoding the oldest queued video jobs not started yet, while fewer than
-        `AHEAD_CLIPS` are held; drop those of jobs that ended while queued."""
+        `AHEAD_CLIPS` are held; drop those of jobs that ended while queued. Nothing while
+        the server stops."""
+        if self._stopping():
+            return
         queued = self._store.queued()
         with self._lock:
             waiting = {record.id for record in queued}

@@ -212,7 +212,7 @@ class Worker:
         if first.encoded is None:
             return
         self._gather(first)
-        if self.clips is not None and not self.signals.draining.is_set():
+        if self.clips is not None:
             self.clips.look_ahead()  # the next jobs' clips decode while this batch denoises
         ready = [job for job in self._batch if job.encoded is not None and not job.ended]
         latents = self._denoise(ready)
@@ -459,7 +459,8 @@ class WorkerPool:
                  settings: ServerSettings, metrics: Metrics) -> None:
         self.signals = Signals()
         self.clips = (
-            ClipPrefetch(store, files, settings.video_limits, settings.decode_workers)
+            ClipPrefetch(store, files, settings.video_limits, settings.decode_workers,
+                         self.signals.draining.is_set)
             if settings.decode_in is DecodeIn.PROCESSES else None
         )
         self.workers = [
@@ -482,7 +483,7 @@ class WorkerPool:
         decoding if it waits."""
         for worker in self.workers:
             worker.wake()
-        if self.clips is not None and not self.signals.draining.is_set():
+        if self.clips is not None:
             self.clips.look_ahead()
 
     def request_cancel(self, job_id: str) -> None:
