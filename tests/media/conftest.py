@@ -42,6 +42,8 @@ CLIPS: dict[str, ClipSpec] = {
     "h264_2s_30_portrait": ClipSpec("libx264", ".mp4", Fraction(30), 2, size=(48, 64)),
     "h264_16s_30": ClipSpec("libx264", ".mp4", Fraction(30), 16),
     "h264_0p5s_30": ClipSpec("libx264", ".mp4", Fraction(30), 0.5),
+    # one picture shown for 3 s: long by its header, a single frame to sample
+    "h264_3s_still": ClipSpec("libx264", ".mp4", Fraction(1, 3), 3),
     "h264_4s_30_faststart": ClipSpec(
         "libx264", ".mp4", Fraction(30), 4, container_options={"movflags": "faststart"}
     ),

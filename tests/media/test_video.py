@@ -148,6 +148,7 @@ BAD_MEDIA = [
     ("audio_cover.m4a", MediaError, "audio-only"),
     ("audio.wav", MediaError, "audio-only"),
     ("h264_0p5s_30", InputError, "at least 1 s"),
+    ("h264_3s_still", MediaError, "up to the last frame's start, 0.00 s of the 3.00 s"),
 ]
 
 

@@ -641,12 +641,20 @@ class FrameBranch:
         return len(self.slots)
 
 
-def check_sync_length(info: VideoInfo, n_sync: int, sync_fps: int = SYNC_FPS) -> None:
-    if n_sync < SYNC_WINDOW:
-        raise MediaError(
-            f"{info.path}: only {n_sync / sync_fps:.2f} s of video could be decoded; "
-            f"at least {SYNC_WINDOW / sync_fps:.2f} s is needed"
-        )
+def check_sync_length(info: VideoInfo, sync: FrameBranch, sync_fps: int = SYNC_FPS) -> None:
+    """Enough Synchformer frames for one window. Frames are sampled only up to the last
+    frame's start (the release's rule), so a clip of a few long-held frames (a still picture
+    held for seconds) is too short however long its header says it lasts."""
+    if len(sync) >= SYNC_WINDOW:
+        return
+    needed = f"at least {SYNC_WINDOW / sync_fps:.2f} s is needed"
+    if not sync.source_time:
+        raise MediaError(f"{info.path}: no video frame could be decoded; {needed}")
+    raise MediaError(
+        f"{info.path}: only {len(sync) / sync_fps:.2f} s of video can be used: frames are "
+        f"sampled up to the last frame's start, {sync.source_time[-1]:.2f} s of the "
+        f"{info.duration_s:.2f} s the file lasts; {needed}"
+    )
 
 
 def assemble_clip(
@@ -672,7 +680,7 @@ def assemble_clip(
         for tick in ticks:
             branches[tick.rate].add(tick)
         siglip_u8, sync_u8 = siglip.stacked(), sync.stacked()
-    check_sync_length(info, len(sync), sync_fps)
+    check_sync_length(info, sync, sync_fps)
     return DecodedClip(
         info=info,
         siglip_u8=siglip_u8,

@@ -284,7 +284,7 @@ def _stream_video(
             if windows is not None and tick.rate == SYNC_FPS:
                 windows.tick(len(sync))
         decode_s = time.perf_counter() - t0
-        check_sync_length(info, len(sync))
+        check_sync_length(info, sync)
         clip_feat = siglip.stacked()[None]
         sync.finish()
         lengths = SequenceLengths(len(siglip), len(sync))
