@@ -3,6 +3,7 @@ outputs, seeds, the output folder and the resume marks (no model involved)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -93,14 +94,16 @@ def test_csv_not_utf8(tmp_path: Path) -> None:
         read_csv(tmp_path / "shots.csv")
 
 
-def test_folder_scan_and_input_kinds(tmp_path: Path) -> None:
-    for name in ("b.MOV", "a.mp4", ".hidden.mp4", "._a.mp4", "notes.txt"):
+def test_folder_scan_and_input_kinds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("b.MOV", "a.mp4", "c.gif", ".hidden.mp4", "._a.mp4", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub.mp4").mkdir()  # a folder named like a video
-    assert [p.name for p in scan_folder(tmp_path)] == ["a.mp4", "b.MOV"]
+    with caplog.at_level(logging.INFO, logger="foleyrt.batch.plan"):
+        assert [p.name for p in scan_folder(tmp_path)] == ["a.mp4", "b.MOV", "c.gif"]
+    assert "skipped 1 file(s) without a video extension (notes.txt)" in caplog.text
     items = read_inputs([tmp_path], prompt="rain")
-    assert [(i.video.name, i.prompt, i.source) for i in items] == [("a.mp4", "rain", None),
-                                                                    ("b.MOV", "rain", None)]
+    assert [(i.video.name, i.prompt, i.source) for i in items] == [
+        ("a.mp4", "rain", None), ("b.MOV", "rain", None), ("c.gif", "rain", None)]
     files = read_inputs([tmp_path / "notes.txt", tmp_path / "a.mp4"])  # named: all taken
     assert [i.video.name for i in files] == ["notes.txt", "a.mp4"]
     with pytest.raises(InputError, match="no such file or folder: .*missing.mp4"):

@@ -51,9 +51,11 @@ from foleyrt.version import __version__
 
 log = logging.getLogger(__name__)
 
-# Containers FFmpeg reads that people keep clips in; other files in a folder are ignored.
+# Containers FFmpeg reads that people keep clips in (animated GIFs too: game and web
+# studios' loops); other files in a folder are skipped, and counted in the log.
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg",
-                            ".ts", ".mts", ".m2ts", ".mxf", ".wmv", ".flv", ".3gp", ".ogv"})
+                            ".ts", ".mts", ".m2ts", ".mxf", ".wmv", ".flv", ".3gp", ".ogv",
+                            ".gif"})
 # `index`: the release's CSVs number their rows with it; the release names its outputs by
 # row position (pandas' own index) whatever the column says, so it is accepted and unused.
 CSV_COLUMNS = ("video", "prompt", "negative_prompt", "seed", "output", "index")
@@ -121,12 +123,17 @@ def read_inputs(
 
 def scan_folder(folder: Path) -> list[Path]:
     """The folder's videos by extension, sorted by name; hidden files and sub-folders are
-    left out."""
-    return sorted(
-        (p for p in folder.iterdir()
-         if p.suffix.lower() in VIDEO_SUFFIXES and not p.name.startswith(".") and p.is_file()),
-        key=lambda p: p.name,
-    )
+    left out, and the other files skipped are named in the log (a clip with an unexpected
+    extension should not vanish silently)."""
+    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
+                   key=lambda p: p.name)
+    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    skipped = [p.name for p in files if p.suffix.lower() not in VIDEO_SUFFIXES]
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        log.info("%s: skipped %d file(s) without a video extension (%s)", folder,
+                 len(skipped), shown)
+    return videos
 
 
 def read_csv(
