@@ -71,6 +71,26 @@ def test_a_succeeded_job_whose_files_are_gone_is_410(client: TestClient) -> None
     assert gone.status_code == 410 and "no longer on the server" in gone.json()["detail"]
 
 
+def test_a_cut_short_or_unformed_body_is_400_and_makes_no_job(client: TestClient) -> None:
+    """A multipart body without its closing boundary would lose its last field to the form
+    parser (here the seed): refused, as is a body that is not a form."""
+    head = "multipart/form-data; boundary=B"
+    fields = (b'--B\r\nContent-Disposition: form-data; name="duration"\r\n\r\n2\r\n'
+              b'--B\r\nContent-Disposition: form-data; name="seed"\r\n\r\n42')
+    cut = client.post("/v1/jobs", content=fields, headers={"Content-Type": head})
+    assert cut.status_code == 400 and "without its closing boundary" in cut.json()["detail"]
+    assert cut.headers["connection"] == "close"
+    whole = client.post("/v1/jobs", content=fields + b"\r\n--B--\r\n",
+                        headers={"Content-Type": head})
+    assert whole.status_code == 202 and whole.json()["params"]["seed"] == 42
+    wait_for(client, whole.json()["id"])
+    as_json = client.post("/v1/jobs", json={"duration": 2})
+    assert as_json.status_code == 400
+    assert as_json.json()["detail"] == ("send the job as a multipart form (Content-Type: "
+                                        "multipart/form-data); got 'application/json'")
+    assert len(service_of(client).files.folders()) == 1
+
+
 # ---- methods ---------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """Slow and greedy clients against the real uvicorn server on loopback (issue 18, item 5),
 with bounded loops and short timeouts: headers trickled byte by byte, more connections than
-the cap, an upload that stalls, and a full queue told before the upload is sent."""
+the cap, an upload that stalls, a full queue or a missing token told before the upload is
+sent, and a chunked upload over the limit whose connection ends with its 413."""
 
 from __future__ import annotations
 
@@ -115,3 +116,39 @@ def test_a_full_queue_is_told_before_the_upload(make_settings: MakeSettings,
         for job_id in (queued, running):
             client.delete(f"/v1/jobs/{job_id}")
             wait_for(client, job_id)
+
+
+def test_a_missing_token_is_told_before_the_upload(make_settings: MakeSettings,
+                                                   tiny_pipeline: FoleyPipeline) -> None:
+    settings = make_settings(api_token="s3cret")
+    with live_server(settings, tiny_pipeline) as url, _connect(url) as sock:
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Length: 50000000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+        status, body = _response(sock)
+        assert status == 401 and "API token" in json.loads(body)["detail"]
+        assert _closed_within(sock, 3)
+
+
+def test_a_chunked_upload_over_the_limit_ends_its_connection(
+    make_settings: MakeSettings, tiny_pipeline: FoleyPipeline
+) -> None:
+    """Without `Connection: close` on the 413, the server read on (and discarded) whatever
+    the client kept sending, holding one of the connections."""
+    settings = make_settings(max_upload_bytes=256 * 1024)
+    chunk = b"%x\r\n%s\r\n" % (65536, b"\0" * 65536)
+    with live_server(settings, tiny_pipeline) as url, _connect(url) as sock:
+        part = (b'--b\r\nContent-Disposition: form-data; name="video"; filename="a.mp4"\r\n'
+                b"Content-Type: video/mp4\r\n\r\n")
+        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Transfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+                     b"%x\r\n%s\r\n" % (len(part), part))
+        try:
+            for _ in range(64):  # 4 MiB, far past the limit: the answer comes on the way
+                sock.sendall(chunk)
+        except OSError:  # the server closed while we sent
+            pass
+        status, body = _response(sock)
+        assert status == 413 and "upload too large" in json.loads(body)["detail"]
+        assert _closed_within(sock, 3)

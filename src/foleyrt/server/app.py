@@ -11,9 +11,11 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server import refusals
+from foleyrt.server.deps import bearer_token, check_token
 from foleyrt.server.docs import add_docs
 from foleyrt.server.files import DataDir
 from foleyrt.server.http import RequestContext, SameSiteGuard
@@ -72,7 +74,8 @@ def create_app(settings: ServerSettings, pipelines: Sequence[FoleyPipeline] | No
     app.state.settings = settings
     app.state.metrics = Metrics()
 
-    def admit() -> None:
+    def admit(headers: Headers) -> None:
+        check_token(settings.api_token, bearer_token(headers.get("authorization")))
         app.state.service.admit()
 
     # Added innermost first: requests pass RequestContext, SameSiteGuard, SubmissionGate.

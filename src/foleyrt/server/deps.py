@@ -5,9 +5,11 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
+from foleyrt.server.errors import Unauthorized
 from foleyrt.server.service import JobService
 from foleyrt.server.settings import TOKEN_ENV, ServerSettings
 
@@ -30,14 +32,21 @@ def require_token(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """401 unless the request carries the server's token (when it has one). Compared in
-    constant time, so response timing does not leak how much of a guess was right."""
-    expected = settings.api_token
-    if expected is None:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            401, "missing or wrong API token: send the header 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """401 unless the request carries the server's token (when it has one)."""
+    check_token(settings.api_token, credentials.credentials if credentials is not None else "")
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header ("" for none), as HTTPBearer
+    reads it: for the upload route's door, which checks it before the body is read."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    return token if scheme.lower() == "bearer" else ""
+
+
+def check_token(expected: str | None, given: str) -> None:
+    """Raise Unauthorized unless `given` is the server's token (no token: anyone passes).
+    Compared in constant time, so response timing does not leak how much of a guess was
+    right."""
+    if expected is not None and not secrets.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("missing or wrong API token: send the header "
+                           "'Authorization: Bearer <token>'")

@@ -6,6 +6,13 @@ from __future__ import annotations
 from foleyrt.errors import FoleyError
 
 
+class Unauthorized(FoleyError):
+    """The server has a token and the request did not bring it (answered with
+    `WWW-Authenticate: Bearer`)."""
+
+    http_status = 401
+
+
 class JobNotFound(FoleyError):
     http_status = 404
 

@@ -195,7 +195,7 @@ def build_api(replica: FoleyReplica) -> FastAPI:
                               "its 48 kHz sound track out, in one request.")
     refusals.install(app)
     app.add_middleware(SubmissionGate, path="/v1/generate", max_bytes=config.max_upload_bytes,
-                       client_timeout_s=CLIENT_TIMEOUT_S, admit=lambda: None)
+                       client_timeout_s=CLIENT_TIMEOUT_S)
 
     @app.get("/v1/health")
     def health() -> dict[str, str]:

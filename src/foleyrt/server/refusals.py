@@ -26,7 +26,9 @@ PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 def error_response(exc: FoleyError) -> JSONResponse:
     retry = getattr(exc, "retry_after_s", None)
-    headers = {"Retry-After": str(retry)} if retry is not None else None
+    headers = {"Retry-After": str(retry)} if retry is not None else {}
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"detail": str(exc)}, status_code=exc.http_status, headers=headers)
 
 
