@@ -163,6 +163,8 @@ def test_bad_input_is_one_line_a_status_and_no_file(
         # before one is decoded, whether the header says so or a later frame does.
         ([str(png_movie(tmp_path / "bomb.mov", [(16000, 16000)] * 2))],
          "cannot be read within the limit of 67,108,864 pixels per frame"),
+        ([str(png_movie(tmp_path / "bomb2.mov", [(16000, 16000)] * 2, audio_first=True))],
+         "cannot be read within the limit of 67,108,864 pixels per frame"),
         ([str(png_movie(tmp_path / "liar.mov", [(64, 48)] * 2 + [(16000, 16000)] * 2))],
          "over the limit of 67,108,864 pixels per frame"),
     ]

@@ -125,11 +125,13 @@ def png_frame(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def png_movie(path: Path, sizes: list[tuple[int, int]], fps: int = 2) -> Path:
+def png_movie(path: Path, sizes: list[tuple[int, int]], fps: int = 2, *,
+              audio_first: bool = False) -> Path:
     """A QuickTime file of PNG frames of the given sizes, muxed without decoding them; its
-    header states the first frame's size."""
+    header states the first frame's size. `audio_first`: a sound track is stream 0."""
     frames = {size: png_frame(*size) for size in set(sizes)}
     with av.open(str(path), "w", format="mov") as out:
+        audio = out.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio_first else None
         stream = out.add_stream("png", rate=fps)
         stream.width, stream.height = sizes[0]
         stream.pix_fmt = "rgb24"
@@ -140,4 +142,6 @@ def png_movie(path: Path, sizes: list[tuple[int, int]], fps: int = 2) -> Path:
             packet.duration = 1
             packet.time_base = Fraction(1, fps)
             out.mux(packet)
+        if audio is not None:
+            encode_tone(out, audio, len(sizes) / fps)
     return path

@@ -132,11 +132,9 @@ def open_media(
     try:
         if path.stat().st_size == 0:
             raise MediaError(f"{path}: file is empty")
-        options = [_codec_options(limits)]
-        # PyAV's stub says list[str]; it takes a dict of options per stream
-        container = av.open(  # type: ignore[call-overload]
-            str(path), mode="r", stream_options=options
-        )
+        # Options for every stream, whatever its index (and none for MPEG-PS or FLV, whose
+        # streams appear only while they are probed: PyAV refuses per-stream options there).
+        container = av.open(str(path), mode="r", options=_codec_options(limits))
     except PermissionError:
         raise MediaError(f"{path}: cannot be read (permission denied)") from None
     except (av.error.FFmpegError, OSError) as exc:
