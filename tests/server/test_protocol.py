@@ -100,12 +100,18 @@ def test_head_options_and_allow(client: TestClient) -> None:
     head = client.head(wav)
     assert head.status_code == 200 and head.content == b""
     assert int(head.headers["content-length"]) == len(client.get(wav).content)
-    assert client.options("/v1/jobs").headers["allow"] == "GET, OPTIONS, POST"
+    for path in ("/v1/health", "/metrics", f"/v1/jobs/{job['id']}", "/docs"):
+        get, head = client.get(path), client.head(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head(f"/v1/jobs/{MISSING}").status_code == 404
+    assert client.options("/v1/jobs").headers["allow"] == "GET, HEAD, OPTIONS, POST"
     options = client.options(f"/v1/jobs/{job['id']}")
-    assert options.status_code == 204 and options.headers["allow"] == "DELETE, GET, OPTIONS"
+    assert options.status_code == 204
+    assert options.headers["allow"] == "DELETE, GET, HEAD, OPTIONS"
     put = client.put(f"/v1/jobs/{job['id']}")
-    assert put.status_code == 405 and put.headers["allow"] == "DELETE, GET, OPTIONS"
-    assert put.json()["detail"] == "PUT is not allowed here; use DELETE, GET, OPTIONS"
+    assert put.status_code == 405 and put.headers["allow"] == "DELETE, GET, HEAD, OPTIONS"
+    assert put.json()["detail"] == "PUT is not allowed here; use DELETE, GET, HEAD, OPTIONS"
     assert client.options("/").headers["allow"] == "GET, HEAD, OPTIONS"
 
 

@@ -18,7 +18,7 @@ from foleyrt.server import refusals
 from foleyrt.server.deps import bearer_token, check_token
 from foleyrt.server.docs import add_docs
 from foleyrt.server.files import DataDir
-from foleyrt.server.http import RequestContext, SameSiteGuard
+from foleyrt.server.http import HeadAsGet, RequestContext, SameSiteGuard
 from foleyrt.server.limits import SubmissionGate
 from foleyrt.server.metrics import Metrics
 from foleyrt.server.recovery import open_data
@@ -78,12 +78,14 @@ def create_app(settings: ServerSettings, pipelines: Sequence[FoleyPipeline] | No
         check_token(settings.api_token, bearer_token(headers.get("authorization")))
         app.state.service.admit()
 
-    # Added innermost first: requests pass RequestContext, SameSiteGuard, SubmissionGate.
+    # Added innermost first: requests pass RequestContext, HeadAsGet, SameSiteGuard,
+    # SubmissionGate.
     app.add_middleware(SubmissionGate, path=f"{API_PREFIX}/jobs",
                        max_bytes=settings.max_upload_bytes,
                        client_timeout_s=settings.client_timeout_s, admit=admit)
     if settings.api_token is None:
         app.add_middleware(SameSiteGuard, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     refusals.install(app)
     app.include_router(jobs.router, prefix=API_PREFIX)

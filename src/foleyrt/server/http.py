@@ -1,5 +1,6 @@
 """ASGI middleware around every request: its id, the security headers, counted refusals,
-and, on a server without a token, the Host and Origin checks that keep other web pages out.
+HEAD answered wherever GET is, and, on a server without a token, the Host and Origin checks
+that keep other web pages out.
 
 Pure ASGI (not Starlette's BaseHTTPMiddleware), so uploads stream through untouched.
 """
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foleyrt.server.logs import request_id
 from foleyrt.server.metrics import Metrics
+from foleyrt.server.refusals import route_methods
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's own request id is kept if it looks like one; anything else gets ours.
@@ -69,6 +71,30 @@ class RequestContext:
             await self.app(scope, receive, send_with_headers)
         finally:
             request_id.reset(token)
+
+
+class HeadAsGet:
+    """HEAD on a GET route is served as that GET without its body: its status and headers
+    (length and type of a download). FastAPI, unlike Starlette, gives its GET routes no
+    HEAD, so HEAD fell through to the web UI's files and their 404."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (scope["type"] == "http" and scope["method"] == "HEAD"
+                and "GET" in route_methods(scope["app"], scope)):
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class SameSiteGuard:

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Mount
 from starlette.types import Scope
@@ -86,12 +87,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """The methods of this request's path (`route_methods`, HEAD wherever GET is:
+    `http.HeadAsGet`), the static files' when no route has it. OPTIONS is always
+    answered."""
+    methods = route_methods(app, scope)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted((methods or set(STATIC_METHODS)) | {"OPTIONS"})
+
+
+def route_methods(app: Starlette, scope: Scope) -> set[str]:
     """The methods some route (not the static files) fully matches for this request's path,
-    found by asking each route with each method; the static files' when none does. OPTIONS
-    is always answered."""
-    methods = {
+    found by asking each route with each method."""
+    return {
         method for method in PROBED_METHODS
         if any(not isinstance(route, Mount) and route.matches({**scope, "method": method})[0]
                is Match.FULL for route in app.routes)
     }
-    return sorted((methods or set(STATIC_METHODS)) | {"OPTIONS"})

@@ -119,8 +119,3 @@ def get_output(job_id: str, index: int, fmt: OutputFormat, service: ServiceDep) 
     path = service.output_path(job_id, index, fmt)
     return FileResponse(path, media_type=_MEDIA_TYPES[fmt],
                         filename=f"foley-{job_id[:8]}-{index}.{fmt}")
-
-
-# HEAD gives the headers of the same download (size, type) without the body.
-router.add_api_route("/{job_id}/outputs/{index}.{fmt}", get_output, methods=["HEAD"],
-                     response_class=FileResponse, include_in_schema=False)
