@@ -5,7 +5,8 @@ Real-size random weights (`--size xxl`) are built once per device; for each `--b
 setting a server runs on a free loopback port with those pipelines (one worker per device),
 `foleyrt loadtest`'s own client first warms it up (`--warmup` jobs: compilation and CUDA-graph
 capture of the batch shapes) and then submits `--jobs` jobs from `--clients` clients. Printed
-per setting: jobs/s, latency p50/p95, mean jobs per batch (of the measured jobs), peak GPU
+per setting: jobs/s, latency p50/p95, mean jobs per batch (of the measured jobs), the
+seconds each stage took summed over the measured jobs (the server's metrics), peak GPU
 memory. `--batch-rows 2` is the one-at-a-time baseline (a guided job fills two rows); `auto`
 is the row budget. Measurements go to docs/benchmarks.md.
 
@@ -77,11 +78,17 @@ def _watch_workers(url: str, stop: threading.Event) -> None:
             os._exit(3)
 
 
-def batch_totals(url: str) -> tuple[float, float]:
-    """(jobs, batches) so far, from the server's own histogram of jobs per batch."""
+def batch_totals(url: str) -> dict[str, float]:
+    """Totals so far from the server's own metrics: `jobs` and `batches` (its histogram of
+    jobs per batch) and each stage's seconds summed over jobs (`video`: the wait for a
+    clip decoded ahead; `denoise`: each job counts its whole batch's)."""
     text = httpx.get(f"{url}/metrics").text
-    return tuple(float(re.search(rf"^foleyrt_batch_jobs_{part} (\S+)$", text, re.M)[1])
-                 for part in ("sum", "count"))  # type: ignore[return-value]
+    totals = {name: float(re.search(rf"^foleyrt_batch_jobs_{part} (\S+)$", text, re.M)[1])
+              for name, part in (("jobs", "sum"), ("batches", "count"))}
+    for stage, value in re.findall(
+            r'^foleyrt_stage_duration_seconds_sum\{stage="(\w+)"\} (\S+)$', text, re.M):
+        totals[stage] = float(value)
+    return totals
 
 
 def main() -> None:
@@ -143,16 +150,17 @@ def main() -> None:
             warmup = args.warmup if args.warmup is not None else args.clients
             run_loadtest(LoadSpec(**{**job.__dict__, "url": url, "jobs": warmup}))
             phase(f"batch rows {setting}: {warmup} warm-up jobs done")
-            jobs_before, batches_before = batch_totals(url)
+            before = batch_totals(url)
             report = run_loadtest(LoadSpec(**{**job.__dict__, "url": url}))
-            jobs_after, batches_after = batch_totals(url)
+            after = batch_totals(url)
+            spent = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
             completed = report.count(Outcome.COMPLETED)
             row = {
                 "batch_rows": setting, "devices": [str(d) for d in devices],
                 "jobs": args.jobs, "completed": completed, "wall_s": round(report.wall_s, 2),
                 "jobs_per_s": round(completed / report.wall_s, 3),
-                "mean_jobs_per_batch": round((jobs_after - jobs_before)
-                                             / max(batches_after - batches_before, 1), 2),
+                "mean_jobs_per_batch": round(spent["jobs"] / max(spent["batches"], 1), 2),
+                "stage_s": {k: v for k, v in spent.items() if k not in ("jobs", "batches")},
                 "peak_gpu_gib": round(max((torch.cuda.max_memory_allocated(d) for d in cuda),
                                           default=0) / 2**30, 1),
             }

@@ -7,9 +7,10 @@ only after all were written, so a client never sees a half-finished set.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from foleyrt.media.video import DecodedClip, VideoLimits
+from foleyrt.media.video import VideoLimits
 from foleyrt.pipeline.pipeline import Encoded, FoleyPipeline, FoleyResult, ProgressFn
 from foleyrt.server.files import DataDir
 from foleyrt.server.prefetch import ClipPrefetch
@@ -26,14 +27,20 @@ def encode_job(
 ) -> Encoded:
     """The first stage of a job: its upload (if any) decoded within the server's limits (by
     this thread, or by `clips`' processes) and its features computed, from its stored
-    parameters."""
+    parameters. Its "video" time is then the wait for `clips`' decoding (0: decoded
+    ahead)."""
     params = JobParams.model_validate(job.params)
     request = params.generation_request(video_limits.max_seconds)
     request.check_source(not params.text_only)
-    video: Path | DecodedClip | None = None
-    if not params.text_only:
-        video = files.input_path(job.id) if clips is None else clips.take(job)
-    return pipeline.encode(video, request, progress, video_limits)
+    if params.text_only or clips is None:
+        video = None if params.text_only else files.input_path(job.id)
+        return pipeline.encode(video, request, progress, video_limits)
+    started = time.perf_counter()
+    clip = clips.take(job)
+    waited = time.perf_counter() - started
+    encoded = pipeline.encode(clip, request, progress, video_limits)
+    encoded.timings["video"] = waited
+    return encoded
 
 
 def write_outputs(result: FoleyResult, job_dir: Path) -> tuple[OutputFiles, ...]:
