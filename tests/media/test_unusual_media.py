@@ -4,6 +4,7 @@ steps, one pipeline for all clips as the server and batch hold it)."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -13,6 +14,7 @@ import torch
 
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.config import TINY_RANDOM
+from foleyrt.media.synthetic import ClipSpec, encode_clip, encode_tone
 from foleyrt.media.video import probe_video
 from foleyrt.media.video_track import Timing, retime
 from foleyrt.pipeline.pipeline import FoleyPipeline
@@ -140,3 +142,22 @@ def test_an_edit_list_s_hidden_frames_do_not_lengthen_the_sound() -> None:
     packets = [Timing(pts=t, dts=t, duration=4) for t in (-8, -4, 0, 4, 8)]
     assert retime(packets) == 12  # 0.12 s: three frames, not five
     assert [p.dts for p in packets] == [-8, -4, 0, 4, 8]
+
+
+def test_a_matroska_clip_lasts_as_long_as_its_picture_not_its_sound(tmp_path: Path) -> None:
+    """Matroska stores no stream durations and its container's is the longest stream's: 2 s
+    of picture beside 6 s of sound is a 2 s clip (it was taken for 6 s and made 6 s of
+    audio, most of it over a held last frame)."""
+    spec = ClipSpec("mpeg4", ".mkv", Fraction(25), 2)  # no B-frames: timestamps from 0
+    path = encode_clip(tmp_path / "short_picture.mkv", spec)
+    with av.open(str(path)) as src, av.open(str(tmp_path / "long_sound.mkv"), "w") as dst:
+        copy = dst.add_stream_from_template(src.streams.video[0])
+        sound = dst.add_stream("aac", rate=48_000, layout="mono")
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = copy
+                dst.mux(packet)
+        encode_tone(dst, sound, 6.0)
+    with av.open(str(tmp_path / "long_sound.mkv")) as c:
+        assert c.duration / av.time_base > 5.9 and c.streams.video[0].duration is None
+    assert probe_video(tmp_path / "long_sound.mkv").duration_s == pytest.approx(2.0, abs=0.05)

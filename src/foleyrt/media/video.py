@@ -261,13 +261,14 @@ def scan_video(path: str | Path, limits: VideoLimits) -> VideoInfo:
 def _duration(
     container: av.container.InputContainer, stream: av.video.VideoStream, path: Path
 ) -> float:
-    """The video stream's own duration if the header has it; else the container's (which
-    may include other streams); else the end of the last video packet."""
+    """The video stream's own duration if the header has it; else the container's when the
+    video is all it holds; else the span of the video packets. (Matroska and WebM store no
+    stream durations: their container's is the longest stream's, 10 minutes of sound
+    beside 3 s of picture; and with a late start, the end's time.)"""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    if container.duration is not None and not stream_start(stream):
-        # (With a late start, some containers' duration is the end's time, Matroska's: the
-        # packets' span below is the length either way.)
+    if (container.duration is not None and not stream_start(stream)
+            and len(container.streams) == 1):
         return container.duration / av.time_base
     start, end = math.inf, -math.inf
     try:
