@@ -55,9 +55,7 @@ class GenerationRequest:
         if self.negative_prompt is None:  # "the default", as the front ends spell it
             object.__setattr__(self, "negative_prompt", DEFAULT_NEGATIVE_PROMPT)
         for name in ("prompt", "negative_prompt"):
-            if len(getattr(self, name)) > MAX_PROMPT_CHARS:
-                raise InputError(f"{name.replace('_', ' ')} is longer than {MAX_PROMPT_CHARS} "
-                                 "characters")
+            check_prompt(name, getattr(self, name))
         _check_int("steps", self.steps, 1, MAX_STEPS)
         _check_int("samples", self.samples, 1, MAX_SAMPLES)
         if self.seed is not None:
@@ -108,6 +106,13 @@ def transformer_rows(samples: int, guidance: float) -> int:
     """The transformer rows of `samples` samples of one clip (or one window of a long one):
     a row per sample, twice with guidance."""
     return samples * (2 if guidance_active(guidance) else 1)
+
+
+def check_prompt(name: str, text: str) -> None:
+    """A prompt (`name`: "prompt" or "negative_prompt") no longer than MAX_PROMPT_CHARS."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(f"{name.replace('_', ' ')} is longer than {MAX_PROMPT_CHARS} "
+                         "characters")
 
 
 def check_duration(seconds: float, maximum: float = MAX_DURATION) -> float:

@@ -46,7 +46,7 @@ from pathlib import Path
 from foleyrt.atomic import write_atomic
 from foleyrt.errors import InputError, OutputError, UsageError
 from foleyrt.media.audio import OUTPUT_SUFFIXES, numbered_paths
-from foleyrt.request import MAX_SEED, GenerationRequest
+from foleyrt.request import MAX_SEED, GenerationRequest, check_prompt
 from foleyrt.version import __version__
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ FORMATS = {"mp4": (".mp4",), "wav": (".wav",), "both": (".mp4", ".wav")}
 # Characters Windows/SMB shares refuse in a file name, plus control characters.
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 _FALLBACK_NAME = "clip"
+# A seed cell: ASCII digits (Python's int() also takes "1_000", "+12" and other scripts' digits).
+_SEED = re.compile(r"-?[0-9]+")
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,12 +207,16 @@ def _csv_item(
     if not video:
         raise InputError(f"{where}: the video cell is empty")
     seed_text = cells.get("seed", "")
-    try:
-        seed = int(seed_text) if seed_text else None
-    except ValueError:
-        raise InputError(f"{where}: seed {seed_text!r} is not a whole number") from None
+    if seed_text and not _SEED.fullmatch(seed_text):
+        raise InputError(f"{where}: seed {seed_text!r} is not a whole number")
+    seed = int(seed_text) if seed_text else None
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise InputError(f"{where}: seed {seed} is not between 0 and {MAX_SEED}")
+    for name in ("prompt", "negative_prompt"):
+        try:
+            check_prompt(name, cells.get(name, ""))
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
     output = cells.get("output") or default_output
     if output is not None:
         check_name(output, where)
