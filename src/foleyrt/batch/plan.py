@@ -315,9 +315,10 @@ def plan_batch(items: Sequence[BatchItem], outdir: Path, settings: BatchSettings
                 raise InputError(f"{where}: output {name!r} is also used at {other}")
         names.append(name)
     jobs = []
+    tried: dict[str, int] = {}  # casefolded stem -> the last number given it
     for index, (item, name) in enumerate(zip(items, names, strict=True)):
         if name is None:
-            name = _free_name(safe_name(item.video.stem) or _FALLBACK_NAME, taken)
+            name = _free_name(safe_name(item.video.stem) or _FALLBACK_NAME, taken, tried)
             taken[name.casefold()] = _where(item, index)
         bases = tuple(outdir / f"{name}{suffix}" for suffix in settings.formats)
         outputs = tuple(p for base in bases
@@ -344,11 +345,15 @@ def _explicit_name(output: str, formats: tuple[str, ...], where: str) -> str:
     return output
 
 
-def _free_name(stem: str, taken: dict[str, str]) -> str:
-    name, n = stem, 1
+def _free_name(stem: str, taken: dict[str, str], tried: dict[str, int]) -> str:
+    """The first free name among `stem`, `stem-2`, ..., searched on from the number the
+    stem got last (`tried`): a CSV of 10,000 rows of one clip plans in linear time."""
+    n = tried.get(stem.casefold(), 1)
+    name = stem if n == 1 else f"{stem}-{n}"
     while name.casefold() in taken:
         n += 1
         name = f"{stem}-{n}"
+    tried[stem.casefold()] = n
     return name
 
 
