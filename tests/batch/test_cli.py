@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,7 @@ import pytest
 
 from foleyrt import cli
 from foleyrt.config import TINY_RANDOM
+from foleyrt.media.synthetic import write_test_clips
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from tests.batch.test_plan import write_csv
 
@@ -140,3 +145,33 @@ def test_executor_options_are_checked_before_the_model(
                                    *options, "--model", NO_MODEL)
     assert (code, stdout) == (2, "")
     assert stderr == f"foleyrt: error: {message}\n"
+
+
+def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path: Path) -> None:
+    """A `kill` (a scheduler's stop) mid-run: exit 143 with one line, finished items kept,
+    no partial file, the report written, and the next run resumes. (Both signals used to
+    leave stage threads running into the interpreter's exit, which aborted the process,
+    and SIGTERM skipped every cleanup.)"""
+    write_test_clips(tmp_path / "in", 8, 1.2, width=64, height=48, fps=10)
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    command = [sys.executable, "-c", "import sys; from foleyrt.cli import main; sys.exit(main())",
+               "batch", str(tmp_path / "in"), "-o", str(out), "--model", TINY_RANDOM,
+               "--steps", "50", "--samples", "2", "--format", "both", "--device", "cpu",
+               "--report", str(report)]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.wav")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.splitlines()[-1] == "foleyrt: terminated"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    statuses = [item["status"] for item in json.loads(report.read_text())["items"]]
+    assert statuses[0] == "done" and "not run" in statuses
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[-1] == (
+        f"{statuses.count('not run')} done, {statuses.count('done')} skipped (existing), "
+        "0 failed")

@@ -330,8 +330,7 @@ class _Run:
                 self.guard(lambda: self.group_all(encoded, handoff))
             finally:
                 self.put(handoff, _END)
-                for t in threads:
-                    t.join()
+                self.join(threads)
         if self.error is not None:
             raise self.error
 
@@ -566,6 +565,19 @@ class _Run:
         finally:
             with self.lock:
                 self.stats.busy_s[stage] += time.perf_counter() - start
+
+    def join(self, threads: Sequence[threading.Thread]) -> None:
+        """Wait for the stages. Interrupted while waiting (Ctrl-C or SIGTERM once this thread
+        has queued everything), stop them and wait again before passing the interrupt on:
+        stage threads left running into the interpreter's exit abort the process."""
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:
+            self.stop.set()
+            for t in threads:
+                t.join()
+            raise
 
     def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
         return threading.Thread(target=lambda: self.guard(target), name=name, daemon=True)

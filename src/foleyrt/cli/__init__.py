@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from foleyrt.cli import batch, bench, calibrate, export, generate, serve, verify
 from foleyrt.cli.options import Parser
@@ -20,6 +24,29 @@ from foleyrt.errors import FoleyError
 from foleyrt.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler's stop), unwinding as Ctrl-C does: partial files removed,
+    finished batch items kept for the resume."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread while a command runs (`serve` installs
+    its own handler once its server starts); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
@@ -70,10 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.quiet, args.verbose)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with _sigterm_unwinds():
+            return handler(args)
     except FoleyError as exc:
         print(f"foleyrt: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("foleyrt: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("foleyrt: interrupted", file=sys.stderr)
         return 130
