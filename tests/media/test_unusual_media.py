@@ -14,8 +14,8 @@ import torch
 
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.config import TINY_RANDOM
-from foleyrt.media.synthetic import ClipSpec, encode_clip, encode_tone
-from foleyrt.media.video import probe_video
+from foleyrt.media.synthetic import ClipSpec, encode_clip, encode_tone, picture
+from foleyrt.media.video import codec_name, probe_video
 from foleyrt.media.video_track import Timing, retime
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.request import GenerationRequest
@@ -161,3 +161,25 @@ def test_a_matroska_clip_lasts_as_long_as_its_picture_not_its_sound(tmp_path: Pa
     with av.open(str(tmp_path / "long_sound.mkv")) as c:
         assert c.duration / av.time_base > 5.9 and c.streams.video[0].duration is None
     assert probe_video(tmp_path / "long_sound.mkv").duration_s == pytest.approx(2.0, abs=0.05)
+
+
+def test_a_re_encoded_picture_keeps_its_pixel_aspect_ratio(
+    pipeline: FoleyPipeline, tmp_path: Path
+) -> None:
+    """PAL DV (MP4 cannot carry it: re-encoded) has 16:15 pixels; with square ones its
+    picture played squeezed."""
+    source = tmp_path / "pal.avi"
+    with av.open(str(source), "w") as out:
+        stream = out.add_stream("dvvideo", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 720, 576, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(16, 15)
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(picture(i, 720, 576), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    result = pipeline.generate(source, GenerationRequest(steps=2, seed=1))
+    (mp4,) = result.save(tmp_path / "out.mp4")
+    with av.open(str(mp4)) as c:
+        video = c.streams.video[0]
+        assert codec_name(video) == "h264"
+        assert video.sample_aspect_ratio == Fraction(16, 15)

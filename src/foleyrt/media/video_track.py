@@ -171,13 +171,16 @@ def _reencode(
 ) -> tuple[av.video.VideoStream, list[av.Packet]]:
     """Decode `source` and encode every frame at its own timestamp, with its own duration;
     odd sizes are stretched by a pixel to the even size 4:2:0 needs, and the source's
-    display rotation is kept."""
+    display rotation and pixel aspect ratio are kept."""
     time_base = source.time_base or Fraction(1, 90_000)
     stream = out.add_stream(REENCODE_CODEC, rate=source.average_rate or source.guessed_rate,
                             options=REENCODE_OPTIONS)
     ctx = source.codec_context
     stream.width, stream.height = _even(ctx.width), _even(ctx.height)
     stream.pix_fmt = REENCODE_PIX_FMT
+    aspect = source.sample_aspect_ratio or ctx.sample_aspect_ratio
+    if aspect:  # non-square pixels (DV, SD broadcast, anamorphic): shown as wide as before
+        stream.codec_context.sample_aspect_ratio = aspect
     stream.time_base = stream.codec_context.time_base = time_base
     durations: dict[int, int] = {}
     packets: list[av.Packet] = []
