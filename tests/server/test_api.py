@@ -196,6 +196,26 @@ def test_full_queue_429_then_cancel_queued_200_and_running_202(
         assert _job_dirs(client) == []
 
 
+def test_a_cancel_while_the_files_are_written_ends_the_job_cancelled(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answered 202 ("stops at its next step"), a cancel that came while the job's sound
+    was decoded or written used to be dropped: the job succeeded."""
+    from foleyrt.server import worker
+
+    service = service_of(client)
+
+    def cancelled_meanwhile(result: Any, job_dir: Any) -> Any:
+        assert service.cancel(job_dir.name).state.value == "running"
+        return write_outputs(result, job_dir)
+
+    write_outputs = worker.write_outputs
+    monkeypatch.setattr(worker, "write_outputs", cancelled_meanwhile)
+    job = wait_for(client, submit_text(client).json()["id"])
+    assert job["state"] == "cancelled" and job["outputs"] == []
+    assert _job_dirs(client) == []
+
+
 def test_ended_job_cannot_be_cancelled_409_nor_give_outputs(client: TestClient) -> None:
     job_id = submit_text(client).json()["id"]
     wait_for(client, job_id)

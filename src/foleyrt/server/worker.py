@@ -111,6 +111,10 @@ class Signals:
         with self._lock:
             self._cancelled.discard(job_id)
 
+    def cancelled(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._cancelled
+
     def reason(self, job_id: str, deadline: float) -> StopReason | None:
         """Why `job_id` (with its time limit at `deadline`) must stop now, if it must."""
         with self._lock:
@@ -345,6 +349,9 @@ class Worker:
             self.store.set_progress(job.id, "saving", 0, 1)
             saving = time.monotonic()
             outputs = write_outputs(result, self.files.job_dir(job.id))
+            if self.signals.cancelled(job.id):  # asked while its sound was made or written
+                job.reason = StopReason.CANCELLED
+                raise Cancelled("generation cancelled")
             return time.monotonic() - saving, outputs
 
         try:
