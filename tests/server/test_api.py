@@ -125,6 +125,10 @@ def test_upload_over_the_limit_is_413(make_app: MakeApp, clips: Clips) -> None:
         streamed = client.post("/v1/jobs", content=chunks(),
                                headers={"content-type": "multipart/form-data; boundary=x"})
         assert streamed.status_code == 413 and "limit" in streamed.json()["detail"]
+        # within the door's room for form fields, but the video itself is over the limit
+        just_over = client.post("/v1/jobs", data={"prompt": "x"},
+                                files={"video": ("a.mp4", big[:1001], "video/mp4")})
+        assert just_over.status_code == 413 and "limit" in just_over.json()["detail"]
         assert _job_dirs(client) == []
 
 

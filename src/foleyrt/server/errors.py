@@ -30,6 +30,14 @@ class ResultsGone(FoleyError):
     http_status = 410
 
 
+class UploadTooLarge(FoleyError):
+    http_status = 413
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"upload too large: the limit is {max_bytes / 1024 ** 2:g} MiB per "
+                         "video; trim or re-encode the clip")
+
+
 class QueueFull(FoleyError):
     http_status = 429
 

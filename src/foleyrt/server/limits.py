@@ -22,9 +22,11 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foleyrt.errors import FoleyError
+from foleyrt.server.errors import UploadTooLarge
 from foleyrt.server.refusals import error_response
 
-# Room for the form fields and multipart framing around the video itself.
+# Room for the form fields and multipart framing around the video itself (the video's own
+# size is held to the limit exactly as it is stored: `JobService`).
 FORM_OVERHEAD_BYTES = 64 * 1024
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # A refused body is not read on: the connection ends with the answer.
@@ -43,8 +45,7 @@ class SubmissionGate:
         self.max_bytes = max_bytes
         self.client_timeout_s = client_timeout_s
         self.admit = admit
-        self.message = (f"upload too large: the limit is {max_bytes / 1024 ** 2:g} MiB per "
-                        "video; trim or re-encode the clip")
+        self.message = str(UploadTooLarge(max_bytes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (scope["type"] == "http" and scope["method"] == "POST"

@@ -27,6 +27,7 @@ from foleyrt.server.errors import (
     NotAccepting,
     QueueFull,
     ResultsGone,
+    UploadTooLarge,
 )
 from foleyrt.server.files import DataDir, new_job_id
 from foleyrt.server.metrics import Metrics
@@ -229,9 +230,12 @@ class JobService:
         content, probed with FFmpeg on the probing threads within the video limits, not the
         name or the declared type); the SHA-256 of its bytes."""
         path = self.files.input_path(job_id)
-        digest = hashlib.sha256()
+        digest, size = hashlib.sha256(), 0
         with path.open("wb") as out:
             while chunk := upload.read(_COPY_CHUNK):
+                size += len(chunk)
+                if size > self.settings.max_upload_bytes:  # the door allowed form overhead
+                    raise UploadTooLarge(self.settings.max_upload_bytes)
                 digest.update(chunk)
                 out.write(chunk)
         try:
