@@ -4,10 +4,12 @@ steps, one pipeline for all clips as the server and batch hold it)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import soundfile
 import torch
@@ -15,7 +17,7 @@ import torch
 from foleyrt.accel.runtime import RuntimeConfig
 from foleyrt.config import TINY_RANDOM
 from foleyrt.media.synthetic import ClipSpec, encode_clip, encode_tone, picture
-from foleyrt.media.video import codec_name, probe_video
+from foleyrt.media.video import codec_name, decode_clip, probe_video
 from foleyrt.media.video_track import Timing, retime
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.request import GenerationRequest
@@ -183,3 +185,28 @@ def test_a_re_encoded_picture_keeps_its_pixel_aspect_ratio(
         video = c.streams.video[0]
         assert codec_name(video) == "h264"
         assert video.sample_aspect_ratio == Fraction(16, 15)
+
+
+def test_an_avi_with_b_frames_is_timed_and_written_in_display_order(
+    pipeline: FoleyPipeline, tmp_path: Path
+) -> None:
+    """AVI stores no presentation times: with B-frames FFmpeg's stamps follow decode order,
+    the decoder's frames came out carrying one another's times (features sampled out of
+    order) and a stream copy played them out of order, a frame late."""
+    spec = ClipSpec("libx264", ".avi", Fraction(25), 2, options={"bf": "2"})
+    source = encode_clip(tmp_path / "b_frames.avi", spec)
+    same_in_mp4 = encode_clip(tmp_path / "b_frames.mp4", replace(spec, suffix=".mp4"))
+    clip, expected = decode_clip(source), decode_clip(same_in_mp4)
+    assert clip.sync_source_time == expected.sync_source_time
+    assert clip.siglip_source_time == expected.siglip_source_time
+    assert clip.sync_source_index == expected.sync_source_index
+
+    (mp4,) = pipeline.generate(source, GenerationRequest(steps=2, seed=1)).save(tmp_path / "o.mp4")
+    with av.open(str(source)) as a, av.open(str(mp4)) as b:
+        shown = [f.to_ndarray(format="rgb24").astype(int) for f in a.decode(video=0)]
+        written = list(b.decode(video=0))
+    assert [f.time for f in written] == pytest.approx([k / 25 for k in range(50)])
+    # the same pictures in the same order (re-encoded: close, not equal)
+    errors = [np.abs(f.to_ndarray(format="rgb24") - s).mean()
+              for f, s in zip(written, shown, strict=True)]
+    assert max(errors) < 4

@@ -11,6 +11,7 @@ fixture E1 checks both, on the device under test.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -56,6 +57,9 @@ _TRUNCATION_SLACK_S = 0.5
 # Demuxers that happily "open" non-videos: still images and text files (FFmpeg's ANSI-art
 # `tty` demuxer accepts any .txt).
 _NOT_VIDEO_FORMATS = ("image2", "tty")
+# Frames a decoder holds back at most to put them in display order (H.264's largest
+# decoded picture buffer): how far ahead `display_timed` looks for a frame's time.
+REORDER_DEPTH = 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +309,47 @@ def stream_start(stream: av.video.VideoStream) -> int:
     return max(0, stream.start_time)
 
 
+def stamped_in_decode_order(container: av.container.InputContainer,
+                            stream: av.video.VideoStream) -> bool:
+    """AVI stores no presentation times: FFmpeg stamps its packets in decode order, so with
+    B-frames the decoder's frames come out in display order carrying one another's times
+    (and a stream copy of them plays out of order)."""
+    return container.format.name == "avi" and stream.codec_context.has_b_frames
+
+
+def display_timed(frames: Iterable[av.VideoFrame], reorder: bool, start: int = 0
+                  ) -> Iterator[tuple[av.VideoFrame, int | None]]:
+    """Each decoded frame with its presentation timestamp. With `reorder`
+    (`stamped_in_decode_order`), the k-th frame out of the decoder gets the k-th earliest
+    of the frames' timestamps (looking `REORDER_DEPTH` frames ahead: the decoder emits
+    display order, and the set of times is right, only their order is not), all moved so
+    that the first frame is shown at `start` (the stream's; the guessed stamps lag the
+    decode order by the reordering delay)."""
+    if not reorder:
+        yield from ((frame, frame.pts) for frame in frames)
+        return
+    held: deque[av.VideoFrame] = deque()
+    times: list[int] = []
+    lag: int | None = None
+
+    def next_out() -> tuple[av.VideoFrame, int]:
+        nonlocal lag
+        pts = heapq.heappop(times)
+        lag = pts - start if lag is None else lag
+        return held.popleft(), pts - lag
+
+    for frame in frames:
+        if frame.pts is None:
+            yield frame, None  # refused by the caller
+            return
+        heapq.heappush(times, frame.pts)
+        held.append(frame)
+        if len(held) > REORDER_DEPTH:
+            yield next_out()
+    while held:
+        yield next_out()
+
+
 # --------------------------------------------------------------------------------------------
 # One decode pass, several tick schedules
 # --------------------------------------------------------------------------------------------
@@ -352,17 +397,18 @@ def iter_ticks(
         stream.thread_type = "AUTO"
         origin = stream_start(stream)
         stream.codec_context.options = _codec_options(limits)
+        reorder = stamped_in_decode_order(container, stream)
         # closed explicitly on an early stop, before the container it reads from
         with closing(_decoded(container, stream, path, max_pixels(limits))) as frames:
-            for frame_index, frame in enumerate(frames):
+            for frame_index, (frame, pts) in enumerate(display_timed(frames, reorder, origin)):
                 _check_frame(path, frame, frame_index, limits)
                 if on_frame is not None:
                     on_frame(frame_index + 1)
-                if frame.pts is None or frame.time_base is None:
+                if pts is None or frame.time_base is None:
                     raise MediaError(
                         f"{path}: video frames carry no timestamps; remux the file into MP4"
                     )
-                tau = float((frame.pts - origin) * frame.time_base)  # `frame.time` from 0
+                tau = float((pts - origin) * frame.time_base)  # `frame.time` from 0
                 if tau < 0:
                     continue
                 if tau > end_s:

@@ -1,5 +1,6 @@
 """The picture of an MP4 result: the source's video stream copied packet for packet when MP4
-can carry its codec, otherwise re-encoded to H.264 with the same frames and timestamps.
+can carry its codec (and its packets carry their presentation times: not AVI's with
+B-frames), otherwise re-encoded to H.264 with the same frames and timestamps.
 
 Either way the packets' decode timestamps are rebuilt from their presentation times (the
 n-th packet in decode order gets the n-th earliest presentation time, less one constant
@@ -28,7 +29,14 @@ import av
 import av.container
 
 from foleyrt.errors import MediaError
-from foleyrt.media.video import codec_name, first_video_stream, open_media, stream_start
+from foleyrt.media.video import (
+    codec_name,
+    display_timed,
+    first_video_stream,
+    open_media,
+    stamped_in_decode_order,
+    stream_start,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +76,18 @@ def add_video_track(
     H.264 (said in one log line). The timestamps are read before returning; a copy's packets
     are read again from `path` while they are muxed."""
     codec = codec_name(source)
-    if codec in MP4_VIDEO_CODECS:
+    reorder = stamped_in_decode_order(_input(source), source)
+    if codec in MP4_VIDEO_CODECS and not reorder:
         stream = out.add_stream_from_template(source, opaque=True)
         if codec == "hevc":  # Apple's players want `hvc1`, FFmpeg's MP4 default is `hev1`
             stream.codec_context.codec_tag = "hvc1"
         read: Iterable[av.Packet] = _with_data(source)
         packets: Iterable[av.Packet] = _copied(path)
     else:
-        log.info("%s: MP4 cannot carry its %s video; re-encoding the picture to H.264", path,
-                 codec)
-        stream, encoded = _reencode(out, source, path)
+        why = ("its AVI stores no presentation times for the B-frames of its" if reorder
+               else "MP4 cannot carry its")
+        log.info("%s: %s %s video; re-encoding the picture to H.264", path, why, codec)
+        stream, encoded = _reencode(out, source, path, reorder)
         read = packets = encoded
     timings, time_base = [], None
     for p in read:
@@ -167,11 +177,12 @@ def _even(n: int) -> int:
 
 
 def _reencode(
-    out: av.container.OutputContainer, source: av.video.VideoStream, path: Path
+    out: av.container.OutputContainer, source: av.video.VideoStream, path: Path,
+    reorder: bool,
 ) -> tuple[av.video.VideoStream, list[av.Packet]]:
-    """Decode `source` and encode every frame at its own timestamp, with its own duration;
-    odd sizes are stretched by a pixel to the even size 4:2:0 needs, and the source's
-    display rotation and pixel aspect ratio are kept."""
+    """Decode `source` and encode every frame at its own timestamp (`display_timed`), with
+    its own duration; odd sizes are stretched by a pixel to the even size 4:2:0 needs, and
+    the source's display rotation and pixel aspect ratio are kept."""
     time_base = source.time_base or Fraction(1, 90_000)
     stream = out.add_stream(REENCODE_CODEC, rate=source.average_rate or source.guessed_rate,
                             options=REENCODE_OPTIONS)
@@ -185,15 +196,16 @@ def _reencode(
     durations: dict[int, int] = {}
     packets: list[av.Packet] = []
     source.thread_type = "AUTO"
-    for frame in _input(source).decode(source):
-        if frame.pts is None:
+    for frame, pts in display_timed(_input(source).decode(source), reorder,
+                                    stream_start(source)):
+        if pts is None:
             raise MediaError(f"{path}: video frames carry no timestamps; remux the file into MP4")
         if not durations and frame.rotation:
             stream.set_display_rotation(frame.rotation)
-        durations[frame.pts] = frame.duration
+        durations[pts] = frame.duration
         picture = frame.reformat(width=stream.width, height=stream.height,
                                  format=REENCODE_PIX_FMT)
-        picture.pts, picture.time_base = frame.pts, time_base
+        picture.pts, picture.time_base = pts, time_base
         packets.extend(stream.encode(picture))
     packets.extend(stream.encode(None))
     for packet in packets:
