@@ -13,11 +13,13 @@ is the row budget. Measurements go to docs/benchmarks.md.
     PYTHONPATH=src python scripts/serve_throughput.py [--devices cuda:0[,cuda:1...]]
         [--accel compile] [--precision fp8] [--duration 10 | --video CLIP | --video-seconds 10]
         [--jobs 32] [--clients 32] [--steps 50] [--batch-rows 2,auto] [--batch-wait-ms 0]
+        [--decode-in threads,processes] [--decode-workers 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -34,6 +36,7 @@ import torch
 
 from foleyrt.accel.process import configure_process
 from foleyrt.accel.runtime import RuntimeConfig, parse_device
+from foleyrt.batch.local import DecodeIn
 from foleyrt.bench.throughput import CLIP_FPS, CLIP_SIZE
 from foleyrt.config import PRESETS, RANDOM
 from foleyrt.media.synthetic import write_test_clip
@@ -91,6 +94,18 @@ def batch_totals(url: str) -> dict[str, float]:
     return totals
 
 
+def server_settings(args: argparse.Namespace, devices: list[torch.device], data: Path,
+                    rows: str, place: DecodeIn | None) -> ServerSettings:
+    """The measured server's settings: one `--batch-rows` value and decoding place."""
+    workers = {} if args.decode_workers is None else {"decode_workers": args.decode_workers}
+    return ServerSettings(
+        data_dir=data, default_steps=args.steps, max_queue=max(args.jobs, 16), max_samples=1,
+        job_timeout_s=3600, devices=tuple(devices),
+        batch_rows=None if rows == "auto" else int(rows),
+        batch_wait_s=args.batch_wait_ms / 1000, allowed_hosts=("127.0.0.1",),
+        decode_in=place, **workers)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="xxl", choices=list(PRESETS), help="tiny: a CPU smoke run")
@@ -109,6 +124,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch-rows", default="2,auto")
     p.add_argument("--batch-wait-ms", type=float, default=0.0)
+    p.add_argument("--decode-in", default=None,
+                   help="threads, processes, or both comma-separated (each batch-rows setting "
+                        "runs with each; default: the server's, processes on a GPU)")
+    p.add_argument("--decode-workers", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     if args.video is not None and args.video_seconds is not None:
@@ -137,33 +156,34 @@ def main() -> None:
     job = LoadSpec(url="", jobs=args.jobs, clients=args.clients, steps=args.steps,
                    video=args.video, duration=args.duration, deadline_s=3600)
     rows = []
-    for setting in args.batch_rows.split(","):
-        batch_rows = None if setting == "auto" else int(setting)
+    places = [None] if args.decode_in is None else [DecodeIn(d) for d in args.decode_in.split(",")]
+    for rows_setting, place in itertools.product(args.batch_rows.split(","), places):
         for device in cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        with tempfile.TemporaryDirectory() as data, serving(ServerSettings(
-            data_dir=Path(data), default_steps=args.steps, max_queue=max(args.jobs, 16),
-            max_samples=1, job_timeout_s=3600, devices=tuple(devices), batch_rows=batch_rows,
-            batch_wait_s=args.batch_wait_ms / 1000, allowed_hosts=("127.0.0.1",),
-        ), pipelines) as url:
-            phase(f"batch rows {setting}: server up")
-            warmup = args.warmup if args.warmup is not None else args.clients
-            run_loadtest(LoadSpec(**{**job.__dict__, "url": url, "jobs": warmup}))
-            phase(f"batch rows {setting}: {warmup} warm-up jobs done")
-            before = batch_totals(url)
-            report = run_loadtest(LoadSpec(**{**job.__dict__, "url": url}))
-            after = batch_totals(url)
-            spent = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
-            completed = report.count(Outcome.COMPLETED)
-            row = {
-                "batch_rows": setting, "devices": [str(d) for d in devices],
-                "jobs": args.jobs, "completed": completed, "wall_s": round(report.wall_s, 2),
-                "jobs_per_s": round(completed / report.wall_s, 3),
-                "mean_jobs_per_batch": round(spent["jobs"] / max(spent["batches"], 1), 2),
-                "stage_s": {k: v for k, v in spent.items() if k not in ("jobs", "batches")},
-                "peak_gpu_gib": round(max((torch.cuda.max_memory_allocated(d) for d in cuda),
-                                          default=0) / 2**30, 1),
-            }
+        with tempfile.TemporaryDirectory() as data:
+            settings = server_settings(args, devices, Path(data), rows_setting, place)
+            assert settings.decode_in is not None
+            setting = f"{rows_setting}, decoding in {settings.decode_in.value}"
+            with serving(settings, pipelines) as url:
+                phase(f"batch rows {setting}: server up")
+                warmup = args.warmup if args.warmup is not None else args.clients
+                run_loadtest(LoadSpec(**{**job.__dict__, "url": url, "jobs": warmup}))
+                phase(f"batch rows {setting}: {warmup} warm-up jobs done")
+                before = batch_totals(url)
+                report = run_loadtest(LoadSpec(**{**job.__dict__, "url": url}))
+                after = batch_totals(url)
+        spent = {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+        completed = report.count(Outcome.COMPLETED)
+        row = {
+            "batch_rows": rows_setting, "decode_in": settings.decode_in.value,
+            "devices": [str(d) for d in devices],
+            "jobs": args.jobs, "completed": completed, "wall_s": round(report.wall_s, 2),
+            "jobs_per_s": round(completed / report.wall_s, 3),
+            "mean_jobs_per_batch": round(spent["jobs"] / max(spent["batches"], 1), 2),
+            "stage_s": {k: v for k, v in spent.items() if k not in ("jobs", "batches")},
+            "peak_gpu_gib": round(max((torch.cuda.max_memory_allocated(d) for d in cuda),
+                                      default=0) / 2**30, 1),
+        }
         phase(f"batch rows {setting}: {args.jobs} measured jobs done")
         print(report.summary())
         print(json.dumps(row), flush=True)
@@ -171,8 +191,9 @@ def main() -> None:
     if len(rows) > 1:
         base = rows[0]["jobs_per_s"]
         for row in rows[1:]:
-            print(f"batch rows {row['batch_rows']}: {row['jobs_per_s'] / base:.2f}x "
-                  f"batch rows {rows[0]['batch_rows']}")
+            print(f"batch rows {row['batch_rows']}, decoding in {row['decode_in']}: "
+                  f"{row['jobs_per_s'] / base:.2f}x batch rows {rows[0]['batch_rows']}, "
+                  f"decoding in {rows[0]['decode_in']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
