@@ -84,6 +84,9 @@ def test_a_cut_short_or_unformed_body_is_400_and_makes_no_job(client: TestClient
                         headers={"Content-Type": head})
     assert whole.status_code == 202 and whole.json()["params"]["seed"] == 42
     wait_for(client, whole.json()["id"])
+    empty = client.post("/v1/jobs", content=b"", headers={"Content-Type": head})
+    assert (empty.status_code, empty.json()["detail"]) == (400, "the body is empty; send the "
+                                                                "job as a multipart form")
     as_json = client.post("/v1/jobs", json={"duration": 2})
     assert as_json.status_code == 400
     assert as_json.json()["detail"] == ("send the job as a multipart form (Content-Type: "

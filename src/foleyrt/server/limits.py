@@ -31,6 +31,9 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # A refused body is not read on: the connection ends with the answer.
 CLOSE = {"Connection": "close"}
+CUT_SHORT = ("the multipart body ends without its closing boundary: the upload was cut "
+             "short; send it again")
+EMPTY = "the body is empty; send the job as a multipart form"
 
 
 class SubmissionGate:
@@ -93,9 +96,7 @@ class SubmissionGate:
                     closed = closing in window
                     tail = window[-len(closing):]
                 if not message.get("more_body", False) and not closed:
-                    raise HTTPException(400, "the multipart body ends without its closing "
-                                             "boundary: the upload was cut short; send it "
-                                             "again", headers=CLOSE)
+                    raise HTTPException(400, CUT_SHORT if seen else EMPTY, headers=CLOSE)
             return message
 
         await self.app(scope, guarded, send)
