@@ -274,12 +274,15 @@ def _duration(
     if (container.duration is not None and not stream_start(stream)
             and len(container.streams) == 1):
         return container.duration / av.time_base
+    rate = stream.average_rate or stream.guessed_rate
+    frame_s = 1 / float(rate) if rate else 0.0  # for packets that do not say how long
     start, end = math.inf, -math.inf
     try:
         for packet in container.demux(stream):
             if packet.pts is not None and packet.time_base is not None:
-                start = min(start, float(packet.pts * packet.time_base))
-                end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+                shown = float(packet.pts * packet.time_base)
+                lasts = float(packet.duration * packet.time_base) if packet.duration else frame_s
+                start, end = min(start, shown), max(end, shown + lasts)
     except av.error.FFmpegError as exc:
         raise MediaError(f"{path}: video stream cannot be read ({_reason(exc)})") from None
     if end < start:
