@@ -61,6 +61,9 @@ CLIPS: dict[str, ClipSpec] = {
     "h264_2s_25_10bit": ClipSpec("libx264", ".mp4", Fraction(25), 2, pix_fmt="yuv420p10le"),
     "h264_2s_25_444": ClipSpec("libx264", ".mp4", Fraction(25), 2, pix_fmt="yuv444p"),
     "mjpeg_2s_25": ClipSpec("mjpeg", ".avi", Fraction(25), 2, pix_fmt="yuvj420p"),
+    # Containers whose streams appear only while FFmpeg probes them (no per-stream options)
+    "mpeg2_2s_25_ps": ClipSpec("mpeg2video", ".mpg", Fraction(25), 2),
+    "h264_2s_25_flv": ClipSpec("libx264", ".flv", Fraction(25), 2, audio_tracks=1),
     "h264_3s_1": ClipSpec("libx264", ".mp4", Fraction(1), 3),
     "h264_1p5s_120": ClipSpec("libx264", ".mp4", Fraction(120), 1.5),
     "h264_2s_vfr": ClipSpec("libx264", ".mp4", Fraction(25), 2, frame_times=_dropped_frames(2)),
