@@ -249,6 +249,23 @@ def run_local(
     return run.stats
 
 
+class _Stage(threading.Thread):
+    """A stage's thread; `finished` is set once its loop has returned. The run waits on that,
+    not on `join()`: in CPython 3.11 a join interrupted by a signal marks the thread as
+    stopped while it still runs (bpo-45274's fix), so a second join returns at once."""
+
+    def __init__(self, loop: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.loop = loop
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.loop()
+        finally:
+            self.finished.set()
+
+
 class _Run:
     """One run's stages, queues and bookkeeping (see the module docstring)."""
 
@@ -566,21 +583,21 @@ class _Run:
             with self.lock:
                 self.stats.busy_s[stage] += time.perf_counter() - start
 
-    def join(self, threads: Sequence[threading.Thread]) -> None:
+    def join(self, threads: Sequence[_Stage]) -> None:
         """Wait for the stages. Interrupted while waiting (Ctrl-C or SIGTERM once this thread
         has queued everything), stop them and wait again before passing the interrupt on:
         stage threads left running into the interpreter's exit abort the process."""
         try:
             for t in threads:
-                t.join()
+                t.finished.wait()
         except BaseException:
             self.stop.set()
             for t in threads:
-                t.join()
+                t.finished.wait()
             raise
 
-    def thread(self, target: Callable[[], None], name: str) -> threading.Thread:
-        return threading.Thread(target=lambda: self.guard(target), name=name, daemon=True)
+    def thread(self, target: Callable[[], None], name: str) -> _Stage:
+        return _Stage(lambda: self.guard(target), name)
 
     def guard(self, target: Callable[[], None]) -> None:
         """Run a stage's loop; its bug (already recorded on its items) stops every stage."""
