@@ -274,8 +274,7 @@ def _duration(
     if (container.duration is not None and not stream_start(stream)
             and len(container.streams) == 1):
         return container.duration / av.time_base
-    rate = stream.average_rate or stream.guessed_rate
-    frame_s = 1 / float(rate) if rate else 0.0  # for packets that do not say how long
+    frame_s = _frame_interval(stream)  # for packets that do not say how long they last
     start, end = math.inf, -math.inf
     try:
         for packet in container.demux(stream):
@@ -474,6 +473,11 @@ def _shown_for(frame: av.VideoFrame, stream: av.video.VideoStream) -> float:
     """Seconds `frame` stays on screen: its own duration, else the stream's frame interval."""
     if frame.duration and frame.time_base is not None:
         return float(frame.duration * frame.time_base)
+    return _frame_interval(stream)
+
+
+def _frame_interval(stream: av.video.VideoStream) -> float:
+    """Seconds between frames at the stream's rate (0 when it states none)."""
     rate = stream.average_rate or stream.guessed_rate
     return 1 / float(rate) if rate else 0.0
 

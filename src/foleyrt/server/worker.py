@@ -117,9 +117,8 @@ class Signals:
 
     def reason(self, job_id: str, deadline: float) -> StopReason | None:
         """Why `job_id` (with its time limit at `deadline`) must stop now, if it must."""
-        with self._lock:
-            if job_id in self._cancelled:
-                return StopReason.CANCELLED
+        if self.cancelled(job_id):
+            return StopReason.CANCELLED
         now = time.monotonic()
         if self.draining.is_set() and now > self.drain_deadline:
             return StopReason.SHUTDOWN
