@@ -21,6 +21,8 @@ def test_defaults_are_the_release_s() -> None:
     assert (r.steps, r.guidance, r.samples, r.negative_prompt) == (
         DEFAULT_STEPS, DEFAULT_GUIDANCE, 1, DEFAULT_NEGATIVE_PROMPT) == (50, 4.5, 1, "noisy, harsh")
     assert GenerationRequest(negative_prompt=None).negative_prompt == DEFAULT_NEGATIVE_PROMPT
+    prose = "rain on a tin roof,\tthen\r\nthunder, café, 雨"  # tabs and line breaks are text
+    assert GenerationRequest(prompt=prose).prompt == prose
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -37,6 +39,8 @@ def test_defaults_are_the_release_s() -> None:
     ({"duration": 70, "max_duration": 60}, "duration must be between 1 and 60 s"),
     ({"max_duration": 0.5}, "max duration must be at least 1 s"),
     ({"prompt": "x" * 1001}, "prompt is longer than 1000 characters"),
+    ({"prompt": "a bell\x07"}, r"prompt contains a control character \(U\+0007\)"),
+    ({"negative_prompt": "\ud800"}, r"negative prompt contains a control character \(U\+D800\)"),
     ({"window": 20}, "window must be between 1 and 15 s, got 20"),
     ({"window": 0.5}, "window must be between 1 and 15 s"),
     ({"window": float("inf")}, "window must be between 1 and 15 s"),

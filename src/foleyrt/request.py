@@ -8,6 +8,7 @@ same things with the same one-line message, before any model is loaded.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, replace
 
 from foleyrt.errors import InputError
@@ -109,10 +110,18 @@ def transformer_rows(samples: int, guidance: float) -> int:
 
 
 def check_prompt(name: str, text: str) -> None:
-    """A prompt (`name`: "prompt" or "negative_prompt") no longer than MAX_PROMPT_CHARS."""
+    """A prompt (`name`: "prompt" or "negative_prompt") of plain text (no control characters
+    but tabs and line breaks, no lone surrogates: neither is anything a user meant to say,
+    and a lone surrogate cannot even be encoded for the tokenizer) no longer than
+    MAX_PROMPT_CHARS."""
+    label = name.replace("_", " ")
     if len(text) > MAX_PROMPT_CHARS:
-        raise InputError(f"{name.replace('_', ' ')} is longer than {MAX_PROMPT_CHARS} "
-                         "characters")
+        raise InputError(f"{label} is longer than {MAX_PROMPT_CHARS} characters")
+    bad = next((c for c in text if c not in "\t\n\r"
+                and unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise InputError(f"{label} contains a control character (U+{ord(bad):04X}); send "
+                         "plain text")
 
 
 def check_duration(seconds: float, maximum: float = MAX_DURATION) -> float:

@@ -35,6 +35,10 @@ MISSING = "00000000-0000-4000-8000-000000000000"
     ({"prompt": "x" * 100_000}, None, "prompt: string should have at most 1000 characters"),
     ({}, {"notes": ("a.txt", b"hello", "text/plain")}, "unknown field 'notes'"),
     ({"x" * 5000: "1"}, None, "unknown field '" + "x" * 40 + "...'"),
+    ({"prompt": "rain\x00drop"}, None, ("prompt contains a control character (U+0000); send "
+                                         "plain text")),
+    ({"video": "clip.mp4"}, None, ("video: send the clip as a file (a part with a filename), "
+                                   "not as text")),
 ])
 def test_parameter_errors_are_one_line_without_the_input(
     client: TestClient, fields: dict[str, str], files: object, expected: str
@@ -51,6 +55,38 @@ def test_a_long_id_is_not_echoed(client: TestClient) -> None:
     response = client.get(f"/v1/jobs/{'a' * 5000}")
     assert response.status_code == 404 and len(response.text) < 200
     assert client.get(f"/v1/jobs/{MISSING}").json()["detail"] == f"no job '{MISSING}'"
+
+
+def test_unknown_api_paths_and_sample_numbers_say_so_briefly(client: TestClient) -> None:
+    job = wait_for(client, submit_text(client).json()["id"])
+    huge = client.get(f"/v1/jobs/{job['id']}/outputs/{'9' * 4000}.wav")
+    assert huge.status_code == 404 and len(huge.text) < 200
+    assert huge.json()["detail"].endswith("has 1 sample(s), numbered 0 to 0")
+    slash = client.post("/v1/jobs/", data={"prompt": "x", "duration": "2"})
+    assert slash.status_code == 404
+    assert slash.json()["detail"] == "no API path /v1/jobs/; use /v1/jobs (no trailing slash)"
+    assert client.get("/v1/nothing").json()["detail"] == ("no API path /v1/nothing; the API is "
+                                                          "listed at /docs")
+    assert client.get(f"/v1/{'a' * 5000}").json()["detail"] == ("no API path; the API is "
+                                                                "listed at /docs")
+    assert len(client.get("/v1/jobs").json()["jobs"]) == 1  # the POST above made no job
+
+
+def test_downloads_serve_ranges_and_ignore_unreadable_ones(client: TestClient) -> None:
+    """RFC 9110: a Range the server cannot read is ignored (the whole file); one past the end
+    is 416, here with the API's one-line detail."""
+    job = wait_for(client, submit_text(client).json()["id"])
+    url = job["outputs"][0]["wav"]
+    whole = client.get(url).content
+    part = client.get(url, headers={"Range": "bytes=4-11"})
+    assert part.status_code == 206 and part.content == whole[4:12]
+    for unreadable in ("bytes=abc", "bytes=9-2", "items=0-1", "bytes"):
+        ignored = client.get(url, headers={"Range": unreadable})
+        assert ignored.status_code == 200 and ignored.content == whole, unreadable
+    past = client.get(url, headers={"Range": f"bytes={len(whole)}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(whole)}"
+    assert past.json()["detail"] == (f"the range starts past the end of the file ({len(whole)} "
+                                     "bytes)")
 
 
 def test_two_video_parts_are_refused(client: TestClient, clips: Clips) -> None:

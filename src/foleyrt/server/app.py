@@ -87,7 +87,7 @@ def create_app(settings: ServerSettings, pipelines: Sequence[FoleyPipeline] | No
         app.add_middleware(SameSiteGuard, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestContext, metrics=app.state.metrics)
-    refusals.install(app)
+    refusals.install(app, API_PREFIX)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(system.router, prefix=API_PREFIX)
     app.include_router(system.metrics_router)

@@ -193,7 +193,7 @@ def build_api(replica: FoleyReplica) -> FastAPI:
     app = FastAPI(title="foleyrt (Ray Serve)", version=__version__, redoc_url=None,
                   description="HunyuanVideo-Foley on a Ray cluster: a video (or a text) in, "
                               "its 48 kHz sound track out, in one request.")
-    refusals.install(app)
+    refusals.install(app, "/v1")
     app.add_middleware(SubmissionGate, path="/v1/generate", max_bytes=config.max_upload_bytes,
                        client_timeout_s=CLIENT_TIMEOUT_S)
 

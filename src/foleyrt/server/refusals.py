@@ -1,7 +1,9 @@
 """Every refusal is `{"detail": "<one line>"}` with its status: the service's own errors,
 FastAPI's parameter validation (reworded: one line, field names shortened, no input echoed,
 so neither a huge value nor an upload's temporary file shows), and Starlette's HTTP errors,
-with the methods a path really allows on 405 and in the answer to OPTIONS.
+with the methods a path really allows on 405 and in the answer to OPTIONS. A path under the
+API's prefix that no route has is a 404 saying so (not the static files' answer), with the
+path to use when only a trailing slash was wrong.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from foleyrt.errors import FoleyError
 
 MAX_SHOWN_FIELD = 40  # characters of a client's field name shown back
 MAX_LISTED_ERRORS = 3
+MAX_SHOWN_PATH = 80  # characters of a request's path named in a refusal
 STATIC_METHODS = ("GET", "HEAD")
 PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
@@ -33,10 +36,36 @@ def error_response(exc: FoleyError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.http_status, headers=headers)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, api_prefix: str) -> None:
+    """One-line refusals for `app`, whose API lives under `api_prefix` (e.g. "/v1")."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        path = request.url.path
+        if ((path == api_prefix or path.startswith(f"{api_prefix}/"))
+                and not route_methods(request.app, request.scope)):
+            return JSONResponse({"detail": _no_api_path(request)}, status_code=404)
+        return await _http_error(request, exc)
+
     app.add_exception_handler(FoleyError, _foley_error)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(HTTPException, http_error)
+
+
+def _no_api_path(request: Request) -> str:
+    """`no API path /v1/jobs/; use /v1/jobs (no trailing slash)`, the paths named only when
+    short and printable."""
+    path = request.url.path
+    trimmed = path.rstrip("/")
+    if (trimmed != path and _showable(path)
+            and route_methods(request.app, {**request.scope, "path": trimmed})):
+        return f"no API path {path}; use {trimmed} (no trailing slash)"
+    shown = f" {path}" if _showable(path) else ""
+    return f"no API path{shown}; the API is listed at /docs"
+
+
+def _showable(text: str) -> bool:
+    return len(text) <= MAX_SHOWN_PATH and text.isprintable()
 
 
 async def _foley_error(request: Request, exc: Exception) -> Response:
@@ -68,7 +97,9 @@ def _one_error(error: Mapping[str, Any]) -> str:
         return f"unknown field {field!r}"
     if kind == "missing":
         return f"{field}: required"
-    message = str(error.get("msg", "invalid"))
+    cause = error.get("ctx", {}).get("error") if kind == "value_error" else None
+    # a validator's own ValueError, without pydantic's "Value error, " in front
+    message = str(cause) if cause is not None else str(error.get("msg", "invalid"))
     return f"{field}: {message[0].lower()}{message[1:]}" if message else field
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from foleyrt.request import (
     DEFAULT_GUIDANCE,
@@ -66,6 +66,15 @@ class JobRequest(BaseModel):
                            description="seconds neighbouring windows share, cross-faded (at "
                                        "most the window less 1)")
 
+    @field_validator("video", mode="before")
+    @classmethod
+    def _a_file_part(cls, value: object) -> object:
+        """A `video` sent as a text field (no filename) is refused as such, not with FastAPI's
+        "Expected UploadFile, received: <class 'str'>"."""
+        if isinstance(value, str):
+            raise ValueError("send the clip as a file (a part with a filename), not as text")
+        return value
+
 
 class JobParams(BaseModel):
     """A job's resolved parameters, as stored and reported (seed and steps filled in, so
@@ -104,7 +113,8 @@ class ProgressOut(BaseModel):
                                           "step = windows read), features, denoise, decode "
                                           "or saving")
     step: int
-    total: int
+    total: int = Field(description="0 while not known: the video stage counts the frames "
+                                   "decoded so far, of a number only the decoding finds out")
 
 
 class OutputOut(BaseModel):

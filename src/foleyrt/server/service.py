@@ -168,8 +168,9 @@ class JobService:
             raise JobConflict(f"job {job_id} is {job.state.value}; outputs exist only once it "
                               "has succeeded")
         if not 0 <= index < len(job.outputs):
-            raise JobNotFound(f"job {job_id} has {len(job.outputs)} sample(s), numbered from 0; "
-                              f"there is no sample {index}")
+            count = len(job.outputs)  # (the index itself is not echoed: it may be huge)
+            raise JobNotFound(f"no such sample: job {job_id} has {count} sample(s), numbered "
+                              f"0 to {count - 1}")
         name = getattr(job.outputs[index], _OUTPUT_FIELDS[fmt])
         if name is None:
             raise JobNotFound(f"job {job_id} is text-only: it has no MP4, download the .wav")

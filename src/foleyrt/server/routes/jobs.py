@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Form, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from foleyrt.errors import InputError
 from foleyrt.server.deps import ServiceDep, require_token
@@ -29,6 +30,25 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_
                               422: {"model": ErrorOut, "description": "bad parameters"}})
 
 _MEDIA_TYPES: dict[str, str] = {"wav": "audio/wav", "mp4": "video/mp4", "png": "image/png"}
+
+
+class Download(FileResponse):
+    """A file whose Range refusals are the API's: a Range it cannot read (another unit,
+    `bytes=abc`, an end before its start) is ignored and the whole file sent, as RFC 9110
+    section 14.2 allows (Starlette answers a plain-text 400); one that starts past the end is
+    416 with a one-line detail (raised before the answer starts, so the refusal handlers
+    write it)."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader:
+            return []  # Starlette's own "send it all"
+        except RangeNotSatisfiable:
+            raise HTTPException(
+                416, f"the range starts past the end of the file ({file_size} bytes)",
+                headers={"Content-Range": f"bytes */{file_size}"}) from None
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
@@ -110,12 +130,14 @@ def cancel_job(job_id: str, service: ServiceDep, response: Response) -> JobOut:
 
 @router.get(
     "/{job_id}/outputs/{index}.{fmt}",
-    response_class=FileResponse,
-    responses={200: {"content": {t: {} for t in _MEDIA_TYPES.values()}}, **_errors(404, 409, 410)},
+    response_class=Download,
+    responses={200: {"content": {t: {} for t in _MEDIA_TYPES.values()}},
+               **_errors(404, 409, 410, 416)},
     summary="Download sample `index` (from 0) as WAV, MP4 (video jobs) or spectrogram PNG",
 )
-def get_output(job_id: str, index: int, fmt: OutputFormat, service: ServiceDep) -> FileResponse:
-    """410: the results expired, or their files are gone from the server."""
+def get_output(job_id: str, index: int, fmt: OutputFormat, service: ServiceDep) -> Download:
+    """410: the results expired, or their files are gone from the server. Ranges are
+    served (206); 416: the range starts past the end."""
     path = service.output_path(job_id, index, fmt)
-    return FileResponse(path, media_type=_MEDIA_TYPES[fmt],
+    return Download(path, media_type=_MEDIA_TYPES[fmt],
                         filename=f"foley-{job_id[:8]}-{index}.{fmt}")
