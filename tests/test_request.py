@@ -47,6 +47,8 @@ def test_defaults_are_the_release_s() -> None:
     ({"overlap": 10}, r"overlap must be between 0 and the window less 1 s \(9 s"),
     ({"window": 4, "overlap": 3.5}, r"overlap must be between 0 and the window less 1 s \(3 s"),
     ({"overlap": -1}, "overlap must be between 0"),
+    ({"window": 2}, (r"a 2 s window leaves room for an overlap of at most 1 s, not the default "
+                     r"2 s; set the overlap too")),
 ])
 def test_out_of_bounds_values_are_one_line_errors(fields: dict, message: str) -> None:
     with pytest.raises(InputError, match=message) as info:

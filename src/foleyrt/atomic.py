@@ -37,6 +37,18 @@ def atomic_path(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def check_parent(path: Path, noun: str = "directory") -> None:
+    """Refuse in one line, before any work, a `path` whose `noun` ("directory", "folder")
+    cannot take a new file: missing, a file, or not writable."""
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"{path}: {parent} is a file")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: {noun} {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: {noun} {parent} is not writable")
+
+
 def write_atomic(path: Path, data: bytes | str, *, overwrite: bool = True) -> Path:
     """`data` (text as UTF-8) written to `path` through `atomic_path`."""
     with atomic_path(path, overwrite=overwrite) as tmp:

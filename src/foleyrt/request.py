@@ -140,6 +140,10 @@ def _check_windows(window: float, overlap: float) -> None:
                          f"got {window:g}")
     # (with the slack `Windowing.stride` allows: 1.4 - 1 is 0.39999999999999991)
     if not (math.isfinite(overlap) and 0.0 <= overlap <= window - WINDOW_GRID + SECONDS_SLACK):
+        if overlap == DEFAULT_OVERLAP:  # likely not asked for: say which setting to change
+            raise InputError(f"a {window:g} s window leaves room for an overlap of at most "
+                             f"{window - WINDOW_GRID:g} s, not the default {overlap:g} s; set "
+                             "the overlap too")
         raise InputError(f"overlap must be between 0 and the window less {WINDOW_GRID:g} s "
                          f"({window - WINDOW_GRID:g} s; windows start on whole seconds), "
                          f"got {overlap:g}")

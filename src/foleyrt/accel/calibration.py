@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foleyrt.atomic import write_atomic
+from foleyrt.atomic import check_parent, write_atomic
 from foleyrt.config import config_digest
 from foleyrt.errors import ConfigError, OutputError
 from foleyrt.models.dit import FoleyDiT
@@ -130,8 +130,7 @@ def save_calibration(calib: Calibration, path: str | Path, *, overwrite: bool = 
 def check_output(path: str | Path, *, overwrite: bool) -> Path:
     """Fail before a (long) calibration if `path` cannot receive the file."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputError(f"{path}: directory {path.parent} does not exist")
+    check_parent(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory")
     if path.exists() and not overwrite:

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
-from foleyrt.atomic import write_atomic
+from foleyrt.atomic import check_parent, write_atomic
 from foleyrt.errors import InputError, OutputError, UsageError
 from foleyrt.media.audio import OUTPUT_SUFFIXES, numbered_paths
 from foleyrt.request import MAX_SEED, GenerationRequest, check_prompt
@@ -383,8 +383,7 @@ def prepare_outdir(outdir: Path, inputs: Iterable[Path]) -> Path:
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: exists and is not a folder")
     if not outdir.exists():
-        if not outdir.parent.is_dir():
-            raise OutputError(f"{outdir}: its parent folder {outdir.parent} does not exist")
+        check_parent(outdir, "parent folder")
         try:
             outdir.mkdir()
         except OSError as exc:
@@ -399,10 +398,7 @@ def check_report_path(path: Path) -> Path:
     """Refuse a report path that cannot be written, before hours of work end in it."""
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file name for the report")
-    if not path.parent.is_dir():
-        raise OutputError(f"{path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: folder {path.parent} is not writable")
+    check_parent(path, "folder")
     return path
 
 

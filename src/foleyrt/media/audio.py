@@ -8,7 +8,6 @@ request leaves either the old file or the complete new one, and no temporary beh
 from __future__ import annotations
 
 import heapq
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
@@ -21,7 +20,7 @@ import numpy as np
 import soundfile
 import torch
 
-from foleyrt.atomic import atomic_path
+from foleyrt.atomic import atomic_path, check_parent
 from foleyrt.errors import MediaError, OutputError, UsageError
 from foleyrt.media.video import first_video_stream, open_media
 from foleyrt.media.video_track import add_video_track
@@ -57,11 +56,7 @@ def check_output_path(
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"{path}: output must end in .wav or .mp4")
-    parent = path.parent
-    if not parent.is_dir():
-        raise OutputError(f"{path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: directory {parent} is not writable")
+    check_parent(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory")
     if path.exists():
