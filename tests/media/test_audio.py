@@ -189,6 +189,15 @@ def test_wav_is_float32_48k_with_tags(tmp_path: Path) -> None:
         assert f.software.startswith("foleyrt-test")
 
 
+def test_the_same_wav_twice_is_the_same_bytes(tmp_path: Path) -> None:
+    """No PEAK chunk: libsndfile stamps it with the second it was written, so two runs a
+    second apart used to differ."""
+    track = torch.from_numpy(_track(0.5))
+    first = write_wav(tmp_path / "a.wav", track, RATE, metadata=META).read_bytes()
+    second = write_wav(tmp_path / "b.wav", track, RATE, metadata=META).read_bytes()
+    assert first == second and b"PEAK" not in first
+
+
 def test_wav_failure_mid_write_leaves_nothing(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     def full_disk(self: soundfile.SoundFile, data: np.ndarray) -> None:

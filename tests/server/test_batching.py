@@ -24,7 +24,7 @@ from foleyrt.media.video import VideoLimits
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.request import GenerationRequest
 from foleyrt.server import worker
-from foleyrt.server.batching import BatchKey, LengthHints, job_params
+from foleyrt.server.batching import BatchKey, LengthHints
 from foleyrt.server.files import DataDir, new_job_id
 from foleyrt.server.schemas import JobParams
 from foleyrt.server.settings import ServerSettings
@@ -361,6 +361,6 @@ def test_a_queued_job_s_length_hint_is_the_key_its_encoding_gets(tmp_path: Path)
         store.close()
         files.close()
     pipe = FoleyPipeline.from_pretrained(TINY_RANDOM, runtime=RuntimeConfig())
-    encoded = [pipe.encode(None, job_params(job).generation_request()) for job in queued]
+    encoded = [pipe.encode(None, JobParams.of(job).generation_request()) for job in queued]
     assert hints == [BatchKey.of_encoded(e) for e in encoded]
     assert [e.windowed for e in encoded] == [False, True, True]

@@ -34,6 +34,10 @@ AAC_FRAME = 1024  # samples per AAC frame
 AAC_CODER = "fast"
 
 # String fields libsndfile stores in a WAV's LIST/INFO chunk.
+# libsndfile's command to leave out a float WAV's PEAK chunk, which carries the time of
+# writing: with it, the same sound made twice gives two different files (sndfile.h's value;
+# soundfile wraps no such setting).
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050
 _WAV_TAGS = ("title", "copyright", "software", "artist", "comment", "date", "album", "genre")
 # Keys FFmpeg's MP4 muxer writes as iTunes-style atoms (others would be dropped silently).
 _MP4_TAGS = ("title", "artist", "album", "comment", "genre", "copyright", "date", "composer",
@@ -145,7 +149,7 @@ def write_wav(
     overwrite: bool = False,
 ) -> Path:
     """32-bit float PCM WAV, unnormalised and unclipped, as the release writes it;
-    `metadata` goes into the INFO chunk."""
+    `metadata` goes into the INFO chunk. The same sound and metadata give the same bytes."""
     path = Path(path)
     if path.suffix.lower() != ".wav":
         raise UsageError(f"{path}: a WAV output must end in .wav")
@@ -154,6 +158,8 @@ def write_wav(
         tmp, "w", samplerate=sample_rate, channels=samples.shape[0],
         format="WAV", subtype="FLOAT",
     ) as out:
+        soundfile._snd.sf_command(out._file, _SFC_SET_ADD_PEAK_CHUNK, soundfile._ffi.NULL,
+                                  soundfile._snd.SF_FALSE)
         for key, value in _tags(metadata, _WAV_TAGS).items():
             setattr(out, key, value)
         out.write(samples.T)

@@ -42,10 +42,6 @@ class BatchKey:
                    encoded.lengths.latent_frames)
 
 
-def job_params(job: JobRecord) -> JobParams:
-    return JobParams.model_validate(job.params)
-
-
 def job_rows(params: JobParams) -> int:
     """The transformer rows a job fills: a row per sample, twice with guidance."""
     return transformer_rows(params.samples, params.guidance)
@@ -65,12 +61,12 @@ class LengthHints:
         known = {job.id: self._known[job.id] if job.id in self._known else self._latent(job)
                  for job in queued}
         self._known = known
-        return [BatchKey.of(job_params(job), known[job.id]) for job in queued]
+        return [BatchKey.of(JobParams.of(job), known[job.id]) for job in queued]
 
     def _latent(self, job: JobRecord) -> int | None:
         """The latent frames of the job's forwards: its clip's, or a long clip's windows'
         (`Encoded.lengths`, which `BatchKey.of_encoded` reads)."""
-        params = job_params(job)
+        params = JobParams.of(job)
         seconds = params.duration
         if seconds is None:
             try:
@@ -85,6 +81,6 @@ def companion(queued: list[JobRecord], keys: list[BatchKey], key: BatchKey,
               room: int) -> JobRecord | None:
     """The first queued job that matches `key` and fits in `room` rows."""
     for job, job_key in zip(queued, keys, strict=True):
-        if job_key == key and job_rows(job_params(job)) <= room:
+        if job_key == key and job_rows(JobParams.of(job)) <= room:
             return job
     return None

@@ -29,7 +29,7 @@ def encode_job(
     this thread, or by `clips`' processes) and its features computed, from its stored
     parameters. Its "video" time is then the wait for `clips`' decoding (0: decoded
     ahead)."""
-    params = JobParams.model_validate(job.params)
+    params = JobParams.of(job)
     request = params.generation_request(video_limits.max_seconds)
     request.check_source(not params.text_only)
     if params.text_only or clips is None:

@@ -86,7 +86,7 @@ class ClipPrefetch:
         self._decoders.shutdown()
 
     def _decode(self, record: JobRecord) -> DecodedClip | Path:
-        request = JobParams.model_validate(record.params).generation_request(
+        request = JobParams.of(record).generation_request(
             self._limits.max_seconds)
         return self._decoders.run(decode_source, self._files.input_path(record.id), request,
                                   self._limits)
@@ -97,4 +97,4 @@ class ClipPrefetch:
 
 
 def _has_video(record: JobRecord) -> bool:
-    return not JobParams.model_validate(record.params).text_only
+    return not JobParams.of(record).text_only

@@ -94,6 +94,11 @@ class JobParams(BaseModel):
     video_name: str | None = Field(
         None, description="the uploaded file's name, for display only; null for text-only")
 
+    @classmethod
+    def of(cls, job: JobRecord) -> JobParams:
+        """The parameters stored with `job`."""
+        return cls.model_validate(job.params)
+
     @property
     def text_only(self) -> bool:
         return self.video_name is None
@@ -148,7 +153,7 @@ class JobOut(BaseModel):
         expires = (job.finished_at + result_ttl_s
                    if job.finished_at is not None and job.state != JobState.EXPIRED else None)
         return cls(
-            id=job.id, state=job.state, params=JobParams.model_validate(job.params),
+            id=job.id, state=job.state, params=JobParams.of(job),
             progress=ProgressOut(stage=job.stage, step=job.step, total=job.total),
             queue_position=job.queue_position, error=job.error,
             created_at=datetime.fromtimestamp(job.created_at, UTC),

@@ -58,11 +58,12 @@ from foleyrt.pipeline.pipeline import (
     release_cuda_memory,
     together_else_alone,
 )
-from foleyrt.server.batching import BatchKey, LengthHints, companion, job_params, job_rows
+from foleyrt.server.batching import BatchKey, LengthHints, companion, job_rows
 from foleyrt.server.files import DataDir
 from foleyrt.server.metrics import Metrics
 from foleyrt.server.outputs import encode_job, write_outputs
 from foleyrt.server.prefetch import ClipPrefetch
+from foleyrt.server.schemas import JobParams
 from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobRecord, JobState, JobStore, OutputFiles
 
@@ -238,7 +239,7 @@ class Worker:
         assert first.encoded is not None
         key = BatchKey.of_encoded(first.encoded)
         budget = self.pipeline.max_rows([first.encoded], self.settings.batch_rows)
-        room = budget - job_rows(job_params(first.record))
+        room = budget - job_rows(JobParams.of(first.record))
         wait_until = first.started + self.settings.batch_wait_s
         device = self.pipeline.runtime.device
         with ThreadPoolExecutor(COMPANION_ENCODERS, thread_name_prefix="foleyrt-encode",
@@ -249,7 +250,7 @@ class Worker:
                 record = None if found is None else self.store.claim(found.id)
                 if record is not None:
                     encoders.submit(self._encode_apart, self._start(record))
-                    room -= job_rows(job_params(record))
+                    room -= job_rows(JobParams.of(record))
                     continue
                 if found is not None:
                     continue  # another worker or a cancel took it first: look again
