@@ -341,13 +341,18 @@ class _Run:
         muxers = ThreadPoolExecutor(MUXERS, thread_name_prefix="foleyrt-mux")
         with processes as self.pool, muxers as self.muxers, quick_gil_handover(), \
                 encoder_matmul_precision(fast):
-            for t in threads:
-                t.start()
+            started: list[_Stage] = []
             try:
+                for t in threads:
+                    t.start()
+                    started.append(t)
                 self.guard(lambda: self.group_all(encoded, handoff))
-            finally:
                 self.put(handoff, _END)
-                self.join(threads)
+            except BaseException:  # a signal outside the guarded loop (Ctrl-C, SIGTERM)
+                self.stop.set()
+                raise
+            finally:
+                self.join(started)
         if self.error is not None:
             raise self.error
 
@@ -586,7 +591,9 @@ class _Run:
     def join(self, threads: Sequence[_Stage]) -> None:
         """Wait for the stages. Interrupted while waiting (Ctrl-C or SIGTERM once this thread
         has queued everything), stop them and wait again before passing the interrupt on:
-        stage threads left running into the interpreter's exit abort the process."""
+        stage threads left running into the interpreter's exit abort the process (a thread
+        taking the GIL back from PyTorch then ends inside C++ code: "terminate called without
+        an active exception"). Every way out of `streaming` passes here."""
         try:
             for t in threads:
                 t.finished.wait()
