@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -41,7 +42,7 @@ from foleyrt.bench.throughput import CLIP_FPS, CLIP_SIZE
 from foleyrt.config import PRESETS, RANDOM
 from foleyrt.media.synthetic import write_test_clip
 from foleyrt.pipeline.pipeline import FoleyPipeline
-from foleyrt.server.app import create_app
+from foleyrt.server.app import create_app, load_pipelines
 from foleyrt.server.loadtest import LoadSpec, Outcome, run_loadtest
 from foleyrt.server.runner import server_for
 from foleyrt.server.settings import ServerSettings
@@ -94,16 +95,11 @@ def batch_totals(url: str) -> dict[str, float]:
     return totals
 
 
-def server_settings(args: argparse.Namespace, devices: list[torch.device], data: Path,
-                    rows: str, place: DecodeIn | None) -> ServerSettings:
+def server_settings(base: ServerSettings, data: Path, rows: str,
+                    place: DecodeIn | None) -> ServerSettings:
     """The measured server's settings: one `--batch-rows` value and decoding place."""
-    workers = {} if args.decode_workers is None else {"decode_workers": args.decode_workers}
-    return ServerSettings(
-        data_dir=data, default_steps=args.steps, max_queue=max(args.jobs, 16), max_samples=1,
-        job_timeout_s=3600, devices=tuple(devices),
-        batch_rows=None if rows == "auto" else int(rows),
-        batch_wait_s=args.batch_wait_ms / 1000, allowed_hosts=("127.0.0.1",),
-        decode_in=place, **workers)
+    return replace(base, data_dir=data, batch_rows=None if rows == "auto" else int(rows),
+                   decode_in=place)
 
 
 def main() -> None:
@@ -144,14 +140,17 @@ def main() -> None:
         where its time went."""
         print(f"[{time.perf_counter() - t0:7.1f} s] {what}", flush=True)
 
-    spec = PRESETS[args.size]
     devices = [parse_device(d.strip()) for d in args.devices.split(",")]
     cuda = [d for d in devices if d.type == "cuda"]
-    pipelines = []
-    for device in devices:
-        runtime = RuntimeConfig.build(str(device), accel=args.accel, precision=args.precision,
-                                      calibration=args.calibration)
-        pipelines.append(FoleyPipeline.from_pretrained(RANDOM, spec.name, runtime))
+    workers = {} if args.decode_workers is None else {"decode_workers": args.decode_workers}
+    base = ServerSettings(
+        model=RANDOM, size=PRESETS[args.size].name,
+        runtime=RuntimeConfig.build(str(devices[0]), accel=args.accel,
+                                    precision=args.precision, calibration=args.calibration),
+        devices=tuple(devices), default_steps=args.steps, max_queue=max(args.jobs, 16),
+        max_samples=1, job_timeout_s=3600, batch_wait_s=args.batch_wait_ms / 1000,
+        allowed_hosts=("127.0.0.1",), **workers)
+    pipelines = load_pipelines(base)  # as `foleyrt serve` loads them: encoders compiled too
     phase(f"{len(pipelines)} pipeline(s) built")
     job = LoadSpec(url="", jobs=args.jobs, clients=args.clients, steps=args.steps,
                    video=args.video, duration=args.duration, deadline_s=3600)
@@ -161,7 +160,7 @@ def main() -> None:
         for device in cuda:
             torch.cuda.reset_peak_memory_stats(device)
         with tempfile.TemporaryDirectory() as data:
-            settings = server_settings(args, devices, Path(data), rows_setting, place)
+            settings = server_settings(base, Path(data), rows_setting, place)
             assert settings.decode_in is not None
             setting = f"{rows_setting}, decoding in {settings.decode_in.value}"
             with serving(settings, pipelines) as url:

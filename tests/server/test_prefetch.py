@@ -5,18 +5,22 @@ dropped when a queued job is cancelled. Real decoding processes, a real server a
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
 from foleyrt.batch import DecodeIn
 from foleyrt.pipeline.pipeline import FoleyPipeline
 from foleyrt.server.prefetch import ClipPrefetch
+from foleyrt.server.schemas import JobParams
+from foleyrt.server.store import JobRecord
 from tests.server.conftest import Clips, MakeApp
-from tests.server.support import SlowPipeline, service_of, submit_video, wait_for
+from tests.server.support import SlowPipeline, service_of, submit_text, submit_video, wait_for
 
 
 def _prefetch(client: TestClient) -> ClipPrefetch:
@@ -78,3 +82,35 @@ def test_a_cancelled_queued_job_s_clip_is_dropped(
         assert queued not in prefetch.held() and later in prefetch.held()
         client.delete(f"/v1/jobs/{first}")
         assert wait_for(client, later)["state"] == "succeeded"
+
+
+def test_a_batch_does_not_wait_for_a_companion_still_decoding(
+        make_app: MakeApp, tiny_pipeline: FoleyPipeline, clips: Clips,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two queued jobs that would share a batch, the second's clip still decoding (held
+    back here until the first has ended): the first runs alone rather than holding the GPU
+    for the second's frames, and the second runs once they come."""
+    release = threading.Event()
+    slow = SlowPipeline(tiny_pipeline, delay_s=0.3)
+    with TestClient(make_app(slow, decode_in=DecodeIn.PROCESSES, decode_workers=2)) as client:
+        prefetch = _prefetch(client)
+        decode = prefetch._decode
+
+        def held_back(record: JobRecord) -> object:
+            if JobParams.of(record).seed == 2:
+                release.wait(120)  # past `wait_for`'s 60 s: a batch waiting fails
+            return decode(record)
+
+        monkeypatch.setattr(prefetch, "_decode", held_back)
+        busy = submit_text(client).json()["id"]  # holds the worker while both are queued
+        wait_for(client, busy, {"running"})
+        first = submit_video(client, clips.video, seed="1").json()["id"]
+        second = submit_video(client, clips.video, seed="2").json()["id"]
+        _until(lambda: {first, second} <= prefetch.held(), "the clips' decoding never started")
+        assert wait_for(client, first)["state"] == "succeeded"
+        # Now the oldest, it may be claimed: it waits alone for its frames.
+        assert client.get(f"/v1/jobs/{second}").json()["state"] in ("queued", "running")
+        release.set()
+        assert wait_for(client, second)["state"] == "succeeded"
+        metrics = client.get("/metrics").text.splitlines()
+        assert "foleyrt_batch_jobs_count 3.0" in metrics  # each job a batch of its own

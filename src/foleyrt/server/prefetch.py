@@ -11,7 +11,8 @@ unchanged. The worker that claims one takes its frames and only runs the encoder
 claimed before its decoding started is decoded then, in the same processes, so a job's sound
 never depends on whether it was decoded ahead (on the CPU, the release's resizes: the same
 frames `foleyrt batch` decodes). The frames of a job that ended while queued (cancelled,
-expired) are dropped at the next look ahead.
+expired) are dropped at the next look ahead. A batch takes as companions only jobs whose
+clip is decoded (`waiting` tells the others), and each clip decoded wakes the workers.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ class ClipPrefetch:
     worker. Thread-safe."""
 
     def __init__(self, store: JobStore, files: DataDir, limits: VideoLimits,
-                 workers: int, stopping: Callable[[], bool]) -> None:
+                 workers: int, stopping: Callable[[], bool],
+                 decoded: Callable[[], None]) -> None:
         self._store = store
         self._stopping = stopping  # the server drains: queued jobs wait for the next start
+        self._decoded = decoded  # called as each clip decoded ahead is ready (or failed)
         self._files = files
         self._limits = limits
         self._decoders = DecodePool(workers)
@@ -65,7 +68,9 @@ class ClipPrefetch:
                 if len(self._ahead) >= AHEAD_CLIPS:
                     break
                 if record.id not in self._ahead and _has_video(record):
-                    self._ahead[record.id] = self._waiters.submit(self._decode, record)
+                    future = self._waiters.submit(self._decode, record)
+                    future.add_done_callback(lambda _: self._decoded())
+                    self._ahead[record.id] = future
 
     def take(self, record: JobRecord) -> DecodedClip | Path:
         """The claimed job's clip: decoded ahead, or now (same processes, same frames).
@@ -75,6 +80,12 @@ class ClipPrefetch:
             if future is not None:
                 self.taken_ahead += 1
         return self._decode(record) if future is None else future.result()
+
+    def waiting(self, record: JobRecord) -> bool:
+        """Whether the queued job has a clip not decoded yet (decoding, or not started)."""
+        with self._lock:
+            future = self._ahead.get(record.id)
+        return _has_video(record) and (future is None or not future.done())
 
     def held(self) -> set[str]:
         """The ids of the jobs whose clips are decoded or decoding ahead."""

@@ -17,7 +17,9 @@ by the VAE on the worker thread and its files written on one of `OUTPUT_WRITERS`
 after another they would hold the GPU idle), and the worker goes on to its next batch while
 they write (at most `PENDING_WRITES` jobs' sounds wait for a writer; past that the worker
 waits). With decoding processes (`ClipPrefetch`), queued video jobs' clips are decoded
-ahead while a batch runs, and a claimed job's encoding only waits for its frames. The HTTP
+ahead while a batch runs, a claimed job's encoding only waits for its frames, and a batch
+takes as companions only jobs whose frames are there (a clip still decoding would hold the
+batch, and the GPU, until it is done; the next batch takes that job). The HTTP
 threads only talk to the workers through the store (new jobs) and the `WorkerPool`.
 
 Stopping is cooperative: the pipeline calls the progress callback after every decoded frame,
@@ -235,7 +237,10 @@ class Worker:
         """Claim the queued jobs that share `first`'s forwards, while rows are left, waiting
         until `batch_wait_s` after its claim for more to be queued; each is encoded on an
         encoding thread as it is claimed (its rows counted then: one that fails to encode
-        leaves them unused), and this returns once every one is encoded."""
+        leaves them unused), and this returns once every one is encoded. With decoding
+        processes, a job whose clip is still decoding counts as not queued yet: it would
+        hold the whole batch (and the GPU) until its frames came, and the next batch takes
+        it instead."""
         assert first.encoded is not None
         key = BatchKey.of_encoded(first.encoded)
         budget = self.pipeline.max_rows([first.encoded], self.settings.batch_rows)
@@ -245,7 +250,8 @@ class Worker:
         with ThreadPoolExecutor(COMPANION_ENCODERS, thread_name_prefix="foleyrt-encode",
                                 initializer=_use_device, initargs=(device,)) as encoders:
             while room > 0 and not self.signals.draining.is_set():
-                queued = self.store.queued()
+                queued = [record for record in self.store.queued()
+                          if self.clips is None or not self.clips.waiting(record)]
                 found = companion(queued, self.hints.keys(queued), key, room)
                 record = None if found is None else self.store.claim(found.id)
                 if record is not None:
@@ -467,7 +473,7 @@ class WorkerPool:
         self.signals = Signals()
         self.clips = (
             ClipPrefetch(store, files, settings.video_limits, settings.decode_workers,
-                         self.signals.draining.is_set)
+                         self.signals.draining.is_set, self._wake_workers)
             if settings.decode_in is DecodeIn.PROCESSES else None
         )
         self.workers = [
@@ -488,10 +494,14 @@ class WorkerPool:
     def wake(self) -> None:
         """A job was queued: every idle worker looks, one claims it; its clip starts
         decoding if it waits."""
-        for worker in self.workers:
-            worker.wake()
+        self._wake_workers()
         if self.clips is not None:
             self.clips.look_ahead()
+
+    def _wake_workers(self) -> None:
+        """A job was queued, or a queued job's clip decoded: a batch gathering may take it."""
+        for worker in self.workers:
+            worker.wake()
 
     def request_cancel(self, job_id: str) -> None:
         """Stop `job_id` at its next step if it is (or is about to be) running."""
