@@ -256,11 +256,16 @@ def read_graph(path: str | Path) -> GraphInfo:
 def validate(
     path: str | Path, cases: Sequence[tuple[Mapping[str, Tensor], Tensor]]
 ) -> list[float]:
-    """Max abs difference between onnxruntime (CPU) and each case's PyTorch output."""
+    """Max abs difference between onnxruntime (CPU) and each case's PyTorch output. Int8
+    GEMMs run in 16-bit precision: on x86 CPUs without VNNI (AVX2, AVX-512F) onnxruntime's
+    fast int8 path saturates its 16-bit sums, which would make a sound Q/DQ graph look
+    wrong on some machines and not others."""
     require_onnx(("onnxruntime",))
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     errors = []
     for feeds, reference in cases:
         out = session.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()})[0]
