@@ -9,9 +9,10 @@ features), then claims the queued jobs that will share its forwards (`batching`)
 rows fit the row budget (`batch_rows`, else what `FoleyPipeline.row_budget` measures for the
 first job's shape), waiting at most `batch_wait_s` from its first claim for more to arrive.
 Each companion is encoded as it is claimed, up to `COMPANION_ENCODERS` at once on threads of
-their own: decoding a clip is mostly CPU work that would otherwise leave the GPU idle one
-companion after another (nothing else of this worker runs on the GPU while its batch
-gathers). The batch is denoised in one `FoleyPipeline.denoise` call; each job is then decoded
+their own where the worker decodes clips itself: decoding a clip is mostly CPU work that
+would otherwise leave the GPU idle one companion after another (nothing else of this worker
+runs on the GPU while its batch gathers); with decoding processes the worker encodes them
+itself. The batch is denoised in one `FoleyPipeline.denoise` call; each job is then decoded
 by the VAE on the worker thread and its files written on one of `OUTPUT_WRITERS` threads
 (muxing and the spectrogram are CPU work, a fifth of a second or so per 10 s clip: one job
 after another they would hold the GPU idle), and the worker goes on to its next batch while
@@ -43,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
@@ -235,28 +237,36 @@ class Worker:
 
     def _gather(self, first: _Job) -> None:
         """Claim the queued jobs that share `first`'s forwards, while rows are left, waiting
-        until `batch_wait_s` after its claim for more to be queued; each is encoded on an
-        encoding thread as it is claimed (its rows counted then: one that fails to encode
-        leaves them unused), and this returns once every one is encoded. With decoding
-        processes, a job whose clip is still decoding counts as not queued yet: it would
-        hold the whole batch (and the GPU) until its frames came, and the next batch takes
-        it instead."""
+        until `batch_wait_s` after its claim for more to be queued; each is encoded as it is
+        claimed (its rows counted then: one that fails to encode leaves them unused), and
+        this returns once every one is encoded. Without decoding processes each companion
+        is encoded on an encoding thread, its decoding being CPU work; with them, a job
+        whose clip is still decoding counts as not queued yet (it would hold the whole
+        batch, and the GPU, until its frames came; the next batch takes it), and the
+        worker encodes each companion itself, in turn: only GPU work is left, which threads
+        would only slow (run BL)."""
         assert first.encoded is not None
         key = BatchKey.of_encoded(first.encoded)
         budget = self.pipeline.max_rows([first.encoded], self.settings.batch_rows)
         room = budget - job_rows(JobParams.of(first.record))
         wait_until = first.started + self.settings.batch_wait_s
         device = self.pipeline.runtime.device
-        with ThreadPoolExecutor(COMPANION_ENCODERS, thread_name_prefix="foleyrt-encode",
-                                initializer=_use_device, initargs=(device,)) as encoders:
+        threads = None if self.clips is not None else ThreadPoolExecutor(
+            COMPANION_ENCODERS, thread_name_prefix="foleyrt-encode", initializer=_use_device,
+            initargs=(device,))
+        with threads or nullcontext():
             while room > 0 and not self.signals.draining.is_set():
                 queued = [record for record in self.store.queued()
                           if self.clips is None or not self.clips.waiting(record)]
                 found = companion(queued, self.hints.keys(queued), key, room)
                 record = None if found is None else self.store.claim(found.id)
                 if record is not None:
-                    encoders.submit(self._encode_apart, self._start(record))
+                    job = self._start(record)
                     room -= job_rows(JobParams.of(record))
+                    if threads is None:
+                        self._encode(job)
+                    else:
+                        threads.submit(self._encode_apart, job)
                     continue
                 if found is not None:
                     continue  # another worker or a cancel took it first: look again
