@@ -153,6 +153,13 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, capsys) -> None:
     assert main(["-q", "calibrate", str(CLIP), "-o", str(out), *TINY_ARGS]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"keep"
+    clip = tmp_path / "clip.mp4"  # an input: never the output, --overwrite or not
+    clip.write_bytes(CLIP.read_bytes())
+    assert main(["-q", "calibrate", str(clip), "-o", str(clip), "--overwrite",
+                 *TINY_ARGS]) == 2
+    assert capsys.readouterr().err == (f"foleyrt: error: {clip}: a calibration file must end "
+                                       "in .safetensors\n")
+    assert clip.read_bytes() == CLIP.read_bytes()
 
 
 def test_int8_module_reads_the_smoothing_ranges(calib_file) -> None:

@@ -147,6 +147,23 @@ def test_executor_options_are_checked_before_the_model(
     assert stderr == f"foleyrt: error: {message}\n"
 
 
+def test_a_report_never_replaces_a_file_of_the_run(
+    library: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The report path may not be the CSV, a clip or an output (it used to replace them:
+    the CSV or the clip became JSON, an output became a "done" item)."""
+    csv = write_csv(library / "shots.csv", "video,prompt,output\nclips/a.mp4,door,intro\n")
+    before = {p: p.read_bytes() for p in (csv, library / "clips/a.mp4")}
+    out = tmp_path / "out"
+    for report in (csv, library / "clips/a.mp4", out / "intro.wav"):
+        code, stdout, stderr = run_cli(capsys, csv, "-o", out, "--format", "wav",
+                                       "--report", report, "--model", NO_MODEL)
+        assert (code, stdout) == (2, "")
+        assert stderr == (f"foleyrt: error: {report}: is an input or an output of this "
+                          "batch; choose another report name\n")
+    assert {p: p.read_bytes() for p in before} == before and not out.exists()
+
+
 def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path: Path) -> None:
     """A `kill` (a scheduler's stop) mid-run: exit 143 with one line, finished items kept,
     no partial file, the report written, and the next run resumes. (Both signals used to

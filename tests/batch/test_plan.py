@@ -186,9 +186,9 @@ def test_outdir(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="not a folder"):
         prepare_outdir(tmp_path / "file", [])
     with pytest.raises(OutputError, match="is a folder; give a file name"):
-        check_report_path(tmp_path / "new")
+        check_report_path(tmp_path / "new", [], [])
     with pytest.raises(OutputError, match="does not exist"):
-        check_report_path(tmp_path / "no" / "report.json")
+        check_report_path(tmp_path / "no" / "report.json", [], [])
 
 
 def test_resume_marks(tmp_path: Path) -> None:

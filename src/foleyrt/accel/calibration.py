@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from foleyrt.atomic import check_parent, write_atomic
 from foleyrt.config import config_digest
-from foleyrt.errors import ConfigError, OutputError
+from foleyrt.errors import ConfigError, OutputError, UsageError
 from foleyrt.models.dit import FoleyDiT
 
 AMAX_FORMAT = "foleyrt.amax"
@@ -127,9 +127,15 @@ def save_calibration(calib: Calibration, path: str | Path, *, overwrite: bool = 
     return write_atomic(path, save(tensors, metadata=metadata), overwrite=overwrite)
 
 
+CALIBRATION_SUFFIX = ".safetensors"
+
+
 def check_output(path: str | Path, *, overwrite: bool) -> Path:
-    """Fail before a (long) calibration if `path` cannot receive the file."""
+    """Fail before a (long) calibration if `path` cannot receive the file. It must end in
+    .safetensors, so that no `--overwrite` can make an input clip or CSV the calibration."""
     path = Path(path)
+    if path.suffix.lower() != CALIBRATION_SUFFIX:
+        raise UsageError(f"{path}: a calibration file must end in {CALIBRATION_SUFFIX}")
     check_parent(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory")

@@ -365,11 +365,17 @@ def item_seed(item: BatchItem, index: int, base: int | None) -> int | None:
     return None if base is None else (base + index) % (MAX_SEED + 1)
 
 
+def _file_key(path: Path) -> str:
+    """One spelling per file for comparisons (links followed; a link loop stays itself,
+    where `Path.resolve` raises)."""
+    return os.path.normcase(os.path.realpath(path))
+
+
 def _refuse_inputs_as_outputs(jobs: Sequence[Job]) -> None:
-    inputs = {os.path.normcase(j.item.video.resolve()): j for j in jobs}
+    inputs = {_file_key(j.item.video): j for j in jobs}
     for job in jobs:
         for path in job.outputs:
-            clash = inputs.get(os.path.normcase(path.resolve()))
+            clash = inputs.get(_file_key(path))
             if clash is not None:
                 raise UsageError(f"output {path} would replace the input of {clash.where}; "
                                  "choose another output folder")
@@ -378,7 +384,7 @@ def _refuse_inputs_as_outputs(jobs: Sequence[Job]) -> None:
 def prepare_outdir(outdir: Path, inputs: Iterable[Path]) -> Path:
     """OUTDIR, created if its parent exists (a typo in a deeper path is an error, not a new
     tree). It may not be an input folder: the results would be read as inputs next run."""
-    if any(p.is_dir() and p.resolve() == outdir.resolve() for p in inputs):
+    if any(p.is_dir() and _file_key(p) == _file_key(outdir) for p in inputs):
         raise UsageError(f"{outdir}: is the input folder; write the results to another folder")
     if outdir.exists() and not outdir.is_dir():
         raise OutputError(f"{outdir}: exists and is not a folder")
@@ -394,8 +400,14 @@ def prepare_outdir(outdir: Path, inputs: Iterable[Path]) -> Path:
     return outdir
 
 
-def check_report_path(path: Path) -> Path:
-    """Refuse a report path that cannot be written, before hours of work end in it."""
+def check_report_path(path: Path, inputs: Iterable[Path], jobs: Sequence[Job]) -> Path:
+    """Refuse a report path that cannot be written, before hours of work end in it, or that
+    names a file of the run: one of `inputs` (the CSV, a clip), an item's clip or output."""
+    taken = {_file_key(p) for p in inputs}
+    taken.update(_file_key(p) for job in jobs for p in (job.item.video, *job.outputs))
+    if _file_key(path) in taken:
+        raise UsageError(f"{path}: is an input or an output of this batch; choose another "
+                         "report name")
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file name for the report")
     check_parent(path, "folder")

@@ -152,7 +152,7 @@ def _batch(args: argparse.Namespace) -> int:
                         release_names=args.release_names)
     jobs = plan_batch(items, args.output_dir, settings)
     if args.report is not None:
-        check_report_path(args.report)
+        check_report_path(args.report, args.inputs, jobs)
     prepare_outdir(args.output_dir, args.inputs)
     report = BatchReport.start(jobs, overwrite=args.overwrite)
 

@@ -130,6 +130,8 @@ def open_media(
     it can fail to open into a one-line MediaError naming it. The frames FFmpeg decodes to
     fill in stream parameters are held to `max_pixels(limits)` too."""
     if not path.exists():
+        if path.is_symlink():  # exists() follows links: a dangling one or a loop
+            raise MediaError(f"{path}: a symbolic link to no file (dangling, or a loop)")
         raise MediaError(f"{path}: no such file")
     if path.is_dir():
         raise MediaError(f"{path}: is a directory, not a video file")
