@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from foleyrt.accel.runtime import AccelMode, RuntimeConfig, parse_enum
+from foleyrt.accel.runtime import AccelMode, RuntimeConfig, parse_device, parse_enum
 from foleyrt.errors import InputError
 
 # component -> "module:function"; each runner takes (case, Fixtures) and returns list[Check].
@@ -109,16 +109,10 @@ class Fixtures:
         """`device`/`accel` choose where and how the models under test run (the fixtures are
         float32: every mode must still meet their tolerances)."""
         self.root = Path(root)
-        self.device = torch.device(device)
+        self.device = device if isinstance(device, torch.device) else parse_device(device)
         self.runtime = RuntimeConfig(
             device=self.device, accel=parse_enum(AccelMode, accel, "acceleration mode"))
-        manifest = self.root / "manifest.json"
-        if not manifest.is_file():
-            raise InputError(f"no manifest.json in {self.root}")
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{manifest}: not valid JSON ({exc})") from None
+        self.manifest = _read_manifest(self.root / "manifest.json")
         self._cache: dict[str, Any] = {}
 
     @property
@@ -143,6 +137,25 @@ class Fixtures:
         if key not in self._cache:
             self._cache[key] = factory()
         return self._cache[key]
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest, checked for the shape every case runner relies on: an object whose
+    `cases` is a list of objects, each with a string `id`."""
+    if not path.is_file():
+        raise InputError(f"no manifest.json in {path.parent}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    cases = manifest.get("cases", []) if isinstance(manifest, dict) else None
+    if not (isinstance(cases, list) and all(
+            isinstance(case, dict) and isinstance(case.get("id"), str) for case in cases)):
+        raise InputError(f"{path}: 'cases' must be a list of objects, each with a string "
+                         "'id'")
+    return manifest
 
 
 def _runner(component: str) -> Callable[[dict[str, Any], Fixtures], list[Check]]:
