@@ -130,9 +130,12 @@ def test_decoder_matches_pytorch_with_external_data(vae: DACVAE, tmp_path: Path)
     assert max(errors) <= FP32_BOUND, errors
 
 
-def test_opset_below_17_is_refused() -> None:
+def test_opsets_outside_17_to_onnx_s_newest_are_refused() -> None:
     with pytest.raises(ConfigError, match="opset 16"):
         ExportConfig(opset=16)
+    newest = onnx.defs.onnx_opset_version()
+    with pytest.raises(ConfigError, match=f"opset 99 is newer .* use 17 to {newest}"):
+        ExportConfig(opset=99)  # onnxscript used to warn and write another opset
 
 
 def test_read_graph_refuses_foreign_files(tmp_path: Path) -> None:

@@ -4,12 +4,14 @@ export tensorrt` (engines built from those graphs)."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from foleyrt.cli.options import Parser
 from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM
+from foleyrt.errors import UsageError
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -76,6 +78,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
     require_onnx()
     config = ExportConfig() if args.opset is None else ExportConfig(opset=args.opset)
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise UsageError(f"--tolerance must be a positive number, got {args.tolerance:g}")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UsageError(f"{args.output_dir}: is a file; -o names a directory for the graphs")
     models = load_models(args.model, args.size, runtime=RuntimeConfig())
     # Per part: exporter, validation cases, module, file (the two parts' modules differ)
     parts: dict[str, tuple[Callable[..., Path], Callable[..., Any], object, str]] = {
@@ -93,7 +99,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
             print(f"{name}: max abs vs PyTorch "
                   + ", ".join(f"{e:.2e} ({s:g} s)" for e, s in measured), flush=True)
             worst = max(worst, *errors)
-    return 1 if worst > args.tolerance else 0
+    if worst > args.tolerance:
+        print(f"FAIL: max abs {worst:.2e} is over --tolerance {args.tolerance:g}", flush=True)
+        return 1
+    return 0
 
 
 def _export_tensorrt(args: argparse.Namespace) -> int:

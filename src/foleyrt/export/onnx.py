@@ -119,6 +119,12 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.opset < MIN_OPSET:
             raise ConfigError(f"ONNX opset {self.opset} is too old; use {MIN_OPSET} or newer")
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        if self.opset > newest:
+            raise ConfigError(f"ONNX opset {self.opset} is newer than onnx "
+                              f"{onnx.__version__} knows; use {MIN_OPSET} to {newest}")
 
 
 def weights_sha256(module: nn.Module) -> str:
