@@ -258,3 +258,17 @@ def test_a_refusal_that_passes_says_when_and_a_dead_worker_ends_the_load_test(
     assert time.monotonic() - started < 10  # not a wait until the deadline
     assert report.count(Outcome.ERROR) == 2 and not report.ok
     assert all("needs a restart" in line for line in report.errors)
+
+
+def test_loadtest_without_a_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to retry every submission in silence until the deadline (10 minutes)."""
+    from foleyrt.cli import main
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    started = time.monotonic()
+    assert main(["loadtest", "--url", url, "--jobs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"foleyrt: error: cannot reach a server at {url} (")
+    assert err.count("\n") == 1 and time.monotonic() - started < 15

@@ -269,13 +269,14 @@ def _add_loadtest(sub: argparse._SubParsersAction) -> None:
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from foleyrt.server.loadtest import LoadSpec, run_loadtest
+    from foleyrt.server.loadtest import LoadSpec, check_reachable, run_loadtest
     from foleyrt.server.settings import parse_duration, token_from_env
 
     if args.jobs < 1 or args.clients < 1 or args.slow_clients < 0:
         raise UsageError("--jobs and --clients must be at least 1, --slow-clients at least 0")
     if args.video is not None and not args.video.is_file():
         raise UsageError(f"{args.video}: no such file")
+    check_reachable(args.url)
     report = run_loadtest(LoadSpec(
         url=args.url, jobs=args.jobs, clients=args.clients, steps=args.steps, video=args.video,
         duration=args.duration, token=token_from_env(), deadline_s=parse_duration(args.deadline),

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import httpx
 
+from foleyrt.errors import UsageError
+
 FINAL_STATES = {"succeeded", "failed", "cancelled", "expired"}
 MAX_BACKOFF_S = 30.0
 RETRY_S = 0.5  # between submissions of the same job to a server that is not there
@@ -94,8 +96,20 @@ class LoadSpec:
     slow_clients: int = 0
 
 
+def check_reachable(url: str) -> None:
+    """Refuse in one line a run against a server that is not there: every submission would
+    be retried until the deadline (the retries are for servers restarted mid-run)."""
+    try:
+        httpx.get(f"{url}/v1/health", timeout=10)
+    except httpx.TransportError as exc:
+        raise UsageError(f"cannot reach a server at {url} ({exc}); start one (foleyrt serve) "
+                         "or pass --url") from None
+
+
 def run_loadtest(spec: LoadSpec) -> LoadReport:
+    """The run; a Ctrl-C or SIGTERM stops every client at its next request or wait."""
     report = LoadReport(spec.jobs, spec.clients)
+    stop = threading.Event()
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else {}
     video = spec.video.read_bytes() if spec.video is not None else None
@@ -127,9 +141,8 @@ def run_loadtest(spec: LoadSpec) -> LoadReport:
             except httpx.TransportError as exc:
                 response, error = None, f"job {k}: submit failed: {exc!r}"
             if (response is None or _passing_refusal(response)) and \
-                    time.monotonic() + RETRY_S < deadline:
-                time.sleep(RETRY_S)  # a server stopping or restarting: same key again
-                continue
+                    time.monotonic() + RETRY_S < deadline and not stop.wait(RETRY_S):
+                continue  # a server stopping or restarting: same key again
             break
         if response is not None and response.status_code in (429, 507):
             record(Outcome.REJECTED)
@@ -140,7 +153,7 @@ def run_loadtest(spec: LoadSpec) -> LoadReport:
             record(Outcome.ERROR, error=error)
             return
         job_id = response.json()["id"]
-        outcome, latency, line = _follow(client, job_id, t0, deadline, spec.poll_s)
+        outcome, latency, line = _follow(client, job_id, t0, deadline, spec.poll_s, stop)
         if outcome is Outcome.COMPLETED:
             digest = _output_digest(client, job_id)
             with lock:
@@ -154,8 +167,13 @@ def run_loadtest(spec: LoadSpec) -> LoadReport:
                                thread_name_prefix="load-client") as pool:
         slow = [pool.submit(_slow_client, spec.url, stop_slow, deadline)
                 for _ in range(spec.slow_clients)]
-        for future in [pool.submit(one_job, client, k) for k in range(spec.jobs)]:
-            future.result()
+        try:
+            for future in [pool.submit(one_job, client, k) for k in range(spec.jobs)]:
+                future.result()
+        except BaseException:
+            stop.set()
+            stop_slow.set()
+            raise
         stop_slow.set()
         report.slow_clients_cut_off = sum(f.result() for f in slow)
         for job_id, digest in report.outputs.items():
@@ -205,14 +223,16 @@ def _slow_client(url: str, stop: threading.Event, deadline: float) -> bool:
 
 
 def _follow(
-    client: httpx.Client, job_id: str, t0: float, deadline: float, poll_s: float
+    client: httpx.Client, job_id: str, t0: float, deadline: float, poll_s: float,
+    stop: threading.Event,
 ) -> tuple[Outcome, float | None, str | None]:
-    """Poll one accepted job to its end: (outcome, latency if it succeeded, error line)."""
-    while time.monotonic() < deadline:
+    """Poll one accepted job to its end (or the run's stop): (outcome, latency if it
+    succeeded, error line)."""
+    while time.monotonic() < deadline and not stop.is_set():
         try:
             response = client.get(f"/v1/jobs/{job_id}")
         except httpx.HTTPError:
-            time.sleep(poll_s)  # a dropped poll is not a lost job: ask again
+            stop.wait(poll_s)  # a dropped poll is not a lost job: ask again
             continue
         if response.status_code == 404:
             return Outcome.LOST, None, f"job {job_id}: accepted, then unknown to the server"
@@ -221,5 +241,5 @@ def _follow(
             return Outcome.COMPLETED, time.monotonic() - t0, None
         if state in FINAL_STATES:
             return Outcome.FAILED, None, f"job {job_id}: {state}: {response.json()['error']}"
-        time.sleep(poll_s)
+        stop.wait(poll_s)
     return Outcome.LOST, None, f"job {job_id}: not finished by the deadline"
