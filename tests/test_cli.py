@@ -160,6 +160,7 @@ def test_bad_input_is_one_line_a_status_and_no_file(
         ([src, "-o", str(tmp_path / "no" / "dir" / "out.mp4")], "does not exist"),
         ([src, "-o", f"{src}/out.mp4"], f"{src} is a file"),
         (["--duration", "2"], ".wav"),  # an .mp4 needs a source video
+        ([src, "--duration", "2"], "--duration is for text-only generation"),  # was ignored
         # Media bombs (a few MB of PNG frames of 16000x16000: 768 MB each decoded), refused
         # before one is decoded, whether the header says so or a later frame does.
         ([str(png_movie(tmp_path / "bomb.mov", [(16000, 16000)] * 2))],

@@ -102,9 +102,12 @@ def test_folder_scan_and_input_kinds(tmp_path: Path, caplog: pytest.LogCaptureFi
     for name in ("b.MOV", "a.mp4", "c.gif", ".hidden.mp4", "._a.mp4", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub.mp4").mkdir()  # a folder named like a video
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
     with caplog.at_level(logging.INFO, logger="foleyrt.batch.plan"):
         assert [p.name for p in scan_folder(tmp_path)] == ["a.mp4", "b.MOV", "c.gif"]
     assert "skipped 1 file(s) without a video extension (notes.txt)" in caplog.text
+    assert "skipped 1 sub-folder(s), not searched (sub.mp4)" in caplog.text
+    assert "skipped 1 link(s) to no file (gone.mp4)" in caplog.text
     items = read_inputs([tmp_path], prompt="rain")
     assert [(i.video.name, i.prompt, i.source) for i in items] == [
         ("a.mp4", "rain", None), ("b.MOV", "rain", None), ("c.gif", "rain", None)]

@@ -124,17 +124,21 @@ def read_inputs(
 
 
 def scan_folder(folder: Path) -> list[Path]:
-    """The folder's videos by extension, sorted by name; hidden files and sub-folders are
-    left out, and the other files skipped are named in the log (a clip with an unexpected
-    extension should not vanish silently)."""
-    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
-                   key=lambda p: p.name)
-    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
-    skipped = [p.name for p in files if p.suffix.lower() not in VIDEO_SUFFIXES]
-    if skipped:
-        shown = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
-        log.info("%s: skipped %d file(s) without a video extension (%s)", folder,
-                 len(skipped), shown)
+    """The folder's videos by extension, sorted by name; hidden entries and sub-folders are
+    left out, and what else is skipped (other files, sub-folders, links to nothing) is
+    named in the log: a clip should not vanish silently."""
+    entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                     key=lambda p: p.name)
+    videos = [p for p in entries if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+    for kind, skipped in (
+            ("file(s) without a video extension",
+             [p for p in entries if p.is_file() and p not in videos]),
+            ("sub-folder(s), not searched", [p for p in entries if p.is_dir()]),
+            ("link(s) to no file", [p for p in entries if not p.exists()])):
+        if skipped:
+            names = [p.name for p in skipped]
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            log.info("%s: skipped %d %s (%s)", folder, len(names), kind, shown)
     return videos
 
 

@@ -38,10 +38,13 @@ def _generate(args: argparse.Namespace) -> int:
     video: Path | None = None if args.text_only else args.video
     if video is None and args.duration is None:
         raise UsageError("give a VIDEO, or --text-only/no video with --duration SECONDS")
+    if video is not None and args.duration is not None:
+        raise UsageError("--duration is for text-only generation: the video sets the length "
+                         "(add --text-only to ignore the video)")
     if video is None and args.output.suffix.lower() == ".mp4":
         raise UsageError("an .mp4 output needs a source video; use a .wav for text-only")
     # Everything that can fail without a model first: a bad value or path must not cost a load.
-    wanted = request(args, duration=args.duration if video is None else None)
+    wanted = request(args, duration=args.duration)
     wanted.check_source(video is not None)
     for path in numbered_paths(args.output, wanted.samples):
         check_output_path(path, overwrite=args.overwrite, inputs=[video] if video else [])
