@@ -41,6 +41,8 @@ def test_defaults_are_the_release_s() -> None:
     ({"prompt": "x" * 1001}, "prompt is longer than 1000 characters"),
     ({"prompt": "a bell\x07"}, r"prompt contains a control character \(U\+0007\)"),
     ({"negative_prompt": "\ud800"}, r"negative prompt contains a control character \(U\+D800\)"),
+    ({"prompt": b"caf\xe9".decode("utf-8", "surrogateescape")},  # as argv reads it
+     r"prompt is not valid UTF-8 \(byte 0xE9\)"),
     ({"window": 20}, "window must be between 1 and 15 s, got 20"),
     ({"window": 0.5}, "window must be between 1 and 15 s"),
     ({"window": float("inf")}, "window must be between 1 and 15 s"),

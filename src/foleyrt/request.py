@@ -119,6 +119,9 @@ def check_prompt(name: str, text: str) -> None:
         raise InputError(f"{label} is longer than {MAX_PROMPT_CHARS} characters")
     bad = next((c for c in text if c not in "\t\n\r"
                 and unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None and 0xDC80 <= ord(bad) <= 0xDCFF:  # a byte Python could not decode
+        raise InputError(f"{label} is not valid UTF-8 (byte 0x{ord(bad) - 0xDC00:02X}); send "
+                         "it as UTF-8 text")
     if bad is not None:
         raise InputError(f"{label} contains a control character (U+{ord(bad):04X}); send "
                          "plain text")
