@@ -227,3 +227,14 @@ def test_cli_export_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert path == str(tmp_path / "vae_decoder.onnx")
     assert validation.startswith("vae_decoder.onnx: max abs vs PyTorch ")
     assert read_graph(tmp_path / "vae_decoder.onnx").metadata["source"] == "tiny-random"
+    before = (tmp_path / "vae_decoder.onnx").read_bytes()
+    again = ["-q", "export", "onnx", "--model", "tiny-random", "--parts", "vae", "-o",
+             str(tmp_path)]
+    assert main(again) == 2  # an existing graph is kept without --overwrite
+    assert "vae_decoder.onnx: exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "vae_decoder.onnx").read_bytes() == before
+    for bad, message in ((["--tolerance", "nan"], "--tolerance must be a positive number"),
+                         (["--opset", "99"], "opset 99 is newer"),
+                         (["-o", str(tmp_path / "vae_decoder.onnx")], "is a file")):
+        assert main([*again, "--overwrite", *bad]) == 2
+        assert message in capsys.readouterr().err

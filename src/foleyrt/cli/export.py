@@ -11,7 +11,7 @@ from typing import Any
 
 from foleyrt.cli.options import Parser
 from foleyrt.config import HUB_REPO, PRESETS, TINY, TINY_RANDOM
-from foleyrt.errors import UsageError
+from foleyrt.errors import OutputError, UsageError
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "--tolerance")
     o.add_argument("--tolerance", type=float, default=1e-3,
                    help="max abs difference --validate accepts (default: %(default)g)")
+    o.add_argument("--overwrite", action="store_true", help="replace graphs already there")
     o.add_argument("--model", default=HUB_REPO,
                    help=f"weights directory, hub repo id or {TINY_RANDOM!r} (default: %(default)s)")
     o.add_argument("--size", default="xxl", choices=[s for s in PRESETS if s != TINY.name],
@@ -62,6 +63,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(handler=_export_tensorrt)
 
 
+_GRAPH_FILES = {"dit": "velocity.onnx", "vae": "vae_decoder.onnx"}
+
+
 def _export_onnx(args: argparse.Namespace) -> int:
     from foleyrt.accel.runtime import RuntimeConfig
     from foleyrt.export.onnx import (
@@ -82,15 +86,20 @@ def _export_onnx(args: argparse.Namespace) -> int:
         raise UsageError(f"--tolerance must be a positive number, got {args.tolerance:g}")
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UsageError(f"{args.output_dir}: is a file; -o names a directory for the graphs")
+    for part in args.parts:
+        graph = args.output_dir / _GRAPH_FILES[part]
+        if graph.exists() and not args.overwrite:
+            raise OutputError(f"{graph}: exists; pass --overwrite to replace it")
     models = load_models(args.model, args.size, runtime=RuntimeConfig())
-    # Per part: exporter, validation cases, module, file (the two parts' modules differ)
-    parts: dict[str, tuple[Callable[..., Path], Callable[..., Any], object, str]] = {
-        "dit": (export_velocity, velocity_cases, models.dit, "velocity.onnx"),
-        "vae": (export_decoder, decoder_cases, models.vae, "vae_decoder.onnx"),
+    # Per part: exporter, validation cases, module (the two parts' modules differ)
+    parts: dict[str, tuple[Callable[..., Path], Callable[..., Any], object]] = {
+        "dit": (export_velocity, velocity_cases, models.dit),
+        "vae": (export_decoder, decoder_cases, models.vae),
     }
     worst = 0.0
     for part in dict.fromkeys(args.parts):
-        export, cases, module, name = parts[part]
+        export, cases, module = parts[part]
+        name = _GRAPH_FILES[part]
         path = export(module, args.output_dir / name, config, source=models.source)
         print(path)
         if args.validate:
