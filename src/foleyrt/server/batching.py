@@ -77,9 +77,10 @@ class LengthHints:
         return WindowPlan.of(SequenceLengths.of_duration(seconds), windowing).window.latent_frames
 
 
-def companion(queued: list[JobRecord], keys: list[BatchKey], key: BatchKey,
+def companion(queued: list[JobRecord], keys: list[BatchKey | None], key: BatchKey,
               room: int) -> JobRecord | None:
-    """The first queued job that matches `key` and fits in `room` rows."""
+    """The first queued job that matches `key` and fits in `room` rows (None: a job not to
+    take now)."""
     for job, job_key in zip(queued, keys, strict=True):
         if job_key == key and job_rows(JobParams.of(job)) <= room:
             return job

@@ -256,9 +256,12 @@ class Worker:
             initargs=(device,))
         with threads or nullcontext():
             while room > 0 and not self.signals.draining.is_set():
-                queued = [record for record in self.store.queued()
-                          if self.clips is None or not self.clips.waiting(record)]
-                found = companion(queued, self.hints.keys(queued), key, room)
+                queued = self.store.queued()  # every one keeps its cached length hint
+                keys: list[BatchKey | None] = list(self.hints.keys(queued))
+                if self.clips is not None:  # one still decoding is not taken now
+                    keys = [None if self.clips.waiting(record) else job_key
+                            for record, job_key in zip(queued, keys, strict=True)]
+                found = companion(queued, keys, key, room)
                 record = None if found is None else self.store.claim(found.id)
                 if record is not None:
                     job = self._start(record)
