@@ -39,6 +39,7 @@ class Download(FileResponse):
     416 with a one-line detail (raised before the answer starts, so the refusal handlers
     write it)."""
 
+    # Starlette's own parsing step (no public hook; Starlette is pinned in constraints.txt)
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
         try:
@@ -140,4 +141,4 @@ def get_output(job_id: str, index: int, fmt: OutputFormat, service: ServiceDep) 
     served (206); 416: the range starts past the end."""
     path = service.output_path(job_id, index, fmt)
     return Download(path, media_type=_MEDIA_TYPES[fmt],
-                        filename=f"foley-{job_id[:8]}-{index}.{fmt}")
+                    filename=f"foley-{job_id[:8]}-{index}.{fmt}")
