@@ -33,6 +33,7 @@ from foleyrt.config import config_digest
 from foleyrt.errors import ConfigError, OutputError, UsageError
 from foleyrt.models.dit import FoleyDiT
 
+CALIBRATION_SUFFIX = ".safetensors"
 AMAX_FORMAT = "foleyrt.amax"
 AMAX_VERSION = "1"
 CONFIG_KEY = "config_sha256"
@@ -125,9 +126,6 @@ def save_calibration(calib: Calibration, path: str | Path, *, overwrite: bool = 
         metadata[CHANNEL_KEY] = base64.b64encode(blob).decode("ascii")
     tensors = {name: torch.tensor(value, dtype=torch.float32) for name, value in calib.amax.items()}
     return write_atomic(path, save(tensors, metadata=metadata), overwrite=overwrite)
-
-
-CALIBRATION_SUFFIX = ".safetensors"
 
 
 def check_output(path: str | Path, *, overwrite: bool) -> Path:

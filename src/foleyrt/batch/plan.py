@@ -129,14 +129,23 @@ def scan_folder(folder: Path) -> list[Path]:
     named in the log: a clip should not vanish silently."""
     entries = sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
                      key=lambda p: p.name)
-    videos = [p for p in entries if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
-    for kind, skipped in (
-            ("file(s) without a video extension",
-             [p for p in entries if p.is_file() and p not in videos]),
-            ("sub-folder(s), not searched", [p for p in entries if p.is_dir()]),
-            ("link(s) to no file", [p for p in entries if not p.exists()])):
-        if skipped:
-            names = [p.name for p in skipped]
+    videos: list[Path] = []
+    others: list[str] = []
+    folders: list[str] = []
+    dangling: list[str] = []
+    for p in entries:  # one pass: a folder may hold 10,000 clips
+        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+            videos.append(p)
+        elif p.is_file():
+            others.append(p.name)
+        elif p.is_dir():
+            folders.append(p.name)
+        elif not p.exists():
+            dangling.append(p.name)
+    for kind, names in (("file(s) without a video extension", others),
+                        ("sub-folder(s), not searched", folders),
+                        ("link(s) to no file", dangling)):
+        if names:
             shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
             log.info("%s: skipped %d %s (%s)", folder, len(names), kind, shown)
     return videos

@@ -33,11 +33,11 @@ AAC_FRAME = 1024  # samples per AAC frame
 # such as our 192 kbit/s; twoloop's gains are at low bitrates.
 AAC_CODER = "fast"
 
-# String fields libsndfile stores in a WAV's LIST/INFO chunk.
 # libsndfile's command to leave out a float WAV's PEAK chunk, which carries the time of
 # writing: with it, the same sound made twice gives two different files (sndfile.h's value;
 # soundfile wraps no such setting).
 _SFC_SET_ADD_PEAK_CHUNK = 0x1050
+# String fields libsndfile stores in a WAV's LIST/INFO chunk.
 _WAV_TAGS = ("title", "copyright", "software", "artist", "comment", "date", "album", "genre")
 # Keys FFmpeg's MP4 muxer writes as iTunes-style atoms (others would be dropped silently).
 _MP4_TAGS = ("title", "artist", "album", "comment", "genre", "copyright", "date", "composer",
