@@ -35,6 +35,7 @@ class AccelMode(str, Enum):
     TENSORRT = "tensorrt"
 
 
+HIGH_PRIORITY = -100  # CUDA stream priority: lower is higher (`RuntimeConfig.priority_stream`)
 AUTO_ACCEL = "auto"  # compile where it runs (CUDA), eager elsewhere: the asked-for fallback
 
 
@@ -211,6 +212,15 @@ class RuntimeConfig:
         batch and serving call): with the compiled transformer, where the encoders stay on the
         GPU (an offloader moves them)."""
         return self.accel is AccelMode.COMPILE and self.offload.kind is OffloadKind.NONE
+
+    def priority_stream(self) -> torch.cuda.Stream | None:
+        """A new CUDA stream whose kernels the GPU serves before the default stream's (the
+        transformer's): the encoders' many small kernels beside it would otherwise wait for
+        SMs behind its GEMMs (docs/benchmarks.md §6). PyTorch clamps the priority to the
+        highest the GPU has. None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.Stream(self.device, priority=HIGH_PRIORITY)
 
     @classmethod
     def build(

@@ -76,7 +76,6 @@ compares with.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
 import threading
@@ -105,7 +104,6 @@ from foleyrt.pipeline.pipeline import FoleyPipeline, FoleyResult
 
 DEFAULT_DECODE_WORKERS = max(1, min(4, os.cpu_count() or 1))
 GROUP_WAIT_S = 0.5  # how long a partial group waits while the GPU idles (`_Run.ripe_wait`)
-HIGH_PRIORITY = -100  # CUDA stream priority: lower is higher; clamped to the GPU's range
 MUXERS = 4  # threads that write the items' outputs (see the module docstring)
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag and the GPU
 STAGES = ("decode", "encode", "denoise", "finish", "write")
@@ -482,9 +480,7 @@ class _Run:
         if self.cuda:
             for work in group:  # made on a decoder's stream, read on this one from now on
                 assert work.encoded is not None
-                conditions = work.encoded.conditions
-                for f in dataclasses.fields(conditions):
-                    getattr(conditions, f.name).record_stream(torch.cuda.current_stream())
+                work.encoded.conditions.record_stream(torch.cuda.current_stream())
             # The previous group's end and this group's encoders: `denoise` waits for them
             # anyway (the features' check and the first copy to the GPU do), and so the event
             # below times this group's denoising only.
@@ -573,11 +569,8 @@ class _Run:
 
     def new_stream(self) -> torch.cuda.Stream | None:
         """A stream for a decoder, the writer or the encoders ahead of the groups, served
-        before the denoising's (see the module docstring); PyTorch maps the priority to the
-        highest the GPU has."""
-        if not self.cuda:
-            return None
-        return torch.cuda.Stream(self.pipe.runtime.device, priority=HIGH_PRIORITY)
+        before the denoising's (see the module docstring)."""
+        return self.pipe.runtime.priority_stream()
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -21,8 +21,18 @@ class Conditions:
     uncond_text_feat: Tensor  # [1, L, text_dim] CLAP hidden states of the negative prompt
 
     def to(self, device: torch.device | str) -> Conditions:
-        return Conditions(*(t.to(device) for t in (
-            self.clip_feat, self.sync_feat, self.text_feat, self.uncond_text_feat)))
+        return Conditions(*(t.to(device) for t in self.tensors))
+
+    @property
+    def tensors(self) -> tuple[Tensor, ...]:
+        return (self.clip_feat, self.sync_feat, self.text_feat, self.uncond_text_feat)
+
+    def record_stream(self, stream: torch.cuda.Stream) -> None:
+        """Made on one CUDA stream (an encoder's), read on `stream` from now on: the caching
+        allocator must not hand their memory back to the maker's stream, once they are
+        freed, before the work queued on `stream` is done."""
+        for t in self.tensors:
+            t.record_stream(stream)
 
 
 @dataclass
