@@ -310,6 +310,26 @@ def test_cancelling_one_job_of_a_batch_leaves_the_others_running(
     assert recording.calls == [[1, 2]]
 
 
+class BuggyBudget(Recording):
+    """The row budget raises: a bug of the worker's, outside any one job's stages."""
+
+    def max_rows(self, *args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("a bug")
+
+
+def test_a_bug_while_a_batch_gathers_fails_its_jobs_and_the_worker_goes_on(
+    make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
+) -> None:
+    """A job the bug leaves behind fails in plain words (it used to stay running for good),
+    and the worker lives on."""
+    [job_id] = _queue(data_dir, [{"seed": 1}])
+    with TestClient(make_app(BuggyBudget(tiny_pipeline))) as client:
+        job = wait_for(client, job_id)
+        assert job["state"] == "failed"
+        assert job["error"] == "internal error (RuntimeError); see the server log"
+        assert client.get("/v1/health").json()["worker_alive"]
+
+
 def test_a_batch_out_of_memory_is_retried_one_job_at_a_time(
     make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
 ) -> None:

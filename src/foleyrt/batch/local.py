@@ -480,7 +480,7 @@ class _Run:
         if self.cuda:
             for work in group:  # made on a decoder's stream, read on this one from now on
                 assert work.encoded is not None
-                work.encoded.conditions.record_stream(torch.cuda.current_stream())
+                work.encoded.record_stream(torch.cuda.current_stream())
             # The previous group's end and this group's encoders: `denoise` waits for them
             # anyway (the features' check and the first copy to the GPU do), and so the event
             # below times this group's denoising only.

@@ -130,6 +130,12 @@ class Encoded:
         clip = self.unchecked.checked()
         return replace(self, conditions=clip.conditions, windows=clip.windows, unchecked=None)
 
+    def record_stream(self, stream: torch.cuda.Stream) -> None:
+        """Its conditions, every window's too, were made on another CUDA stream (an
+        encoder's) and are read on `stream` from now on (`Conditions.record_stream`)."""
+        for conditions in (self.conditions, *self.windows):
+            conditions.record_stream(stream)
+
     @property
     def windowed(self) -> bool:
         return self.plan is not None and not self.plan.whole

@@ -245,8 +245,8 @@ class Worker:
                     continue
                 self._looking = False
                 with torch.inference_mode():
-                    batch = self._gather(self._start(head))
-                if batch:
+                    self._gather(head, batch)
+                if batch[0].encoded is not None:
                     self._hand_on(batch)
             except Exception as exc:  # the worker must outlive any one failure, store errors too
                 log.exception("worker error; carrying on")
@@ -272,17 +272,19 @@ class Worker:
         log.info("job %s started", job.id)
         return job
 
-    def _gather(self, first: _Job) -> list[_Job]:
-        """`first` encoded, and the queued jobs that share its forwards, claimed and encoded
-        while rows are left, waiting until `batch_wait_s` after its claim for more to be
-        queued, and on while the denoising thread is busy (its rows counted as each is
-        claimed: one that fails to encode leaves them unused). Empty when `first` failed to
-        encode. With decoding processes, a job whose clip is still decoding counts as not
-        queued yet (it would hold the whole batch, and the GPU, until its frames came)."""
-        batch = [first]
+    def _gather(self, head: JobRecord, batch: list[_Job]) -> None:
+        """Into `batch`: the claimed `head` encoded, then the queued jobs that share its
+        forwards, claimed and encoded while rows are left, waiting until `batch_wait_s`
+        after its claim for more to be queued, and on while the denoising thread is busy
+        (rows are counted as each is claimed: one that fails to encode leaves them unused).
+        Nothing more when `head` fails to encode. With decoding processes, a job whose clip
+        is still decoding counts as not queued yet (it would hold the whole batch, and the
+        GPU, until its frames came)."""
+        first = self._start(head)
+        batch.append(first)
         self._encode(first)
         if first.encoded is None:
-            return []
+            return
         key = BatchKey.of_encoded(first.encoded)
         budget = self.pipeline.max_rows([first.encoded], self.settings.batch_rows)
         room = budget - job_rows(JobParams.of(first.record))
@@ -307,7 +309,6 @@ class Worker:
             if remaining <= 0 and self._in_flight == 0:
                 break
             self._wait(remaining if remaining > 0 else IDLE_POLL_S)  # the denoiser wakes it
-        return batch
 
     def _hand_on(self, batch: list[_Job]) -> None:
         """Give the batch to the denoising thread (with an offloader, run it here)."""
@@ -346,7 +347,7 @@ class Worker:
             if self.pipeline.runtime.device.type == "cuda":
                 for job in ready:  # made on the worker thread's stream, read on this one
                     assert job.encoded is not None
-                    job.encoded.conditions.record_stream(torch.cuda.current_stream())
+                    job.encoded.record_stream(torch.cuda.current_stream())
             latents = self._denoise(ready) if ready else []
             for job, latent in zip(ready, latents, strict=True):
                 if latent is not None and not job.ended:
