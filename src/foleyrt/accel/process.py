@@ -16,6 +16,9 @@ environment or from module-level configuration. foleyrt sets them here and nowhe
 - `encoder_matmul_precision(fast)`: TF32 for the fp32 encoders while they run, in the
   accelerated modes only (restored afterwards: the VAE and the eager mode keep full fp32);
   on CUDA SigLIP2 runs under fp16 autocast instead (`pipeline.features.siglip_autocast`).
+  Where encoders run beside the denoising on other threads (batch mode's run, the server's
+  workers) it is held for as long as they run: a compiled block's guards check this
+  setting, and a switch by one thread while another captures a graph fails that forward.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
@@ -61,6 +62,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from foleyrt.accel.process import encoder_matmul_precision
 from foleyrt.batch.local import DecodeIn
 from foleyrt.errors import Cancelled, FoleyError
 from foleyrt.pipeline.pipeline import (
@@ -556,6 +558,8 @@ class WorkerPool:
     def __init__(self, pipelines: list[FoleyPipeline], store: JobStore, files: DataDir,
                  settings: ServerSettings, metrics: Metrics) -> None:
         self.signals = Signals()
+        self.fast_encoders = settings.runtime.fast_encoders
+        self._held = ExitStack()
         self.clips = (
             ClipPrefetch(store, files, settings.video_limits, settings.decode_workers,
                          self.signals.draining.is_set, self._wake_workers)
@@ -573,6 +577,10 @@ class WorkerPool:
         return all(worker.alive for worker in self.workers)
 
     def start(self) -> None:
+        # Process-wide, and checked by the compiled blocks' guards: one worker's encoders
+        # switching it while another thread's denoising captures a graph would fail that
+        # batch. Held while the workers run, as batch mode holds it for its run.
+        self._held.enter_context(encoder_matmul_precision(self.fast_encoders))
         for worker in self.workers:
             worker.start()
 
@@ -612,3 +620,4 @@ class WorkerPool:
             worker.join(max(0.0, until - time.monotonic()))
         if self.clips is not None:
             self.clips.close()
+        self._held.close()
