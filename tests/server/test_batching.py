@@ -4,6 +4,7 @@ queue."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 import time
@@ -29,7 +30,7 @@ from foleyrt.server.files import DataDir, new_job_id
 from foleyrt.server.schemas import JobParams
 from foleyrt.server.settings import ServerSettings
 from foleyrt.server.store import JobStore
-from foleyrt.server.worker import OUTPUT_WRITERS
+from foleyrt.server.worker import COMPANION_ENCODERS, OUTPUT_WRITERS
 from tests.server.conftest import MakeApp
 from tests.server.support import STEPS, SlowPipeline, submit_text, wait_for
 
@@ -144,56 +145,29 @@ class Overlap:
         return held
 
 
-class Spans(Recording):
-    """Each `encode` and `denoise` holds its thread 0.3 s; notes when each ran, on which
-    thread."""
+class SlowEncoding(Recording):
+    """Each `encode` is slow (`Overlap`)."""
 
     def __init__(self, pipeline: Any) -> None:
         super().__init__(pipeline)
-        self.spans: list[tuple[str, int | None, float, float, str]] = []
-
-    def _held(self, what: str, seed: int | None, call: Callable[[], Any]) -> Any:
-        started = time.monotonic()
-        time.sleep(0.3)
-        try:
-            return call()
-        finally:
-            self.spans.append((what, seed, started, time.monotonic(),
-                               threading.current_thread().name))
-
-    def encode(self, video: Any, request: GenerationRequest, *args: Any, **kwargs: Any) -> Any:
-        return self._held("encode", request.seed,
-                          lambda: self._pipeline.encode(video, request, *args, **kwargs))
-
-    def denoise(self, encoded: Any, **kwargs: Any) -> Any:
-        return self._held("denoise", encoded[0].request.seed,
-                          lambda: Recording.denoise(self, encoded, **kwargs))
-
-    def span(self, what: str, seed: int) -> tuple[float, float, str]:
-        [found] = [s[2:] for s in self.spans if s[:2] == (what, seed)]
-        return found
+        self.overlap = Overlap()
+        self.encode = self.overlap.slow(pipeline.encode)
 
 
-def test_the_next_batch_is_encoded_while_the_last_one_denoises(
+def test_companions_are_encoded_at_once_on_encoding_threads(
     make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
 ) -> None:
-    """One job per batch: the worker thread encodes each next job while the denoising thread
-    denoises the last, so neither waits for the other; every sound is the one of its seed."""
-    ids = _queue(data_dir, [{"seed": k} for k in range(1, 4)])
-    spans = Spans(tiny_pipeline)
-    with TestClient(make_app(spans, batch_rows=2)) as client:
-        jobs = [wait_for(client, j) for j in ids]
-        assert [job["state"] for job in jobs] == ["succeeded"] * 3
-        alone = tiny_pipeline.generate(None, GenerationRequest(
-            prompt="rain on a tin roof", steps=STEPS, seed=3, duration=1.0))
-        np.testing.assert_allclose(_audio(client, jobs[2]), alone.audio[0, 0].numpy(),
-                                   atol=1e-5, rtol=0)
-    assert spans.calls == [[1], [2], [3]]
-    for seed in (1, 2):
-        next_encoded, denoised = spans.span("encode", seed + 1), spans.span("denoise", seed)
-        assert next_encoded[0] < denoised[1] and denoised[0] < next_encoded[1]  # overlapped
-    assert {s[4] for s in spans.spans if s[0] == "encode"} == {"foleyrt-worker-0"}
-    assert {s[4] for s in spans.spans if s[0] == "denoise"} == {"foleyrt-denoise-0"}
+    """The first job is encoded by the worker, its companions on encoding threads as they are
+    claimed, all at once, not one after another; the batch still shares one denoising."""
+    ids = _queue(data_dir, [{"seed": k} for k in range(1, 6)])
+    recording = SlowEncoding(tiny_pipeline)
+    with TestClient(make_app(recording)) as client:
+        assert [wait_for(client, j)["state"] for j in ids] == ["succeeded"] * 5
+    assert recording.calls == [[1, 2, 3, 4, 5]]
+    assert recording.overlap.most == COMPANION_ENCODERS == 4
+    first, *companions = recording.overlap.threads
+    assert first.startswith("foleyrt-worker") and len(companions) == 4
+    assert all(name.startswith("foleyrt-encode") for name in companions)
 
 
 def test_a_batch_is_written_by_writer_threads_at_once(
@@ -265,8 +239,8 @@ class HeldEncoding(Recording):
 def test_a_companion_cancelled_while_it_encodes_leaves_the_batch(
     make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
 ) -> None:
-    """A companion cancelled while the worker encodes it ends there, cancelled, its files
-    gone; the batch denoises without it."""
+    """A companion cancelled while an encoding thread encodes it ends there, cancelled, its
+    files gone; the batch denoises without it."""
     kept, cancelled = _queue(data_dir, [{"seed": 1}, {"seed": 2}])
     recording = HeldEncoding(tiny_pipeline, held=2)
     with TestClient(make_app(recording)) as client:
@@ -330,6 +304,35 @@ def test_a_bug_while_a_batch_gathers_fails_its_jobs_and_the_worker_goes_on(
         assert client.get("/v1/health").json()["worker_alive"]
 
 
+@dataclasses.dataclass(frozen=True)
+class FastEncoders(RuntimeConfig):
+    """A CPU runtime with the accelerated modes' fast encoders (those need CUDA)."""
+
+    @property
+    def fast_encoders(self) -> bool:
+        return True
+
+
+def test_the_encoders_precision_is_held_while_the_workers_run(
+    make_app: MakeApp, tiny_pipeline: FoleyPipeline
+) -> None:
+    """TF32 is set once for the workers' life, not switched by each encoding: a compiled
+    block's guards check it, and a switch while another worker captures a graph failed that
+    batch (run BM, on an H100)."""
+    seen: list[str] = []
+    recording = Recording(tiny_pipeline)
+
+    def denoise(encoded: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_float32_matmul_precision())
+        return Recording.denoise(recording, encoded, **kwargs)
+
+    recording.denoise = denoise  # type: ignore[method-assign]
+    before = torch.get_float32_matmul_precision()
+    with TestClient(make_app(recording, runtime=FastEncoders())) as client:
+        assert wait_for(client, submit_text(client).json()["id"])["state"] == "succeeded"
+    assert seen == ["high"] and torch.get_float32_matmul_precision() == before == "highest"
+
+
 def test_a_batch_out_of_memory_is_retried_one_job_at_a_time(
     make_app: MakeApp, tiny_pipeline: FoleyPipeline, data_dir: Path
 ) -> None:
@@ -361,7 +364,7 @@ def test_one_worker_per_device_share_the_queue(
         assert client.get("/v1/models").json()["models"][0]["devices"] == ["cpu", "cpu"]
         assert client.get("/v1/health").json()["worker_alive"]
     assert [len(w.calls) for w in workers] == [1, 1]
-    assert {t for w in workers for t in w.threads} == {"foleyrt-denoise-0", "foleyrt-denoise-1"}
+    assert {t for w in workers for t in w.threads} == {"foleyrt-worker-0", "foleyrt-worker-1"}
 
 
 def test_batch_settings_are_checked(tmp_path: Path) -> None:

@@ -1,35 +1,27 @@
-"""The workers in front of the GPUs: one per pipeline (one per GPU), all taking jobs from the
-one store.
+"""The worker threads in front of the GPUs: one per pipeline (one per GPU), all taking jobs
+from the one store.
 
 A worker owns its pipeline: the weights, the CUDA context and the compiled graphs of a GPU
-are only ever touched from its two threads, and a batch's memory peak is never stacked on
-another worker's. It runs jobs in batches, as Triton's dynamic batcher does, and overlaps
-their stages as `foleyrt batch` does:
-
-- The worker thread claims the oldest queued job and encodes it (decode, features), then
-  claims the queued jobs that will share its forwards (`batching`) while their rows fit the
-  row budget (`batch_rows`, else what `FoleyPipeline.row_budget` measures for the first
-  job's shape), encoding each as it is claimed. It waits for more at most `batch_wait_s`
-  from its first claim, and on while its denoising thread is busy: the batch grows while
-  the GPU has work, and goes when the GPU is free. The encoders run on a high-priority
-  stream of their own, beside the transformer (`RuntimeConfig.priority_stream`), so a
-  batch's features are computed while the last batch denoises: one after the other, the
-  GPU would idle while each batch is decoded and encoded (docs/benchmarks.md §8).
-- The denoising thread denoises each batch in one `FoleyPipeline.denoise` call, decodes
-  each job's sound with the VAE, and has its files written on one of `OUTPUT_WRITERS`
-  threads (muxing and the spectrogram are CPU work, a fifth of a second or so per 10 s
-  clip: one job after another they would hold the GPU idle); at most `PENDING_WRITES`
-  jobs' sounds wait for a writer, past that it waits.
-
-The worker thread claims a job ahead only while no other worker is idle (that one takes
-it, on its free GPU), and at most one batch waits for the denoising thread. With
-`--offload` the stages run one after another on the worker thread (overlapped, every
-network would be on the GPU at once, which offloading avoids). With decoding processes
-(`ClipPrefetch`), queued video jobs' clips are decoded ahead while a batch runs, a claimed
-job's encoding only waits for its frames, and a batch takes as companions only jobs whose
-frames are there (a clip still decoding would hold the batch, and the GPU, until it is
-done; a later batch takes that job). The HTTP threads only talk to the workers through the
-store (new jobs) and the `WorkerPool`.
+are only ever touched from its thread (the encoders also from its encoding threads, below),
+and a batch's memory peak is never stacked on another's. It runs jobs in batches, as
+Triton's dynamic batcher does: it claims the oldest queued job and encodes it (decode,
+features), then claims the queued jobs that will share its forwards (`batching`) while their
+rows fit the row budget (`batch_rows`, else what `FoleyPipeline.row_budget` measures for the
+first job's shape), waiting at most `batch_wait_s` from its first claim for more to arrive.
+Each companion is encoded as it is claimed, up to `COMPANION_ENCODERS` at once on threads of
+their own where the worker decodes clips itself: decoding a clip is mostly CPU work that
+would otherwise leave the GPU idle one companion after another (nothing else of this worker
+runs on the GPU while its batch gathers); with decoding processes the worker encodes them
+itself. The batch is denoised in one `FoleyPipeline.denoise` call; each job is then decoded
+by the VAE on the worker thread and its files written on one of `OUTPUT_WRITERS` threads
+(muxing and the spectrogram are CPU work, a fifth of a second or so per 10 s clip: one job
+after another they would hold the GPU idle), and the worker goes on to its next batch while
+they write (at most `PENDING_WRITES` jobs' sounds wait for a writer; past that the worker
+waits). With decoding processes (`ClipPrefetch`), queued video jobs' clips are decoded
+ahead while a batch runs, a claimed job's encoding only waits for its frames, and a batch
+takes as companions only jobs whose frames are there (a clip still decoding would hold the
+batch, and the GPU, until it is done; the next batch takes that job). The HTTP
+threads only talk to the workers through the store (new jobs) and the `WorkerPool`.
 
 Stopping is cooperative: the pipeline calls the progress callback after every decoded frame,
 between stages and after every denoising step, and the callback answers True to stop (user
@@ -47,16 +39,14 @@ from __future__ import annotations
 
 import errno
 import logging
-import queue
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from enum import Enum
-from functools import partial
 from typing import TypeVar
 
 import torch
@@ -85,6 +75,7 @@ from foleyrt.server.store import JobRecord, JobState, JobStore, OutputFiles
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 1.0  # a missed wake-up costs at most this long
+COMPANION_ENCODERS = 4  # companions of a batch encoded at once (see the module docstring)
 OUTPUT_WRITERS = 4  # jobs written at once (see the module docstring)
 PENDING_WRITES = 64  # jobs' sounds held for the writers at most: a few batches' worth
 PROGRESS_WRITE_S = 0.1  # progress is stored at most this often within a stage
@@ -162,202 +153,139 @@ class _Job:
 class Worker:
     def __init__(self, pipeline: FoleyPipeline, store: JobStore, files: DataDir,
                  settings: ServerSettings, metrics: Metrics, signals: Signals,
-                 clips: ClipPrefetch | None = None, index: int = 0,
-                 idle_peer: Callable[[], bool] = lambda: False) -> None:
+                 clips: ClipPrefetch | None = None, name: str = "foleyrt-worker") -> None:
         self.pipeline = pipeline
-        self.clips = clips  # None: the worker thread decodes each clip itself
+        self.clips = clips  # None: this thread decodes each clip itself
         self.store = store
         self.files = files
         self.settings = settings
         self.metrics = metrics
         self.signals = signals
         self.hints = LengthHints(files, settings.video_limits)
-        self._idle_peer = idle_peer  # another worker of the pool waits for a job
-        self._thread = threading.Thread(target=self._loop, name=f"foleyrt-worker-{index}",
-                                        daemon=True)
-        # With an offloader the stages run one after another (see the module docstring).
-        self._denoiser = None if pipeline.models.offloader is not None else threading.Thread(
-            target=self._denoise_loop, name=f"foleyrt-denoise-{index}", daemon=True)
-        self._batches: queue.Queue[list[_Job] | None] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._active: set[_Job] = set()  # claimed jobs not ended yet
-        self._in_flight = 0  # batches handed to the denoising thread and not done
-        self._looking = True  # the worker thread holds no claimed job
-        self._writers: ThreadPoolExecutor | None = None
+        self._batch: list[_Job] = []
+        self._writing: set[_Job] = set()  # finished jobs a writer has yet to write
+        self._writing_lock = threading.Lock()
         self._write_slots = threading.BoundedSemaphore(PENDING_WRITES)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and (self._denoiser is None or self._denoiser.is_alive())
-
-    @property
-    def idle(self) -> bool:
-        """Running, with no job claimed and no batch to denoise: the next job is its own."""
-        return self.alive and self._looking and self._in_flight == 0
+        return self._thread.is_alive()
 
     def start(self) -> None:
         self._thread.start()
-        if self._denoiser is not None:
-            self._denoiser.start()
 
     def wake(self) -> None:
         """A job was queued (or the drain began)."""
         self._wake.set()
 
     def join(self, timeout_s: float) -> None:
-        """Wait for the threads to end (they end once the writers are done). Past
-        `timeout_s` (a batch stuck inside one long stage, or a write), the unfinished jobs
-        are re-queued here, so none is lost when the process exits."""
+        """Wait for the thread to end (it ends once its writers are done). Past `timeout_s`
+        (a batch stuck inside one long stage, or a write), its unfinished jobs are re-queued
+        here, so none is lost when the process exits."""
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            with self._lock:
-                active = list(self._active)
-            for job in active:
+            with self._writing_lock:
+                writing = list(self._writing)
+            for job in [*self._batch, *writing]:
                 if not job.ended:
                     log.warning("job %s still running after the shutdown timeout; re-queued",
                                 job.id)
                     self.store.requeue(job.id)
 
-    # ---- the worker thread -----------------------------------------------------------------
+    # ---- the thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        """Claim, encode and gather batches and hand each on, until the drain; then let the
-        denoising thread finish what it holds. The writers outlive each batch; leaving the
-        block waits for their last files."""
         _use_device(self.pipeline.runtime.device)
-        stream = None if self._denoiser is None else self.pipeline.runtime.priority_stream()
+        # The writers outlive each batch; leaving this block waits for their last files.
         with ThreadPoolExecutor(OUTPUT_WRITERS, thread_name_prefix="foleyrt-write") as writers:
-            self._writers = writers
-            try:
-                with torch.cuda.stream(stream):  # None: the current stream
-                    self._gather_all()
-            finally:
-                if self._denoiser is not None:
-                    self._batches.put(None)
-                    self._denoiser.join()
+            while not self.signals.draining.is_set():
+                try:
+                    head = self.store.claim_next()
+                    if head is None:
+                        self._wake.wait(IDLE_POLL_S)
+                        self._wake.clear()
+                        continue
+                    with torch.inference_mode():
+                        self._run(head, writers)
+                except Exception as exc:  # the worker outlives any one failure, store errors too
+                    log.exception("worker error; carrying on")
+                    self._abandon(exc)
+                    time.sleep(IDLE_POLL_S)
+                finally:
+                    self._batch = []
 
-    def _gather_all(self) -> None:
-        while not self.signals.draining.is_set():
-            batch: list[_Job] = []
-            try:
-                head = None if self._holding_back() else self.store.claim_next()
-                if head is None:
-                    self._wait(IDLE_POLL_S)
-                    continue
-                self._looking = False
-                with torch.inference_mode():
-                    self._gather(head, batch)
-                if batch[0].encoded is not None:
-                    self._hand_on(batch)
-            except Exception as exc:  # the worker must outlive any one failure, store errors too
-                log.exception("worker error; carrying on")
-                self._abandon(batch, exc)
-                time.sleep(IDLE_POLL_S)
-            finally:
-                self._looking = True
+    def _run(self, head: JobRecord, writers: ThreadPoolExecutor) -> None:
+        first = self._start(head)
+        self._encode(first)
+        if first.encoded is None:
+            return
+        self._gather(first)
+        if self.clips is not None:
+            self.clips.look_ahead()  # the next jobs' clips decode while this batch denoises
+        ready = [job for job in self._batch if job.encoded is not None and not job.ended]
+        latents = self._denoise(ready)
+        for job, latent in zip(ready, latents, strict=True):
+            if latent is not None and not job.ended:
+                self._finish(job, latent, writers)
 
-    def _holding_back(self) -> bool:
-        """Claim no job now: a batch already waits for the denoising thread, or that thread
-        is busy and another worker is idle (the job is better on its free GPU)."""
-        return self._in_flight > 1 or (self._in_flight == 1 and self._idle_peer())
-
-    def _wait(self, timeout_s: float) -> None:
-        self._wake.wait(timeout_s)
-        self._wake.clear()
+    def _abandon(self, exc: Exception) -> None:
+        """After a bug, the batch's jobs it left running fail (they would stay running)."""
+        for job in self._batch:
+            if not job.ended:
+                self._fail(job, f"internal error ({type(exc).__name__}); see the server log")
 
     def _start(self, record: JobRecord) -> _Job:
         now = time.monotonic()
         job = _Job(record, now, now + self.settings.job_timeout_s)
-        with self._lock:
-            self._active.add(job)
+        self._batch.append(job)
         log.info("job %s started", job.id)
         return job
 
-    def _gather(self, head: JobRecord, batch: list[_Job]) -> None:
-        """Into `batch`: the claimed `head` encoded, then the queued jobs that share its
-        forwards, claimed and encoded while rows are left, waiting until `batch_wait_s`
-        after its claim for more to be queued, and on while the denoising thread is busy
-        (rows are counted as each is claimed: one that fails to encode leaves them unused).
-        Nothing more when `head` fails to encode. With decoding processes, a job whose clip
-        is still decoding counts as not queued yet (it would hold the whole batch, and the
-        GPU, until its frames came)."""
-        first = self._start(head)
-        batch.append(first)
-        self._encode(first)
-        if first.encoded is None:
-            return
+    def _gather(self, first: _Job) -> None:
+        """Claim the queued jobs that share `first`'s forwards, while rows are left, waiting
+        until `batch_wait_s` after its claim for more to be queued; each is encoded as it is
+        claimed (its rows counted then: one that fails to encode leaves them unused), and
+        this returns once every one is encoded. Without decoding processes each companion
+        is encoded on an encoding thread, its decoding being CPU work; with them, a job
+        whose clip is still decoding counts as not queued yet (it would hold the whole
+        batch, and the GPU, until its frames came; the next batch takes it), and the
+        worker encodes each companion itself, in turn: only GPU work is left, which threads
+        would only slow (run BL)."""
+        assert first.encoded is not None
         key = BatchKey.of_encoded(first.encoded)
         budget = self.pipeline.max_rows([first.encoded], self.settings.batch_rows)
         room = budget - job_rows(JobParams.of(first.record))
         wait_until = first.started + self.settings.batch_wait_s
-        while room > 0 and not self.signals.draining.is_set():
-            queued = self.store.queued()  # every one keeps its cached length hint
-            keys: list[BatchKey | None] = list(self.hints.keys(queued))
-            if self.clips is not None:  # one still decoding is not taken now
-                keys = [None if self.clips.waiting(record) else job_key
-                        for record, job_key in zip(queued, keys, strict=True)]
-            found = companion(queued, keys, key, room)
-            record = None if found is None else self.store.claim(found.id)
-            if record is not None:
-                job = self._start(record)
-                batch.append(job)
-                room -= job_rows(JobParams.of(record))
-                self._encode(job)
-                continue
-            if found is not None:
-                continue  # another worker or a cancel took it first: look again
-            remaining = wait_until - time.monotonic()
-            if remaining <= 0 and self._in_flight == 0:
-                break
-            self._wait(remaining if remaining > 0 else IDLE_POLL_S)  # the denoiser wakes it
-
-    def _hand_on(self, batch: list[_Job]) -> None:
-        """Give the batch to the denoising thread (with an offloader, run it here)."""
-        with self._lock:
-            self._in_flight += 1
-        if self._denoiser is None:
-            self._run_batch(batch)
-        else:
-            self._batches.put(batch)
-        if self.clips is not None:
-            self.clips.look_ahead()  # the next jobs' clips decode while this batch denoises
-
-    def _abandon(self, jobs: list[_Job], exc: Exception) -> None:
-        """After a bug, the jobs it left running fail (they would be stuck as running)."""
-        for job in jobs:
-            if not job.ended:
-                self._fail(job, f"internal error ({type(exc).__name__}); see the server log")
-
-    # ---- the denoising thread --------------------------------------------------------------
-
-    def _denoise_loop(self) -> None:
-        _use_device(self.pipeline.runtime.device)
-        while (batch := self._batches.get()) is not None:
-            try:
-                with torch.inference_mode():
-                    self._run_batch(batch)
-            except Exception as exc:  # the worker must outlive any one failure
-                log.exception("worker error; carrying on")
-                self._abandon(batch, exc)
-
-    def _run_batch(self, batch: list[_Job]) -> None:
-        """Denoise the batch's jobs that are still on, then finish each (this thread holds
-        the one batch in flight; the worker thread is told when it is done)."""
-        try:
-            ready = [job for job in batch if job.encoded is not None and not job.ended]
-            if self.pipeline.runtime.device.type == "cuda":
-                for job in ready:  # made on the worker thread's stream, read on this one
-                    assert job.encoded is not None
-                    job.encoded.record_stream(torch.cuda.current_stream())
-            latents = self._denoise(ready) if ready else []
-            for job, latent in zip(ready, latents, strict=True):
-                if latent is not None and not job.ended:
-                    self._finish(job, latent)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-            self._wake.set()
+        device = self.pipeline.runtime.device
+        threads = None if self.clips is not None else ThreadPoolExecutor(
+            COMPANION_ENCODERS, thread_name_prefix="foleyrt-encode", initializer=_use_device,
+            initargs=(device,))
+        with threads or nullcontext():
+            while room > 0 and not self.signals.draining.is_set():
+                queued = self.store.queued()  # every one keeps its cached length hint
+                keys: list[BatchKey | None] = list(self.hints.keys(queued))
+                if self.clips is not None:  # one still decoding is not taken now
+                    keys = [None if self.clips.waiting(record) else job_key
+                            for record, job_key in zip(queued, keys, strict=True)]
+                found = companion(queued, keys, key, room)
+                record = None if found is None else self.store.claim(found.id)
+                if record is not None:
+                    job = self._start(record)
+                    room -= job_rows(JobParams.of(record))
+                    if threads is None:
+                        self._encode(job)
+                    else:
+                        threads.submit(self._encode_apart, job)
+                    continue
+                if found is not None:
+                    continue  # another worker or a cancel took it first: look again
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.wait(remaining)
+                self._wake.clear()
 
     # ---- stages ----------------------------------------------------------------------------
 
@@ -365,6 +293,11 @@ class Worker:
         job.encoded = self._guarded(job, lambda: encode_job(
             self.pipeline, job.record, self.files, self._progress(job),
             self.settings.video_limits, self.clips))
+
+    def _encode_apart(self, job: _Job) -> None:
+        """`_encode` on an encoding thread, which inherits no inference mode."""
+        with torch.inference_mode():
+            self._encode(job)
 
     def _denoise(self, jobs: list[_Job]) -> list[Tensor | None]:
         """The latents of each job (None for a job that ended meanwhile)."""
@@ -417,22 +350,23 @@ class Worker:
         started = time.perf_counter()
         latents = denoise()
         device = self.pipeline.runtime.device
-        if device.type == "cuda":  # this thread's stream: the worker thread's encoders run on
-            torch.cuda.current_stream(device).synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         for job in jobs:
             assert job.encoded is not None
             job.encoded.timings["denoise"] = time.perf_counter() - started
         return latents
 
-    def _finish(self, job: _Job, latent: Tensor) -> None:
+    def _finish(self, job: _Job, latent: Tensor, writers: ThreadPoolExecutor) -> None:
         """Decode the job's sound here (the GPU's part), then have a writer write it."""
-        assert job.encoded is not None and self._writers is not None
+        assert job.encoded is not None
         encoded, progress = job.encoded, self._progress(job)
         result = self._guarded(job, lambda: self.pipeline.finish(encoded, latent, progress))
-        job.encoded = None  # the features' memory goes back now, not once the job is written
         if result is not None:
             self._write_slots.acquire()
-            self._writers.submit(self._write, job, result)
+            with self._writing_lock:
+                self._writing.add(job)
+            writers.submit(self._write, job, result)
 
     def _write(self, job: _Job, result: FoleyResult) -> None:
         """A writer thread: the job's files, then its record (a bug is logged, as the
@@ -462,6 +396,8 @@ class Worker:
         except Exception:
             log.exception("worker error while writing job %s; carrying on", job.id)
         finally:
+            with self._writing_lock:
+                self._writing.discard(job)
             self._write_slots.release()
 
     # ---- one job's progress and end --------------------------------------------------------
@@ -527,8 +463,6 @@ class Worker:
 
     def _end(self, job: _Job, outcome: str) -> None:
         job.ended = True
-        with self._lock:
-            self._active.discard(job)
         self.signals.forget(job.id)
         self.metrics.job_seconds.labels(outcome).observe(time.monotonic() - job.started)
         if outcome == "succeeded":
@@ -545,7 +479,7 @@ class Worker:
 
 def _use_device(device: torch.device) -> None:
     """Make the worker's GPU this thread's current device (it is per thread): streams and
-    graphs made without a device use it. Both threads of a worker."""
+    graphs made without a device use it. The worker's thread and its encoding threads."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
@@ -566,8 +500,8 @@ class WorkerPool:
             if settings.decode_in is DecodeIn.PROCESSES else None
         )
         self.workers = [
-            Worker(pipeline, store, files, settings, metrics, self.signals, self.clips, k,
-                   partial(self._idle_besides, k))
+            Worker(pipeline, store, files, settings, metrics, self.signals, self.clips,
+                   name=f"foleyrt-worker-{k}")
             for k, pipeline in enumerate(pipelines)
         ]
 
@@ -578,15 +512,11 @@ class WorkerPool:
 
     def start(self) -> None:
         # Process-wide, and checked by the compiled blocks' guards: one worker's encoders
-        # switching it while another thread's denoising captures a graph would fail that
-        # batch. Held while the workers run, as batch mode holds it for its run.
+        # switching it while another's denoising captures a graph (`--gpus 0,1`) would fail
+        # that batch (run BM met it). Held while the workers run, as batch mode holds it.
         self._held.enter_context(encoder_matmul_precision(self.fast_encoders))
         for worker in self.workers:
             worker.start()
-
-    def _idle_besides(self, index: int) -> bool:
-        """A worker other than `workers[index]` waits for a job."""
-        return any(worker.idle for k, worker in enumerate(self.workers) if k != index)
 
     def wake(self) -> None:
         """A job was queued: every idle worker looks, one claims it; its clip starts
