@@ -62,6 +62,9 @@ def test_csv_columns_paths_and_defaults(tmp_path: Path) -> None:
     ("video,prompt\nx.mp4,rain,heavy\n", "shots.csv:2: 3 cells but 2 columns"),
     ("video,prompt\n,rain\n", "shots.csv:2: the video cell is empty"),
     ("video,output\nx.mp4,../up\n", "shots.csv:2: output '../up' is not a plain file name"),
+    # A row is named by the line it starts on, quoted line breaks before it and in it.
+    ('video,prompt,seed\nx.mp4,"rain\non a roof",1\ny.mp4,"wind\n\nin trees",x\n',
+     "shots.csv:4: seed 'x' is not a whole number"),
     ("", "the CSV is empty"),
     ("video,prompt\n", "has a header but no rows"),
 ])

@@ -32,12 +32,13 @@ Decisions, and why:
 """
 from __future__ import annotations
 
+import _csv
 import csv
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
@@ -170,7 +171,8 @@ def read_csv(
                 raise InputError(f"{path}: the CSV is empty; it needs a header row "
                                  f"such as 'video,prompt'")
             columns = _csv_columns(path, header)
-            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+            rows = [(line, row) for line, row in _numbered(reader)
+                    if any(c.strip() for c in row)]
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text; save the spreadsheet as 'CSV UTF-8'") from None
     except csv.Error as exc:
@@ -184,6 +186,15 @@ def read_csv(
                   RELEASE_NAME.format(position) if release_names else None)
         for position, (line, row) in enumerate(rows)
     ]
+
+
+def _numbered(reader: _csv.Reader) -> Iterator[tuple[int, list[str]]]:
+    """Each row with the line it starts on (`line_num` is the line it ends on: a quoted cell
+    may hold line breaks)."""
+    start = reader.line_num + 1
+    for row in reader:
+        yield start, row
+        start = reader.line_num + 1
 
 
 def _csv_columns(path: Path, header: list[str]) -> list[str]:
