@@ -76,8 +76,8 @@ class ClipPrefetch:
     def take(self, record: JobRecord) -> DecodedClip | Path:
         """The claimed job's clip: decoded ahead, or now (same processes, same frames).
         Its place ahead goes to the next queued clip (a worker gathering a batch claims
-        several in a row). Raises what its decoding raised (a
-        `MediaError` for a bad clip)."""
+        several in a row). Raises what its decoding raised (a `MediaError` for a bad
+        clip)."""
         with self._lock:
             future = self._ahead.pop(record.id, None)
             if future is not None:
