@@ -231,9 +231,12 @@ class Worker:
                 self._finish(job, latent, writers)
 
     def _abandon(self, exc: Exception) -> None:
-        """After a bug, the batch's jobs it left running fail (they would stay running)."""
+        """After a bug, the batch's jobs it left running fail (they would stay running);
+        a job a writer holds ends there."""
+        with self._writing_lock:
+            writing = set(self._writing)
         for job in self._batch:
-            if not job.ended:
+            if not job.ended and job not in writing:
                 self._fail(job, f"internal error ({type(exc).__name__}); see the server log")
 
     def _start(self, record: JobRecord) -> _Job:
