@@ -150,6 +150,39 @@ def test_an_edit_list_s_hidden_frames_do_not_lengthen_the_sound() -> None:
     assert [p.dts for p in packets] == [-8, -4, 0, 4, 8]
 
 
+def test_frames_stamped_with_one_time_are_shown_one_after_the_other() -> None:
+    """Two frames with one timestamp made decode times that did not increase, which MP4
+    refuses (the clip wrote a WAV but no MP4): the second moves one tick later, as FFmpeg
+    moves such a time when it remuxes."""
+    packets = [Timing(pts=t, dts=t, duration=40) for t in (0, 40, 80, 80, 160)]
+    assert retime(packets) == 200
+    assert [p.pts for p in packets] == [0, 40, 80, 81, 160]
+    assert [p.dts for p in packets] == [0, 40, 80, 81, 160]
+
+
+def test_a_clip_with_a_repeated_timestamp_makes_its_mp4(
+    pipeline: FoleyPipeline, tmp_path: Path
+) -> None:
+    source = tmp_path / "repeated.mkv"
+    times = [0, 40, 80, 120, 120, *range(200, 2000, 40)]  # a frame repeats 120 ms, then a gap
+    with av.open(str(source), "w") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        stream.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture(i, 64, 48),
+                                                                   format="rgb24")):
+                packet.pts = packet.dts = t
+                out.mux(packet)
+    result = pipeline.generate(source, GenerationRequest(steps=2, seed=1))
+    (mp4,) = result.save(tmp_path / "out.mp4")
+    with av.open(str(mp4)) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert codec_name(video) == "mjpeg" and video.frames == len(times)
+        video_s = float(video.duration * video.time_base)
+        assert float(audio.duration * audio.time_base) == pytest.approx(video_s, abs=TOLERANCE_S)
+
+
 def test_a_matroska_clip_lasts_as_long_as_its_picture_not_its_sound(tmp_path: Path) -> None:
     """Matroska stores no stream durations and its container's is the longest stream's: 2 s
     of picture beside 6 s of sound is a 2 s clip (it was taken for 6 s and made 6 s of

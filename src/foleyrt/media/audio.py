@@ -200,9 +200,9 @@ def mux_video(
         except OSError:
             raise  # a full disk or the like: reported by `_atomic` as an output error
         except av.error.FFmpegError as exc:
-            raise MediaError(
-                f"{video_path}: its video cannot be written into MP4 ({exc}); write a .wav "
-                "instead, or convert the video to H.264 first"
+            raise MediaError(  # FFmpeg's words, not the temporary file's name
+                f"{video_path}: its video cannot be written into MP4 ({exc.strerror}); write "
+                "a .wav instead, or convert the video to H.264 first"
             ) from None
     return out_path
 

@@ -143,6 +143,7 @@ def retime(packets: Sequence[Timing]) -> int:
     or before its presentation time, else the smallest that does. The last frame lasts as
     long as the source says, else as long as the typical frame."""
     shown = sorted(packets, key=_pts)
+    _shown_in_turn(shown)
     times = [_pts(p) for p in shown]
     steps = [b - a for a, b in pairwise(times)]
     last = shown[-1].duration or (round(statistics.median(steps)) if steps else 0)
@@ -158,6 +159,20 @@ def retime(packets: Sequence[Timing]) -> int:
     shown[-1].duration = packets[-1].duration = last
     # Frames before 0 are an edit list's hidden ones (a stream-copied cut): not played.
     return times[-1] + last - max(times[0], 0)
+
+
+def _shown_in_turn(shown: Sequence[Timing]) -> None:
+    """Presentation times that strictly increase (`shown`: sorted by them): MP4 needs it of
+    the decode times rebuilt from them. A frame stamped with an earlier frame's time is
+    moved one tick past it, as FFmpeg's own remuxing moves such a decode time."""
+    moved = 0
+    for before, timing in pairwise(shown):
+        if _pts(timing) <= _pts(before):
+            timing.pts = _pts(before) + 1
+            moved += 1
+    if moved:
+        log.info("%d video frame(s) repeat an earlier frame's time; each is shown one tick "
+                 "later", moved)
 
 
 def _pts(timing: Timing) -> int:
