@@ -317,7 +317,7 @@ def test_the_encoders_precision_is_held_while_the_workers_run(
     make_app: MakeApp, tiny_pipeline: FoleyPipeline
 ) -> None:
     """TF32 is set once for the workers' life, not switched by each encoding: a compiled
-    block's guards check it, and a switch while another worker captures a graph failed that
+    block's guards check it, and a switch while another thread captures a graph failed that
     batch (run BM, on an H100)."""
     seen: list[str] = []
     recording = Recording(tiny_pipeline)
