@@ -5,8 +5,7 @@ A worker runs a batch on the GPU while the next jobs wait in the queue; decoding
 then (PyAV decode and resize: CPU work, a second or more per 10 s 720p clip) keeps it from
 doing so later, with the GPU idle. Whenever a job is queued or a batch claimed, the oldest
 queued video jobs (up to `AHEAD_CLIPS`) are decoded in a `DecodePool`, the batch mode's
-decoding processes (no GIL shared with the GPU threads; a crash costs one job), and each
-clip taken by its worker lets the next queued one start. The jobs stay
+decoding processes (no GIL shared with the GPU threads; a crash costs one job). The jobs stay
 queued meanwhile: their place, `queue_position`, cancelling and which worker claims them are
 unchanged. The worker that claims one takes its frames and only runs the encoders; a job
 claimed before its decoding started is decoded then, in the same processes, so a job's sound
@@ -75,14 +74,11 @@ class ClipPrefetch:
 
     def take(self, record: JobRecord) -> DecodedClip | Path:
         """The claimed job's clip: decoded ahead, or now (same processes, same frames).
-        Its place ahead goes to the next queued clip (a worker gathering a batch claims
-        several in a row). Raises what its decoding raised (a `MediaError` for a bad
-        clip)."""
+        Raises what its decoding raised (a `MediaError` for a bad clip)."""
         with self._lock:
             future = self._ahead.pop(record.id, None)
             if future is not None:
                 self.taken_ahead += 1
-        self.look_ahead()
         return self._decode(record) if future is None else future.result()
 
     def waiting(self, record: JobRecord) -> bool:
