@@ -495,8 +495,8 @@ class WorkerPool:
     def __init__(self, pipelines: list[FoleyPipeline], store: JobStore, files: DataDir,
                  settings: ServerSettings, metrics: Metrics) -> None:
         self.signals = Signals()
-        self.fast_encoders = settings.runtime.fast_encoders
-        self._held = ExitStack()
+        self._fast_encoders = settings.runtime.fast_encoders
+        self._held = ExitStack()  # the encoders' precision while the workers run
         self.clips = (
             ClipPrefetch(store, files, settings.video_limits, settings.decode_workers,
                          self.signals.draining.is_set, self._wake_workers)
@@ -517,7 +517,7 @@ class WorkerPool:
         # Process-wide, and checked by the compiled blocks' guards: one worker's encoders
         # switching it while another's denoising captures a graph (`--gpus 0,1`) would fail
         # that batch (run BM met it). Held while the workers run, as batch mode holds it.
-        self._held.enter_context(encoder_matmul_precision(self.fast_encoders))
+        self._held.enter_context(encoder_matmul_precision(self._fast_encoders))
         for worker in self.workers:
             worker.start()
 
